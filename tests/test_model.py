@@ -1,0 +1,155 @@
+"""DEM-SRNet architecture: output shapes, the reference's parameter count, both resize mappings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from demsr.model import (
+    DEMSRNet,
+    ModelConfig,
+    count_parameters,
+    preset,
+    upsample_bilinear,
+)
+
+
+def _tiny(scale: int, resize: str = "half_pixel", bias: bool = False) -> DEMSRNet:
+    torch.manual_seed(0)
+    return DEMSRNet(ModelConfig(blocks=2, channels=4, scale=scale, bias=bias, resize=resize))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("resize", ["legacy", "half_pixel"])
+@pytest.mark.parametrize("scale", [2, 3, 4, 5, 8])
+def test_output_is_input_times_scale(scale: int, resize: str) -> None:
+    model = _tiny(scale, resize)
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 1, 16 * scale, 16 * scale)
+    assert torch.isfinite(y).all()
+
+
+def test_non_square_input() -> None:
+    with torch.no_grad():
+        y = _tiny(5)(torch.rand(1, 1, 7, 12))
+    assert y.shape == (1, 1, 35, 60)
+
+
+def test_backward_reaches_every_parameter() -> None:
+    model = _tiny(3, bias=True)
+    model(torch.rand(1, 1, 8, 8)).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def _paper_on_meta(**overrides: object) -> DEMSRNet:
+    # The meta device gives shapes without allocating 200 MB or drawing 50 M random numbers.
+    with torch.device("meta"):
+        return DEMSRNet(preset("paper", **overrides))
+
+
+def test_paper_preset_matches_the_reference() -> None:
+    model = _paper_on_meta()
+    assert model.config == ModelConfig(
+        blocks=42, channels=256, scale=5, bias=False, resize="legacy"
+    )
+    assert count_parameters(model) == 50_729_472
+    assert len(list(model.parameters())) == 88
+    assert all(name.endswith(".weight") for name, _ in model.named_parameters())
+
+
+def test_paper_preset_with_bias() -> None:
+    assert count_parameters(_paper_on_meta(bias=True)) == 50_751_745
+
+
+def test_reference_parameter_names() -> None:
+    names = set(_tiny(5).state_dict())
+    assert names == {
+        "conv1.weight",
+        "body.0.res_conv1.weight",
+        "body.0.res_conv2.weight",
+        "body.1.res_conv1.weight",
+        "body.1.res_conv2.weight",
+        "conv2.weight",
+        "conv_up.weight",
+        "conv_out.weight",
+    }
+
+
+def test_count_trainable_parameters_after_freezing() -> None:
+    model = _tiny(2)
+    total = count_parameters(model)
+    model.conv1.weight.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == total - model.conv1.weight.numel()
+    assert count_parameters(model) == total
+
+
+def _bilinear_numpy(image: np.ndarray, scale: int, mode: str) -> np.ndarray:
+    """Separable bilinear resize of the last two axes, straight from the source-index formula."""
+
+    def resize_axis(a: np.ndarray, axis: int) -> np.ndarray:
+        n = a.shape[axis]
+        dst = np.arange(n * scale, dtype=np.float64)
+        if mode == "legacy":
+            src = dst / scale
+        else:
+            src = np.maximum((dst + 0.5) / scale - 0.5, 0.0)
+        src = np.minimum(src, n - 1)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n - 1)
+        weight = src - i0
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        weight = weight.reshape(shape)
+        return np.take(a, i0, axis=axis) * (1 - weight) + np.take(a, i1, axis=axis) * weight
+
+    return resize_axis(resize_axis(image.astype(np.float64), -2), -1)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "half_pixel"])
+@pytest.mark.parametrize("scale", [2, 3, 5])
+def test_upsample_matches_the_mapping(mode: str, scale: int) -> None:
+    image = np.random.default_rng(scale).normal(size=(2, 3, 5, 7)).astype(np.float32)
+    got = upsample_bilinear(torch.from_numpy(image), scale, mode).numpy()  # type: ignore[arg-type]
+    expected = _bilinear_numpy(image, scale, mode)
+    assert got.shape == (2, 3, 5 * scale, 7 * scale)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_legacy_and_half_pixel_grids_differ() -> None:
+    # The legacy grid starts exactly on the first input pixel; the half-pixel grid is shifted by
+    # (scale - 1) / (2 * scale) low-res pixel, so a ramp comes out shifted.
+    ramp = torch.arange(6, dtype=torch.float32).expand(1, 1, 6, 6).contiguous()
+    legacy = upsample_bilinear(ramp, 5, "legacy")[0, 0, 0]
+    half_pixel = upsample_bilinear(ramp, 5, "half_pixel")[0, 0, 0]
+    assert legacy[:5].tolist() == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert half_pixel[10].item() == pytest.approx(1.6)  # (10 + 0.5) / 5 - 0.5
+    assert legacy[10].item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"scale": 1}, {"scale": 0}, {"resize": "bicubic"}, {"channels": 0}, {"blocks": -1}],
+)
+def test_invalid_config_is_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ModelConfig(**overrides)  # type: ignore[arg-type]
+
+
+def test_unknown_preset_is_refused() -> None:
+    with pytest.raises(ValueError, match="nope"):
+        preset("nope")
+
+
+def test_preset_overrides_are_validated() -> None:
+    assert preset("lite", scale=4).scale == 4
+    with pytest.raises(ValueError):
+        preset("paper", scale=1)
+
+
+def test_config_dict_round_trip_rejects_unknown_keys() -> None:
+    config = preset("lite")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**config.to_dict(), "dropout": 0.1})
