@@ -1,0 +1,3 @@
+from demsr.cli import main
+
+main()

@@ -1,0 +1,233 @@
+"""Checkpoints: one safetensors file holding the weights and, as JSON in its header, everything
+needed to use them (model config, scale, normalisation, training config, provenance).
+
+A training checkpoint (``last.safetensors``) also holds the optimizer tensors, the scheduler and
+the random-number-generator states, so ``--resume`` needs nothing else. Loading never unpickles:
+a file that is not safetensors is refused.
+
+Tensor keys: ``model.<parameter>``, ``optimizer.<param index>.<state name>``, ``rng.<name>``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from demsr.datasets import Normalisation
+from demsr.io import atomic_path
+from demsr.model import DEMSRNet, ModelConfig
+
+FORMAT = "demsr-checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "demsr"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded, with a message naming the file."""
+
+
+def demsr_version() -> str:
+    from demsr import __version__
+
+    return __version__
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Checkpoint:
+    """A model as stored on disk: its shape, its units and its weights.
+
+    ``metadata`` carries the rest of the JSON header: ``training`` (the run config),
+    ``provenance`` (data files, parent checkpoint, creation time, demsr version), ``epoch`` and
+    ``metrics`` where the file comes from training.
+    """
+
+    model_config: ModelConfig
+    normalisation: Normalisation
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def scale(self) -> int:
+        return self.model_config.scale
+
+    def build_model(self, device: str | torch.device = "cpu") -> DEMSRNet:
+        """The network with these weights, in eval mode, on ``device``."""
+        model = DEMSRNet(self.model_config)
+        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{self.path or 'checkpoint'}: weights do not match the model config "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        return model.to(device).eval()
+
+
+@dataclass
+class TrainingState:
+    """What ``--resume`` restores besides the weights.
+
+    ``rng`` is filled when loading (``{"tensors": ..., "extra": ...}`` for ``restore_rng_state``);
+    saving always records the generators' current states.
+    """
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    epoch: int
+    global_step: int
+    best_valid_loss: float
+    bad_epochs: int
+    rng: dict[str, Any] = field(default_factory=dict)
+
+
+def _header(model_config: ModelConfig, normalisation: Normalisation, metadata: dict[str, Any]) -> dict[str, Any]:
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model_config.to_dict(),
+        "scale": model_config.scale,
+        "normalisation": normalisation.to_dict(),
+    }
+    header.update(metadata)
+    header.setdefault("provenance", {})
+    header["provenance"].setdefault("created", now_utc())
+    header["provenance"].setdefault("demsr_version", demsr_version())
+    return header
+
+
+def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON describing the torch, numpy and Python random states."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    python_version, python_state, gauss = random.getstate()
+    extra = {
+        "numpy": [name, int(pos), int(has_gauss), float(cached)],
+        "python": [python_version, list(python_state), gauss],
+    }
+    return tensors, extra
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    name, pos, has_gauss, cached = extra["numpy"]
+    keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+    np.random.set_state((name, keys, int(pos), int(has_gauss), float(cached)))
+    python_version, python_state, gauss = extra["python"]
+    random.setstate((python_version, tuple(python_state), gauss))
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: DEMSRNet,
+    normalisation: Normalisation,
+    metadata: dict[str, Any] | None = None,
+    training_state: TrainingState | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temporary file, fsync, rename)."""
+    tensors = {
+        f"model.{name}": value.detach().to("cpu", torch.float32).contiguous()
+        for name, value in model.state_dict().items()
+    }
+    header = _header(model.config, normalisation, dict(metadata or {}))
+    if training_state is not None:
+        optimizer_state = training_state.optimizer
+        for index, state in optimizer_state["state"].items():
+            for name, value in state.items():
+                tensors[f"optimizer.{index}.{name}"] = value.detach().to("cpu").contiguous()
+        rng_tensors, rng_extra = capture_rng_state()
+        tensors.update({k: v.contiguous() for k, v in rng_tensors.items()})
+        header["training_state"] = {
+            "optimizer_param_groups": optimizer_state["param_groups"],
+            "scheduler": training_state.scheduler,
+            "epoch": training_state.epoch,
+            "global_step": training_state.global_step,
+            "best_valid_loss": training_state.best_valid_loss,
+            "bad_epochs": training_state.bad_epochs,
+            "rng": rng_extra,
+        }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
+    return Path(path)
+
+
+def _open(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    path_str = os.fspath(path)
+    if not Path(path_str).is_file():
+        raise CheckpointError(f"{path_str}: no such checkpoint file")
+    try:
+        with safe_open(path_str, framework="pt", device="cpu") as handle:
+            raw = (handle.metadata() or {}).get(_META_KEY)
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path_str}: not a demsr checkpoint (expected a safetensors file: {exc}); "
+            "files that need unpickling are never loaded"
+        ) from None
+    if raw is None:
+        raise CheckpointError(f"{path_str}: safetensors file without demsr metadata")
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path_str}: corrupt demsr metadata") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path_str}: not a demsr checkpoint (format {header.get('format')!r})")
+    return header, tensors
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load a checkpoint's model, config and normalisation (CPU tensors)."""
+    header, tensors = _open(path)
+    try:
+        model_config = ModelConfig.from_dict(header["model"])
+        normalisation = Normalisation.from_dict(header["normalisation"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model metadata ({exc})") from None
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    metadata = {k: v for k, v in header.items() if k not in ("model", "normalisation", "scale")}
+    checkpoint = Checkpoint(model_config, normalisation, state, metadata, path=os.fspath(path))
+    checkpoint.build_model()  # fail now, with the file's name, if the weights do not fit
+    return checkpoint
+
+
+def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
+    """The optimizer/scheduler/RNG state stored by a training checkpoint."""
+    header, tensors = _open(path)
+    if "training_state" not in header:
+        raise CheckpointError(f"{path}: holds weights only, no training state to resume from")
+    info = header["training_state"]
+    optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    rng_tensors = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+    return TrainingState(
+        optimizer={"state": optimizer_state, "param_groups": info["optimizer_param_groups"]},
+        scheduler=info["scheduler"],
+        epoch=int(info["epoch"]),
+        global_step=int(info["global_step"]),
+        best_valid_loss=float(info["best_valid_loss"]),
+        bad_epochs=int(info["bad_epochs"]),
+        rng={"tensors": rng_tensors, "extra": info["rng"]},
+    )

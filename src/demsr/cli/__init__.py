@@ -1,0 +1,79 @@
+"""The ``demsr`` command line: one click group, one module per subcommand.
+
+Every subcommand is a thin layer over a library function. Errors a user can act on (bad input,
+a missing file, an existing output) end in a one-line message and exit status 1; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from demsr import __version__
+
+log = logging.getLogger("demsr")
+
+
+class _TqdmFriendlyHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines that do not tear through progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(verbose: int, quiet: int) -> None:
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    handler = _TqdmFriendlyHandler()
+    handler.setFormatter(logging.Formatter("%(message)s" if verbose == 0 else
+                                           "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.DEBUG))
+
+
+class DemsrGroup(click.Group):
+    """Turns expected failures into one-line errors with a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("demsr: interrupted", err=True)
+            sys.exit(130)
+        except (ValueError, OSError, RuntimeError) as exc:
+            if ctx.params.get("debug"):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            click.echo(f"demsr: error: {message}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=DemsrGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="demsr")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(verbose: int, quiet: int, debug: bool) -> None:
+    """Super-resolve digital elevation models with DEM-SRNet (x5: 15\" -> 3\" by default)."""
+    configure_logging(verbose, quiet)
+
+
+def _register() -> None:
+    from demsr.cli import config_cmd, evaluate, import_mindearth, predict, prepare, train
+
+    for module in (prepare, train, config_cmd, evaluate, predict, import_mindearth):
+        main.add_command(module.command)
+
+
+_register()

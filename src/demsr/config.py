@@ -1,0 +1,283 @@
+"""Run configuration: nested dataclasses loaded from YAML, with type-checked overrides.
+
+The sections follow the reference's ``DEM-SRNet.yaml`` (model / data / optimizer / summary /
+train), so its files load as they are: its keys that demsr names differently are translated
+(``REFERENCE_ALIASES``), keys whose value demsr fixes are checked (``REFERENCE_FIXED``), and keys
+that only steered the reference's runtime are accepted and ignored (``REFERENCE_IGNORED``). Any
+other unknown key is an error. Overrides (``section.key=value``) are parsed as YAML scalars and
+checked against the field's type; nothing is evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from demsr.model import ModelConfig, preset
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+@dataclass
+class ModelSection:
+    """Network shape: a preset, with any field replaced. ``None`` keeps the preset's value."""
+
+    preset: str = "lite"
+    blocks: int | None = None
+    channels: int | None = None
+    scale: int | None = None
+    bias: bool | None = None
+    resize: str | None = None
+
+    def build(self) -> ModelConfig:
+        overrides = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "preset" and getattr(self, f.name) is not None
+        }
+        return preset(self.preset, **overrides)
+
+
+@dataclass
+class DataSection:
+    """Where the training pairs are (``train/train.h5``, ``valid/valid.h5`` under ``root_dir``)."""
+
+    root_dir: str = "data"
+    batch_size: int = 64
+    num_workers: int = 0
+    augment: bool = False
+    # Low-res patch size (the reference's key); when set, the files must match it.
+    patch_size: int | None = None
+
+
+@dataclass
+class OptimizerSection:
+    """Adam with an exponential learning-rate decay applied once per epoch."""
+
+    name: str = "adam"
+    learning_rate: float = 1e-4
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    lr_decay: float = 0.98
+    finetune_lr: float = 1e-5
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 300
+    patience: int = 6
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    # Caps for short runs (a CPU demo, a smoke test); None = no cap.
+    max_steps_per_epoch: int | None = None
+    max_steps: int | None = None
+    deterministic: bool = False
+
+
+@dataclass
+class SummarySection:
+    output_dir: str = "runs/demsr"
+    save_checkpoint_epochs: int = 1
+    log_every_steps: int = 50
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    summary: SummarySection = field(default_factory=SummarySection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All values, with the model section resolved against its preset."""
+        values = dataclasses.asdict(self)
+        values["model"] = {"preset": self.model.preset, **self.model.build().to_dict()}
+        return values
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> None:
+        """Check values that types alone do not constrain; raises ConfigError."""
+        try:
+            self.model.build()
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from None
+        checks = [
+            (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
+            (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
+            (self.optimizer.name.lower() == "adam", "optimizer.name must be 'adam'"),
+            (self.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0"),
+            (0 < self.optimizer.lr_decay <= 1, "optimizer.lr_decay must be in (0, 1]"),
+            (self.train.epochs >= 1, "train.epochs must be >= 1"),
+            (self.train.patience >= 1, "train.patience must be >= 1"),
+            (self.train.device in ("auto", "cpu", "cuda") or self.train.device.startswith("cuda:"),
+             "train.device must be auto, cpu, cuda or cuda:N"),
+            (self.train.precision in ("auto", "fp32", "bf16"),
+             "train.precision must be auto, fp32 or bf16"),
+            (self.summary.save_checkpoint_epochs >= 1, "summary.save_checkpoint_epochs must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+# The reference's keys, as (section, key).
+REFERENCE_ALIASES: dict[tuple[str, str], tuple[str, str]] = {
+    ("model", "out_channels"): ("model", "channels"),
+    ("model", "num_blocks"): ("model", "blocks"),
+    ("data", "epochs"): ("train", "epochs"),
+    ("optimizer", "epochs"): ("train", "epochs"),
+    ("summary", "summary_dir"): ("summary", "output_dir"),
+}
+REFERENCE_FIXED: dict[tuple[str, str], tuple[Any, ...]] = {
+    ("model", "name"): ("DEMNet", "DEMSRNet", "DEM-SRNet"),
+    ("model", "in_channels"): (1,),
+    ("model", "kernel_size"): (3,),
+    ("train", "distribute"): (False,),
+}
+REFERENCE_IGNORED: set[tuple[str, str]] = {
+    ("data", "name"),
+    ("summary", "save_checkpoint_steps"),
+    ("summary", "keep_checkpoint_max"),
+    ("train", "name"),
+    ("train", "device_id"),
+    ("train", "amp_level"),
+    ("train", "run_mode"),
+    ("train", "load_ckpt"),
+    ("train", "ckpt_path"),
+}
+
+
+def _field_types(section: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(section))
+
+
+def _coerce(value: Any, expected: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation (int, float, bool, str, X | None)."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(expected)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                return float(value)
+    elif expected is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    name = getattr(expected, "__name__", str(expected))
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
+def _set(config: RunConfig, section_name: str, key: str, value: Any, source: str) -> None:
+    where = f"{source}: {section_name}.{key}"
+    sections = {f.name for f in dataclasses.fields(config)}
+    if section_name not in sections:
+        raise ConfigError(f"{source}: unknown section {section_name!r} (known: {sorted(sections)})")
+    if (section_name, key) in REFERENCE_ALIASES:
+        section_name, key = REFERENCE_ALIASES[(section_name, key)]
+    elif (section_name, key) in REFERENCE_FIXED:
+        allowed = REFERENCE_FIXED[(section_name, key)]
+        if value not in allowed:
+            raise ConfigError(f"{where}: demsr supports only {list(allowed)}, got {value!r}")
+        return
+    elif (section_name, key) in REFERENCE_IGNORED:
+        log.debug("%s is a reference runtime setting; ignored", where)
+        return
+    section = getattr(config, section_name)
+    types_by_name = _field_types(section)
+    if key not in types_by_name:
+        raise ConfigError(f"{where}: unknown key (known: {sorted(types_by_name)})")
+    setattr(section, key, _coerce(value, types_by_name[key], where))
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig from nested dicts (e.g. parsed YAML); unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+    config = RunConfig()
+    # Presets first: the other model keys refine the chosen preset.
+    model_values = values.get("model") or {}
+    ordered = sorted(values.items(), key=lambda item: item[0] != "model")
+    for section_name, section_values in ordered:
+        if section_values is None:
+            continue
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
+        items = section_values.items()
+        if section_name == "model" and "preset" in model_values:
+            items = sorted(items, key=lambda item: item[0] != "preset")
+        for key, value in items:
+            _set(config, str(section_name), str(key), value, source)
+    config.validate()
+    return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a YAML config (``None``: defaults) and apply ``section.key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    config = config_from_dict(values, source=str(path) if path else "defaults")
+    apply_overrides(config, overrides)
+    return config
+
+
+def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """Apply ``section.key=value`` strings; values are YAML scalars, checked by type."""
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        section_name, key = dotted.strip().split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"override {item!r}: expected a single value")
+        _set(config, section_name, key, value, "override")
+    config.validate()
+    return config

@@ -1,0 +1,98 @@
+"""Checkpoints: safetensors + JSON metadata, identical predictions after reload, no unpickling."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from demsr.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    load_checkpoint,
+    load_training_state,
+    save_checkpoint,
+)
+from demsr.datasets import Normalisation
+from demsr.model import DEMSRNet, ModelConfig
+
+
+def _model(seed: int = 0) -> DEMSRNet:
+    torch.manual_seed(seed)
+    return DEMSRNet(ModelConfig(blocks=2, channels=8, scale=3, bias=True))
+
+
+def test_reload_gives_identical_predictions(tmp_path: Path) -> None:
+    model = _model().eval()
+    norm = Normalisation(offset_m=-500.0, scale_m=4000.0)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, norm,
+                           {"provenance": {"data": ["a.tif"]}})
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.model_config == model.config
+    assert checkpoint.normalisation == norm
+    assert checkpoint.metadata["provenance"]["data"] == ["a.tif"]
+    assert "created" in checkpoint.metadata["provenance"]
+    x = torch.rand(2, 1, 11, 13)
+    with torch.no_grad():
+        assert torch.equal(model(x), checkpoint.build_model()(x))
+
+
+def test_no_temporary_file_left(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "m.safetensors", _model(), Normalisation())
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_pickle_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (marker.touch, ())
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(CheckpointError, match="not a demsr checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.safetensors", _model(), Normalisation())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_training_state_round_trip(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    loss = model(torch.rand(2, 1, 6, 6)).square().mean()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    state = TrainingState(optimizer.state_dict(), scheduler.state_dict(), epoch=3,
+                          global_step=42, best_valid_loss=0.5, bad_epochs=1)
+    path = save_checkpoint(tmp_path / "last.safetensors", model, Normalisation(), {}, state)
+    restored = load_training_state(path)
+    assert (restored.epoch, restored.global_step, restored.bad_epochs) == (3, 42, 1)
+    fresh = torch.optim.Adam(_model(1).parameters(), lr=1e-3)
+    fresh.load_state_dict(restored.optimizer)
+    for index, values in optimizer.state_dict()["state"].items():
+        for name, tensor in values.items():
+            assert torch.equal(fresh.state_dict()["state"][index][name], tensor)
+    assert fresh.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.9)
+
+
+def test_weights_only_checkpoint_has_no_training_state(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "best.safetensors", _model(), Normalisation())
+    with pytest.raises(CheckpointError, match="no training state"):
+        load_training_state(path)

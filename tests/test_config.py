@@ -1,0 +1,111 @@
+"""Run configs: YAML presets, the reference's keys, type-checked overrides, unknown keys refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from demsr.config import ConfigError, RunConfig, load_config
+from demsr.model import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The reference's DEM-SRNet.yaml (MindEarth), as published.
+REFERENCE_YAML = """
+model:
+  name: DEMNet
+  scale: 5
+  out_channels: 256
+  kernel_size: 3
+  in_channels: 1
+data:
+  name: "nasadem"
+  root_dir: "./dataset/"
+  patch_size: 32
+  batch_size: 64
+optimizer:
+  name: "adam"
+  learning_rate: 0.00001
+  eps: 0.0000001
+  finetune_lr: 0.00001
+  epochs: 100
+summary:
+  save_checkpoint_epochs: 1
+  keep_checkpoint_max: 1
+train:
+  name: "oop"
+"""
+
+
+def test_defaults_print_and_reload_identically(tmp_path: Path) -> None:
+    text = RunConfig().to_yaml()
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert load_config(path).to_yaml() == text
+
+
+def test_reference_yaml_loads_with_its_meaning(tmp_path: Path) -> None:
+    path = tmp_path / "DEM-SRNet.yaml"
+    path.write_text(REFERENCE_YAML)
+    config = load_config(path, ["model.preset=paper"])
+    assert config.model.build() == PRESETS["paper"]
+    assert config.data.root_dir == "./dataset/"
+    assert config.data.batch_size == 64
+    assert config.optimizer.learning_rate == pytest.approx(1e-5)
+    assert config.optimizer.eps == pytest.approx(1e-7)
+    assert config.train.epochs == 100
+
+
+def test_paper_config_is_the_reference_network() -> None:
+    config = load_config(REPO / "configs" / "paper.yaml")
+    assert config.model.build() == PRESETS["paper"]
+    assert (config.data.batch_size, config.train.patience) == (64, 6)
+    assert config.optimizer.learning_rate == pytest.approx(1e-4)
+
+
+def test_lite_config_loads() -> None:
+    assert load_config(REPO / "configs" / "lite.yaml").model.build() == PRESETS["lite"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=abc", "expected int"),
+        ("train.epochs=1.5", "expected int"),
+        ("train.augment=true", "unknown key"),
+        ("nosection.key=1", "unknown section"),
+        ("train.epochs", "section.key=value"),
+        ("model.resize=cubic", "resize must be one of"),
+        ("model.scale=1", "scale must be an integer >= 2"),
+        ("optimizer.learning_rate=-1", "learning_rate must be > 0"),
+        ("model.in_channels=3", "supports only"),
+        ("data.batch_size=[1, 2]", "single value"),
+    ],
+)
+def test_bad_overrides_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_overrides_are_typed_not_evaluated() -> None:
+    config = load_config(None, ["train.epochs=7", "optimizer.learning_rate=2e-4",
+                                "data.augment=yes", "summary.output_dir=__import__('os')"])
+    assert config.train.epochs == 7
+    assert config.optimizer.learning_rate == pytest.approx(2e-4)
+    assert config.data.augment is True
+    assert config.summary.output_dir == "__import__('os')"
+
+
+def test_unknown_yaml_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": 3, "epochz": 4}}))
+    with pytest.raises(ConfigError, match="epochz"):
+        load_config(path)
+
+
+def test_preset_fields_can_be_refined() -> None:
+    config = load_config(None, ["model.preset=lite", "model.blocks=2", "model.scale=4"])
+    built = config.model.build()
+    assert (built.blocks, built.channels, built.scale) == (2, 64, 4)
