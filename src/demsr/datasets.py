@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from demsr.io import atomic_path
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,3 +52,537 @@ class Normalisation:
 
 
 IDENTITY = Normalisation(offset_m=0.0, scale_m=1.0)
+
+
+# --- The HDF5 pair layout -------------------------------------------------------------------------
+#
+# One file per split (``train/train.h5``, ``valid/valid.h5``, ``test/test.h5``). At the root:
+#
+#   "{h}_{w}"        (N, 1, h, w) float32   low-res patches, normalised (e.g. "32_32")
+#   "{H}_{W}"        (N, 1, H, W) float32   high-res patches, normalised (e.g. "160_160")
+#   "source_windows" (N, 5) int64           (file index, row_off, col_off, height, width) of
+#                                           the high-res window in source_files[file index]
+#
+# and attributes (all optional when reading: the published MindEarth files have none):
+#
+#   scale                  int     H / h
+#   elevation_offset_m     float   metres = value * elevation_scale_m + elevation_offset_m
+#   elevation_scale_m      float
+#   source_files           str[]   paths of the rasters the patches come from
+#   source_crs             str[]   CRS of each source file ("EPSG:4326" or WKT; "" if none)
+#   split                  str     "train", "valid" or "test"
+#   seed                   int     seed the split and subsets were drawn from
+#   prepare_options        str     JSON of the options prepare ran with
+#   demsr_version          str
+#
+# The two patch datasets are the only root datasets named "<int>_<int>"; which one is low-res is
+# told by their sizes, so a reader needs no attribute to find them.
+
+SOURCE_WINDOWS_KEY = "source_windows"
+_PATCH_KEY = re.compile(r"^(\d+)_(\d+)$")
+_CHUNK_BYTES = 1 << 20  # about 1 MiB per chunk: h5py's default chunk cache holds one
+
+
+def patch_key(height_px: int, width_px: int | None = None) -> str:
+    """Dataset name of ``height_px`` x ``width_px`` patches: ``patch_key(32) == "32_32"``."""
+    return f"{height_px}_{height_px if width_px is None else width_px}"
+
+
+def demsr_version() -> str:
+    try:
+        return importlib.metadata.version("demsr")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class PairMetadata:
+    """What a pair file says about itself (its HDF5 attributes).
+
+    ``normalisation`` maps the stored values to metres. For files without attributes (the
+    published MindEarth files) it is ``IDENTITY``, i.e. values stay in the file's own units, and
+    ``has_attributes`` is False.
+    """
+
+    scale: int
+    normalisation: Normalisation = IDENTITY
+    split: str = ""
+    seed: int | None = None
+    source_files: tuple[str, ...] = ()
+    source_crs: tuple[str, ...] = ()
+    prepare_options: dict[str, Any] | None = None
+    demsr_version: str = field(default_factory=demsr_version)
+    has_attributes: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.scale) != self.scale or self.scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {self.scale}")
+        if self.source_crs and len(self.source_crs) != len(self.source_files):
+            raise ValueError(
+                f"source_crs has {len(self.source_crs)} entries for "
+                f"{len(self.source_files)} source files"
+            )
+
+
+@dataclass(frozen=True)
+class PairLayout:
+    """Where the pairs are in a validated pair file, and how big they are."""
+
+    path: Path
+    lowres_key: str
+    highres_key: str
+    count: int
+    lowres_shape: tuple[int, int]  # (h, w) cells of one low-res patch
+    highres_shape: tuple[int, int]  # (H, W) = (h * scale, w * scale)
+    has_source_windows: bool
+    metadata: PairMetadata
+
+    @property
+    def scale(self) -> int:
+        return self.metadata.scale
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return self.metadata.normalisation
+
+
+@dataclass
+class PairFile:
+    """A pair file in memory: ``lowres`` (N,1,h,w) and ``highres`` (N,1,H,W) float32, normalised.
+
+    ``source_windows`` is (N,5) int64 (file index, row_off, col_off, height, width) of each
+    high-res patch in its source raster, or None when the file does not record it.
+    """
+
+    layout: PairLayout
+    lowres: np.ndarray
+    highres: np.ndarray
+    source_windows: np.ndarray | None
+
+    @property
+    def path(self) -> Path:
+        return self.layout.path
+
+    @property
+    def metadata(self) -> PairMetadata:
+        return self.layout.metadata
+
+    @property
+    def scale(self) -> int:
+        return self.layout.metadata.scale
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return self.layout.metadata.normalisation
+
+    def __len__(self) -> int:
+        return self.layout.count
+
+
+def _attr_str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _attr_str(value.item())
+    return str(value)
+
+
+def _attr_strs(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)):
+        return (_attr_str(value),)
+    return tuple(_attr_str(item) for item in np.asarray(value).ravel())
+
+
+def _read_metadata(handle: h5py.File, path: Path, shape_scale: int) -> PairMetadata:
+    attrs = handle.attrs
+    if "scale" not in attrs:
+        _log.warning(
+            "%s has no demsr attributes (a published-layout file?): scale %d inferred from the "
+            "patch sizes; normalisation unknown (IDENTITY assumed), so values and metrics will "
+            "be in the file's normalised units, not metres",
+            path,
+            shape_scale,
+        )
+        return PairMetadata(scale=shape_scale, normalisation=IDENTITY, has_attributes=False)
+    scale = int(attrs["scale"])
+    if scale != shape_scale:
+        raise ValueError(
+            f"{path}: attribute scale={scale} disagrees with the patch sizes (ratio {shape_scale})"
+        )
+    if "elevation_offset_m" in attrs and "elevation_scale_m" in attrs:
+        normalisation = Normalisation(
+            offset_m=float(attrs["elevation_offset_m"]), scale_m=float(attrs["elevation_scale_m"])
+        )
+    else:
+        _log.warning(
+            "%s records no normalisation: values and metrics stay in normalised units", path
+        )
+        normalisation = IDENTITY
+    options_json = attrs.get("prepare_options")
+    try:
+        options = json.loads(_attr_str(options_json)) if options_json is not None else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: attribute prepare_options is not valid JSON ({exc})") from None
+    source_files = _attr_strs(attrs["source_files"]) if "source_files" in attrs else ()
+    source_crs = _attr_strs(attrs["source_crs"]) if "source_crs" in attrs else ()
+    try:
+        return PairMetadata(
+            scale=scale,
+            normalisation=normalisation,
+            split=_attr_str(attrs.get("split", "")),
+            seed=int(attrs["seed"]) if "seed" in attrs else None,
+            source_files=source_files,
+            source_crs=source_crs,
+            prepare_options=options,
+            demsr_version=_attr_str(attrs.get("demsr_version", "unknown")),
+            has_attributes=True,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _layout_of(handle: h5py.File, path: Path) -> PairLayout:
+    patch_sets: list[tuple[str, h5py.Dataset]] = []
+    for key, item in handle.items():
+        if isinstance(item, h5py.Dataset) and _PATCH_KEY.match(key):
+            patch_sets.append((key, item))
+    if len(patch_sets) != 2:
+        raise ValueError(
+            f"{path}: expected exactly two patch datasets named '<h>_<w>' (e.g. '32_32' and "
+            f"'160_160'), found {sorted(key for key, _ in patch_sets) or 'none'} among root keys "
+            f"{sorted(handle.keys())}"
+        )
+    for key, dataset in patch_sets:
+        match = _PATCH_KEY.match(key)
+        assert match is not None
+        named = (int(match.group(1)), int(match.group(2)))
+        if dataset.ndim != 4 or dataset.shape[1] != 1:
+            raise ValueError(
+                f"{path}: dataset '{key}' has shape {dataset.shape}; expected (N, 1, h, w)"
+            )
+        if tuple(dataset.shape[2:]) != named:
+            raise ValueError(
+                f"{path}: dataset '{key}' holds patches of {dataset.shape[2:]} cells, not {named}"
+            )
+        if not np.issubdtype(dataset.dtype, np.number):
+            raise ValueError(f"{path}: dataset '{key}' is {dataset.dtype}, not numeric")
+    patch_sets.sort(key=lambda item: item[1].shape[2] * item[1].shape[3])
+    (lowres_key, lowres), (highres_key, highres) = patch_sets
+    if lowres.shape[0] != highres.shape[0]:
+        raise ValueError(
+            f"{path}: '{lowres_key}' holds {lowres.shape[0]} patches but '{highres_key}' holds "
+            f"{highres.shape[0]}"
+        )
+    (h, w), (big_h, big_w) = lowres.shape[2:], highres.shape[2:]
+    if big_h % h or big_w % w or big_h // h != big_w // w or big_h == h:
+        raise ValueError(
+            f"{path}: patch sizes {h}x{w} and {big_h}x{big_w} are not related by one integer "
+            "scale >= 2"
+        )
+    shape_scale = big_h // h
+    count = int(lowres.shape[0])
+    has_windows = SOURCE_WINDOWS_KEY in handle
+    if has_windows:
+        windows = handle[SOURCE_WINDOWS_KEY]
+        if not isinstance(windows, h5py.Dataset) or windows.shape != (count, 5):
+            shape = getattr(windows, "shape", "a group")
+            raise ValueError(f"{path}: '{SOURCE_WINDOWS_KEY}' is {shape}, expected ({count}, 5)")
+    return PairLayout(
+        path=path,
+        lowres_key=lowres_key,
+        highres_key=highres_key,
+        count=count,
+        lowres_shape=(int(h), int(w)),
+        highres_shape=(int(big_h), int(big_w)),
+        has_source_windows=has_windows,
+        metadata=_read_metadata(handle, path, shape_scale),
+    )
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise ValueError(f"{path}: no such pair file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def inspect_pair_file(path: str | os.PathLike[str]) -> PairLayout:
+    """Validate a pair file (ours or a published one) and describe it, without loading patches.
+
+    Raises ValueError naming the file when it is not HDF5, does not hold exactly two
+    ``<h>_<w>`` datasets of shape (N,1,h,w), their counts differ, or their sizes are not related
+    by one integer scale.
+    """
+    file_path = Path(path)
+    with _open_h5(file_path) as handle:
+        return _layout_of(handle, file_path)
+
+
+def read_pair_file(path: str | os.PathLike[str]) -> PairFile:
+    """Read a whole pair file into memory as float32 (see :func:`inspect_pair_file`).
+
+    Works for files written by :class:`PairWriter` and for the published MindEarth files, which
+    have no attributes: their scale comes from the patch sizes and their normalisation is
+    ``IDENTITY`` (a warning is logged, because metrics then stay in normalised units).
+    """
+    file_path = Path(path)
+    with _open_h5(file_path) as handle:
+        layout = _layout_of(handle, file_path)
+        lowres = np.asarray(handle[layout.lowres_key][...], dtype=np.float32)
+        highres = np.asarray(handle[layout.highres_key][...], dtype=np.float32)
+        windows = (
+            np.asarray(handle[SOURCE_WINDOWS_KEY][...], dtype=np.int64)
+            if layout.has_source_windows
+            else None
+        )
+    return PairFile(layout=layout, lowres=lowres, highres=highres, source_windows=windows)
+
+
+class PairWriter:
+    """Append (low-res, high-res) pairs to one pair file; the file appears only when complete.
+
+    Use as a context manager. Patches go into resizable, chunked (about 1 MiB per chunk),
+    compressed datasets, so a split of any size is written with bounded memory. On an exception
+    inside the ``with`` block the temporary file is removed and nothing appears at ``path``.
+    An existing ``path`` is refused unless ``overwrite=True``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        lowres_patch_px: int | tuple[int, int],
+        metadata: PairMetadata,
+        *,
+        overwrite: bool = False,
+        compression: str | None = "gzip",
+    ) -> None:
+        self.path = Path(path)
+        if isinstance(lowres_patch_px, int):
+            lowres_patch_px = (lowres_patch_px, lowres_patch_px)
+        self.lowres_shape = (int(lowres_patch_px[0]), int(lowres_patch_px[1]))
+        if min(self.lowres_shape) < 1:
+            raise ValueError(f"lowres_patch_px must be >= 1, got {lowres_patch_px}")
+        if metadata.scale < 2:
+            raise ValueError(f"scale must be >= 2, got {metadata.scale}")
+        self.highres_shape = (
+            self.lowres_shape[0] * metadata.scale,
+            self.lowres_shape[1] * metadata.scale,
+        )
+        self.metadata = metadata
+        self.overwrite = overwrite
+        self.compression = compression
+        self.count = 0
+        self._stack: contextlib.ExitStack | None = None
+        self._handle: h5py.File | None = None
+
+    @property
+    def lowres_key(self) -> str:
+        return patch_key(*self.lowres_shape)
+
+    @property
+    def highres_key(self) -> str:
+        return patch_key(*self.highres_shape)
+
+    def __enter__(self) -> PairWriter:
+        if self.path.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stack = contextlib.ExitStack()
+        try:
+            tmp = stack.enter_context(atomic_path(self.path))
+            # The temporary file is private (mkstemp); give the result the usual permissions.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            handle = stack.enter_context(h5py.File(tmp, "w"))
+            self._create(handle)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack, self._handle = stack, handle
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        stack, self._stack, self._handle = self._stack, None, None
+        if stack is not None:
+            # h5py closes first, then atomic_path renames on success or deletes on error.
+            stack.__exit__(exc_type, exc, traceback)
+
+    def _create(self, handle: h5py.File) -> None:
+        for key, (rows, cols) in (
+            (self.lowres_key, self.lowres_shape),
+            (self.highres_key, self.highres_shape),
+        ):
+            chunk = max(1, _CHUNK_BYTES // (rows * cols * 4))
+            handle.create_dataset(
+                key,
+                shape=(0, 1, rows, cols),
+                maxshape=(None, 1, rows, cols),
+                dtype=np.float32,
+                chunks=(chunk, 1, rows, cols),
+                compression=self.compression,
+                shuffle=self.compression is not None,
+            )
+        handle.create_dataset(
+            SOURCE_WINDOWS_KEY, shape=(0, 5), maxshape=(None, 5), dtype=np.int64, chunks=(4096, 5)
+        )
+        meta = self.metadata
+        string = h5py.string_dtype()
+        handle.attrs["scale"] = int(meta.scale)
+        handle.attrs["elevation_offset_m"] = float(meta.normalisation.offset_m)
+        handle.attrs["elevation_scale_m"] = float(meta.normalisation.scale_m)
+        handle.attrs["source_files"] = np.array(list(meta.source_files), dtype=string)
+        handle.attrs["source_crs"] = np.array(list(meta.source_crs), dtype=string)
+        handle.attrs["split"] = meta.split
+        if meta.seed is not None:
+            handle.attrs["seed"] = int(meta.seed)
+        handle.attrs["prepare_options"] = json.dumps(meta.prepare_options or {}, sort_keys=True)
+        handle.attrs["demsr_version"] = meta.demsr_version
+
+    def append(
+        self, lowres: np.ndarray, highres: np.ndarray, source_windows: np.ndarray | None = None
+    ) -> None:
+        """Append ``lowres`` (n,1,h,w) and ``highres`` (n,1,H,W), normalised, finite.
+
+        ``source_windows`` is (n,5) int (file index, row_off, col_off, height, width); rows of
+        -1 are written when it is None. NaN is refused: pairs with nodata must be dropped
+        before they get here.
+        """
+        if self._handle is None:
+            raise RuntimeError("PairWriter.append outside its 'with' block")
+        lowres = np.asarray(lowres, dtype=np.float32)
+        highres = np.asarray(highres, dtype=np.float32)
+        n = lowres.shape[0]
+        if lowres.shape[1:] != (1, *self.lowres_shape) or highres.shape != (
+            n,
+            1,
+            *self.highres_shape,
+        ):
+            raise ValueError(
+                f"expected lowres (n,1,{self.lowres_shape[0]},{self.lowres_shape[1]}) and highres "
+                f"(n,1,{self.highres_shape[0]},{self.highres_shape[1]}), got {lowres.shape} and "
+                f"{highres.shape}"
+            )
+        if source_windows is None:
+            windows = np.full((n, 5), -1, dtype=np.int64)
+        else:
+            windows = np.asarray(source_windows, dtype=np.int64)
+            if windows.shape != (n, 5):
+                raise ValueError(f"source_windows must be ({n}, 5), got {windows.shape}")
+        if not (np.isfinite(lowres).all() and np.isfinite(highres).all()):
+            raise ValueError("pairs must not contain NaN/inf (drop nodata patches first)")
+        if n == 0:
+            return
+        handle = self._handle
+        for key, values in (
+            (self.lowres_key, lowres),
+            (self.highres_key, highres),
+            (SOURCE_WINDOWS_KEY, windows),
+        ):
+            dataset = handle[key]
+            dataset.resize(self.count + n, axis=0)
+            dataset[self.count : self.count + n] = values
+        self.count += n
+
+
+def write_pairs(
+    path: str | os.PathLike[str],
+    lowres: np.ndarray,
+    highres: np.ndarray,
+    metadata: PairMetadata,
+    source_windows: np.ndarray | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a whole pair file at once: ``lowres`` (N,1,h,w), ``highres`` (N,1,H,W), normalised."""
+    lowres = np.asarray(lowres)
+    if lowres.ndim != 4:
+        raise ValueError(f"lowres must be (N,1,h,w), got shape {lowres.shape}")
+    shape = (int(lowres.shape[2]), int(lowres.shape[3]))
+    with PairWriter(path, shape, metadata, overwrite=overwrite) as writer:
+        writer.append(lowres, highres, source_windows)
+    return Path(path)
+
+
+# --- Tensors -----------------------------------------------------------------------------------
+
+
+def dihedral(x: torch.Tensor, variant: int) -> torch.Tensor:
+    """One of the 8 symmetries of the square applied to the last two dims of ``x``.
+
+    ``variant`` 0..3 rotates by ``variant`` x 90 degrees; 4..7 flips left-right first. Block
+    means commute with all eight, so applying the same variant to a low-res patch and its
+    high-res patch keeps the pair consistent.
+    """
+    if not 0 <= variant < 8:
+        raise ValueError(f"variant must be in 0..7, got {variant}")
+    if variant >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k=variant % 4, dims=(-2, -1))
+
+
+class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """(low-res, high-res) float32 tensors (1,h,w) and (1,H,W), normalised, from a pair file.
+
+    The file may be ours or a published one (see :func:`read_pair_file`). By default the whole
+    file is loaded into memory (a split of the published size is a few GiB at most); with
+    ``in_memory=False`` patches are read on demand (the file is opened lazily in each
+    DataLoader worker). ``augment=True`` applies the same random flip/rot90 (one of the 8
+    dihedral variants, drawn from torch's RNG or ``generator``) to both members of a pair.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        augment: bool = False,
+        in_memory: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.augment = augment
+        self.generator = generator
+        self._lowres: np.ndarray | None = None
+        self._highres: np.ndarray | None = None
+        self._handle: h5py.File | None = None
+        if in_memory:
+            pairs = read_pair_file(self.path)
+            self.layout = pairs.layout
+            self._lowres, self._highres = pairs.lowres, pairs.highres
+            self.source_windows = pairs.source_windows
+        else:
+            self.layout = inspect_pair_file(self.path)
+            self.source_windows = None
+        self.normalisation: Normalisation = self.layout.normalisation
+        self.scale: int = self.layout.scale
+
+    def __len__(self) -> int:
+        return self.layout.count
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None  # h5py handles do not pickle; workers reopen the file
+        return state
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._lowres is not None and self._highres is not None:
+            return self._lowres[index], self._highres[index]
+        if self._handle is None:
+            self._handle = h5py.File(self.path, "r")
+        lowres = self._handle[self.layout.lowres_key][index]
+        highres = self._handle[self.layout.highres_key][index]
+        return np.asarray(lowres, dtype=np.float32), np.asarray(highres, dtype=np.float32)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} pairs")
+        lowres_np, highres_np = self._read(index % len(self))
+        lowres = torch.from_numpy(np.array(lowres_np, dtype=np.float32))
+        highres = torch.from_numpy(np.array(highres_np, dtype=np.float32))
+        if self.augment:
+            variant = int(torch.randint(8, (1,), generator=self.generator).item())
+            lowres = dihedral(lowres, variant).contiguous()
+            highres = dihedral(highres, variant).contiguous()
+        return lowres, highres

@@ -1,0 +1,750 @@
+"""Training pairs from real DEMs: degrade high-res patches to low-res, split by space, write HDF5.
+
+For every input raster (one at a time, so memory is bounded by the largest raster):
+
+1. The raster is cut into square *split blocks* (``split_block_px`` high-res cells; the last row
+   and column of blocks may be smaller). With ``split_by="file"`` the whole raster is one block.
+2. High-res patches (``lowres_patch_px * scale`` cells) are taken every ``stride_px`` cells,
+   starting at each block's corner and lying fully inside that block, so no high-res cell is in
+   two blocks' patches. Patches with any nodata are dropped; so are patches whose relief
+   (max - min) is below ``min_relief_m`` (SRTM writes the sea as a flat 0 m).
+3. Blocks that keep at least one patch are dealt to train/valid/test: their numbers follow
+   ``split_fractions`` (the fractional remainder rounded at random), and which blocks go where
+   follows a hash of (seed, file name, block position), so adding a file does not move the blocks
+   of the others. If a split with a non-zero fraction would be empty while there are at least
+   three blocks overall, one block is moved into it from the largest split. With
+   ``split_by="file"`` whole files are dealt the same way, and each non-empty split is
+   guaranteed a file when there are at least three.
+4. The low-res member of each pair is the block mean of the high-res patch over scale x scale
+   cells (:func:`degrade`), both normalised with ``options.normalisation``; the pairs are appended
+   to ``out_dir/{train,valid,test}/{split}.h5`` (layout in :mod:`demsr.datasets`).
+
+A first pass reads each raster to find its usable patches and deal the blocks; the second pass
+reads it again and writes the pairs. The three files appear only when all are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import numbers
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from demsr.datasets import Normalisation, PairMetadata, PairWriter
+from demsr.io import Raster, read_raster
+
+_log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+SPLIT_BY: tuple[str, ...] = ("block", "file")
+SplitBy = Literal["block", "file"]
+RASTER_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".hgt", ".nc", ".asc", ".vrt", ".img")
+
+_WRITE_BATCH = 256  # patches gathered per HDF5 append; bounds memory for dense strides
+
+
+def degrade(highres: np.ndarray, scale: int) -> np.ndarray:
+    """Block mean of ``highres`` (..., H, W) over ``scale`` x ``scale`` cells -> (..., H/s, W/s).
+
+    This is how a coarse cell averages the fine cells it covers (a 15" cell and its 5 x 5 3"
+    cells). H and W must be multiples of ``scale``. A block holding any NaN (nodata) gives NaN:
+    a partial block is not a valid coarse cell. The mean is accumulated in float64; the result
+    is float32 for float32 or integer input and float64 for float64 input.
+    """
+    values = np.asarray(highres)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if values.ndim < 2:
+        raise ValueError(f"expected an array (..., H, W), got shape {values.shape}")
+    rows, cols = values.shape[-2:]
+    if rows % scale or cols % scale:
+        raise ValueError(
+            f"high-res shape {rows}x{cols} is not a multiple of the scale {scale} "
+            "(crop it to whole blocks first)"
+        )
+    out_dtype = np.result_type(values.dtype, np.float32)
+    blocks = values.reshape(*values.shape[:-2], rows // scale, scale, cols // scale, scale)
+    return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(out_dtype, copy=False)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How :func:`prepare_pairs` cuts rasters into pairs. Sizes are in cells (pixels).
+
+    - ``scale``: high-res cells per low-res cell along each axis (5: 3" -> 15").
+    - ``lowres_patch_px``: low-res patch side; the high-res patch is ``lowres_patch_px * scale``
+      (32 -> 160, the published layout).
+    - ``stride_px``: high-res cells between patch origins; None = the high-res patch side
+      (patches touch but do not overlap).
+    - ``min_relief_m``: patches whose high-res max - min is below this are dropped as flat.
+    - ``max_patches_per_file``: keep at most this many patches per raster (a random subset drawn
+      from ``seed``, stratified by split); None keeps all.
+    - ``split_fractions``: (train, valid, test), non-negative, summing to 1.
+    - ``split_by``: ``"block"`` deals split blocks of each raster; ``"file"`` deals whole files.
+    - ``split_block_px``: side of a split block in high-res cells; None = 3 high-res patches.
+    - ``seed``: seeds the split assignment and the subsets.
+    - ``normalisation``: metres -> stored values (``value = (metres - offset_m) / scale_m``).
+    - ``band``: raster band to read (1-based).
+    """
+
+    scale: int = 5
+    lowres_patch_px: int = 32
+    stride_px: int | None = None
+    min_relief_m: float = 10.0
+    max_patches_per_file: int | None = None
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_by: SplitBy = "block"
+    split_block_px: int | None = None
+    seed: int = 0
+    normalisation: Normalisation = field(default_factory=Normalisation)
+    band: int = 1
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.scale) or self.scale < 2:
+            raise ValueError(f"scale must be an integer >= 2, got {self.scale!r}")
+        if not _is_int(self.lowres_patch_px) or self.lowres_patch_px < 1:
+            raise ValueError(
+                f"lowres_patch_px must be an integer >= 1, got {self.lowres_patch_px!r}"
+            )
+        if self.stride_px is not None and (not _is_int(self.stride_px) or self.stride_px < 1):
+            raise ValueError(f"stride_px must be an integer >= 1 or None, got {self.stride_px!r}")
+        relief = self.min_relief_m
+        if isinstance(relief, bool) or not isinstance(relief, numbers.Real):
+            raise ValueError(f"min_relief_m must be a number, got {relief!r}")
+        if not np.isfinite(relief) or relief < 0:
+            raise ValueError(f"min_relief_m must be finite and >= 0, got {relief!r}")
+        cap = self.max_patches_per_file
+        if cap is not None and (not _is_int(cap) or cap < 1):
+            raise ValueError(f"max_patches_per_file must be an integer >= 1 or None, got {cap!r}")
+        fractions = tuple(self.split_fractions)
+        if len(fractions) != 3 or not all(
+            isinstance(f, numbers.Real) and not isinstance(f, bool) for f in fractions
+        ):
+            raise ValueError(
+                f"split_fractions must be three numbers (train, valid, test), got {fractions!r}"
+            )
+        if any(not np.isfinite(f) or f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(
+                f"split_fractions must be >= 0 and sum to 1, got {fractions!r} "
+                f"(sum {sum(fractions):g})"
+            )
+        object.__setattr__(self, "split_fractions", tuple(float(f) for f in fractions))
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {SPLIT_BY}, got {self.split_by!r}")
+        block = self.split_block_px
+        if block is not None and (not _is_int(block) or block < self.highres_patch_px):
+            raise ValueError(
+                f"split_block_px must be an integer >= the high-res patch size "
+                f"({self.highres_patch_px}), got {block!r}"
+            )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.normalisation, Normalisation):
+            raise ValueError(
+                f"normalisation must be a Normalisation, got {type(self.normalisation).__name__}"
+            )
+        if not _is_int(self.band) or self.band < 1:
+            raise ValueError(f"band must be an integer >= 1, got {self.band!r}")
+
+    @property
+    def highres_patch_px(self) -> int:
+        return self.lowres_patch_px * self.scale
+
+    @property
+    def effective_stride_px(self) -> int:
+        return self.highres_patch_px if self.stride_px is None else self.stride_px
+
+    @property
+    def effective_split_block_px(self) -> int:
+        return 3 * self.highres_patch_px if self.split_block_px is None else self.split_block_px
+
+    def resolved(self) -> PrepareOptions:
+        """A copy with the defaults that depend on other fields (stride, block) written out."""
+        return dataclasses.replace(
+            self, stride_px=self.effective_stride_px, split_block_px=self.effective_split_block_px
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``normalisation`` as a nested dict); :meth:`from_dict` inverts it."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["split_fractions"] = list(self.split_fractions)
+        values["normalisation"] = self.normalisation.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PrepareOptions:
+        """Build options from a dict such as a YAML section; unknown keys are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"unknown prepare option(s): {sorted(unknown)}; known: {sorted(known)}"
+            )
+        values = dict(values)
+        if isinstance(values.get("normalisation"), dict):
+            values["normalisation"] = Normalisation.from_dict(values["normalisation"])
+        if "split_fractions" in values and not isinstance(values["split_fractions"], str):
+            values["split_fractions"] = tuple(values["split_fractions"])
+        return cls(**values)
+
+
+# --- Geometry -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitBlock:
+    """A block of a raster dealt to one split: (block_row, block_col) and its cell extent."""
+
+    block_row: int
+    block_col: int
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+
+def split_blocks(shape: tuple[int, int], block_px: int | None) -> list[SplitBlock]:
+    """Cut a (rows, cols) raster into a row-major grid of ``block_px`` blocks.
+
+    The last row/column of blocks holds the remainder and may be smaller. ``None`` gives one
+    block covering the whole raster (``split_by="file"``).
+    """
+    rows, cols = shape
+    if block_px is None:
+        return [SplitBlock(0, 0, 0, 0, rows, cols)]
+    return [
+        SplitBlock(i, j, r, c, min(block_px, rows - r), min(block_px, cols - c))
+        for i, r in enumerate(range(0, rows, block_px))
+        for j, c in enumerate(range(0, cols, block_px))
+    ]
+
+
+def patch_origins(block: SplitBlock, patch_px: int, stride_px: int) -> np.ndarray:
+    """(n, 2) int64 (row_off, col_off) of the patches fully inside ``block``, row-major.
+
+    Patches start at the block's corner and step by ``stride_px``; a block smaller than one
+    patch gives none. Number along an axis: ``max(0, (size - patch_px) // stride_px + 1)``.
+    """
+    rows = np.arange(block.row_off, block.row_off + block.height - patch_px + 1, stride_px)
+    cols = np.arange(block.col_off, block.col_off + block.width - patch_px + 1, stride_px)
+    grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1)
+    return grid.reshape(-1, 2).astype(np.int64)
+
+
+def _nodata_table(valid: np.ndarray) -> np.ndarray:
+    """Summed-area table of nodata cells: (rows+1, cols+1) int64, zero first row and column."""
+    table = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = np.cumsum(np.cumsum(~valid, axis=0, dtype=np.int64), axis=1)
+    return table
+
+
+def _window_nodata_counts(table: np.ndarray, origins: np.ndarray, patch_px: int) -> np.ndarray:
+    """Number of nodata cells in each ``patch_px`` window at ``origins``, O(1) per window."""
+    r, c = origins[:, 0], origins[:, 1]
+    p = patch_px
+    return table[r + p, c + p] - table[r, c + p] - table[r + p, c] + table[r, c]
+
+
+# --- Reproducible dealing -----------------------------------------------------------------------
+
+
+def _hash64(*parts: object) -> int:
+    text = "\0".join(str(part) for part in parts).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+
+
+def _apportion(
+    total: int, weights: Sequence[float], rng: np.random.Generator, at_least_one: bool
+) -> list[int]:
+    """Split ``total`` items in proportion to ``weights``; fractional parts are rounded at random.
+
+    Each share gets the floor of its exact value, and the leftover items go to shares drawn
+    without replacement with probability proportional to their fractional parts, so the
+    expected share is exact. With ``at_least_one``, every positive-weight share gets >= 1 item
+    when ``total`` allows, taken from the largest share.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    counts = np.zeros(len(w), dtype=np.int64)
+    if total <= 0 or w.sum() <= 0:
+        return counts.tolist()
+    exact = total * w / w.sum()
+    counts = np.floor(exact + 1e-9).astype(np.int64)
+    leftover = int(total - counts.sum())
+    if leftover > 0:
+        remainder = np.clip(exact - counts, 0.0, None)
+        # Weighted sampling without replacement (Efraimidis-Spirakis keys u ** (1 / weight)).
+        draws = rng.random(len(w)) ** (1.0 / np.maximum(remainder, 1e-12))
+        keys = np.where(remainder > 0, draws, np.where(w > 0, -1.0, -2.0))
+        for index in np.argsort(-keys, kind="stable")[:leftover]:
+            counts[index] += 1
+    positive = np.flatnonzero(w > 0)
+    if at_least_one and total >= len(positive):
+        for index in positive:
+            if counts[index] == 0:
+                counts[int(np.argmax(counts))] -= 1
+                counts[index] += 1
+    return counts.tolist()
+
+
+# --- Plan and report ----------------------------------------------------------------------------
+
+
+@dataclass
+class FileReport:
+    """What prepare made of one raster. Counts are patches unless named blocks."""
+
+    path: str
+    shape: tuple[int, int]
+    crs: str
+    cell_size: tuple[float, float]  # (x, y) in CRS units
+    nodata_fraction: float
+    candidates: int = 0  # windows that fit inside a block
+    dropped_nodata: int = 0
+    dropped_flat: int = 0
+    dropped_limit: int = 0  # usable but beyond max_patches_per_file
+    patches: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    blocks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    empty_blocks: int = 0  # blocks without a usable patch (dealt to no split)
+
+    @property
+    def kept(self) -> int:
+        return sum(self.patches.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["kept"] = self.kept
+        return values
+
+
+@dataclass
+class PrepareReport:
+    """Counts of a prepare run, per file and in total; ``outputs`` maps split -> written file."""
+
+    options: PrepareOptions
+    files: list[FileReport]
+    outputs: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Patches per split."""
+        return {split: sum(f.patches[split] for f in self.files) for split in SPLITS}
+
+    @property
+    def block_counts(self) -> dict[str, int]:
+        return {split: sum(f.blocks[split] for f in self.files) for split in SPLITS}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def candidates(self) -> int:
+        return sum(f.candidates for f in self.files)
+
+    @property
+    def dropped_nodata(self) -> int:
+        return sum(f.dropped_nodata for f in self.files)
+
+    @property
+    def dropped_flat(self) -> int:
+        return sum(f.dropped_flat for f in self.files)
+
+    @property
+    def dropped_limit(self) -> int:
+        return sum(f.dropped_limit for f in self.files)
+
+    def summary(self) -> str:
+        """A plain-text table: one line per file, then the totals."""
+        lines = [
+            f"{'file':<36} {'cand':>7} {'nodata':>7} {'flat':>7} {'limit':>6} "
+            f"{'train':>7} {'valid':>6} {'test':>6}"
+        ]
+        for f in self.files:
+            lines.append(
+                f"{Path(f.path).name[:36]:<36} {f.candidates:>7} {f.dropped_nodata:>7} "
+                f"{f.dropped_flat:>7} {f.dropped_limit:>6} {f.patches['train']:>7} "
+                f"{f.patches['valid']:>6} {f.patches['test']:>6}"
+            )
+        counts = self.counts
+        lines.append(
+            f"{'total (' + str(len(self.files)) + ' files)':<36} {self.candidates:>7} "
+            f"{self.dropped_nodata:>7} {self.dropped_flat:>7} {self.dropped_limit:>6} "
+            f"{counts['train']:>7} {counts['valid']:>6} {counts['test']:>6}"
+        )
+        blocks = self.block_counts
+        lines.append(
+            f"blocks dealt: train {blocks['train']}, valid {blocks['valid']}, "
+            f"test {blocks['test']} (split_by={self.options.split_by})"
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "options": self.options.to_dict(),
+            "counts": self.counts,
+            "blocks": self.block_counts,
+            "candidates": self.candidates,
+            "dropped_nodata": self.dropped_nodata,
+            "dropped_flat": self.dropped_flat,
+            "dropped_limit": self.dropped_limit,
+            "seconds": self.seconds,
+            "outputs": {split: str(path) for split, path in self.outputs.items()},
+            "files": [f.to_dict() for f in self.files],
+        }
+
+
+@dataclass
+class _Unit:
+    """A block (or a whole file) with usable patches, waiting for its split."""
+
+    file_index: int
+    key: int  # hash of (seed, file name, block position): the dealing order
+    origins: np.ndarray  # (n, 2) row_off, col_off of its usable patches
+    split: str = ""
+
+
+@dataclass
+class PreparePlan:
+    """Which windows of which rasters go to which split (no pixels): the output of pass one.
+
+    ``windows[i][split]`` is an (n, 2) int64 array of (row_off, col_off) high-res patch origins in
+    ``paths[i]``; each patch is ``options.highres_patch_px`` square.
+    """
+
+    options: PrepareOptions
+    paths: list[Path]
+    crs: list[str]
+    windows: list[dict[str, np.ndarray]]
+    report: PrepareReport
+
+
+def collect_rasters(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand ``paths`` into raster files: files as given, folders into their rasters (sorted).
+
+    Folder members are taken by suffix (``RASTER_SUFFIXES``). Missing paths and the same file
+    named twice are refused with ValueError.
+    """
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            members = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+            )
+            if not members:
+                raise ValueError(f"{path}: folder holds no rasters ({', '.join(RASTER_SUFFIXES)})")
+            found.extend(members)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for path in found:
+        resolved = path.resolve()
+        if resolved in seen:
+            raise ValueError(f"{path}: named twice (also as {seen[resolved]})")
+        seen[resolved] = path
+    return found
+
+
+def _scan_file(
+    raster: Raster, file_index: int, options: PrepareOptions, report: FileReport
+) -> list[_Unit]:
+    """Find the usable patches of one raster, grouped by split block (pass one)."""
+    patch_px = options.highres_patch_px
+    block_px = options.effective_split_block_px if options.split_by == "block" else None
+    name = Path(raster.path).name
+    nodata_table = _nodata_table(raster.valid)
+    units: list[_Unit] = []
+    for block in split_blocks(raster.shape, block_px):
+        origins = patch_origins(block, patch_px, options.effective_stride_px)
+        report.candidates += len(origins)
+        if len(origins) == 0:
+            continue
+        has_nodata = _window_nodata_counts(nodata_table, origins, patch_px) > 0
+        report.dropped_nodata += int(has_nodata.sum())
+        keep = ~has_nodata
+        for index in np.flatnonzero(keep):
+            row, col = origins[index]
+            patch = raster.data[row : row + patch_px, col : col + patch_px]
+            if float(patch.max()) - float(patch.min()) < options.min_relief_m:
+                keep[index] = False
+                report.dropped_flat += 1
+        if not keep.any():
+            report.empty_blocks += 1
+            continue
+        key = _hash64(options.seed, name, block.block_row, block.block_col)
+        units.append(_Unit(file_index=file_index, key=key, origins=origins[keep]))
+    return units
+
+
+def _deal_within_files(
+    units: list[_Unit], n_files: int, paths: list[Path], seed: int, fractions: Sequence[float]
+) -> None:
+    """Deal each file's units to splits: counts from :func:`_apportion`, order by hash key."""
+    for file_index in range(n_files):
+        own = sorted((u for u in units if u.file_index == file_index), key=lambda u: u.key)
+        rng = np.random.default_rng(_hash64(seed, paths[file_index].name, "apportion"))
+        counts = _apportion(len(own), fractions, rng, at_least_one=False)
+        splits = [s for s, n in zip(SPLITS, counts, strict=True) for _ in range(n)]
+        for unit, split in zip(own, splits, strict=True):
+            unit.split = split
+
+
+def _ensure_nonempty_splits(units: list[_Unit], fractions: Sequence[float]) -> None:
+    """Move one unit into each empty split with a positive fraction, if there are enough units."""
+    wanted = [s for s, f in zip(SPLITS, fractions, strict=True) if f > 0]
+    if len(units) < len(wanted):
+        return
+    for split in wanted:
+        members = {s: [u for u in units if u.split == s] for s in SPLITS}
+        if members[split]:
+            continue
+        donor = max(SPLITS, key=lambda s: len(members[s]))
+        unit = min(members[donor], key=lambda u: u.key)
+        _log.info("split %r would be empty: moving one block from %r to it", split, donor)
+        unit.split = split
+
+
+def plan_pairs(
+    rasters: Sequence[str | os.PathLike[str]],
+    options: PrepareOptions | None = None,
+    *,
+    progress: bool = True,
+) -> PreparePlan:
+    """Pass one of :func:`prepare_pairs`: find usable patches and deal them to splits.
+
+    Reads each raster once (one at a time) and keeps only window positions. The returned plan's
+    ``report`` has every count that the written files will have (``outputs`` empty).
+    """
+    options = options or PrepareOptions()
+    paths = [Path(p) for p in rasters]
+    if not paths:
+        raise ValueError("no rasters given")
+    seen: set[Path] = set()
+    for path in paths:
+        if path.resolve() in seen:
+            raise ValueError(f"{path}: given twice")
+        seen.add(path.resolve())
+    reports: list[FileReport] = []
+    crs_list: list[str] = []
+    units: list[_Unit] = []
+    for file_index, path in enumerate(
+        tqdm(paths, desc="scanning", unit="file", disable=not progress)
+    ):
+        raster = read_raster(path, band=options.band)
+        crs = raster.crs.to_string() if raster.crs is not None else ""
+        report = FileReport(
+            path=str(path.resolve()),
+            shape=raster.shape,
+            crs=crs,
+            cell_size=(float(raster.transform.a), float(-raster.transform.e)),
+            nodata_fraction=float(1.0 - raster.valid.mean()) if raster.data.size else 0.0,
+        )
+        file_units = _scan_file(raster, file_index, options, report)
+        if report.candidates == 0:
+            _log.warning(
+                "%s (%dx%d) is smaller than one %d px patch (or split block): no pairs from it",
+                path,
+                *raster.shape,
+                options.highres_patch_px,
+            )
+        if options.split_by == "file":
+            for unit in file_units:
+                unit.key = _hash64(options.seed, path.name)
+        units.extend(file_units)
+        reports.append(report)
+        crs_list.append(crs)
+        del raster
+
+    fractions = options.split_fractions
+    if options.split_by == "block":
+        _deal_within_files(units, len(paths), paths, options.seed, fractions)
+        _ensure_nonempty_splits(units, fractions)
+    else:
+        ordered = sorted(units, key=lambda u: u.key)
+        rng = np.random.default_rng(_hash64(options.seed, "files"))
+        counts = _apportion(len(ordered), fractions, rng, at_least_one=True)
+        splits = [s for s, n in zip(SPLITS, counts, strict=True) for _ in range(n)]
+        for unit, split in zip(ordered, splits, strict=True):
+            unit.split = split
+
+    windows: list[dict[str, np.ndarray]] = []
+    for file_index, (path, report) in enumerate(zip(paths, reports, strict=True)):
+        by_split: dict[str, np.ndarray] = {}
+        for split in SPLITS:
+            own = [u.origins for u in units if u.file_index == file_index and u.split == split]
+            report.blocks[split] = len(own)
+            by_split[split] = np.concatenate(own) if own else np.zeros((0, 2), dtype=np.int64)
+        cap = options.max_patches_per_file
+        usable = sum(len(w) for w in by_split.values())
+        if cap is not None and usable > cap:
+            rng = np.random.default_rng(_hash64(options.seed, path.name, "subset"))
+            quotas = _apportion(cap, [len(by_split[s]) for s in SPLITS], rng, at_least_one=True)
+            for split, quota in zip(SPLITS, quotas, strict=True):
+                chosen = np.sort(rng.choice(len(by_split[split]), size=quota, replace=False))
+                by_split[split] = by_split[split][chosen]
+            report.dropped_limit = usable - cap
+        for split in SPLITS:
+            report.patches[split] = len(by_split[split])
+        windows.append(by_split)
+        _log.info(
+            "%s: %d candidate patches, %d with nodata, %d flat (< %g m), %d over the limit; "
+            "train/valid/test %d/%d/%d",
+            path.name,
+            report.candidates,
+            report.dropped_nodata,
+            report.dropped_flat,
+            options.min_relief_m,
+            report.dropped_limit,
+            *(report.patches[s] for s in SPLITS),
+        )
+
+    report_all = PrepareReport(options=options, files=reports)
+    for split, fraction, count in zip(SPLITS, fractions, report_all.counts.values(), strict=True):
+        if count == 0 and report_all.total > 0:
+            why = (
+                "its fraction is 0"
+                if fraction == 0
+                else (
+                    f"only {len(units)} usable {'file' if options.split_by == 'file' else 'block'}s"
+                )
+            )
+            _log.warning("split %r is empty (%s)", split, why)
+    return PreparePlan(
+        options=options, paths=paths, crs=crs_list, windows=windows, report=report_all
+    )
+
+
+def output_paths(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Where :func:`prepare_pairs` writes each split: ``out_dir/{split}/{split}.h5``."""
+    root = Path(out_dir)
+    return {split: root / split / f"{split}.h5" for split in SPLITS}
+
+
+def _pairs_from(
+    raster: Raster, origins: np.ndarray, options: PrepareOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised float32 lowres (n,1,h,w) and highres (n,1,H,W) for patch ``origins``."""
+    patch_px = options.highres_patch_px
+    highres_m = np.stack(
+        [raster.data[r : r + patch_px, c : c + patch_px] for r, c in origins]
+    ).astype(np.float64)[:, None]
+    lowres_m = degrade(highres_m, options.scale)
+    norm = options.normalisation
+    return (
+        norm.normalise(lowres_m).astype(np.float32),
+        norm.normalise(highres_m).astype(np.float32),
+    )
+
+
+def prepare_pairs(
+    rasters: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    options: PrepareOptions | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareReport:
+    """Cut ``rasters`` into (low-res, high-res) training pairs and write the three split files.
+
+    Writes ``out_dir/train/train.h5``, ``out_dir/valid/valid.h5`` and ``out_dir/test/test.h5``
+    in the layout of :mod:`demsr.datasets` (values normalised with ``options.normalisation``;
+    provenance in ``source_windows`` and the attributes). Patches with nodata or with relief
+    below ``options.min_relief_m`` are dropped and counted. The files appear only when all three
+    are complete; existing ones are refused (FileExistsError) unless ``overwrite``. An empty
+    split is written as an empty file, with a warning; no usable patch at all is a ValueError.
+    """
+    start = time.perf_counter()
+    options = options or PrepareOptions()
+    outputs = output_paths(out_dir)
+    existing = [str(p) for p in outputs.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"output exists: {', '.join(existing)}; pass overwrite=True")
+
+    plan = plan_pairs(rasters, options, progress=progress)
+    report = plan.report
+    if report.total == 0:
+        raise ValueError(
+            "no usable patches: every candidate window has nodata or is flat "
+            f"(candidates {report.candidates}, nodata {report.dropped_nodata}, "
+            f"flat {report.dropped_flat}); lower min_relief_m or the patch size\n"
+            + report.summary()
+        )
+    metadata_common: dict[str, Any] = dict(
+        scale=options.scale,
+        normalisation=options.normalisation,
+        seed=options.seed,
+        source_files=tuple(f.path for f in report.files),
+        source_crs=tuple(plan.crs),
+        prepare_options=options.resolved().to_dict(),
+    )
+    patch_px = options.highres_patch_px
+    with contextlib.ExitStack() as stack:
+        writers = {
+            split: stack.enter_context(
+                PairWriter(
+                    path,
+                    options.lowres_patch_px,
+                    PairMetadata(split=split, **metadata_common),
+                    overwrite=overwrite,
+                )
+            )
+            for split, path in outputs.items()
+        }
+        bar = stack.enter_context(
+            tqdm(total=report.total, desc="writing", unit="patch", disable=not progress)
+        )
+        for file_index, (path, by_split) in enumerate(zip(plan.paths, plan.windows, strict=True)):
+            if not any(len(w) for w in by_split.values()):
+                continue
+            bar.set_postfix_str(path.name)
+            raster = read_raster(path, band=options.band)
+            for split, origins in by_split.items():
+                for begin in range(0, len(origins), _WRITE_BATCH):
+                    batch = origins[begin : begin + _WRITE_BATCH]
+                    lowres, highres = _pairs_from(raster, batch, options)
+                    provenance = np.column_stack(
+                        [
+                            np.full(len(batch), file_index),
+                            batch,
+                            np.full((len(batch), 2), patch_px),
+                        ]
+                    ).astype(np.int64)
+                    writers[split].append(lowres, highres, provenance)
+                    bar.update(len(batch))
+            del raster
+    report.outputs = outputs
+    report.seconds = time.perf_counter() - start
+    _log.info(
+        "wrote %s pairs (train/valid/test) to %s in %.1f s; dropped %d with nodata, %d flat, "
+        "%d over the per-file limit",
+        "/".join(str(n) for n in report.counts.values()),
+        Path(out_dir),
+        report.seconds,
+        report.dropped_nodata,
+        report.dropped_flat,
+        report.dropped_limit,
+    )
+    return report
+
+
+def report_json(report: PrepareReport) -> str:
+    """The report as indented JSON (for ``--report`` style outputs)."""
+    return json.dumps(report.to_dict(), indent=2, sort_keys=True)

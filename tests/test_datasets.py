@@ -1,0 +1,256 @@
+"""datasets: the HDF5 pair layout (ours and the published one) and PairDataset."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from demsr.datasets import (
+    IDENTITY,
+    Normalisation,
+    PairDataset,
+    PairMetadata,
+    PairWriter,
+    dihedral,
+    inspect_pair_file,
+    patch_key,
+    read_pair_file,
+    write_pairs,
+)
+from demsr.prepare import PrepareOptions, degrade, output_paths, prepare_pairs
+
+
+def consistent_pairs(n: int, lowres_px: int = 4, scale: int = 5, seed: int = 0):
+    """Random high-res patches (n,1,H,W) in 0..1 and their block means, float32."""
+    rng = np.random.default_rng(seed)
+    highres = rng.random((n, 1, lowres_px * scale, lowres_px * scale)).astype(np.float32)
+    return degrade(highres, scale), highres
+
+
+def write_published(path: Path, n: int = 3, dtype: str = "float32") -> tuple[np.ndarray, ...]:
+    """A file as MindEarth publishes it: only the two datasets, no attributes."""
+    rng = np.random.default_rng(1)
+    lowres = rng.random((n, 1, 32, 32)).astype(dtype)
+    highres = rng.random((n, 1, 160, 160)).astype(dtype)
+    with h5py.File(path, "w") as handle:
+        handle["32_32"] = lowres
+        handle["160_160"] = highres
+    return lowres, highres
+
+
+def test_patch_key() -> None:
+    assert patch_key(32) == "32_32"
+    assert patch_key(160) == "160_160"
+    assert patch_key(8, 12) == "8_12"
+
+
+def test_written_pairs_round_trip(tmp_path: Path) -> None:
+    lowres, highres = consistent_pairs(5)
+    windows = np.arange(25, dtype=np.int64).reshape(5, 5)
+    metadata = PairMetadata(
+        scale=5,
+        normalisation=Normalisation(offset_m=-500.0, scale_m=3000.0),
+        split="valid",
+        seed=7,
+        source_files=("/data/a.tif", "/data/b.tif"),
+        source_crs=("EPSG:4326", "EPSG:32611"),
+        prepare_options={"scale": 5, "lowres_patch_px": 4},
+    )
+    path = write_pairs(tmp_path / "valid.h5", lowres, highres, metadata, windows)
+    pf = read_pair_file(path)
+    assert pf.layout.lowres_key == "4_4" and pf.layout.highres_key == "20_20"
+    np.testing.assert_array_equal(pf.lowres, lowres)
+    np.testing.assert_array_equal(pf.highres, highres)
+    np.testing.assert_array_equal(pf.source_windows, windows)
+    assert pf.metadata.has_attributes
+    for name in ("scale", "normalisation", "split", "seed", "source_files", "source_crs"):
+        assert getattr(pf.metadata, name) == getattr(metadata, name), name
+    assert pf.metadata.prepare_options == metadata.prepare_options
+    assert pf.metadata.demsr_version == metadata.demsr_version != ""
+    with pytest.raises(FileExistsError):
+        write_pairs(path, lowres, highres, metadata)
+    write_pairs(path, lowres[:2], highres[:2], metadata, overwrite=True)
+    assert len(read_pair_file(path)) == 2
+
+
+def test_published_file_reads_with_scale_5_and_identity(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lowres, highres = write_published(tmp_path / "train.h5", dtype="float64")
+    with caplog.at_level(logging.WARNING, logger="demsr.datasets"):
+        pf = read_pair_file(tmp_path / "train.h5")
+    assert "normalised units" in caplog.text
+    assert pf.scale == 5
+    assert pf.normalisation == IDENTITY
+    assert not pf.metadata.has_attributes
+    assert pf.source_windows is None
+    assert pf.lowres.dtype == np.float32 and pf.lowres.shape == (3, 1, 32, 32)
+    assert pf.highres.shape == (3, 1, 160, 160)
+    np.testing.assert_allclose(pf.highres, highres, rtol=1e-7)
+    dataset = PairDataset(tmp_path / "train.h5")
+    assert dataset.scale == 5 and dataset.normalisation == IDENTITY and len(dataset) == 3
+
+
+def _only(key: str, shape: tuple[int, ...]):
+    def build(handle: h5py.File) -> None:
+        handle[key] = np.zeros(shape, dtype=np.float32)
+
+    return build
+
+
+def _pair(lowres_shape: tuple[int, ...], highres_shape: tuple[int, ...], **names: str):
+    def build(handle: h5py.File) -> None:
+        low_key = names.get("low", f"{lowres_shape[-2]}_{lowres_shape[-1]}")
+        high_key = names.get("high", f"{highres_shape[-2]}_{highres_shape[-1]}")
+        handle[low_key] = np.zeros(lowres_shape, dtype=np.float32)
+        handle[high_key] = np.zeros(highres_shape, dtype=np.float32)
+
+    return build
+
+
+def _with(base, extra):
+    def build(handle: h5py.File) -> None:
+        base(handle)
+        extra(handle)
+
+    return build
+
+
+def _attr(name: str, value: object):
+    def build(handle: h5py.File) -> None:
+        handle.attrs[name] = value
+
+    return build
+
+
+GOOD = _pair((2, 1, 32, 32), (2, 1, 160, 160))
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (_only("32_32", (2, 1, 32, 32)), "exactly two patch datasets"),
+        (_pair((2, 1, 32, 32), (2, 1, 160, 160), low="lowres", high="highres"), "found none"),
+        (_with(GOOD, _only("64_64", (2, 1, 64, 64))), "exactly two patch datasets"),
+        (_pair((2, 1, 32, 32), (3, 1, 160, 160)), "holds 2 patches but '160_160' holds 3"),
+        (_pair((2, 1, 32, 32), (2, 1, 100, 100)), "integer scale"),
+        (
+            _pair((2, 32, 32), (2, 160, 160), low="32_32", high="160_160"),
+            r"expected \(N, 1, h, w\)",
+        ),
+        (_pair((2, 1, 32, 32), (2, 1, 160, 160), high="150_150"), "not"),
+        (_with(GOOD, _attr("scale", 4)), "disagrees"),
+        (_with(GOOD, _only("source_windows", (2, 4))), "source_windows"),
+        (_with(GOOD, _attr("scale", 5)), None),  # valid: attributes without normalisation
+    ],
+)
+def test_bad_pair_files_raise_naming_the_file(tmp_path: Path, build, message: str | None) -> None:
+    path = tmp_path / "pairs.h5"
+    with h5py.File(path, "w") as handle:
+        build(handle)
+    if message is None:
+        assert inspect_pair_file(path).scale == 5
+        return
+    with pytest.raises(ValueError, match=message) as caught:
+        read_pair_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_not_hdf5_or_missing_raises(tmp_path: Path) -> None:
+    text = tmp_path / "train.h5"
+    text.write_text("not hdf5")
+    with pytest.raises(ValueError, match="not a readable HDF5 file"):
+        read_pair_file(text)
+    with pytest.raises(ValueError, match="no such pair file"):
+        PairDataset(tmp_path / "missing.h5")
+
+
+def test_writer_leaves_nothing_on_error_and_refuses_nan(tmp_path: Path) -> None:
+    lowres, highres = consistent_pairs(2)
+    path = tmp_path / "split" / "train.h5"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with PairWriter(path, 4, PairMetadata(scale=5)) as writer:
+            writer.append(lowres, highres)
+            raise RuntimeError("interrupted")
+    assert not path.exists() and not list(path.parent.iterdir())
+    highres[0, 0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        with PairWriter(path, 4, PairMetadata(scale=5)) as writer:
+            writer.append(lowres, highres)
+    with pytest.raises(ValueError, match="expected lowres"):
+        with PairWriter(path, 4, PairMetadata(scale=5)) as writer:
+            writer.append(lowres, highres[:, :, :10])
+    assert not path.exists()
+
+
+def test_writer_appends_in_pieces(tmp_path: Path) -> None:
+    lowres, highres = consistent_pairs(30)
+    path = tmp_path / "train.h5"
+    with PairWriter(path, 4, PairMetadata(scale=5)) as writer:
+        for begin in range(0, 30, 7):
+            writer.append(lowres[begin : begin + 7], highres[begin : begin + 7])
+    pf = read_pair_file(path)
+    np.testing.assert_array_equal(pf.highres, highres)
+    assert (pf.source_windows == -1).all()
+
+
+def test_pair_dataset_yields_normalised_tensors(dem_test_dir: Path, tmp_path: Path) -> None:
+    options = PrepareOptions(lowres_patch_px=8, split_block_px=80, min_relief_m=0.0)
+    prepare_pairs(
+        [dem_test_dir / "landlab_srtmgl3_frontrange.tif"], tmp_path, options, progress=False
+    )
+    path = output_paths(tmp_path)["train"]
+    dataset = PairDataset(path)
+    lazy = PairDataset(path, in_memory=False)
+    assert len(dataset) == len(lazy) > 0
+    assert dataset.scale == 5 and dataset.normalisation == options.normalisation
+    lowres, highres = dataset[0]
+    assert lowres.shape == (1, 8, 8) and highres.shape == (1, 40, 40)
+    assert lowres.dtype == highres.dtype == torch.float32
+    # Colorado Front Range, 1943..3286 m, in the default units.
+    metres = dataset.normalisation.denormalise(highres)
+    assert 1900 < float(metres.min()) and float(metres.max()) < 3300
+    for index in (0, len(dataset) - 1, -1):
+        for first, second in zip(dataset[index], lazy[index], strict=True):
+            torch.testing.assert_close(first, second)
+    lazy[1]  # opens the file
+    clone = pickle.loads(pickle.dumps(lazy))  # what DataLoader workers receive
+    torch.testing.assert_close(clone[1][1], dataset[1][1])
+    batch_lowres, batch_highres = next(iter(DataLoader(dataset, batch_size=4)))
+    assert batch_lowres.shape == (min(4, len(dataset)), 1, 8, 8)
+    assert batch_highres.shape == (min(4, len(dataset)), 1, 40, 40)
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+
+
+def test_dihedral_gives_eight_distinct_variants() -> None:
+    patch = torch.arange(9.0).reshape(1, 3, 3)
+    variants = {tuple(dihedral(patch, k).flatten().tolist()) for k in range(8)}
+    assert len(variants) == 8
+    with pytest.raises(ValueError):
+        dihedral(patch, 8)
+
+
+def test_augmentation_keeps_pairs_consistent(tmp_path: Path) -> None:
+    lowres, highres = consistent_pairs(4, lowres_px=3)
+    write_pairs(tmp_path / "pairs.h5", lowres, highres, PairMetadata(scale=5))
+    dataset = PairDataset(
+        tmp_path / "pairs.h5", augment=True, generator=torch.Generator().manual_seed(0)
+    )
+    seen = set()
+    for _ in range(40):
+        aug_lowres, aug_highres = dataset[1]
+        np.testing.assert_allclose(degrade(aug_highres.numpy(), 5), aug_lowres.numpy(), atol=1e-6)
+        seen.add(aug_highres.numpy().tobytes())
+        assert aug_highres.is_contiguous()
+    assert len(seen) == 8  # every dihedral variant drawn
+    plain_lowres, plain_highres = PairDataset(tmp_path / "pairs.h5")[1]
+    np.testing.assert_array_equal(plain_highres.numpy(), highres[1])
+    np.testing.assert_array_equal(plain_lowres.numpy(), lowres[1])
