@@ -70,6 +70,8 @@ def test_written_pairs_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(pf.highres, highres)
     np.testing.assert_array_equal(pf.source_windows, windows)
     assert pf.metadata.has_attributes
+    assert pf.units == "m"
+    assert (pf.lowres_patch_px, pf.highres_patch_px) == (4, 20)
     for name in ("scale", "normalisation", "split", "seed", "source_files", "source_crs"):
         assert getattr(pf.metadata, name) == getattr(metadata, name), name
     assert pf.metadata.prepare_options == metadata.prepare_options
@@ -89,6 +91,7 @@ def test_published_file_reads_with_scale_5_and_identity(
     assert "normalised units" in caplog.text
     assert pf.scale == 5
     assert pf.normalisation == IDENTITY
+    assert pf.units == "normalised"
     assert not pf.metadata.has_attributes
     assert pf.source_windows is None
     assert pf.lowres.dtype == np.float32 and pf.lowres.shape == (3, 1, 32, 32)
@@ -96,6 +99,7 @@ def test_published_file_reads_with_scale_5_and_identity(
     np.testing.assert_allclose(pf.highres, highres, rtol=1e-7)
     dataset = PairDataset(tmp_path / "train.h5")
     assert dataset.scale == 5 and dataset.normalisation == IDENTITY and len(dataset) == 3
+    assert dataset.lowres_patch_px == 32 and dataset.units == "normalised"
 
 
 def _only(key: str, shape: tuple[int, ...]):
@@ -156,7 +160,8 @@ def test_bad_pair_files_raise_naming_the_file(tmp_path: Path, build, message: st
     with h5py.File(path, "w") as handle:
         build(handle)
     if message is None:
-        assert inspect_pair_file(path).scale == 5
+        layout = inspect_pair_file(path)
+        assert layout.scale == 5 and layout.metadata.units == "normalised"
         return
     with pytest.raises(ValueError, match=message) as caught:
         read_pair_file(path)
@@ -211,6 +216,9 @@ def test_pair_dataset_yields_normalised_tensors(dem_test_dir: Path, tmp_path: Pa
     lazy = PairDataset(path, in_memory=False)
     assert len(dataset) == len(lazy) > 0
     assert dataset.scale == 5 and dataset.normalisation == options.normalisation
+    assert dataset.source_files == [
+        str((dem_test_dir / "landlab_srtmgl3_frontrange.tif").resolve())
+    ]
     lowres, highres = dataset[0]
     assert lowres.shape == (1, 8, 8) and highres.shape == (1, 40, 40)
     assert lowres.dtype == highres.dtype == torch.float32

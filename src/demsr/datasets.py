@@ -113,6 +113,12 @@ class PairMetadata:
     prepare_options: dict[str, Any] | None = None
     demsr_version: str = field(default_factory=demsr_version)
     has_attributes: bool = True
+    normalisation_known: bool = True
+
+    @property
+    def units(self) -> str:
+        """``"m"`` when ``normalisation`` maps values to metres, ``"normalised"`` when unknown."""
+        return "m" if self.normalisation_known else "normalised"
 
     def __post_init__(self) -> None:
         if int(self.scale) != self.scale or self.scale < 1:
@@ -175,6 +181,19 @@ class PairFile:
     def normalisation(self) -> Normalisation:
         return self.layout.metadata.normalisation
 
+    @property
+    def units(self) -> str:
+        """``"m"`` when values convert to metres, ``"normalised"`` for published files."""
+        return self.layout.metadata.units
+
+    @property
+    def lowres_patch_px(self) -> int:
+        return self.layout.lowres_shape[0]
+
+    @property
+    def highres_patch_px(self) -> int:
+        return self.layout.highres_shape[0]
+
     def __len__(self) -> int:
         return self.layout.count
 
@@ -203,13 +222,19 @@ def _read_metadata(handle: h5py.File, path: Path, shape_scale: int) -> PairMetad
             path,
             shape_scale,
         )
-        return PairMetadata(scale=shape_scale, normalisation=IDENTITY, has_attributes=False)
+        return PairMetadata(
+            scale=shape_scale,
+            normalisation=IDENTITY,
+            has_attributes=False,
+            normalisation_known=False,
+        )
     scale = int(attrs["scale"])
     if scale != shape_scale:
         raise ValueError(
             f"{path}: attribute scale={scale} disagrees with the patch sizes (ratio {shape_scale})"
         )
-    if "elevation_offset_m" in attrs and "elevation_scale_m" in attrs:
+    normalisation_known = "elevation_offset_m" in attrs and "elevation_scale_m" in attrs
+    if normalisation_known:
         normalisation = Normalisation(
             offset_m=float(attrs["elevation_offset_m"]), scale_m=float(attrs["elevation_scale_m"])
         )
@@ -236,6 +261,7 @@ def _read_metadata(handle: h5py.File, path: Path, shape_scale: int) -> PairMetad
             prepare_options=options,
             demsr_version=_attr_str(attrs.get("demsr_version", "unknown")),
             has_attributes=True,
+            normalisation_known=normalisation_known,
         )
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
@@ -557,6 +583,11 @@ class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self.source_windows = None
         self.normalisation: Normalisation = self.layout.normalisation
         self.scale: int = self.layout.scale
+        self.units: str = self.layout.metadata.units
+        self.metadata: PairMetadata = self.layout.metadata
+        self.source_files: list[str] = list(self.layout.metadata.source_files)
+        self.lowres_patch_px: int = self.layout.lowres_shape[0]
+        self.highres_patch_px: int = self.layout.highres_shape[0]
 
     def __len__(self) -> int:
         return self.layout.count
