@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from demsr import __version__
 from demsr.datasets import Normalisation
 from demsr.io import atomic_path
 from demsr.model import DEMSRNet, ModelConfig
@@ -34,12 +35,6 @@ _META_KEY = "demsr"
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded, with a message naming the file."""
-
-
-def demsr_version() -> str:
-    from demsr import __version__
-
-    return __version__
 
 
 def now_utc() -> str:
@@ -105,7 +100,7 @@ def _header(model_config: ModelConfig, normalisation: Normalisation, metadata: d
     header.update(metadata)
     header.setdefault("provenance", {})
     header["provenance"].setdefault("created", now_utc())
-    header["provenance"].setdefault("demsr_version", demsr_version())
+    header["provenance"].setdefault("demsr_version", __version__)
     return header
 
 

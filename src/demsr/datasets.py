@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from demsr import __version__
 from demsr.io import atomic_path
 
 _log = logging.getLogger(__name__)
@@ -88,13 +88,6 @@ def patch_key(height_px: int, width_px: int | None = None) -> str:
     return f"{height_px}_{height_px if width_px is None else width_px}"
 
 
-def demsr_version() -> str:
-    try:
-        return importlib.metadata.version("demsr")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 @dataclass
 class PairMetadata:
     """What a pair file says about itself (its HDF5 attributes).
@@ -111,7 +104,7 @@ class PairMetadata:
     source_files: tuple[str, ...] = ()
     source_crs: tuple[str, ...] = ()
     prepare_options: dict[str, Any] | None = None
-    demsr_version: str = field(default_factory=demsr_version)
+    demsr_version: str = __version__
     has_attributes: bool = True
     normalisation_known: bool = True
 

@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from affine import Affine
 from tqdm import tqdm
 
 from demsr.datasets import Normalisation, PairMetadata, PairWriter
-from demsr.io import Raster, read_raster
+from demsr.io import Raster, read_raster, write_geotiff
 
 _log = logging.getLogger(__name__)
 
@@ -748,3 +749,35 @@ def prepare_pairs(
 def report_json(report: PrepareReport) -> str:
     """The report as indented JSON (for ``--report`` style outputs)."""
     return json.dumps(report.to_dict(), indent=2, sort_keys=True)
+
+
+def degrade_raster(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    scale: int,
+    band: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """Write the block mean of a raster over ``scale`` x ``scale`` cells as a GeoTIFF.
+
+    This makes a coarse input from a fine DEM (e.g. 3" -> 15" with scale 5), exactly as the
+    training pairs are made. Rows and columns beyond the last whole block (bottom and right)
+    are cropped; the output keeps the input's origin and CRS, with ``scale`` times its cell size.
+    A coarse cell is nodata if any of its fine cells is.
+    """
+    output = Path(output_path)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
+    raster = read_raster(input_path, band=band)
+    rows, cols = (raster.shape[0] // scale) * scale, (raster.shape[1] // scale) * scale
+    if rows == 0 or cols == 0:
+        raise ValueError(
+            f"{raster.path}: {raster.shape[0]}x{raster.shape[1]} cells is smaller than one "
+            f"{scale}x{scale} block"
+        )
+    lowres = degrade(raster.data[:rows, :cols], scale)
+    transform = raster.transform @ Affine.scale(scale)
+    write_geotiff(output, lowres, transform, raster.crs, raster.nodata)
+    _log.info("wrote %s (%d x %d cells, x%d coarser)", output, lowres.shape[1], lowres.shape[0],
+              scale)
+    return output

@@ -77,26 +77,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return generator
 
 
-def dihedral_augment(
-    lowres: torch.Tensor, highres: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply one random flip/rot90 (of the 8 symmetries of the square) per pair, the same to both.
-
-    Shapes (N,1,h,w) and (N,1,H,W) with square patches. Block means commute with these
-    transforms, so an augmented pair is still a valid (block mean, truth) pair.
-    """
-    flags = torch.rand((3, lowres.shape[0]), generator=generator) < 0.5
-
-    def apply(batch: torch.Tensor) -> torch.Tensor:
-        for flag, transform in zip(flags, (lambda t: t.flip(-1), lambda t: t.flip(-2),
-                                           lambda t: t.transpose(-1, -2))):
-            mask = flag.to(batch.device).view(-1, 1, 1, 1)
-            batch = torch.where(mask, transform(batch), batch)
-        return batch
-
-    return apply(lowres), apply(highres)
-
-
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -123,7 +103,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         self.precision = resolve_precision(config.train.precision, self.device)
         root = Path(config.data.root_dir)
-        self.train_set = PairDataset(root / "train" / "train.h5")
+        self.train_set = PairDataset(root / "train" / "train.h5", augment=config.data.augment)
         self.valid_set = PairDataset(root / "valid" / "valid.h5")
         self.normalisation: Normalisation = self.train_set.normalisation
         self.model_config = config.model.build()
@@ -220,8 +200,8 @@ class Trainer:
     ) -> tuple[float, int]:
         self.model.train()
         cfg = self.config
-        generator = epoch_generator(cfg.train.seed, epoch)
-        loader = self._batches(self.train_set, generator)
+        loader = self._batches(self.train_set, epoch_generator(cfg.train.seed, epoch))
+        self.train_set.generator = epoch_generator(cfg.train.seed + 1, epoch)  # augmentation
         steps = len(loader)
         if cfg.train.max_steps_per_epoch is not None:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -233,8 +213,6 @@ class Trainer:
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
         for _ in range(steps):
             lowres, highres = next(batches)
-            if cfg.data.augment:
-                lowres, highres = dihedral_augment(lowres, highres, generator)
             lowres = lowres.to(self.device, non_blocking=True)
             highres = highres.to(self.device, non_blocking=True)
             with _autocast(self.device, self.precision):

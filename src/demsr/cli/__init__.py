@@ -74,6 +74,7 @@ def _register() -> None:
 
     for module in (prepare, train, config_cmd, evaluate, predict, import_mindearth):
         main.add_command(module.command)
+    main.add_command(prepare.degrade_command)
 
 
 _register()

@@ -1,0 +1,34 @@
+# Two entry points: `make demo` (the main job on the bundled DEM) and `make test`.
+# Both create the virtual environment on first use (idempotent) with torch pinned to the CPU
+# build through constraints.txt.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+DEMO_RASTER := src/demsr/data/srtm3_N37W004.tif
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(DEMO_RASTER) $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/demsr
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

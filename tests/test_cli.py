@@ -1,0 +1,101 @@
+"""The command line end to end on real rasters, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from click.testing import CliRunner
+from conftest import TINY_MODEL, tiny_overrides
+
+from demsr.checkpoint import load_checkpoint
+from demsr.cli import main
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_prepare_train_evaluate_predict(dem_test_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs"
+    code, out = run("prepare", dem_test_dir / "mpl_jacksboro_3s.tif", "-o", pairs,
+                    "--patch-px", "8", "--stride-px", "20", "--split-block-px", "80",
+                    "--no-progress")
+    assert code == 0, out
+    assert all((pairs / s / f"{s}.h5").is_file() for s in ("train", "valid", "test"))
+
+    run_dir = tmp_path / "run"
+    sets = [x for item in tiny_overrides(pairs, run_dir, "train.epochs=2") for x in ("--set", item)]
+    code, out = run("train", *sets, "--no-progress")
+    assert code == 0, out
+    assert "best validation RMSE" in out
+
+    metrics_json = tmp_path / "metrics.json"
+    code, out = run("evaluate", run_dir / "best.safetensors", pairs / "test" / "test.h5",
+                    "--json", metrics_json, "--device", "cpu", "--no-progress")
+    assert code == 0, out
+    assert "bicubic" in out and "model" in out
+    metrics = json.loads(metrics_json.read_text())
+    assert metrics["units"] == "m" and metrics["methods"]["bicubic"]["rmse"] > 0
+
+    coarse = tmp_path / "coarse.tif"
+    code, out = run("degrade", dem_test_dir / "mpl_jacksboro_3s.tif", coarse, "--scale", "5")
+    assert code == 0, out
+    fine = tmp_path / "fine.tif"
+    code, out = run("predict", run_dir / "best.safetensors", coarse, fine, "--device", "cpu")
+    assert code == 0, out
+    with rasterio.open(coarse) as low, rasterio.open(fine) as high:
+        assert (high.width, high.height) == (low.width * 5, low.height * 5)
+        assert high.bounds == low.bounds and high.crs == low.crs
+
+
+def test_degrade_is_the_block_mean_with_georeferencing(dem_test_dir: Path, tmp_path: Path) -> None:
+    source = dem_test_dir / "mpl_jacksboro_3s.tif"  # 344 x 403: cropped to 344 x 400
+    code, out = run("degrade", source, tmp_path / "c.tif", "--scale", "4")
+    assert code == 0, out
+    with rasterio.open(source) as src, rasterio.open(tmp_path / "c.tif") as dst:
+        fine = src.read(1).astype(np.float64)[:344, :400]
+        assert (dst.height, dst.width) == (86, 100)
+        assert dst.transform.c == src.transform.c and dst.transform.f == src.transform.f
+        assert dst.res == (src.res[0] * 4, src.res[1] * 4)
+        expected = fine.reshape(86, 4, 100, 4).mean(axis=(1, 3))
+        assert np.allclose(dst.read(1), expected, atol=1e-3)
+
+
+def test_import_mindearth_reproduces_the_reference(reference_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "demnet_b2.safetensors"
+    code, out = run("import-mindearth", reference_dir / "mindearth_demnet_b2.ckpt", output)
+    assert code == 0, out
+    assert "2 blocks x 256 channels" in out
+    checkpoint = load_checkpoint(output)
+    assert checkpoint.model_config.resize == "legacy" and not checkpoint.model_config.bias
+    fixture = np.load(reference_dir / "mindearth_demnet_b2_io.npz")
+    with torch.no_grad():
+        y = checkpoint.build_model()(torch.from_numpy(fixture["x"])).numpy()
+    assert np.abs(y - fixture["y"]).max() < 1e-4
+
+
+def test_config_prints_the_full_defaults() -> None:
+    code, out = run("config", *[x for o in TINY_MODEL for x in ("--set", o)])
+    assert code == 0
+    assert "blocks: 2" in out and "patience: 6" in out and "learning_rate" in out
+
+
+def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path) -> None:
+    cases = [
+        ("predict", tmp_path / "missing.safetensors", tmp_path / "in.tif", tmp_path / "o.tif"),
+        ("prepare", tmp_path / "nothing.tif", "-o", tmp_path / "pairs"),
+        ("train", "--set", "train.epochs=many"),
+        ("import-mindearth", tmp_path / "missing.ckpt", tmp_path / "o.safetensors"),
+    ]
+    for args in cases:
+        code, out = run(*map(str, args))
+        assert code != 0, args
+        lines = out.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(("demsr: error:", "Error:")), out
+        assert "Traceback" not in out
+    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "pairs").exists()
