@@ -27,8 +27,9 @@ def _model(seed: int = 0) -> DEMSRNet:
 def test_reload_gives_identical_predictions(tmp_path: Path) -> None:
     model = _model().eval()
     norm = Normalisation(offset_m=-500.0, scale_m=4000.0)
-    path = save_checkpoint(tmp_path / "m.safetensors", model, norm,
-                           {"provenance": {"data": ["a.tif"]}})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model, norm, {"provenance": {"data": ["a.tif"]}}
+    )
     checkpoint = load_checkpoint(path)
     assert checkpoint.model_config == model.config
     assert checkpoint.normalisation == norm
@@ -79,8 +80,14 @@ def test_training_state_round_trip(tmp_path: Path) -> None:
     loss.backward()
     optimizer.step()
     scheduler.step()
-    state = TrainingState(optimizer.state_dict(), scheduler.state_dict(), epoch=3,
-                          global_step=42, best_valid_loss=0.5, bad_epochs=1)
+    state = TrainingState(
+        optimizer.state_dict(),
+        scheduler.state_dict(),
+        epoch=3,
+        global_step=42,
+        best_valid_loss=0.5,
+        bad_epochs=1,
+    )
     path = save_checkpoint(tmp_path / "last.safetensors", model, Normalisation(), {}, state)
     restored = load_training_state(path)
     assert (restored.epoch, restored.global_step, restored.bad_epochs) == (3, 42, 1)

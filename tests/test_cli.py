@@ -22,9 +22,19 @@ def run(*args: str) -> tuple[int, str]:
 
 def test_prepare_train_evaluate_predict(dem_test_dir: Path, tmp_path: Path) -> None:
     pairs = tmp_path / "pairs"
-    code, out = run("prepare", dem_test_dir / "mpl_jacksboro_3s.tif", "-o", pairs,
-                    "--patch-px", "8", "--stride-px", "20", "--split-block-px", "80",
-                    "--no-progress")
+    code, out = run(
+        "prepare",
+        dem_test_dir / "mpl_jacksboro_3s.tif",
+        "-o",
+        pairs,
+        "--patch-px",
+        "8",
+        "--stride-px",
+        "20",
+        "--split-block-px",
+        "80",
+        "--no-progress",
+    )
     assert code == 0, out
     assert all((pairs / s / f"{s}.h5").is_file() for s in ("train", "valid", "test"))
 
@@ -35,8 +45,16 @@ def test_prepare_train_evaluate_predict(dem_test_dir: Path, tmp_path: Path) -> N
     assert "best validation RMSE" in out
 
     metrics_json = tmp_path / "metrics.json"
-    code, out = run("evaluate", run_dir / "best.safetensors", pairs / "test" / "test.h5",
-                    "--json", metrics_json, "--device", "cpu", "--no-progress")
+    code, out = run(
+        "evaluate",
+        run_dir / "best.safetensors",
+        pairs / "test" / "test.h5",
+        "--json",
+        metrics_json,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 0, out
     assert "bicubic" in out and "model" in out
     metrics = json.loads(metrics_json.read_text())

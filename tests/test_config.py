@@ -90,8 +90,15 @@ def test_bad_overrides_are_refused(override: str, message: str) -> None:
 
 
 def test_overrides_are_typed_not_evaluated() -> None:
-    config = load_config(None, ["train.epochs=7", "optimizer.learning_rate=2e-4",
-                                "data.augment=yes", "summary.output_dir=__import__('os')"])
+    config = load_config(
+        None,
+        [
+            "train.epochs=7",
+            "optimizer.learning_rate=2e-4",
+            "data.augment=yes",
+            "summary.output_dir=__import__('os')",
+        ],
+    )
     assert config.train.epochs == 7
     assert config.optimizer.learning_rate == pytest.approx(2e-4)
     assert config.data.augment is True

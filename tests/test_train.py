@@ -31,8 +31,9 @@ def test_training_lowers_the_loss(tiny_pairs: Path, tmp_path: Path) -> None:
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert float(rows[-1]["valid_rmse_m"]) < float(rows[0]["valid_rmse_m"])
-    assert result.best_valid_rmse_m == pytest.approx(min(float(r["valid_rmse_m"]) for r in rows),
-                                                     rel=1e-4)
+    assert result.best_valid_rmse_m == pytest.approx(
+        min(float(r["valid_rmse_m"]) for r in rows), rel=1e-4
+    )
     # The learning rate decays once per epoch.
     rates = [float(r["learning_rate"]) for r in rows]
     assert rates[1] == pytest.approx(rates[0] * 0.9)
@@ -87,7 +88,13 @@ def test_scale_mismatch_is_refused(tiny_pairs: Path, tmp_path: Path) -> None:
 
 def test_early_stopping(tiny_pairs: Path, tmp_path: Path) -> None:
     # An absurd learning rate makes the validation loss diverge; patience 1 ends the run.
-    result = _fit(tiny_pairs, tmp_path / "run", "train.epochs=20", "train.patience=1",
-                  "optimizer.learning_rate=5.0", "optimizer.lr_decay=1.0")
+    result = _fit(
+        tiny_pairs,
+        tmp_path / "run",
+        "train.epochs=20",
+        "train.patience=1",
+        "optimizer.learning_rate=5.0",
+        "optimizer.lr_decay=1.0",
+    )
     assert result.stopped_early
     assert result.epochs_run < 20

@@ -89,8 +89,10 @@ class TrainingState:
     rng: dict[str, Any] = field(default_factory=dict)
 
 
-def _header(model_config: ModelConfig, normalisation: Normalisation, metadata: dict[str, Any]) -> dict[str, Any]:
-    header = {
+def _header(
+    model_config: ModelConfig, normalisation: Normalisation, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    header: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model_config.to_dict(),
@@ -110,7 +112,7 @@ def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{index}"] = state
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     python_version, python_state, gauss = random.getstate()
     extra = {
@@ -186,7 +188,9 @@ def _open(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch
     except json.JSONDecodeError:
         raise CheckpointError(f"{path_str}: corrupt demsr metadata") from None
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path_str}: not a demsr checkpoint (format {header.get('format')!r})")
+        raise CheckpointError(
+            f"{path_str}: not a demsr checkpoint (format {header.get('format')!r})"
+        )
     return header, tensors
 
 
@@ -198,7 +202,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         normalisation = Normalisation.from_dict(header["normalisation"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model metadata ({exc})") from None
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     metadata = {k: v for k, v in header.items() if k not in ("model", "normalisation", "scale")}
     checkpoint = Checkpoint(model_config, normalisation, state, metadata, path=os.fspath(path))
     checkpoint.build_model()  # fail now, with the file's name, if the weights do not fit

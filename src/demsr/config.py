@@ -125,11 +125,19 @@ class RunConfig:
             (0 < self.optimizer.lr_decay <= 1, "optimizer.lr_decay must be in (0, 1]"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (self.train.patience >= 1, "train.patience must be >= 1"),
-            (self.train.device in ("auto", "cpu", "cuda") or self.train.device.startswith("cuda:"),
-             "train.device must be auto, cpu, cuda or cuda:N"),
-            (self.train.precision in ("auto", "fp32", "bf16"),
-             "train.precision must be auto, fp32 or bf16"),
-            (self.summary.save_checkpoint_epochs >= 1, "summary.save_checkpoint_epochs must be >= 1"),
+            (
+                self.train.device in ("auto", "cpu", "cuda")
+                or self.train.device.startswith("cuda:"),
+                "train.device must be auto, cpu, cuda or cuda:N",
+            ),
+            (
+                self.train.precision in ("auto", "fp32", "bf16"),
+                "train.precision must be auto, fp32 or bf16",
+            ),
+            (
+                self.summary.save_checkpoint_epochs >= 1,
+                "summary.save_checkpoint_epochs must be >= 1",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -239,7 +247,7 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfi
             continue
         if not isinstance(section_values, dict):
             raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
-        items = section_values.items()
+        items = list(section_values.items())
         if section_name == "model" and "preset" in model_values:
             items = sorted(items, key=lambda item: item[0] != "preset")
         for key, value in items:

@@ -35,15 +35,19 @@ def upsample_baseline(lowres: np.ndarray, scale: int, method: str = "bicubic") -
     """Upsample (..., h, w) to (..., h*scale, w*scale) with a GDAL kernel. NaN is nodata."""
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {sorted(BASELINES)}")
-    lowres = np.asarray(lowres, dtype=np.float32)
-    lead, (rows, cols) = lowres.shape[:-2], lowres.shape[-2:]
-    source = lowres.reshape((-1, rows, cols))
+    shape: tuple[int, ...] = np.shape(lowres)
+    lead, rows, cols = shape[:-2], shape[-2], shape[-1]
+    source = np.asarray(lowres, dtype=np.float32).reshape((-1, rows, cols))
     destination = np.full((source.shape[0], rows * scale, cols * scale), np.nan, np.float32)
     reproject(
-        source, destination,
-        src_transform=Affine.identity(), dst_transform=Affine.scale(1 / scale),
-        src_crs=_PLANAR_CRS, dst_crs=_PLANAR_CRS,
-        src_nodata=np.nan, dst_nodata=np.nan,
+        source,
+        destination,
+        src_transform=Affine.identity(),
+        dst_transform=Affine.scale(1 / scale),
+        src_crs=_PLANAR_CRS,
+        dst_crs=_PLANAR_CRS,
+        src_nodata=np.nan,
+        dst_nodata=np.nan,
         resampling=BASELINES[method],
     )
     return destination.reshape(lead + (rows * scale, cols * scale))
@@ -84,25 +88,34 @@ def evaluate_pairs(
         checkpoint = load_checkpoint(checkpoint)
     pairs = read_pair_file(pairs_path)
     if pairs.scale != checkpoint.scale:
-        raise ValueError(f"{pairs_path}: pairs are x{pairs.scale}, the model is x{checkpoint.scale}")
+        raise ValueError(
+            f"{pairs_path}: pairs are x{pairs.scale}, the model is x{checkpoint.scale}"
+        )
     if pairs.normalisation != checkpoint.normalisation:
         log.warning(
             "%s uses normalisation %s but the model was trained with %s; inputs are converted",
-            pairs_path, pairs.normalisation, checkpoint.normalisation,
+            pairs_path,
+            pairs.normalisation,
+            checkpoint.normalisation,
         )
     torch_device = resolve_device(device)
     model = checkpoint.build_model(torch_device)
     lowres_m = pairs.normalisation.denormalise(pairs.lowres.astype(np.float64))
     highres_m = pairs.normalisation.denormalise(pairs.highres.astype(np.float64))
     predictions = np.empty(highres_m.shape, dtype=np.float32)
-    for start in tqdm(range(0, len(lowres_m), batch_size), desc="evaluate", unit="batch",
-                      disable=not progress):
+    for start in tqdm(
+        range(0, len(lowres_m), batch_size), desc="evaluate", unit="batch", disable=not progress
+    ):
         batch = checkpoint.normalisation.normalise(lowres_m[start : start + batch_size])
         output = model(torch.from_numpy(batch.astype(np.float32)).to(torch_device))
         predictions[start : start + batch_size] = checkpoint.normalisation.denormalise(
-            output.float().cpu().numpy())
+            output.float().cpu().numpy()
+        )
     result = Evaluation(pairs=len(lowres_m), units=pairs.units)
-    result.methods["model"] = {"rmse": rmse(predictions, highres_m), "mae": mae(predictions, highres_m)}
+    result.methods["model"] = {
+        "rmse": rmse(predictions, highres_m),
+        "mae": mae(predictions, highres_m),
+    }
     for name in BASELINES:
         baseline = upsample_baseline(lowres_m, pairs.scale, name)
         result.methods[name] = {"rmse": rmse(baseline, highres_m), "mae": mae(baseline, highres_m)}

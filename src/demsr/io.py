@@ -66,7 +66,9 @@ def _check_north_up(transform: Affine, path: str) -> None:
         )
 
 
-def read_raster(path: str | os.PathLike[str], band: int = 1, window: Window | None = None) -> Raster:
+def read_raster(
+    path: str | os.PathLike[str], band: int = 1, window: Window | None = None
+) -> Raster:
     """Read one band of a raster (or a window of it) as float32 metres with NaN nodata.
 
     Any format GDAL opens works (GeoTIFF/COG, SRTM .hgt, NetCDF, ESRI ASCII, ...). Cells equal to
@@ -78,7 +80,9 @@ def read_raster(path: str | os.PathLike[str], band: int = 1, window: Window | No
     try:
         with rasterio.open(path_str) as src:
             if not 1 <= band <= src.count:
-                raise RasterError(f"{path_str}: band {band} does not exist (the file has {src.count})")
+                raise RasterError(
+                    f"{path_str}: band {band} does not exist (the file has {src.count})"
+                )
             _check_north_up(src.transform, path_str)
             data = src.read(band, window=window, masked=True)
             transform = src.window_transform(window) if window is not None else src.transform

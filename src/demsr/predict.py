@@ -90,8 +90,9 @@ def predict_raster(
         log.warning("%s has no CRS; the output will have none either", raster.path)
     torch_device = resolve_device(device)
     scale = checkpoint.scale
-    highres = predict_array(checkpoint.build_model(torch_device), raster.data,
-                            checkpoint.normalisation, torch_device)
+    highres = predict_array(
+        checkpoint.build_model(torch_device), raster.data, checkpoint.normalisation, torch_device
+    )
     transform = raster.transform @ Affine.scale(1 / scale)
     write_geotiff(output, highres, transform, raster.crs, raster.nodata)
     log.info("wrote %s (%d x %d, x%d)", output, highres.shape[1], highres.shape[0], scale)

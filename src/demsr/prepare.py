@@ -778,6 +778,7 @@ def degrade_raster(
     lowres = degrade(raster.data[:rows, :cols], scale)
     transform = raster.transform @ Affine.scale(scale)
     write_geotiff(output, lowres, transform, raster.crs, raster.nodata)
-    _log.info("wrote %s (%d x %d cells, x%d coarser)", output, lowres.shape[1], lowres.shape[0],
-              scale)
+    _log.info(
+        "wrote %s (%d x %d cells, x%d coarser)", output, lowres.shape[1], lowres.shape[0], scale
+    )
     return output

@@ -49,8 +49,14 @@ LAST = "last.safetensors"
 BEST = "best.safetensors"
 METRICS = "metrics.csv"
 METRIC_FIELDS = [
-    "epoch", "global_step", "train_loss", "valid_loss", "valid_rmse_m", "learning_rate",
-    "epoch_seconds", "is_best",
+    "epoch",
+    "global_step",
+    "train_loss",
+    "valid_loss",
+    "valid_rmse_m",
+    "learning_rate",
+    "epoch_seconds",
+    "is_best",
 ]
 
 
@@ -208,8 +214,9 @@ class Trainer:
         if cfg.train.max_steps is not None:
             steps = min(steps, max(cfg.train.max_steps - global_step, 0))
         total_loss, done = 0.0, 0
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not self.progress,
-                   leave=False)
+        bar = tqdm(
+            total=steps, desc=f"epoch {epoch}", unit="step", disable=not self.progress, leave=False
+        )
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
         for _ in range(steps):
             lowres, highres = next(batches)
@@ -262,7 +269,9 @@ class Trainer:
             restore_rng_state(state.rng["tensors"], state.rng["extra"])
             start_epoch, global_step = state.epoch + 1, state.global_step
             best_loss, bad_epochs = state.best_valid_loss, state.bad_epochs
-            best_rmse = float(checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m", math.inf))
+            best_rmse = float(
+                checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m", math.inf)
+            )
             self._truncate_metrics(state.epoch)
             log.info("resuming %s after epoch %d (step %d)", out, state.epoch, global_step)
         else:
@@ -277,8 +286,14 @@ class Trainer:
         log.info(
             "training %s on %s (%s): %d trainable, %d frozen parameters; %d train / %d valid "
             "pairs; batch %d",
-            self.model_config, self.device, self.precision, sum(p.numel() for p in trainable),
-            frozen, len(self.train_set), len(self.valid_set), cfg.data.batch_size,
+            self.model_config,
+            self.device,
+            self.precision,
+            sum(p.numel() for p in trainable),
+            frozen,
+            len(self.train_set),
+            len(self.valid_set),
+            cfg.data.batch_size,
         )
         stopped_early, epoch = False, start_epoch - 1
         for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -297,29 +312,56 @@ class Trainer:
                 bad_epochs += 1
             seconds = time.perf_counter() - started
             metrics = {
-                "train_loss": train_loss, "valid_loss": valid_loss, "valid_rmse_m": valid_rmse,
-                "best_valid_loss": best_loss, "best_valid_rmse_m": best_rmse,
+                "train_loss": train_loss,
+                "valid_loss": valid_loss,
+                "valid_rmse_m": valid_rmse,
+                "best_valid_loss": best_loss,
+                "best_valid_rmse_m": best_rmse,
             }
             if is_best:
-                save_checkpoint(out / BEST, self.model, self.normalisation,
-                                self._metadata(epoch, metrics))
-            last_epoch = epoch == cfg.train.epochs or bad_epochs >= cfg.train.patience or (
-                cfg.train.max_steps is not None and global_step >= cfg.train.max_steps)
+                save_checkpoint(
+                    out / BEST, self.model, self.normalisation, self._metadata(epoch, metrics)
+                )
+            last_epoch = (
+                epoch == cfg.train.epochs
+                or bad_epochs >= cfg.train.patience
+                or (cfg.train.max_steps is not None and global_step >= cfg.train.max_steps)
+            )
             if epoch % cfg.summary.save_checkpoint_epochs == 0 or last_epoch:
                 save_checkpoint(
-                    out / LAST, self.model, self.normalisation, self._metadata(epoch, metrics),
-                    TrainingState(optimizer.state_dict(), scheduler.state_dict(), epoch,
-                                  global_step, best_loss, bad_epochs),
+                    out / LAST,
+                    self.model,
+                    self.normalisation,
+                    self._metadata(epoch, metrics),
+                    TrainingState(
+                        optimizer.state_dict(),
+                        scheduler.state_dict(),
+                        epoch,
+                        global_step,
+                        best_loss,
+                        bad_epochs,
+                    ),
                 )
-            self._write_metrics_row({
-                "epoch": epoch, "global_step": global_step, "train_loss": f"{train_loss:.6e}",
-                "valid_loss": f"{valid_loss:.6e}", "valid_rmse_m": f"{valid_rmse:.4f}",
-                "learning_rate": f"{learning_rate:.6e}", "epoch_seconds": f"{seconds:.2f}",
-                "is_best": int(is_best),
-            })
+            self._write_metrics_row(
+                {
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "train_loss": f"{train_loss:.6e}",
+                    "valid_loss": f"{valid_loss:.6e}",
+                    "valid_rmse_m": f"{valid_rmse:.4f}",
+                    "learning_rate": f"{learning_rate:.6e}",
+                    "epoch_seconds": f"{seconds:.2f}",
+                    "is_best": int(is_best),
+                }
+            )
             log.info(
                 "epoch %d: train loss %.3e, valid RMSE %.2f m (best %.2f m), lr %.2e, %.1f s",
-                epoch, train_loss, valid_rmse, best_rmse, learning_rate, seconds,
+                epoch,
+                train_loss,
+                valid_rmse,
+                best_rmse,
+                learning_rate,
+                seconds,
             )
             if bad_epochs >= cfg.train.patience:
                 log.info("early stopping: no improvement for %d epochs", bad_epochs)

@@ -18,7 +18,7 @@ from demsr import __version__
 log = logging.getLogger("demsr")
 
 
-class _TqdmFriendlyHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _TqdmFriendlyHandler(logging.Handler):
     """Log lines that do not tear through progress bars."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -33,8 +33,11 @@ class _TqdmFriendlyHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(verbose: int, quiet: int) -> None:
     level = logging.INFO - 10 * verbose + 10 * quiet
     handler = _TqdmFriendlyHandler()
-    handler.setFormatter(logging.Formatter("%(message)s" if verbose == 0 else
-                                           "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(
+            "%(message)s" if verbose == 0 else "%(asctime)s %(name)s %(levelname)s: %(message)s"
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.DEBUG))

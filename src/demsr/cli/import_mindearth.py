@@ -13,18 +13,44 @@ from demsr.model import RESIZE_MODES
 @click.command("import-mindearth")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--scale", type=click.IntRange(min=2), default=5, show_default=True,
-              help="Upsampling factor the weights were trained for.")
-@click.option("--resize", type=click.Choice(RESIZE_MODES), default="legacy", show_default=True,
-              help="Bilinear mapping; the reference uses legacy.")
-@click.option("--norm-offset-m", type=float, default=0.0, show_default=True,
-              help="Normalisation the weights expect: metres = value * scale + offset.")
-@click.option("--norm-scale-m", type=float, default=1.0, show_default=True,
-              help="See --norm-offset-m (identity by default: the reference's constants are "
-                   "not published).")
+@click.option(
+    "--scale",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Upsampling factor the weights were trained for.",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(RESIZE_MODES),
+    default="legacy",
+    show_default=True,
+    help="Bilinear mapping; the reference uses legacy.",
+)
+@click.option(
+    "--norm-offset-m",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Normalisation the weights expect: metres = value * scale + offset.",
+)
+@click.option(
+    "--norm-scale-m",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="See --norm-offset-m (identity by default: the reference's constants are not published).",
+)
 @overwrite_option
-def command(ckpt: str, output: str, scale: int, resize: str, norm_offset_m: float,
-            norm_scale_m: float, overwrite: bool) -> None:
+def command(
+    ckpt: str,
+    output: str,
+    scale: int,
+    resize: str,
+    norm_offset_m: float,
+    norm_scale_m: float,
+    overwrite: bool,
+) -> None:
     """Convert the MindSpore checkpoint CKPT into the demsr checkpoint OUTPUT.
 
     The protobuf is read directly (no MindSpore, nothing unpickled); blocks and channels are
@@ -41,5 +67,7 @@ def command(ckpt: str, output: str, scale: int, resize: str, norm_offset_m: floa
     metadata = {"provenance": {"parent": str(Path(ckpt).resolve()), "imported_from": "mindearth"}}
     save_checkpoint(output, model, normalisation, metadata)
     config = model.config
-    click.echo(f"{output}: {config.blocks} blocks x {config.channels} channels, x{config.scale}, "
-               f"{config.resize} resize")
+    click.echo(
+        f"{output}: {config.blocks} blocks x {config.channels} channels, x{config.scale}, "
+        f"{config.resize} resize"
+    )

@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 device_option = click.option(
-    "--device", default="auto", show_default=True,
+    "--device",
+    default="auto",
+    show_default=True,
     help="Where the network runs: auto (CUDA if available), cpu, cuda or cuda:N.",
 )
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs instead of refusing."
 )
 band_option = click.option(
-    "--band", type=click.IntRange(min=1), default=1, show_default=True,
+    "--band",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
     help="Band of the input raster holding the elevations.",
 )
 config_options = [
-    click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                 help="YAML run config (e.g. configs/lite.yaml); defaults otherwise."),
-    click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-                 help="Override one config value (type-checked; repeatable), "
-                      "e.g. --set train.epochs=5."),
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="YAML run config (e.g. configs/lite.yaml); defaults otherwise.",
+    ),
+    click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one config value (type-checked; repeatable), e.g. --set train.epochs=5.",
+    ),
 ]
 
 
-def with_config_options(function):  # type: ignore[no-untyped-def]
+def with_config_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(config_options):
         function = option(function)
     return function

@@ -14,8 +14,9 @@ from demsr.cli.options import band_option, device_option, overwrite_option
 @band_option
 @device_option
 @overwrite_option
-def command(checkpoint: str, input_path: str, output_path: str, band: int, device: str,
-            overwrite: bool) -> None:
+def command(
+    checkpoint: str, input_path: str, output_path: str, band: int, device: str, overwrite: bool
+) -> None:
     """Super-resolve INPUT with CHECKPOINT into the GeoTIFF OUTPUT.
 
     OUTPUT keeps INPUT's CRS and bounds with the pixel size divided by the model's scale;
@@ -23,6 +24,7 @@ def command(checkpoint: str, input_path: str, output_path: str, band: int, devic
     """
     from demsr.predict import predict_raster
 
-    path = predict_raster(checkpoint, input_path, output_path, band=band, device=device,
-                          overwrite=overwrite)
+    path = predict_raster(
+        checkpoint, input_path, output_path, band=band, device=device, overwrite=overwrite
+    )
     click.echo(str(path))

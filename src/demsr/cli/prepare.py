@@ -19,35 +19,94 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
 
 @click.command("prepare")
 @click.argument("rasters", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for train/train.h5, valid/valid.h5 and test/test.h5.")
-@click.option("--scale", type=click.IntRange(min=2), default=5, show_default=True,
-              help="High-res cells per low-res cell along each axis.")
-@click.option("--patch-px", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Low-res patch side; the high-res patch is patch-px x scale.")
-@click.option("--stride-px", type=click.IntRange(min=1),
-              help="High-res cells between patch origins [default: the high-res patch side].")
-@click.option("--min-relief-m", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Drop patches whose high-res max - min is below this (flat SRTM sea is 0 m).")
-@click.option("--max-patches-per-file", type=click.IntRange(min=1),
-              help="Keep at most this many patches per raster (random subset from --seed).")
-@click.option("--split-by", type=click.Choice(["block", "file"]), default="block",
-              show_default=True, help="Deal spatial blocks of each raster, or whole files.")
-@click.option("--split-block-px", type=click.IntRange(min=1),
-              help="Side of a split block in high-res cells [default: 3 high-res patches].")
-@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, callback=_fractions,
-              help="train,valid,test fractions of the blocks (or files).")
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for train/train.h5, valid/valid.h5 and test/test.h5.",
+)
+@click.option(
+    "--scale",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="High-res cells per low-res cell along each axis.",
+)
+@click.option(
+    "--patch-px",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Low-res patch side; the high-res patch is patch-px x scale.",
+)
+@click.option(
+    "--stride-px",
+    type=click.IntRange(min=1),
+    help="High-res cells between patch origins [default: the high-res patch side].",
+)
+@click.option(
+    "--min-relief-m",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Drop patches whose high-res max - min is below this (flat SRTM sea is 0 m).",
+)
+@click.option(
+    "--max-patches-per-file",
+    type=click.IntRange(min=1),
+    help="Keep at most this many patches per raster (random subset from --seed).",
+)
+@click.option(
+    "--split-by",
+    type=click.Choice(["block", "file"]),
+    default="block",
+    show_default=True,
+    help="Deal spatial blocks of each raster, or whole files.",
+)
+@click.option(
+    "--split-block-px",
+    type=click.IntRange(min=1),
+    help="Side of a split block in high-res cells [default: 3 high-res patches].",
+)
+@click.option(
+    "--fractions",
+    default="0.8,0.1,0.1",
+    show_default=True,
+    callback=_fractions,
+    help="train,valid,test fractions of the blocks (or files).",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--norm-range", nargs=2, type=float, default=(-11000.0, 9000.0), show_default=True,
-              metavar="MIN_M MAX_M", help="Elevations mapped to 0 and 1 in the stored pairs.")
+@click.option(
+    "--norm-range",
+    nargs=2,
+    type=float,
+    default=(-11000.0, 9000.0),
+    show_default=True,
+    metavar="MIN_M MAX_M",
+    help="Elevations mapped to 0 and 1 in the stored pairs.",
+)
 @band_option
 @overwrite_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def command(rasters: tuple[str, ...], output_dir: str, scale: int, patch_px: int,
-            stride_px: int | None, min_relief_m: float, max_patches_per_file: int | None,
-            split_by: str, split_block_px: int | None, fractions: tuple[float, float, float],
-            seed: int, norm_range: tuple[float, float], band: int, overwrite: bool,
-            progress: bool) -> None:
+def command(
+    rasters: tuple[str, ...],
+    output_dir: str,
+    scale: int,
+    patch_px: int,
+    stride_px: int | None,
+    min_relief_m: float,
+    max_patches_per_file: int | None,
+    split_by: str,
+    split_block_px: int | None,
+    fractions: tuple[float, float, float],
+    seed: int,
+    norm_range: tuple[float, float],
+    band: int,
+    overwrite: bool,
+    progress: bool,
+) -> None:
     """Cut DEM RASTERS (files or folders) into (low-res, high-res) training pairs.
 
     The low-res patch is the block mean of the high-res patch. The split into train, valid and
@@ -61,14 +120,21 @@ def command(rasters: tuple[str, ...], output_dir: str, scale: int, patch_px: int
     if high_m <= low_m:
         raise click.BadParameter("MAX_M must be above MIN_M", param_hint="--norm-range")
     options = PrepareOptions(
-        scale=scale, lowres_patch_px=patch_px, stride_px=stride_px, min_relief_m=min_relief_m,
-        max_patches_per_file=max_patches_per_file, split_fractions=fractions,
+        scale=scale,
+        lowres_patch_px=patch_px,
+        stride_px=stride_px,
+        min_relief_m=min_relief_m,
+        max_patches_per_file=max_patches_per_file,
+        split_fractions=fractions,
         split_by=split_by,  # type: ignore[arg-type]
-        split_block_px=split_block_px, seed=seed,
-        normalisation=Normalisation(offset_m=low_m, scale_m=high_m - low_m), band=band,
+        split_block_px=split_block_px,
+        seed=seed,
+        normalisation=Normalisation(offset_m=low_m, scale_m=high_m - low_m),
+        band=band,
     )
-    report = prepare_pairs(collect_rasters(rasters), output_dir, options, overwrite=overwrite,
-                           progress=progress)
+    report = prepare_pairs(
+        collect_rasters(rasters), output_dir, options, overwrite=overwrite, progress=progress
+    )
     click.echo(report.summary())
 
 
@@ -78,8 +144,9 @@ def command(rasters: tuple[str, ...], output_dir: str, scale: int, patch_px: int
 @click.option("--scale", type=click.IntRange(min=2), default=5, show_default=True)
 @band_option
 @overwrite_option
-def degrade_command(input_path: str, output_path: str, scale: int, band: int,
-                    overwrite: bool) -> None:
+def degrade_command(
+    input_path: str, output_path: str, scale: int, band: int, overwrite: bool
+) -> None:
     """Write the block mean of INPUT over scale x scale cells to the GeoTIFF OUTPUT
     (e.g. 3" -> 15"), as training pairs are made."""
     from demsr.prepare import degrade_raster

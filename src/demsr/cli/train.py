@@ -14,12 +14,20 @@ log = logging.getLogger(__name__)
 
 @click.command("train")
 @with_config_options
-@click.option("--data", "data_dir", type=click.Path(file_okay=False),
-              help="Folder with train/train.h5 and valid/valid.h5 (sets data.root_dir).")
-@click.option("--output-dir", type=click.Path(file_okay=False),
-              help="Run folder for checkpoints and logs (sets summary.output_dir).")
-@click.option("--preset", type=click.Choice(["lite", "paper"]),
-              help="Model preset (sets model.preset).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    help="Folder with train/train.h5 and valid/valid.h5 (sets data.root_dir).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    help="Run folder for checkpoints and logs (sets summary.output_dir).",
+)
+@click.option(
+    "--preset", type=click.Choice(["lite", "paper"]), help="Model preset (sets model.preset)."
+)
 @click.option("--resume", is_flag=True, help="Continue the run in the output folder.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(
