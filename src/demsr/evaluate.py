@@ -37,8 +37,9 @@ def upsample_baseline(lowres: np.ndarray, scale: int, method: str = "bicubic") -
         raise ValueError(f"unknown baseline {method!r}; choose from {sorted(BASELINES)}")
     shape: tuple[int, ...] = np.shape(lowres)
     lead, rows, cols = shape[:-2], shape[-2], shape[-1]
-    source = np.asarray(lowres, dtype=np.float32).reshape((-1, rows, cols))
-    destination = np.full((source.shape[0], rows * scale, cols * scale), np.nan, np.float32)
+    count = int(np.prod(lead))
+    source = np.asarray(lowres, dtype=np.float32).reshape((count, rows, cols))
+    destination = np.full((count, rows * scale, cols * scale), np.nan, np.float32)
     reproject(
         source,
         destination,
