@@ -15,8 +15,9 @@ from demsr.checkpoint import (
     load_training_state,
     save_checkpoint,
 )
-from demsr.datasets import Normalisation
-from demsr.model import DEMSRNet, ModelConfig
+from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+
+SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
 
 
 def _model(seed: int = 0) -> DEMSRNet:
@@ -26,22 +27,25 @@ def _model(seed: int = 0) -> DEMSRNet:
 
 def test_reload_gives_identical_predictions(tmp_path: Path) -> None:
     model = _model().eval()
-    norm = Normalisation(offset_m=-500.0, scale_m=4000.0)
+    norm = ElevationScaling(offset_m=-500.0, scale_m=4000.0, trend_sigma_px=2.0)
     path = save_checkpoint(
         tmp_path / "m.safetensors", model, norm, {"provenance": {"data": ["a.tif"]}}
     )
     checkpoint = load_checkpoint(path)
     assert checkpoint.model_config == model.config
-    assert checkpoint.normalisation == norm
+    assert checkpoint.scaling == norm
     assert checkpoint.metadata["provenance"]["data"] == ["a.tif"]
     assert "created" in checkpoint.metadata["provenance"]
     x = torch.rand(2, 1, 11, 13)
     with torch.no_grad():
         assert torch.equal(model(x), checkpoint.build_model()(x))
+        metres = 1000 + 300 * x
+        expected = SuperResolver(model, norm)(metres)
+        assert torch.equal(checkpoint.build_resolver()(metres), expected)
 
 
 def test_no_temporary_file_left(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path / "m.safetensors", _model(), Normalisation())
+    save_checkpoint(tmp_path / "m.safetensors", _model(), SCALING)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
@@ -60,7 +64,7 @@ def test_pickle_is_refused_and_never_run(tmp_path: Path) -> None:
 
 
 def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
-    path = save_checkpoint(tmp_path / "m.safetensors", _model(), Normalisation())
+    path = save_checkpoint(tmp_path / "m.safetensors", _model(), SCALING)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
@@ -88,7 +92,13 @@ def test_training_state_round_trip(tmp_path: Path) -> None:
         best_valid_loss=0.5,
         bad_epochs=1,
     )
-    path = save_checkpoint(tmp_path / "last.safetensors", model, Normalisation(), {}, state)
+    path = save_checkpoint(
+        tmp_path / "last.safetensors",
+        model,
+        SCALING,
+        {},
+        state,
+    )
     restored = load_training_state(path)
     assert (restored.epoch, restored.global_step, restored.bad_epochs) == (3, 42, 1)
     fresh = torch.optim.Adam(_model(1).parameters(), lr=1e-3)
@@ -100,6 +110,10 @@ def test_training_state_round_trip(tmp_path: Path) -> None:
 
 
 def test_weights_only_checkpoint_has_no_training_state(tmp_path: Path) -> None:
-    path = save_checkpoint(tmp_path / "best.safetensors", _model(), Normalisation())
+    path = save_checkpoint(
+        tmp_path / "best.safetensors",
+        _model(),
+        SCALING,
+    )
     with pytest.raises(CheckpointError, match="no training state"):
         load_training_state(path)

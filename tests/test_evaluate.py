@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from demsr.checkpoint import save_checkpoint
-from demsr.datasets import Normalisation, read_pair_file
+from demsr.datasets import read_pair_file
 from demsr.evaluate import evaluate_pairs, upsample_baseline
 from demsr.metrics import mae, rmse
-from demsr.model import DEMSRNet, ModelConfig
+from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+
+SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
 
 
 def test_rmse_and_mae_by_hand() -> None:
@@ -48,7 +50,7 @@ def test_baseline_batches_and_unknown_method() -> None:
 def test_evaluate_pairs_reports_metres(tiny_pairs: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=5))
-    path = save_checkpoint(tmp_path / "m.safetensors", model, Normalisation())
+    path = save_checkpoint(tmp_path / "m.safetensors", model, SCALING)
     result = evaluate_pairs(path, tiny_pairs / "test" / "test.h5", device="cpu", progress=False)
     pairs = read_pair_file(tiny_pairs / "test" / "test.h5")
     assert result.pairs == len(pairs) and result.units == "m"

@@ -10,10 +10,11 @@ import rasterio
 import torch
 
 from demsr.checkpoint import load_checkpoint, save_checkpoint
-from demsr.datasets import Normalisation
 from demsr.io import read_raster, write_geotiff
-from demsr.model import DEMSRNet, ModelConfig
+from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
 from demsr.predict import fill_nearest, predict_array, predict_raster
+
+SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True))
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return save_checkpoint(path, model, Normalisation())
+    return save_checkpoint(path, model, SCALING)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,7 @@ def test_predict_array_units_and_shape(checkpoint_path: Path) -> None:
     checkpoint = load_checkpoint(checkpoint_path)
     lowres = np.full((6, 7), 1234.0, np.float32)
     lowres[0, 0] = np.nan
-    highres = predict_array(checkpoint.build_model(), lowres, checkpoint.normalisation)
+    highres = predict_array(checkpoint.build_resolver(), lowres)
     assert highres.shape == (30, 35)
     assert np.isnan(highres[:5, :5]).all() and np.isfinite(highres[5:, 5:]).all()
 

@@ -1,5 +1,5 @@
 """Checkpoints: one safetensors file holding the weights and, as JSON in its header, everything
-needed to use them (model config, scale, normalisation, training config, provenance).
+needed to use them (model config, scale, elevation scaling, training config, provenance).
 
 A training checkpoint (``last.safetensors``) also holds the optimizer tensors, the scheduler and
 the random-number-generator states, so ``--resume`` needs nothing else. Loading never unpickles:
@@ -24,9 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from demsr import __version__
-from demsr.datasets import Normalisation
 from demsr.io import atomic_path
-from demsr.model import DEMSRNet, ModelConfig
+from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
 
 FORMAT = "demsr-checkpoint"
 FORMAT_VERSION = 1
@@ -43,7 +42,7 @@ def now_utc() -> str:
 
 @dataclass
 class Checkpoint:
-    """A model as stored on disk: its shape, its units and its weights.
+    """A model as stored on disk: its shape, its elevation scaling and its weights.
 
     ``metadata`` carries the rest of the JSON header: ``training`` (the run config),
     ``provenance`` (data files, parent checkpoint, creation time, demsr version), ``epoch`` and
@@ -51,7 +50,7 @@ class Checkpoint:
     """
 
     model_config: ModelConfig
-    normalisation: Normalisation
+    scaling: ElevationScaling
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str = ""
@@ -70,6 +69,10 @@ class Checkpoint:
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         return model.to(device).eval()
+
+    def build_resolver(self, device: str | torch.device = "cpu") -> SuperResolver:
+        """The network with its elevation scaling: metres in, metres out (eval mode)."""
+        return SuperResolver(self.build_model(device), self.scaling).eval()
 
 
 @dataclass
@@ -90,14 +93,14 @@ class TrainingState:
 
 
 def _header(
-    model_config: ModelConfig, normalisation: Normalisation, metadata: dict[str, Any]
+    model_config: ModelConfig, scaling: ElevationScaling, metadata: dict[str, Any]
 ) -> dict[str, Any]:
     header: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model_config.to_dict(),
         "scale": model_config.scale,
-        "normalisation": normalisation.to_dict(),
+        "scaling": scaling.to_dict(),
     }
     header.update(metadata)
     header.setdefault("provenance", {})
@@ -137,7 +140,7 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: DEMSRNet,
-    normalisation: Normalisation,
+    scaling: ElevationScaling,
     metadata: dict[str, Any] | None = None,
     training_state: TrainingState | None = None,
 ) -> Path:
@@ -146,7 +149,7 @@ def save_checkpoint(
         f"model.{name}": value.detach().to("cpu", torch.float32).contiguous()
         for name, value in model.state_dict().items()
     }
-    header = _header(model.config, normalisation, dict(metadata or {}))
+    header = _header(model.config, scaling, dict(metadata or {}))
     if training_state is not None:
         optimizer_state = training_state.optimizer
         for index, state in optimizer_state["state"].items():
@@ -195,16 +198,16 @@ def _open(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Load a checkpoint's model, config and normalisation (CPU tensors)."""
+    """Load a checkpoint's model, config and elevation scaling (CPU tensors)."""
     header, tensors = _open(path)
     try:
         model_config = ModelConfig.from_dict(header["model"])
-        normalisation = Normalisation.from_dict(header["normalisation"])
+        scaling = ElevationScaling.from_dict(header["scaling"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model metadata ({exc})") from None
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    metadata = {k: v for k, v in header.items() if k not in ("model", "normalisation", "scale")}
-    checkpoint = Checkpoint(model_config, normalisation, state, metadata, path=os.fspath(path))
+    metadata = {k: v for k, v in header.items() if k not in ("model", "scaling", "scale")}
+    checkpoint = Checkpoint(model_config, scaling, state, metadata, path=os.fspath(path))
     checkpoint.build_model()  # fail now, with the file's name, if the weights do not fit
     return checkpoint
 

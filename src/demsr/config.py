@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from demsr.model import ModelConfig, preset
+from demsr.model import INIT_SCHEMES, ElevationScaling, ModelConfig, preset
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,13 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used."""
 
 
+_ARCHITECTURE = ("blocks", "channels", "scale", "bias", "resize")
+
+
 @dataclass
 class ModelSection:
-    """Network shape: a preset, with any field replaced. ``None`` keeps the preset's value."""
+    """Network shape (a preset, with any field replaced; ``None`` keeps the preset's value),
+    how elevations are scaled for it (see ``ElevationScaling``) and how it is initialised."""
 
     preset: str = "lite"
     blocks: int | None = None
@@ -40,14 +44,23 @@ class ModelSection:
     scale: int | None = None
     bias: bool | None = None
     resize: str | None = None
+    elevation_offset_m: float = 0.0
+    elevation_scale_m: float = 1000.0
+    trend_sigma_px: float = 4.0
+    init: str = "interpolation"
 
     def build(self) -> ModelConfig:
         overrides = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "preset" and getattr(self, f.name) is not None
+            name: getattr(self, name) for name in _ARCHITECTURE if getattr(self, name) is not None
         }
         return preset(self.preset, **overrides)
+
+    def scaling(self) -> ElevationScaling:
+        return ElevationScaling(
+            offset_m=self.elevation_offset_m,
+            scale_m=self.elevation_scale_m,
+            trend_sigma_px=self.trend_sigma_px,
+        )
 
 
 @dataclass
@@ -105,7 +118,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """All values, with the model section resolved against its preset."""
         values = dataclasses.asdict(self)
-        values["model"] = {"preset": self.model.preset, **self.model.build().to_dict()}
+        values["model"].update(self.model.build().to_dict())
         return values
 
     def to_yaml(self) -> str:
@@ -115,9 +128,11 @@ class RunConfig:
         """Check values that types alone do not constrain; raises ConfigError."""
         try:
             self.model.build()
+            self.model.scaling()
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None
         checks = [
+            (self.model.init in INIT_SCHEMES, f"model.init must be one of {INIT_SCHEMES}"),
             (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
             (self.optimizer.name.lower() == "adam", "optimizer.name must be 'adam'"),

@@ -82,8 +82,8 @@ def evaluate_pairs(
 ) -> Evaluation:
     """RMSE and MAE of the model and of bicubic interpolation on an HDF5 pair file.
 
-    Errors are in metres through the file's normalisation. For a file without one (published
-    MindEarth files) the model's normalisation cannot apply, and metrics are in normalised units.
+    Errors are in metres through the file's normalisation. A file without one (a published
+    MindEarth file) is fed to the model as it is, and metrics are in the file's units.
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
@@ -92,26 +92,22 @@ def evaluate_pairs(
         raise ValueError(
             f"{pairs_path}: pairs are x{pairs.scale}, the model is x{checkpoint.scale}"
         )
-    if pairs.normalisation != checkpoint.normalisation:
+    if pairs.units != "m":
         log.warning(
-            "%s uses normalisation %s but the model was trained with %s; inputs are converted",
+            "%s does not say how its values map to metres (a published file?); the model is fed "
+            "its values as metres and errors are in the file's units",
             pairs_path,
-            pairs.normalisation,
-            checkpoint.normalisation,
         )
     torch_device = resolve_device(device)
-    model = checkpoint.build_model(torch_device)
+    resolver = checkpoint.build_resolver(torch_device)
     lowres_m = pairs.normalisation.denormalise(pairs.lowres.astype(np.float64))
     highres_m = pairs.normalisation.denormalise(pairs.highres.astype(np.float64))
     predictions = np.empty(highres_m.shape, dtype=np.float32)
     for start in tqdm(
         range(0, len(lowres_m), batch_size), desc="evaluate", unit="batch", disable=not progress
     ):
-        batch = checkpoint.normalisation.normalise(lowres_m[start : start + batch_size])
-        output = model(torch.from_numpy(batch.astype(np.float32)).to(torch_device))
-        predictions[start : start + batch_size] = checkpoint.normalisation.denormalise(
-            output.float().cpu().numpy()
-        )
+        batch = torch.from_numpy(lowres_m[start : start + batch_size].astype(np.float32))
+        predictions[start : start + batch_size] = resolver(batch.to(torch_device)).cpu().numpy()
     result = Evaluation(pairs=len(lowres_m), units=pairs.units)
     result.methods["model"] = {
         "rmse": rmse(predictions, highres_m),

@@ -13,6 +13,7 @@ Every convolution is 3x3 with padding 1. A residual block is conv3x3 -> ReLU -> 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,3 +149,121 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+@dataclass(frozen=True)
+class ElevationScaling:
+    """How elevations in metres enter and leave the network.
+
+    ``trend_sigma_px == 0``: a fixed linear map, ``units = (metres - offset_m) / scale_m`` (the
+    reference's "scaled to 0..1" is offset = minimum, scale = range; imported weights use the
+    identity). ``trend_sigma_px > 0``: the low-res input's trend (a Gaussian smoothing with that
+    standard deviation in low-res cells, edges replicated) is taken out before the network and
+    its bilinear upsampling added back after, so the network only sees and makes relief:
+    ``highres = trend_up + scale_m * net((lowres - trend) / scale_m)``. That makes prediction
+    exactly shift-equivariant in elevation (land and sea alike) and is what lets a small model
+    train in minutes; ``offset_m`` is unused then.
+    """
+
+    offset_m: float = 0.0
+    scale_m: float = 1.0
+    trend_sigma_px: float = 0.0
+
+    def __post_init__(self) -> None:
+        values = (self.offset_m, self.scale_m, self.trend_sigma_px)
+        if (
+            not all(math.isfinite(v) for v in values)
+            or self.scale_m <= 0
+            or self.trend_sigma_px < 0
+        ):
+            raise ValueError(
+                f"invalid elevation scaling offset_m={self.offset_m} scale_m={self.scale_m} "
+                f"trend_sigma_px={self.trend_sigma_px}"
+            )
+
+    @property
+    def trend_radius_px(self) -> int:
+        """Low-res cells on each side that the trend of a cell depends on."""
+        return math.ceil(3 * self.trend_sigma_px) if self.trend_sigma_px > 0 else 0
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ElevationScaling:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown elevation scaling keys: {sorted(unknown)}")
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
+def gaussian_trend(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of (N,1,h,w), truncated at 3 sigma, edges replicated."""
+    radius = math.ceil(3 * sigma_px)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (taps / sigma_px) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.dtype).to(x.device)
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1))
+
+
+class SuperResolver(nn.Module):
+    """A DEM-SRNet with its elevation scaling: (N,1,h,w) metres in, (N,1,h*s,w*s) metres out.
+
+    No nodata handling: inputs must be finite (see ``demsr.predict`` for filling and masking).
+    """
+
+    def __init__(self, net: DEMSRNet, scaling: ElevationScaling) -> None:
+        super().__init__()
+        self.net = net
+        self.scaling = scaling
+
+    @property
+    def scale(self) -> int:
+        return self.net.scale
+
+    def forward(self, lowres_m: torch.Tensor) -> torch.Tensor:
+        scaling, config = self.scaling, self.net.config
+        # Elevations stay float32 even under bf16 autocast (bf16 keeps 8 bits of mantissa: a
+        # 3000 m value would be off by up to 8 m); only the network itself may run in bf16.
+        full_precision = torch.autocast(lowres_m.device.type, enabled=False)
+        with full_precision:
+            lowres_m = lowres_m.float()
+            if scaling.trend_sigma_px > 0:
+                base = gaussian_trend(lowres_m, scaling.trend_sigma_px)
+                base_up = upsample_bilinear(base, config.scale, config.resize)
+            else:
+                base = torch.full_like(lowres_m, scaling.offset_m)
+                base_up = torch.full_like(lowres_m[..., :1, :1], scaling.offset_m)
+            inputs = (lowres_m - base) / scaling.scale_m
+        relief = self.net(inputs)
+        with full_precision:
+            return base_up + scaling.scale_m * relief.float()
+
+
+INIT_SCHEMES: tuple[str, ...] = ("interpolation", "default")
+
+
+@torch.no_grad()
+def init_as_interpolation(net: DEMSRNet) -> DEMSRNet:
+    """Start the network as plain bilinear interpolation of its input.
+
+    conv2 is zeroed (the residual body starts silent, as in zero-initialised residual
+    branches), conv_up is the identity and conv_out averages the channels, so the first output
+    is the bilinear upsampling of the input and training learns the detail on top. The other
+    layers keep PyTorch's default initialisation, which breaks the channels' symmetry once
+    conv2 moves.
+    """
+    channels = net.config.channels
+    eye = torch.zeros_like(net.conv_up.weight)
+    eye[torch.arange(channels), torch.arange(channels), 1, 1] = 1.0
+    net.conv2.weight.zero_()
+    net.conv_up.weight.copy_(eye)
+    net.conv_out.weight.zero_()
+    net.conv_out.weight[0, :, 1, 1] = 1.0 / channels
+    for layer in (net.conv2, net.conv_up, net.conv_out):
+        if layer.bias is not None:
+            layer.bias.zero_()
+    return net

@@ -18,9 +18,8 @@ from affine import Affine
 from scipy import ndimage
 
 from demsr.checkpoint import Checkpoint, load_checkpoint
-from demsr.datasets import Normalisation
 from demsr.io import RasterError, read_raster, write_geotiff
-from demsr.model import DEMSRNet, resolve_device
+from demsr.model import SuperResolver, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +42,21 @@ def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict_array(
-    model: DEMSRNet,
-    lowres_m: np.ndarray,
-    normalisation: Normalisation,
-    device: torch.device | str = "cpu",
+    resolver: SuperResolver, lowres_m: np.ndarray, device: torch.device | str = "cpu"
 ) -> np.ndarray:
     """Super-resolve a (rows, cols) DEM in metres (NaN = nodata) to (rows*s, cols*s) metres.
 
-    The whole array goes through the network at once (memory grows with its area).
+    Output cells whose low-res parent is nodata are NaN. The whole array goes through the
+    network at once (memory grows with its area).
     """
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
     valid = np.isfinite(lowres_m)
     filled = fill_nearest(np.where(valid, lowres_m, np.nan).astype(np.float32))
-    inputs = torch.from_numpy(np.asarray(normalisation.normalise(filled), dtype=np.float32))
-    model = model.to(device).eval()
-    output = model(inputs[None, None].to(device))[0, 0].float().cpu().numpy()
-    highres_m = np.asarray(normalisation.denormalise(output), dtype=np.float32)
-    highres_m[~upscale_mask(valid, model.scale)] = np.nan
+    resolver = resolver.to(device).eval()
+    output = resolver(torch.from_numpy(filled)[None, None].to(device))
+    highres_m = output[0, 0].cpu().numpy().astype(np.float32, copy=False)
+    highres_m[~upscale_mask(valid, resolver.scale)] = np.nan
     return highres_m
 
 
@@ -90,9 +86,7 @@ def predict_raster(
         log.warning("%s has no CRS; the output will have none either", raster.path)
     torch_device = resolve_device(device)
     scale = checkpoint.scale
-    highres = predict_array(
-        checkpoint.build_model(torch_device), raster.data, checkpoint.normalisation, torch_device
-    )
+    highres = predict_array(checkpoint.build_resolver(torch_device), raster.data, torch_device)
     transform = raster.transform @ Affine.scale(1 / scale)
     write_geotiff(output, highres, transform, raster.crs, raster.nodata)
     log.info("wrote %s (%d x %d, x%d)", output, highres.shape[1], highres.shape[0], scale)

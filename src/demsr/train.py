@@ -41,7 +41,13 @@ from demsr.checkpoint import (
 from demsr.config import RunConfig
 from demsr.datasets import Normalisation, PairDataset
 from demsr.io import atomic_path
-from demsr.model import DEMSRNet, count_parameters, resolve_device
+from demsr.model import (
+    DEMSRNet,
+    SuperResolver,
+    count_parameters,
+    init_as_interpolation,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +117,18 @@ class Trainer:
         root = Path(config.data.root_dir)
         self.train_set = PairDataset(root / "train" / "train.h5", augment=config.data.augment)
         self.valid_set = PairDataset(root / "valid" / "valid.h5")
-        self.normalisation: Normalisation = self.train_set.normalisation
+        # The pair files store elevations in their own units; the model sees metres through
+        # its elevation scaling.
+        self.storage: Normalisation = self.train_set.normalisation
         self.model_config = config.model.build()
+        self.scaling = config.model.scaling()
         self._check_data()
         seed_everything(config.train.seed)  # the initial weights depend on the seed only
-        self.model = DEMSRNet(self.model_config).to(self.device)
+        net = DEMSRNet(self.model_config)
+        if config.model.init == "interpolation":
+            init_as_interpolation(net)
+        self.model = net.to(self.device)
+        self.resolver = SuperResolver(self.model, self.scaling)
 
     def _check_data(self) -> None:
         for name, dataset in (("train", self.train_set), ("valid", self.valid_set)):
@@ -126,8 +139,13 @@ class Trainer:
                     f"{dataset.path}: pairs are x{dataset.scale} but the model is "
                     f"x{self.model_config.scale} (set model.scale)"
                 )
-        if self.valid_set.normalisation != self.normalisation:
+        if self.valid_set.normalisation != self.storage:
             raise ValueError("train and valid files use different normalisations")
+        if self.train_set.units != "m":
+            log.warning(
+                "%s does not say how its values map to metres; errors are reported in its units",
+                self.train_set.path,
+            )
         patch = self.config.data.patch_size
         if patch is not None and self.train_set.lowres_patch_px != patch:
             raise ValueError(
@@ -187,19 +205,24 @@ class Trainer:
             drop_last=False,
         )
 
+    def _loss(self, lowres: torch.Tensor, highres: torch.Tensor) -> torch.Tensor:
+        """Mean squared error in units of ``elevation_scale_m`` for a batch of stored pairs."""
+        lowres_m = self.storage.denormalise(lowres.to(self.device, non_blocking=True))
+        highres_m = self.storage.denormalise(highres.to(self.device, non_blocking=True))
+        with _autocast(self.device, self.precision):
+            prediction_m = self.resolver(lowres_m)
+        return F.mse_loss(prediction_m / self.scaling.scale_m, highres_m / self.scaling.scale_m)
+
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Mean MSE (normalised units) and RMSE in metres over the validation pairs."""
+        """Validation loss (as the training loss) and RMSE in metres over all valid pairs."""
         self.model.eval()
         total, count = 0.0, 0
         for lowres, highres in self._batches(self.valid_set, None):
-            lowres, highres = lowres.to(self.device), highres.to(self.device)
-            with _autocast(self.device, self.precision):
-                prediction = self.model(lowres)
-            total += F.mse_loss(prediction.float(), highres, reduction="sum").item()
+            total += self._loss(lowres, highres).item() * highres.numel()
             count += highres.numel()
         mse = total / count
-        return mse, math.sqrt(mse) * abs(self.normalisation.scale_m)
+        return mse, math.sqrt(mse) * self.scaling.scale_m
 
     def _train_epoch(
         self, epoch: int, optimizer: torch.optim.Optimizer, global_step: int
@@ -219,12 +242,7 @@ class Trainer:
         )
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
         for _ in range(steps):
-            lowres, highres = next(batches)
-            lowres = lowres.to(self.device, non_blocking=True)
-            highres = highres.to(self.device, non_blocking=True)
-            with _autocast(self.device, self.precision):
-                prediction = self.model(lowres)
-            loss = F.mse_loss(prediction.float(), highres)
+            loss = self._loss(*next(batches))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -260,7 +278,7 @@ class Trainer:
             if not last.exists():
                 raise FileNotFoundError(f"{last}: nothing to resume from")
             checkpoint = load_checkpoint(last)
-            if checkpoint.model_config != self.model_config:
+            if (checkpoint.model_config, checkpoint.scaling) != (self.model_config, self.scaling):
                 raise ValueError(f"{last}: model config differs from this run's config")
             state = load_training_state(last)
             self.model.load_state_dict(checkpoint.state_dict)
@@ -320,7 +338,7 @@ class Trainer:
             }
             if is_best:
                 save_checkpoint(
-                    out / BEST, self.model, self.normalisation, self._metadata(epoch, metrics)
+                    out / BEST, self.model, self.scaling, self._metadata(epoch, metrics)
                 )
             last_epoch = (
                 epoch == cfg.train.epochs
@@ -331,7 +349,7 @@ class Trainer:
                 save_checkpoint(
                     out / LAST,
                     self.model,
-                    self.normalisation,
+                    self.scaling,
                     self._metadata(epoch, metrics),
                     TrainingState(
                         optimizer.state_dict(),

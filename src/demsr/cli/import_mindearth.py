@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from demsr.cli.options import overwrite_option
-from demsr.model import RESIZE_MODES
+from demsr.model import RESIZE_MODES, ElevationScaling
 
 
 @click.command("import-mindearth")
@@ -32,7 +32,7 @@ from demsr.model import RESIZE_MODES
     type=float,
     default=0.0,
     show_default=True,
-    help="Normalisation the weights expect: metres = value * scale + offset.",
+    help="Elevation scaling the weights expect: metres = value * scale + offset.",
 )
 @click.option(
     "--norm-scale-m",
@@ -57,15 +57,14 @@ def command(
     inferred from the tensors.
     """
     from demsr.checkpoint import save_checkpoint
-    from demsr.datasets import Normalisation
     from demsr.mindearth import model_from_mindearth
 
     if Path(output).exists() and not overwrite:
         raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
     model = model_from_mindearth(ckpt, scale=scale, resize=resize)  # type: ignore[arg-type]
-    normalisation = Normalisation(offset_m=norm_offset_m, scale_m=norm_scale_m)
+    scaling = ElevationScaling(offset_m=norm_offset_m, scale_m=norm_scale_m)
     metadata = {"provenance": {"parent": str(Path(ckpt).resolve()), "imported_from": "mindearth"}}
-    save_checkpoint(output, model, normalisation, metadata)
+    save_checkpoint(output, model, scaling, metadata)
     config = model.config
     click.echo(
         f"{output}: {config.blocks} blocks x {config.channels} channels, x{config.scale}, "
