@@ -14,7 +14,8 @@ rm -rf "$out"
 mkdir -p "$out"
 "$demsr" prepare "$raster" -o "$out/pairs" --stride-px 80 --no-progress
 "$demsr" train --config configs/lite.yaml --data "$out/pairs" --output-dir "$out/model" \
-    --set train.max_steps="$steps" --set train.max_steps_per_epoch=100 --no-progress
+    --set train.max_steps="$steps" --set train.max_steps_per_epoch=100 --set data.batch_size=8 \
+    --no-progress
 "$demsr" evaluate "$out/model/best.safetensors" "$out/pairs/test/test.h5" \
     --json "$out/test_metrics.json" --no-progress
 "$demsr" degrade "$raster" "$out/lowres_15s.tif" --scale 5

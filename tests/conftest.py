@@ -74,3 +74,15 @@ def tiny_overrides(pairs: Path, output_dir: Path, *extra: str) -> list[str]:
         "train.device=cpu",
         *extra,
     ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests skip, with a reason, where CUDA is not available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -25,6 +25,14 @@ ResizeMode = Literal["legacy", "half_pixel"]
 RESIZE_MODES: tuple[str, ...] = ("legacy", "half_pixel")
 
 
+def check_known_keys(cls: type, values: dict[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass ``cls`` (a typo must not pass)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {sorted(unknown)} (known: {sorted(known)})")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a DEM-SRNet.
@@ -56,10 +64,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        check_known_keys(cls, values, "model config")
         return cls(**values)
 
 
@@ -191,10 +196,7 @@ class ElevationScaling:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ElevationScaling:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown elevation scaling keys: {sorted(unknown)}")
+        check_known_keys(cls, values, "elevation scaling")
         return cls(**{k: float(v) for k, v in values.items()})
 
 

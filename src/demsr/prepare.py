@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from demsr.datasets import Normalisation, PairMetadata, PairWriter
 from demsr.io import Raster, read_raster, write_geotiff
+from demsr.model import check_known_keys
 
 _log = logging.getLogger(__name__)
 
@@ -190,12 +191,7 @@ class PrepareOptions:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PrepareOptions:
         """Build options from a dict such as a YAML section; unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(
-                f"unknown prepare option(s): {sorted(unknown)}; known: {sorted(known)}"
-            )
+        check_known_keys(cls, values, "prepare option")
         values = dict(values)
         if isinstance(values.get("normalisation"), dict):
             values["normalisation"] = Normalisation.from_dict(values["normalisation"])
