@@ -1,24 +1,76 @@
-"""Raster input and output: whatever rasterio/GDAL opens in, georeferenced GeoTIFF out.
+"""Raster input and output: any DEM in (GDAL formats, NetCDF, Zarr), georeferenced products out.
 
-Inside demsr a DEM is a float32 array (rows, cols) in metres with NaN where the file has no data;
-the file's own nodata value is kept alongside so that outputs can write it back.
+Inside demsr a DEM is a float32 array (rows, cols) in metres with NaN where the file has no data,
+north-up (row 0 is the northern edge), with an affine ``transform`` from (col, row) of a cell's
+top-left corner to CRS coordinates. The file's own nodata value is kept alongside so that outputs
+can write it back.
+
+Reading: :func:`open_raster` returns a :class:`RasterReader` that reads windows lazily, so memory
+does not grow with the size of the raster:
+
+- anything GDAL opens (GeoTIFF/COG, SRTM ``.hgt``, ESRI ASCII, ...), also inside a ``.zip``
+  holding one raster (opened in place through GDAL's ``/vsizip/``);
+- NetCDF and Zarr grids in the GEBCO layout: 1-D ``lat``/``lon`` (or ``latitude``/``longitude``,
+  ``y``/``x``) coordinates of cell centres and an ``elevation`` variable. Latitudes may ascend or
+  descend and longitudes may run over -180..180 or 0..360; the reader presents them north-up and,
+  for a global 0..360 grid, with its columns rotated into -180..180 order.
+
+:func:`read_raster` reads a whole raster (or one window) into a :class:`Raster`.
+
+Writing: :func:`write_geotiff` writes an in-memory array; :func:`finalise_output` converts the
+tiled float32 GeoTIFF that tiled prediction writes into the final product (Cloud-Optimized
+GeoTIFF, CF NetCDF or Zarr), block by block, mirroring the input's NetCDF/Zarr layout on request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
+import math
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Iterator
+import warnings
+import zipfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
+import rasterio.windows
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import RasterioIOError
+from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
+
+log = logging.getLogger(__name__)
+
+BLOCK_PX = 512
+"""Block edge of every product :func:`finalise_output` writes: COG tiles, NetCDF/Zarr chunks."""
+
+INT16_NODATA = -32768
+"""Nodata value of int16 products; valid int16 elevations are -32767..32767 m."""
+
+NETCDF_SUFFIXES = (".nc", ".nc3", ".nc4", ".netcdf", ".cdf")
+ZARR_SUFFIX = ".zarr"
+ZIP_RASTER_SUFFIXES = (".hgt", ".tif", ".tiff", ".asc", ".dem", ".img", ".bil", ".flt", ".grd")
+"""Members of a ``.zip`` that count as rasters (sidecars such as ``.prj`` or ``.aux.xml`` don't)."""
+
+Y_NAMES = ("lat", "latitude", "y")
+X_NAMES = ("lon", "longitude", "x")
+DEFAULT_VARIABLE = "elevation"
+
+# A 1-D coordinate is accepted as regular when every step is within this fraction of a cell of
+# the mean step (float32 coordinates of a global 15" grid are off by up to ~0.2 % of a cell).
+_REGULAR_TOLERANCE = 0.01
 
 
 class RasterError(ValueError):
@@ -52,10 +104,14 @@ class Raster:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in CRS units."""
-        rows, cols = self.shape
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (cols, rows)
-        return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+        return _bounds(self.transform, self.shape)
+
+
+def _bounds(transform: Affine, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    rows, cols = shape
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (cols, rows)
+    return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
 def _check_north_up(transform: Affine, path: str) -> None:
@@ -66,33 +122,452 @@ def _check_north_up(transform: Affine, path: str) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RasterLayout:
+    """How a source raster is laid out on disk: what a writer needs to mirror it.
+
+    ``kind`` is ``"gdal"`` (``driver`` names the GDAL driver), ``"netcdf"`` or ``"zarr"``.
+    For NetCDF/Zarr: ``variable`` is the elevation variable, ``x_name``/``y_name`` its 1-D
+    coordinates, ``lon_0_360`` is True when longitudes run over 0..360 (some beyond 180), and
+    ``lat_ascending`` is True when the y coordinate ascends (row 0 of the file is the south).
+    ``source_dtype`` is the stored data type (e.g. ``"int16"``).
+    """
+
+    kind: str
+    driver: str | None = None
+    variable: str | None = None
+    x_name: str | None = None
+    y_name: str | None = None
+    lon_0_360: bool = False
+    lat_ascending: bool = False
+    source_dtype: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable), e.g. for a resumable prediction's state file."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RasterLayout:
+        """Inverse of :meth:`as_dict`; unknown keys are rejected."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown raster layout keys: {', '.join(unknown)}")
+        return cls(**dict(values))
+
+
+class RasterReader(ABC):
+    """One band of a raster, open for windowed reads; use as a context manager.
+
+    Attributes: ``shape`` (rows, cols); ``transform`` (north-up affine of the presented grid:
+    row 0 is the north, columns in increasing x); ``crs`` (rasterio CRS or None); ``nodata``
+    (the file's nodata value or None); ``path`` (the path as given); ``layout``
+    (:class:`RasterLayout`).
+    """
+
+    shape: tuple[int, int]
+    transform: Affine
+    crs: CRS | None
+    nodata: float | None
+    path: str
+    layout: RasterLayout
+
+    def __enter__(self) -> RasterReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units."""
+        return _bounds(self.transform, self.shape)
+
+    def window_transform(self, window: Window) -> Affine:
+        """Transform of ``window``'s top-left cell (the window's own georeferencing)."""
+        return rasterio.windows.transform(window, self.transform)
+
+    def read(self, window: Window | None = None) -> np.ndarray:
+        """Read ``window`` (the whole raster if None) as (rows, cols) float32 metres.
+
+        Cells equal to the file's nodata value (or its ``_FillValue``/``missing_value``), masked
+        cells and non-finite cells are NaN. The window must lie inside the raster.
+        """
+        row_off, col_off, height, width = self._window_bounds(window)
+        data = np.asarray(self._read(row_off, col_off, height, width), dtype=np.float32)
+        if not data.flags.writeable:  # some backends hand out read-only buffers
+            data = data.copy()
+        data[~np.isfinite(data)] = np.nan
+        return data
+
+    @abstractmethod
+    def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        """The window's cells, any float dtype, NaN for masked cells."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the file."""
+
+    def _window_bounds(self, window: Window | None) -> tuple[int, int, int, int]:
+        rows, cols = self.shape
+        if window is None:
+            return 0, 0, rows, cols
+        row_off, col_off = int(round(window.row_off)), int(round(window.col_off))
+        height, width = int(round(window.height)), int(round(window.width))
+        if (
+            min(row_off, col_off, height, width) < 0
+            or row_off + height > rows
+            or col_off + width > cols
+        ):
+            raise ValueError(
+                f"{self.path}: window (rows {row_off}..{row_off + height}, cols "
+                f"{col_off}..{col_off + width}) is not inside the raster ({rows} x {cols})"
+            )
+        return row_off, col_off, height, width
+
+
+class _GdalReader(RasterReader):
+    """A band of anything rasterio/GDAL opens, read through rasterio's windowed reads."""
+
+    def __init__(self, path: str, gdal_path: str, band: int) -> None:
+        self.path = path
+        try:
+            self._dataset = rasterio.open(gdal_path)
+        except RasterioIOError as exc:
+            raise RasterError(f"{path}: cannot be read as a raster ({exc})") from None
+        try:
+            src = self._dataset
+            if not 1 <= band <= src.count:
+                raise RasterError(f"{path}: band {band} does not exist (the file has {src.count})")
+            _check_north_up(src.transform, path)
+        except BaseException:
+            self._dataset.close()
+            raise
+        self.band = band
+        self.shape = (int(src.height), int(src.width))
+        self.transform = src.transform
+        self.crs = src.crs
+        self.nodata = None if src.nodata is None else float(src.nodata)
+        self.layout = RasterLayout(
+            kind="gdal", driver=src.driver, source_dtype=str(src.dtypes[band - 1])
+        )
+
+    def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        window = Window(col_off, row_off, width, height)
+        data = self._dataset.read(self.band, window=window, masked=True)
+        return np.ma.filled(data.astype(np.float32), np.nan)
+
+    def close(self) -> None:
+        self._dataset.close()
+
+
+class _GridReader(RasterReader):
+    """An elevation variable of a NetCDF or Zarr dataset with 1-D coordinates, read lazily.
+
+    The file's grid is presented north-up: rows are flipped when latitudes ascend, and a global
+    0..360 longitude grid has its columns rotated so that presented column ``c`` is file column
+    ``(c + col_shift) % cols`` (-180..180 order); a regional grid entirely east of 180 is shifted
+    by -360 degrees without reordering.
+    """
+
+    def __init__(self, path: str, kind: str, band: int, variable: str | None) -> None:
+        import xarray as xr
+
+        self.path = path
+        try:
+            if kind == "zarr":
+                with warnings.catch_warnings():
+                    # unconsolidated stores are fine here: the metadata is a handful of arrays
+                    warnings.filterwarnings(
+                        "ignore", "Failed to open Zarr store with consolidated", RuntimeWarning
+                    )
+                    dataset = xr.open_dataset(
+                        path, engine="zarr", chunks=None, cache=False, decode_times=False
+                    )
+            else:
+                dataset = xr.open_dataset(path, chunks=None, cache=False, decode_times=False)
+        except Exception as exc:  # xarray raises many types for unreadable files
+            raise RasterError(f"{path}: cannot be read as {kind} ({exc})") from None
+        self._dataset = dataset
+        try:
+            self._setup(kind, band, variable)
+        except BaseException:
+            dataset.close()
+            raise
+
+    def _setup(self, kind: str, band: int, variable: str | None) -> None:
+        dataset, path = self._dataset, self.path
+        name = _pick_variable(dataset, variable, path)
+        data_array = dataset[name]
+        y_dim = next(d for d in data_array.dims if str(d).lower() in Y_NAMES)
+        x_dim = next(d for d in data_array.dims if str(d).lower() in X_NAMES)
+        extra = [d for d in data_array.dims if d not in (y_dim, x_dim)]
+        selection: dict[Any, int] = {}
+        bands = math.prod(int(data_array.sizes[d]) for d in extra)
+        big_extra = [d for d in extra if data_array.sizes[d] > 1]
+        if len(big_extra) > 1 or not 1 <= band <= bands:
+            raise RasterError(
+                f"{path}: band {band} does not exist (variable {name!r} has dimensions "
+                f"{dict(data_array.sizes)}; bands count along at most one non-spatial dimension)"
+            )
+        for dim in extra:
+            selection[dim] = band - 1 if dim in big_extra else 0
+        self._data = data_array.isel(selection) if selection else data_array
+        self._y_dim, self._x_dim = y_dim, x_dim
+
+        ys = _coordinate(dataset, y_dim, path)
+        xs = _coordinate(dataset, x_dim, path)
+        if xs[-1] < xs[0]:
+            raise RasterError(f"{path}: longitudes/x run east to west; only west to east is read")
+        dx = _regular_step(xs, str(x_dim), path)
+        dy = _regular_step(ys, str(y_dim), path)
+        lat_ascending = bool(ys[-1] > ys[0])
+
+        self.crs = _grid_crs(dataset, data_array, str(x_dim), str(y_dim), path)
+        geographic = bool(self.crs is not None and self.crs.is_geographic)
+        lon_0_360 = geographic and float(xs[-1]) > 180.0
+        cols = xs.size
+        self._col_shift = 0
+        west_edge = float(xs[0]) - dx / 2
+        if lon_0_360:
+            if xs[0] >= 180.0:
+                west_edge -= 360.0
+            elif abs(cols * dx - 360.0) < dx / 2:
+                # Global grid: start at the first column at or east of 180 (i.e. -180).
+                self._col_shift = int(np.searchsorted(xs, 180.0, side="left"))
+                west_edge = float(xs[self._col_shift]) - 360.0 - dx / 2
+            else:
+                log.info(
+                    "%s: regional grid across 180 degrees in 0..360 longitudes; kept as 0..360",
+                    path,
+                )
+        north_edge = float(max(ys[0], ys[-1])) + dy / 2
+        self.shape = (int(ys.size), int(cols))
+        self.transform = Affine(dx, 0.0, west_edge, 0.0, -dy, north_edge)
+        self.nodata = _grid_nodata(data_array)
+        self._lat_ascending = lat_ascending
+        self.layout = RasterLayout(
+            kind=kind,
+            variable=str(name),
+            x_name=str(x_dim),
+            y_name=str(y_dim),
+            lon_0_360=lon_0_360,
+            lat_ascending=lat_ascending,
+            source_dtype=str(data_array.encoding.get("dtype", data_array.dtype)),
+        )
+
+    def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        rows, cols = self.shape
+        if self._lat_ascending:
+            row_slice = slice(rows - row_off - height, rows - row_off)
+        else:
+            row_slice = slice(row_off, row_off + height)
+        start = (col_off + self._col_shift) % cols if cols else 0
+        if start + width <= cols:
+            col_slices = [slice(start, start + width)]
+        else:  # the window spans the file's 360/0 seam: two reads, side by side
+            col_slices = [slice(start, cols), slice(0, start + width - cols)]
+        pieces = [
+            self._data.isel({self._y_dim: row_slice, self._x_dim: col_slice})
+            .transpose(self._y_dim, self._x_dim)
+            .values
+            for col_slice in col_slices
+        ]
+        data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        data = np.asarray(data, dtype=np.float32)
+        return data[::-1] if self._lat_ascending else data
+
+    def close(self) -> None:
+        self._dataset.close()
+
+
+def _pick_variable(dataset: Any, variable: str | None, path: str) -> str:
+    """The name of the elevation variable: ``variable``, else ``elevation``, else the only one."""
+
+    def is_grid(name: Any) -> bool:
+        dims = [str(d).lower() for d in dataset[name].dims]
+        return any(d in Y_NAMES for d in dims) and any(d in X_NAMES for d in dims)
+
+    gridded = [str(name) for name in dataset.data_vars if is_grid(name)]
+    listing = ", ".join(str(name) for name in dataset.data_vars) or "none"
+    if variable is not None:
+        if variable not in dataset.data_vars:
+            raise RasterError(f"{path}: no variable {variable!r} (variables: {listing})")
+        if not is_grid(variable):
+            raise RasterError(
+                f"{path}: variable {variable!r} has dimensions {tuple(dataset[variable].dims)}, "
+                f"not a lat/lon (or y/x) grid"
+            )
+        return variable
+    if DEFAULT_VARIABLE in gridded:
+        return DEFAULT_VARIABLE
+    if len(gridded) == 1:
+        return gridded[0]
+    raise RasterError(
+        f"{path}: no {DEFAULT_VARIABLE!r} variable and "
+        + ("several gridded ones" if gridded else "no lat/lon (or y/x) gridded one")
+        + f"; choose one with variable= / --variable (variables: {listing})"
+    )
+
+
+def _coordinate(dataset: Any, dim: Any, path: str) -> np.ndarray:
+    if dim not in dataset.variables or dataset[dim].ndim != 1:
+        raise RasterError(f"{path}: dimension {dim!r} has no 1-D coordinate variable")
+    values = np.asarray(dataset[dim].values, dtype=np.float64)
+    if values.size < 2:
+        raise RasterError(f"{path}: coordinate {dim!r} needs at least 2 cells to give a cell size")
+    return values
+
+
+def _regular_step(values: np.ndarray, name: str, path: str) -> float:
+    """The absolute cell size of a regular, monotonic 1-D coordinate of cell centres."""
+    step = (values[-1] - values[0]) / (values.size - 1)
+    if step == 0 or np.any(np.abs(np.diff(values) - step) > _REGULAR_TOLERANCE * abs(step)):
+        raise RasterError(
+            f"{path}: coordinate {name!r} is not regularly spaced; only regular grids are read"
+        )
+    return float(abs(step))
+
+
+def _grid_nodata(data_array: Any) -> float | None:
+    for key in ("_FillValue", "missing_value"):
+        value = data_array.encoding.get(key, data_array.attrs.get(key))
+        if value is not None:
+            return float(np.asarray(value).ravel()[0])
+    return None
+
+
+def _grid_crs(dataset: Any, data_array: Any, x_name: str, y_name: str, path: str) -> CRS | None:
+    """CRS from the CF grid mapping (crs_wkt, spatial_ref, or its parameters), else EPSG:4326
+    for latitude/longitude coordinates, else None."""
+    mapping_name = data_array.attrs.get("grid_mapping", data_array.encoding.get("grid_mapping"))
+    if mapping_name is not None and str(mapping_name) in dataset.variables:
+        attrs = dict(dataset[str(mapping_name)].attrs)
+        readers: list[tuple[str, Callable[[str], CRS]]] = [
+            ("crs_wkt", CRS.from_wkt),
+            ("spatial_ref", CRS.from_wkt),
+            ("epsg_code", CRS.from_string),
+        ]
+        for key, parse in readers:
+            if attrs.get(key):
+                try:
+                    return parse(str(attrs[key]))
+                except CRSError:
+                    log.warning("%s: unreadable %s in grid mapping; trying others", path, key)
+        try:
+            from pyproj import CRS as ProjCRS
+
+            return CRS.from_wkt(ProjCRS.from_cf(attrs).to_wkt())
+        except Exception:  # pyproj raises several types for incomplete grid mappings
+            log.warning("%s: grid mapping %r not understood", path, mapping_name)
+    units = " ".join(
+        str(dataset[name].attrs.get("units", "")) for name in (x_name, y_name) if name in dataset
+    )
+    if x_name.lower() in ("lon", "longitude") or "degree" in units.lower():
+        return CRS.from_epsg(4326)
+    log.warning("%s: no grid mapping and no latitude/longitude coordinates: no CRS", path)
+    return None
+
+
+_GDAL_NAME = re.compile(r"^(/vsi[a-z0-9_]+/|[A-Za-z0-9_]{2,}:)")
+
+
+def _sniff_netcdf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(3) == b"CDF"
+    except OSError:
+        return False
+
+
+def _zip_member(path: str) -> str:
+    """The one raster inside a zip archive, or a RasterError saying why there is none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info.filename for info in archive.infolist() if not info.is_dir()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise RasterError(f"{path}: not a readable zip archive ({exc})") from None
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
+            raise RasterError(f"{path}: refusing a zip with an unsafe member name {name!r}")
+    rasters = [name for name in names if name.lower().endswith(ZIP_RASTER_SUFFIXES)]
+    if len(rasters) != 1:
+        found = ", ".join(rasters) if rasters else "none"
+        raise RasterError(
+            f"{path}: a zip must hold exactly one raster ({', '.join(ZIP_RASTER_SUFFIXES)}); "
+            f"found {len(rasters)}: {found}"
+        )
+    return rasters[0]
+
+
+def open_raster(
+    path: str | os.PathLike[str], band: int = 1, variable: str | None = None
+) -> RasterReader:
+    """Open one band of a raster for windowed reads; use it as a context manager.
+
+    ``path`` may name anything GDAL opens (GeoTIFF/COG, SRTM ``.hgt``, ESRI ASCII, GDAL
+    ``/vsi...`` paths), a ``.zip`` holding exactly one raster, a NetCDF file, or a Zarr store (a
+    directory). For NetCDF/Zarr, ``variable`` names the elevation variable (default:
+    ``elevation``, or the only gridded variable) and ``band`` counts along a non-spatial dimension
+    if the variable has one. Raises :class:`RasterError` naming the file for a missing file, a
+    wrong band or variable, something that is not a raster, or a rotated / not north-up grid.
+    """
+    path_str = os.fspath(path)
+    local = Path(path_str)
+    if not local.exists():
+        if _GDAL_NAME.match(path_str):
+            return _GdalReader(path_str, path_str, band)
+        raise RasterError(f"{path_str}: no such file")
+    suffix = local.suffix.lower()
+    if local.is_dir():
+        if suffix == ZARR_SUFFIX or (local / ".zgroup").exists() or (local / "zarr.json").exists():
+            return _GridReader(path_str, "zarr", band, variable)
+        raise RasterError(f"{path_str}: is a directory, not a Zarr store")
+    if suffix in NETCDF_SUFFIXES or _sniff_netcdf(local):
+        return _GridReader(path_str, "netcdf", band, variable)
+    if suffix == ".zip":
+        member = _zip_member(path_str)
+        return _GdalReader(path_str, f"/vsizip/{local.resolve()}/{member}", band)
+    return _GdalReader(path_str, path_str, band)
+
+
 def read_raster(
     path: str | os.PathLike[str], band: int = 1, window: Window | None = None
 ) -> Raster:
     """Read one band of a raster (or a window of it) as float32 metres with NaN nodata.
 
-    Any format GDAL opens works (GeoTIFF/COG, SRTM .hgt, NetCDF, ESRI ASCII, ...). Cells equal to
-    the file's nodata value, and non-finite cells, become NaN.
+    Any input :func:`open_raster` takes works. Cells equal to the file's nodata value, masked
+    cells and non-finite cells become NaN. The whole raster is loaded: use :func:`open_raster`
+    for windowed reads of large rasters.
     """
-    path_str = os.fspath(path)
-    if not Path(path_str).exists():
-        raise RasterError(f"{path_str}: no such file")
-    try:
-        with rasterio.open(path_str) as src:
-            if not 1 <= band <= src.count:
-                raise RasterError(
-                    f"{path_str}: band {band} does not exist (the file has {src.count})"
-                )
-            _check_north_up(src.transform, path_str)
-            data = src.read(band, window=window, masked=True)
-            transform = src.window_transform(window) if window is not None else src.transform
-            crs = src.crs
-            nodata = src.nodata
-    except RasterioIOError as exc:
-        raise RasterError(f"{path_str}: cannot be read as a raster ({exc})") from None
-    values = np.ma.filled(data.astype(np.float32), np.nan)
-    values[~np.isfinite(values)] = np.nan
-    return Raster(data=values, transform=transform, crs=crs, nodata=nodata, path=path_str)
+    with open_raster(path, band=band) as reader:
+        data = reader.read(window)
+        transform = reader.window_transform(window) if window is not None else reader.transform
+        return Raster(
+            data=data, transform=transform, crs=reader.crs, nodata=reader.nodata, path=reader.path
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def _final_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager
@@ -110,12 +585,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it owner-only; give the usual mode
+        os.chmod(tmp, 0o666 & ~_final_mode())  # mkstemp made it owner-only; give the usual mode
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory next to ``path``; rename it onto ``path`` only on success.
+
+    For directory outputs (Zarr stores). An existing ``path`` is moved aside just before the
+    rename and deleted after it; a failed write removes the temporary directory.
+    """
+    final = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_final_mode())
+        old: Path | None = None
+        if final.is_dir() and not final.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old)
+        elif final.exists() or final.is_symlink():
+            final.unlink()
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_geotiff(
@@ -155,3 +654,510 @@ def write_geotiff(
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(values, 1)
     return Path(path)
+
+
+FORMATS = ("cog", "netcdf", "zarr")
+"""Output formats of :func:`finalise_output`."""
+
+_FORMAT_NAMES = {
+    "cog": "cog",
+    "gtiff": "cog",
+    "geotiff": "cog",
+    "tif": "cog",
+    "tiff": "cog",
+    "netcdf": "netcdf",
+    "nc": "netcdf",
+    "zarr": "zarr",
+}
+_FORMAT_SUFFIXES = {".tif": "cog", ".tiff": "cog", ".nc": "netcdf", ".nc4": "netcdf"}
+_FORMAT_SUFFIXES[ZARR_SUFFIX] = "zarr"
+OUTPUT_DTYPES = ("float32", "int16")
+
+# Vertical datums whose heights are above the ellipsoid (demsr.datum calls WGS84 ellipsoidal
+# heights "wgs84"); any other named datum (egm96, egm2008, navd88, msl, ...) is geoid-based.
+_ELLIPSOIDAL_DATUMS = {"wgs84", "epsg:4979", "epsg:4326", "ellipsoid", "ellipsoidal"}
+
+
+def output_format(output_path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The :data:`FORMATS` entry for ``fmt`` (case-insensitive aliases such as ``tif``, ``nc``)
+    or, when it is None, for the output's extension; RasterError if neither is known."""
+    if fmt is not None:
+        try:
+            return _FORMAT_NAMES[fmt.lower()]
+        except KeyError:
+            raise RasterError(
+                f"{os.fspath(output_path)}: unknown output format {fmt!r} "
+                f"(known: {', '.join(sorted(_FORMAT_NAMES))})"
+            ) from None
+    suffix = Path(output_path).suffix.lower()
+    if suffix not in _FORMAT_SUFFIXES:
+        raise RasterError(
+            f"{os.fspath(output_path)}: cannot tell the output format from the extension "
+            f"{suffix or '(none)'!r}; use {', '.join(sorted(_FORMAT_SUFFIXES))} or give a format "
+            f"({', '.join(FORMATS)})"
+        )
+    return _FORMAT_SUFFIXES[suffix]
+
+
+def height_standard_name(vertical_datum: str | None) -> str:
+    """CF standard name of heights above ``vertical_datum``.
+
+    ``height_above_reference_ellipsoid`` for ellipsoidal heights (``wgs84``, ``EPSG:4979``,
+    anything mentioning an ellipsoid); ``altitude`` (height above the geoid) for geoid-based
+    datums such as ``egm96`` or ``egm2008`` and when the datum is not given.
+    """
+    if vertical_datum is None:
+        return "altitude"
+    key = re.sub(r"[\s_-]", "", vertical_datum.lower())
+    if key in _ELLIPSOIDAL_DATUMS or "ellipsoid" in key:
+        return "height_above_reference_ellipsoid"
+    return "altitude"
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """Turns float32 blocks with NaN nodata into the output data type."""
+
+    dtype: str
+    fill: float
+    source: str
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if self.dtype == "float32":
+            if math.isnan(self.fill):
+                return block
+            return np.where(np.isnan(block), np.float32(self.fill), block)
+        valid = np.isfinite(block)
+        rounded = np.rint(block, where=valid, out=np.zeros(block.shape, np.float32))
+        if valid.any():
+            low, high = float(rounded[valid].min()), float(rounded[valid].max())
+            if low < INT16_NODATA + 1 or high > np.iinfo(np.int16).max:
+                raise RasterError(
+                    f"{self.source}: elevations reach {low:.1f}..{high:.1f} m, outside int16 "
+                    f"(-32767..32767 m; -32768 is nodata); write float32 instead"
+                )
+        rounded[~valid] = INT16_NODATA
+        return rounded.astype(np.int16)
+
+
+@dataclass(frozen=True)
+class _GridPlan:
+    """Where presented (north-up, as in the GeoTIFF) blocks go in a NetCDF/Zarr grid.
+
+    ``x_values``/``y_values`` are the cell-centre coordinates in file order. A presented block
+    at (row, col) lands at rows flipped when ``flip_rows`` and at columns
+    ``(col - col_rotation) % cols``, split in two where that wraps.
+    """
+
+    x_name: str
+    y_name: str
+    geographic: bool
+    x_values: np.ndarray
+    y_values: np.ndarray
+    flip_rows: bool
+    col_rotation: int
+
+    def place(
+        self, row_off: int, col_off: int, block: np.ndarray
+    ) -> Iterator[tuple[slice, slice, np.ndarray]]:
+        """(row slice, col slice, values) writes in file order for one presented block."""
+        rows, cols = self.y_values.size, self.x_values.size
+        height, width = block.shape
+        if self.flip_rows:
+            row_slice = slice(rows - row_off - height, rows - row_off)
+            block = block[::-1]
+        else:
+            row_slice = slice(row_off, row_off + height)
+        start = (col_off - self.col_rotation) % cols
+        if start + width <= cols:
+            yield row_slice, slice(start, start + width), block
+        else:
+            split = cols - start
+            yield row_slice, slice(start, cols), block[:, :split]
+            yield row_slice, slice(0, width - split), block[:, split:]
+
+
+def _plan_grid(
+    transform: Affine, shape: tuple[int, int], crs: CRS | None, layout: RasterLayout | None
+) -> _GridPlan:
+    rows, cols = shape
+    xs = transform.c + (np.arange(cols) + 0.5) * transform.a
+    ys = transform.f + (np.arange(rows) + 0.5) * transform.e
+    geographic = bool(crs is not None and crs.is_geographic)
+    x_name, y_name = ("lon", "lat") if geographic else ("x", "y")
+    if geographic and layout is not None and layout.x_name and layout.y_name:
+        if layout.x_name.lower() in X_NAMES and layout.y_name.lower() in Y_NAMES:
+            x_name, y_name = layout.x_name, layout.y_name
+    flip_rows = bool(layout is not None and layout.lat_ascending)
+    rotation = 0
+    if geographic and layout is not None and layout.lon_0_360:
+        west = xs < 0
+        if west.all() or not west.any():
+            xs = np.where(west, xs + 360.0, xs)
+        elif abs(cols * transform.a - 360.0) < transform.a / 2:
+            rotation = int(west.sum())
+            xs = np.roll(np.where(west, xs + 360.0, xs), -rotation)
+        else:
+            log.warning(
+                "the output crosses 0 degrees without covering the globe; its longitudes stay "
+                "in -180..180 rather than the input's 0..360"
+            )
+    return _GridPlan(
+        x_name=x_name,
+        y_name=y_name,
+        geographic=geographic,
+        x_values=xs,
+        y_values=ys[::-1] if flip_rows else ys,
+        flip_rows=flip_rows,
+        col_rotation=rotation,
+    )
+
+
+def _coordinate_attrs(plan: _GridPlan, crs: CRS | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CF attributes of the (x, y) coordinate variables."""
+    if plan.geographic:
+        return (
+            {
+                "standard_name": "longitude",
+                "long_name": "longitude",
+                "units": "degrees_east",
+                "axis": "X",
+            },
+            {
+                "standard_name": "latitude",
+                "long_name": "latitude",
+                "units": "degrees_north",
+                "axis": "Y",
+            },
+        )
+    x_attrs: dict[str, Any] = {
+        "standard_name": "projection_x_coordinate",
+        "long_name": "x coordinate of projection",
+        "axis": "X",
+    }
+    y_attrs: dict[str, Any] = {
+        "standard_name": "projection_y_coordinate",
+        "long_name": "y coordinate of projection",
+        "axis": "Y",
+    }
+    if crs is not None:
+        units = crs.linear_units or "m"
+        units = "m" if units.lower() in ("metre", "meter", "m", "metres", "meters") else units
+        x_attrs["units"] = y_attrs["units"] = units
+    return x_attrs, y_attrs
+
+
+def _grid_mapping_attrs(crs: CRS) -> dict[str, Any]:
+    """CF grid-mapping attributes (pyproj's, with the WKT as ``crs_wkt`` and GDAL's
+    ``spatial_ref``)."""
+    from pyproj import CRS as ProjCRS
+
+    proj_crs = ProjCRS.from_wkt(crs.to_wkt())
+    attrs: dict[str, Any] = {}
+    for key, value in proj_crs.to_cf().items():
+        if isinstance(value, (str, int, float)):
+            attrs[key] = value
+    attrs["spatial_ref"] = crs.to_wkt()
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        attrs["epsg_code"] = f"EPSG:{epsg}"
+    return attrs
+
+
+def _global_attrs(metadata: Mapping[str, str], partial: Path) -> dict[str, str]:
+    from demsr import __version__
+
+    attrs: dict[str, str] = {"Conventions": "CF-1.8"}
+    provenance = ", ".join(f"{key}={value}" for key, value in metadata.items())
+    attrs["source"] = "demsr DEM-SRNet super-resolution" + (
+        f" ({provenance})" if provenance else ""
+    )
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    attrs["history"] = f"{stamp}: demsr {__version__} finalise_output from {partial.name}"
+    for key, value in metadata.items():
+        if key not in attrs:
+            attrs[key] = value
+    return attrs
+
+
+def _elevation_attrs(metadata: Mapping[str, str], has_crs: bool) -> dict[str, Any]:
+    vertical_datum = metadata.get("vertical_datum")
+    attrs: dict[str, Any] = {
+        "long_name": "elevation",
+        "standard_name": height_standard_name(vertical_datum),
+        "units": metadata.get("units", "m"),
+    }
+    if vertical_datum is not None:
+        attrs["vertical_datum"] = vertical_datum
+    if has_crs:
+        attrs["grid_mapping"] = "crs"
+    return attrs
+
+
+def _block_windows(shape: tuple[int, int], block_px: int = BLOCK_PX) -> Iterator[Window]:
+    rows, cols = shape
+    for row_off in range(0, rows, block_px):
+        for col_off in range(0, cols, block_px):
+            yield Window(
+                col_off, row_off, min(block_px, cols - col_off), min(block_px, rows - row_off)
+            )
+
+
+def _read_blocks(src: Any, progress: bool, description: str) -> Iterator[tuple[Window, np.ndarray]]:
+    """(window, float32 block with NaN nodata) for each 512 x 512 block of band 1 of ``src``."""
+    from tqdm import tqdm
+
+    shape = (int(src.height), int(src.width))
+    nodata = src.nodata
+    total = math.ceil(shape[0] / BLOCK_PX) * math.ceil(shape[1] / BLOCK_PX)
+    windows = _block_windows(shape)
+    for window in tqdm(windows, desc=description, unit="block", total=total, disable=not progress):
+        block = src.read(1, window=window).astype(np.float32, copy=False)
+        if nodata is not None and not math.isnan(nodata):
+            block[block == np.float32(nodata)] = np.nan
+        block[~np.isfinite(block)] = np.nan
+        yield window, block
+
+
+def finalise_output(
+    partial_tif: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    fmt: str | None = None,
+    *,
+    dtype: str = "float32",
+    metadata: Mapping[str, str] | None = None,
+    layout: RasterLayout | Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Convert a complete single-band GeoTIFF (tiled prediction's output) into the final product.
+
+    ``partial_tif`` holds float elevations with NaN or its nodata value for nodata. ``fmt`` is one
+    of :data:`FORMATS` (or an alias; default: from the extension ``.tif``/``.tiff``, ``.nc``,
+    ``.zarr``):
+
+    - ``cog``: Cloud-Optimized GeoTIFF (512 x 512 tiles, DEFLATE with predictor, averaged
+      overviews); ``metadata`` becomes dataset tags, the band unit is ``units`` (default m);
+    - ``netcdf``: CF-1.8 NetCDF-4: 1-D ``lat``/``lon`` cell-centre coordinates (``x``/``y`` with
+      units for projected CRSs), ``elevation`` (chunks of 512 x 512, compressed) with units,
+      standard name, ``_FillValue`` and a ``crs`` grid-mapping variable (CF parameters,
+      ``crs_wkt``, ``spatial_ref``, ``epsg_code``); ``metadata`` becomes global attributes and
+      is summarised in ``source``/``history``;
+    - ``zarr``: a Zarr (format 2, consolidated) store with the same variables and attributes as
+      the NetCDF, readable by ``xarray.open_zarr``; chunks of 512 x 512.
+
+    ``layout`` (a reader's :class:`RasterLayout`, or its dict) makes NetCDF/Zarr mirror the input:
+    its coordinate names, ascending latitudes, and 0..360 longitudes (a global grid's columns
+    rotated back). ``dtype`` is ``float32`` (nodata: the partial's finite nodata value, else NaN)
+    or ``int16`` (rounded to the nearest metre, nodata -32768; values outside -32767..32767 are a
+    RasterError). ``metadata["vertical_datum"]`` (``egm96``, ``wgs84``, ...) selects the CF
+    standard name (:func:`height_standard_name`).
+
+    Streams in 512 x 512 blocks, so memory stays flat. The product is written next to
+    ``output_path`` under a temporary name and renamed into place when complete (a failure leaves
+    neither it nor temporary files, and keeps the partial); then the partial is deleted.
+    """
+    partial = Path(partial_tif)
+    output = Path(output_path)
+    kind = output_format(output, fmt)
+    if dtype not in OUTPUT_DTYPES:
+        raise RasterError(
+            f"{output}: unsupported output dtype {dtype!r} (use {', '.join(OUTPUT_DTYPES)})"
+        )
+    if isinstance(layout, Mapping):
+        layout = RasterLayout.from_mapping(layout)
+    metadata = {str(key): str(value) for key, value in (metadata or {}).items()}
+    if not partial.is_file():
+        raise RasterError(f"{partial}: no such file (the partial prediction to finalise)")
+    if not output.parent.is_dir():
+        raise RasterError(f"{output}: the folder {output.parent} does not exist")
+    try:
+        src = rasterio.open(partial)
+    except RasterioIOError as exc:
+        raise RasterError(f"{partial}: cannot be read as a raster ({exc})") from None
+    with src:
+        if src.count != 1:
+            raise RasterError(f"{partial}: expected one band, found {src.count}")
+        _check_north_up(src.transform, str(partial))
+        if dtype == "float32" and src.nodata is not None and math.isfinite(src.nodata):
+            fill = float(np.float32(src.nodata))
+        else:
+            fill = float("nan") if dtype == "float32" else float(INT16_NODATA)
+        encode = _Encoder(dtype=dtype, fill=fill, source=str(partial))
+        log.info("finalising %s -> %s (%s, %s)", partial, output, kind, dtype)
+        if kind == "cog":
+            _write_cog(src, output, encode, metadata, progress)
+        elif kind == "netcdf":
+            _write_netcdf(src, output, encode, metadata, layout, progress)
+        else:
+            _write_zarr(src, output, encode, metadata, layout, progress)
+    if partial.resolve() != output.resolve():
+        partial.unlink()
+    log.info("wrote %s", output)
+    return output
+
+
+def _write_cog(
+    src: Any, output: Path, encode: _Encoder, metadata: Mapping[str, str], progress: bool
+) -> None:
+    """COG through a tiled staging GeoTIFF (converted dtype, nodata and tags), then GDAL's COG
+    driver, which adds the overviews and reorders the file for HTTP range reads."""
+    fd, staging_name = tempfile.mkstemp(
+        prefix=f".{output.name}.", suffix=".staging.tif", dir=output.parent
+    )
+    os.close(fd)
+    staging = Path(staging_name)
+    try:
+        profile = {
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "count": 1,
+            "dtype": encode.dtype,
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": encode.fill,
+            "tiled": True,
+            "blockxsize": BLOCK_PX,
+            "blockysize": BLOCK_PX,
+            "compress": "deflate",
+            "zlevel": 1,
+            "predictor": 3 if encode.dtype == "float32" else 2,
+            "bigtiff": "if_safer",
+        }
+        with rasterio.open(staging, "w", **profile) as dst:
+            for window, block in _read_blocks(src, progress, f"writing {output.name}"):
+                dst.write(encode(block), 1, window=window)
+            dst.update_tags(**metadata)
+            dst.units = (metadata.get("units", "m"),)
+            dst.descriptions = ("elevation",)
+        with atomic_path(output) as tmp:
+            rasterio.shutil.copy(
+                staging,
+                tmp,
+                driver="COG",
+                BLOCKSIZE=BLOCK_PX,
+                COMPRESS="DEFLATE",
+                PREDICTOR="YES",
+                OVERVIEWS="AUTO",
+                RESAMPLING="AVERAGE",
+                BIGTIFF="IF_SAFER",
+            )
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _write_netcdf(
+    src: Any,
+    output: Path,
+    encode: _Encoder,
+    metadata: Mapping[str, str],
+    layout: RasterLayout | None,
+    progress: bool,
+) -> None:
+    import netCDF4
+
+    crs = src.crs
+    plan = _plan_grid(src.transform, (src.height, src.width), crs, layout)
+    x_attrs, y_attrs = _coordinate_attrs(plan, crs)
+    with atomic_path(output) as tmp:
+        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+            nc.createDimension(plan.y_name, plan.y_values.size)
+            nc.createDimension(plan.x_name, plan.x_values.size)
+            for name, values, attrs in (
+                (plan.y_name, plan.y_values, y_attrs),
+                (plan.x_name, plan.x_values, x_attrs),
+            ):
+                variable = nc.createVariable(name, "f8", (name,))
+                variable.setncatts(attrs)
+                variable[:] = values
+            if crs is not None:
+                crs_variable = nc.createVariable("crs", "i4", ())
+                crs_variable.setncatts(_grid_mapping_attrs(crs))
+            chunks = (min(BLOCK_PX, plan.y_values.size), min(BLOCK_PX, plan.x_values.size))
+            elevation = nc.createVariable(
+                "elevation",
+                "f4" if encode.dtype == "float32" else "i2",
+                (plan.y_name, plan.x_name),
+                zlib=True,
+                complevel=4,
+                shuffle=True,
+                chunksizes=chunks,
+                fill_value=np.dtype(encode.dtype).type(encode.fill),
+            )
+            elevation.setncatts(_elevation_attrs(metadata, crs is not None))
+            elevation.set_auto_maskandscale(False)
+            _write_blocks(src, plan, encode, elevation.__setitem__, progress, output.name)
+            nc.setncatts(_global_attrs(metadata, Path(src.name)))
+
+
+def _write_zarr(
+    src: Any,
+    output: Path,
+    encode: _Encoder,
+    metadata: Mapping[str, str],
+    layout: RasterLayout | None,
+    progress: bool,
+) -> None:
+    """Zarr format 2 in the layout xarray writes (``_ARRAY_DIMENSIONS``, fill value as
+    ``_FillValue``), built with zarr directly so that the elevation is written block by block."""
+    import zarr
+
+    crs = src.crs
+    plan = _plan_grid(src.transform, (src.height, src.width), crs, layout)
+    x_attrs, y_attrs = _coordinate_attrs(plan, crs)
+    zarr_v3 = int(zarr.__version__.split(".")[0]) >= 3
+
+    def create(group: Any, name: str, shape: tuple[int, ...], dtype: str, fill: Any) -> Any:
+        chunks = tuple(min(BLOCK_PX, n) for n in shape) if len(shape) == 2 else shape
+        if zarr_v3:
+            return group.create_array(
+                name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill
+            )
+        return group.create_dataset(  # zarr 2
+            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill
+        )
+
+    with atomic_directory(output) as tmp:
+        if zarr_v3:
+            root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        else:
+            root = zarr.open_group(str(tmp), mode="w")
+        for name, values, attrs in (
+            (plan.y_name, plan.y_values, y_attrs),
+            (plan.x_name, plan.x_values, x_attrs),
+        ):
+            array = create(root, name, (values.size,), "float64", None)
+            array[:] = values
+            array.attrs.update({**attrs, "_ARRAY_DIMENSIONS": [name]})
+        if crs is not None:
+            crs_array = create(root, "crs", (), "int32", None)
+            crs_array[...] = 0
+            crs_array.attrs.update({**_grid_mapping_attrs(crs), "_ARRAY_DIMENSIONS": []})
+        shape = (plan.y_values.size, plan.x_values.size)
+        fill = float(encode.fill) if encode.dtype == "float32" else int(encode.fill)
+        elevation = create(root, "elevation", shape, encode.dtype, fill)
+        elevation.attrs.update(
+            {
+                **_elevation_attrs(metadata, crs is not None),
+                "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
+            }
+        )
+        _write_blocks(src, plan, encode, elevation.__setitem__, progress, output.name)
+        root.attrs.update(_global_attrs(metadata, Path(src.name)))
+        zarr.consolidate_metadata(str(tmp))
+
+
+def _write_blocks(
+    src: Any,
+    plan: _GridPlan,
+    encode: _Encoder,
+    setitem: Callable[[tuple[slice, slice], np.ndarray], None],
+    progress: bool,
+    name: str,
+) -> None:
+    for window, block in _read_blocks(src, progress, f"writing {name}"):
+        encoded = encode(block)
+        for row_slice, col_slice, values in plan.place(
+            int(window.row_off), int(window.col_off), encoded
+        ):
+            setitem((row_slice, col_slice), np.ascontiguousarray(values))
