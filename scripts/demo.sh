@@ -12,7 +12,7 @@ steps=${DEMO_STEPS:-300}
 
 rm -rf "$out"
 mkdir -p "$out"
-"$demsr" prepare "$raster" -o "$out/pairs" --stride-px 80 --no-progress
+"$demsr" prepare "$raster" -o "$out/pairs" --stride-px 80 --split-block-px 240 --no-progress
 "$demsr" train --config configs/lite.yaml --data "$out/pairs" --output-dir "$out/model" \
     --set train.max_steps="$steps" --set train.max_steps_per_epoch=100 --set data.batch_size=8 \
     --no-progress
