@@ -23,7 +23,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_RASTER) $(DEMO_DIR)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy src/demsr
 
 test: $(STAMP) lint
