@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from demsr.model import (
     DEMSRNet,
+    ElevationScaling,
     ModelConfig,
+    SuperResolver,
     count_parameters,
     preset,
+    receptive_field_px,
     upsample_bilinear,
 )
 
@@ -153,3 +158,36 @@ def test_config_dict_round_trip_rejects_unknown_keys() -> None:
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({**config.to_dict(), "dropout": 0.1})
+
+
+@pytest.mark.parametrize("trend_sigma_px", [0.0, 1.5])
+@pytest.mark.parametrize("resize", ["legacy", "half_pixel"])
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_receptive_field_bounds_the_reach_of_one_input_cell(
+    blocks: int, resize: str, trend_sigma_px: float
+) -> None:
+    """Perturb one low-res cell: only outputs whose parent lies within margin_px change."""
+    torch.manual_seed(0)
+    config = ModelConfig(blocks=blocks, channels=4, scale=5, bias=False, resize=resize)  # type: ignore[arg-type]
+    net = DEMSRNet(config)
+    with torch.no_grad():  # positive weights and a zero background: no cancellation, no ReLU cut
+        for parameter in net.parameters():
+            parameter.uniform_(0.1, 0.3)
+    resolver = SuperResolver(net, ElevationScaling(scale_m=1.0, trend_sigma_px=trend_sigma_px))
+    margin = resolver.margin_px
+    assert margin == receptive_field_px(config) + math.ceil(3 * trend_sigma_px) * (
+        trend_sigma_px > 0
+    )
+    centre = margin + 3
+    lowres = torch.zeros(1, 1, 2 * centre + 1, 2 * centre + 1)
+    bumped = lowres.clone()
+    bumped[..., centre, centre] = 1.0
+    with torch.no_grad():
+        changed = (resolver(bumped) - resolver(lowres))[0, 0].ne(0).numpy()
+    rows, cols = np.nonzero(changed)
+    reach = max(np.abs(rows // 5 - centre).max(), np.abs(cols // 5 - centre).max())
+    assert reach <= margin
+    if trend_sigma_px == 0:
+        # The bound is tight to one cell. (With a trend, the input's negative side lobes stop at
+        # the first ReLU, so the observed reach is shorter than the bound there.)
+        assert reach >= margin - 1

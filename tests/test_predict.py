@@ -1,18 +1,37 @@
-"""Prediction on real rasters: georeferencing, nodata footprint, repeatability, no overwrite."""
+"""Prediction on real rasters: georeferencing, nodata footprint, repeatability, no overwrite;
+tiled prediction equal to whole-raster prediction, skipped empty tiles, resumable runs, hooks."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.windows
 import torch
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.windows import Window
 
+import demsr
+import demsr.predict
 from demsr.checkpoint import load_checkpoint, save_checkpoint
-from demsr.io import read_raster, write_geotiff
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
-from demsr.predict import fill_nearest, predict_array, predict_raster
+from demsr.io import RasterError, read_raster, write_geotiff
+from demsr.model import RESIZE_MODES, DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+from demsr.predict import (
+    TileTransform,
+    fill_nearest,
+    partial_paths,
+    predict_array,
+    predict_raster,
+    upscale_mask,
+)
+from demsr.predict import _describe_hook as describe_hook
 
 SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
 
@@ -99,3 +118,330 @@ def test_fill_nearest() -> None:
     assert fill_nearest(values).tolist() == [[1.0, 1.0, 4.0, 4.0]]
     with pytest.raises(ValueError, match="no valid cells"):
         fill_nearest(np.full((2, 2), np.nan, np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Tiled prediction
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resolvers() -> dict[str, SuperResolver]:
+    """Tiny random models (2 blocks, 8 channels) in both resize modes, margin 9 + 12 = 21."""
+    built = {}
+    for resize in RESIZE_MODES:
+        torch.manual_seed(0)
+        config = ModelConfig(blocks=2, channels=8, scale=5, bias=True, resize=resize)  # type: ignore[arg-type]
+        built[resize] = SuperResolver(DEMSRNet(config), SCALING).eval()
+    return built
+
+
+def assert_same_to_rounding(tiled: np.ndarray, whole: np.ndarray) -> None:
+    """Equal nodata footprints and values within a few float32 ulps of the largest value."""
+    assert np.array_equal(np.isnan(tiled), np.isnan(whole))
+    if np.isnan(whole).all():
+        return
+    ulp = np.spacing(np.float32(np.nanmax(np.abs(whole))))
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=8 * ulp)
+
+
+def no_partial_files(directory: Path) -> bool:
+    return not list(directory.glob("*.partial.*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "crop", "tile_px", "resize"),
+    [
+        # tiles smaller than the margin (21)
+        ("landlab_srtmgl3_frontrange.tif", (40, 52), 13, "half_pixel"),
+        ("landlab_srtmgl3_frontrange.tif", (40, 52), 13, "legacy"),
+        # the last row and column of tiles shifted back inside the raster
+        ("landlab_srtmgl3_frontrange.tif", None, 100, "half_pixel"),
+        ("landlab_srtmgl3_frontrange.tif", None, 100, "legacy"),
+        ("mpl_jacksboro_3s.tif", None, 160, "half_pixel"),
+        # a raster smaller than one tile
+        ("landlab_srtmgl3_frontrange.tif", None, 256, "legacy"),
+    ],
+)
+def test_tiled_equals_whole_raster(
+    resolvers: dict[str, SuperResolver],
+    dem_test_dir: Path,
+    resize: str,
+    name: str,
+    crop: tuple[int, int] | None,
+    tile_px: int,
+) -> None:
+    lowres = read_raster(dem_test_dir / name).data
+    if crop is not None:
+        lowres = lowres[: crop[0], : crop[1]]
+    resolver = resolvers[resize]
+    whole = predict_array(resolver, lowres)
+    tiled = predict_array(resolver, lowres, tile_px=tile_px, batch_size=3)
+    assert tiled.shape == (lowres.shape[0] * 5, lowres.shape[1] * 5)
+    assert np.isfinite(whole).all()
+    assert_same_to_rounding(tiled, whole)
+
+
+@st.composite
+def small_grids(draw: st.DrawFn) -> tuple[int, int, int]:
+    """(rows, cols, tile_px) with at most 4 x 4 tiles, to keep examples fast."""
+    tile_px = draw(st.integers(min_value=3, max_value=24))
+    rows = draw(st.integers(min_value=1, max_value=min(30, 4 * tile_px)))
+    cols = draw(st.integers(min_value=1, max_value=min(30, 4 * tile_px)))
+    return rows, cols, tile_px
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    grid=small_grids(),
+    holes=st.sampled_from([0.0, 0.3]),
+    resize=st.sampled_from(RESIZE_MODES),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_tiled_equals_whole_on_random_rasters(
+    resolvers: dict[str, SuperResolver],
+    grid: tuple[int, int, int],
+    holes: float,
+    resize: str,
+    seed: int,
+) -> None:
+    rows, cols, tile_px = grid
+    rng = np.random.default_rng(seed)
+    lowres = (1000 + 40 * rng.standard_normal((rows, cols)).cumsum(0).cumsum(1)).astype(np.float32)
+    lowres[rng.random((rows, cols)) < holes] = np.nan
+    resolver = resolvers[resize]
+    whole = predict_array(resolver, lowres)
+    tiled = predict_array(resolver, lowres, tile_px=tile_px, batch_size=2)
+    assert_same_to_rounding(tiled, whole)
+
+
+def test_nodata_fill_looks_beyond_the_read_window(
+    resolvers: dict[str, SuperResolver], dem_test_dir: Path
+) -> None:
+    """A nodata gap whose far side lies outside a tile's read window but is the nearest valid
+    cell of gap cells within the margin: the tile must fill them as the whole raster does."""
+    lowres = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif").data.copy()
+    lowres[:, 149:] += 3000.0  # make the two sides of the gap very different
+    lowres[:, 127:149] = np.nan  # the gap starts at the last column of the tile 64..127
+    resolver = resolvers["half_pixel"]
+    whole = predict_array(resolver, lowres)
+    assert_same_to_rounding(predict_array(resolver, lowres, tile_px=64), whole)
+
+
+def test_bf16_runs_the_network_only_in_bfloat16(
+    resolvers: dict[str, SuperResolver], dem_test_dir: Path
+) -> None:
+    lowres = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif").data[:40, :50]
+    fp32 = predict_array(resolvers["half_pixel"], lowres, tile_px=32)
+    bf16 = predict_array(resolvers["half_pixel"], lowres, tile_px=32, precision="bf16")
+    assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
+    assert 0 < np.abs(bf16 - fp32).max() < 4.0  # the network's relief, in bfloat16
+    # A silent network leaves the trend alone, which stays float32: ~2800 m in bfloat16
+    # would be off by up to 8 m.
+    silent = SuperResolver(DEMSRNet(ModelConfig(blocks=1, channels=8)), SCALING)
+    torch.nn.init.zeros_(silent.net.conv_out.weight)
+    assert np.array_equal(
+        predict_array(silent, lowres, tile_px=32, precision="bf16"),
+        predict_array(silent, lowres, tile_px=32),
+    )
+    with pytest.raises(ValueError, match="precision"):
+        predict_array(silent, lowres, precision="fp16")
+
+
+@pytest.fixture
+def holes_raster(dem_test_dir: Path, tmp_path: Path) -> Path:
+    """Front Range (144 x 240) with -9999 nodata: a hole, scattered cells and an empty corner."""
+    raster = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif")
+    data = raster.data.copy()
+    data[10:14, 20:30] = np.nan
+    data[60:90, 150:155] = np.nan
+    data[np.random.default_rng(1).random(data.shape) < 0.02] = np.nan
+    data[:40, :40] = np.nan  # the whole core of tile 0 at tile_px=32
+    return write_geotiff(tmp_path / "holes.tif", data, raster.transform, raster.crs, -9999.0)
+
+
+def test_tiled_raster_keeps_the_nodata_footprint_and_fills_its_neighbours(
+    checkpoint_path: Path, holes_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_tiles: list[int] = []
+    real_run_batch = demsr.predict._run_batch
+
+    def spy(resolver: SuperResolver, batch: list[Any], *args: Any) -> Any:
+        run_tiles.extend(item.tile.index for item in batch)
+        return real_run_batch(resolver, batch, *args)
+
+    monkeypatch.setattr(demsr.predict, "_run_batch", spy)
+    output = predict_raster(
+        checkpoint_path, holes_raster, tmp_path / "out.tif", device="cpu", tile_px=32
+    )
+    assert 0 not in run_tiles and len(run_tiles) == 5 * 8 - 1  # the empty tile never ran
+    lowres = read_raster(holes_raster).data
+    with rasterio.open(output) as dst:
+        assert dst.nodata == -9999.0
+        values = dst.read(1, masked=True)
+    assert np.array_equal(values.mask, ~upscale_mask(np.isfinite(lowres), 5))
+    assert np.isfinite(values.compressed()).all()  # valid neighbours of nodata are predicted
+    whole = predict_array(load_checkpoint(checkpoint_path).build_resolver(), lowres)
+    assert_same_to_rounding(values.filled(np.nan), whole)
+    assert no_partial_files(tmp_path)
+
+
+def test_all_nodata_raster_is_refused(
+    checkpoint_path: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
+    raster = read_raster(dem_test_dir / "geoclaw_kahului_1s.tif")
+    empty = np.full(raster.shape, np.nan, np.float32)
+    source = write_geotiff(tmp_path / "empty.tif", empty, raster.transform, raster.crs, -9999.0)
+    with pytest.raises(RasterError, match="no valid cells"):
+        predict_raster(checkpoint_path, source, tmp_path / "out.tif", device="cpu", tile_px=16)
+    assert not (tmp_path / "out.tif").exists() and no_partial_files(tmp_path)
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_values(
+    checkpoint_path: Path, holes_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options: dict[str, Any] = {"device": "cpu", "tile_px": 48, "progress": False}  # 3 x 5 tiles
+    reference = predict_raster(checkpoint_path, holes_raster, tmp_path / "ref.tif", **options)
+
+    output = tmp_path / "out.tif"
+    partial, manifest = partial_paths(output)
+    real_run_batch = demsr.predict._run_batch
+    calls = {"batches": 0, "tiles": 0}
+
+    def crash_on_third_batch(resolver: SuperResolver, batch: list[Any], *args: Any) -> Any:
+        calls["batches"] += 1
+        if calls["batches"] == 3:
+            raise SimulatedCrash("power cut")
+        calls["tiles"] += len(batch)
+        return real_run_batch(resolver, batch, *args)
+
+    monkeypatch.setattr(demsr.predict, "_run_batch", crash_on_third_batch)
+    with pytest.raises(SimulatedCrash):
+        predict_raster(checkpoint_path, holes_raster, output, **options)
+    assert not output.exists() and partial.exists()
+    done = json.loads(manifest.read_text())
+    ran_before_crash = calls["tiles"]
+    assert len(done["finished"]) - len(done["empty"]) == ran_before_crash > 0
+
+    monkeypatch.setattr(demsr.predict, "_run_batch", real_run_batch)
+    with pytest.raises(FileExistsError, match="--resume"):
+        predict_raster(checkpoint_path, holes_raster, output, **options)
+    with pytest.raises(RasterError, match="tile_px differs"):
+        predict_raster(
+            checkpoint_path, holes_raster, output, **{**options, "tile_px": 64}, resume=True
+        )
+    assert partial.exists() and manifest.exists()  # refusals leave the partial run alone
+
+    calls["tiles"] = 0
+    monkeypatch.setattr(demsr.predict, "_run_batch", crash_on_third_batch)
+    calls["batches"] = -100  # no more crashes
+    predict_raster(checkpoint_path, holes_raster, output, **options, resume=True)
+    assert ran_before_crash + calls["tiles"] == 15  # each tile ran exactly once
+    with rasterio.open(reference) as ref, rasterio.open(output) as out:
+        assert np.array_equal(ref.read(1), out.read(1), equal_nan=True)
+    assert no_partial_files(tmp_path)
+
+
+def test_resume_refuses_another_checkpoint_or_hook(
+    checkpoint_path: Path, holes_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "out.tif"
+
+    def crash(*args: Any) -> Any:
+        raise SimulatedCrash("stop")
+
+    monkeypatch.setattr(demsr.predict, "_run_batch", crash)
+    with pytest.raises(SimulatedCrash):
+        predict_raster(checkpoint_path, holes_raster, output, device="cpu", tile_px=32)
+    monkeypatch.undo()
+    torch.manual_seed(1)
+    other = save_checkpoint(
+        tmp_path / "other.safetensors",
+        DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True)),
+        SCALING,
+    )
+    with pytest.raises(RasterError, match="checkpoint_sha256 differs"):
+        predict_raster(other, holes_raster, output, device="cpu", tile_px=32, resume=True)
+    with pytest.raises(RasterError, match="transform_output differs"):
+        predict_raster(
+            checkpoint_path,
+            holes_raster,
+            output,
+            device="cpu",
+            tile_px=32,
+            resume=True,
+            transform_output=shift_by(1.0),
+        )
+
+
+def shift_by(offset_m: float) -> TileTransform:
+    def shift(values_m: np.ndarray, window: Window, transform: Affine, crs: Any) -> np.ndarray:
+        return values_m + np.float32(offset_m)
+
+    return shift
+
+
+def test_hooks_see_each_tile_with_its_own_georeferencing(
+    checkpoint_path: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
+    source = dem_test_dir / "landlab_srtmgl3_frontrange.tif"
+    plain = predict_raster(checkpoint_path, source, tmp_path / "plain.tif", device="cpu")
+    with rasterio.open(source) as src:
+        lowres_transform, crs = src.transform, src.crs
+    seen: list[tuple[Window, Affine]] = []
+
+    def lower_after(values_m: np.ndarray, window: Window, transform: Affine, crs_: Any) -> Any:
+        assert crs_ == crs and values_m.shape == (window.height, window.width)
+        seen.append((window, transform))
+        return values_m - np.float32(100.0)
+
+    def raise_before(values_m: np.ndarray, window: Window, transform: Affine, crs_: Any) -> Any:
+        assert transform == rasterio.windows.transform(window, lowres_transform)
+        return values_m + np.float32(100.0)
+
+    output = predict_raster(
+        checkpoint_path,
+        source,
+        tmp_path / "hooked.tif",
+        device="cpu",
+        tile_px=64,
+        transform_input=raise_before,
+        transform_output=lower_after,
+    )
+    highres_transform = lowres_transform @ Affine.scale(1 / 5)
+    covered = np.zeros((144 * 5, 240 * 5), np.int32)
+    for window, transform in seen:
+        assert transform == rasterio.windows.transform(window, highres_transform)
+        covered[window.toslices()] += 1
+    assert (covered == 1).all()
+    # The trend removal makes the model shift-equivariant: +100 m in, -100 m out changes nothing.
+    with rasterio.open(plain) as a, rasterio.open(output) as b:
+        assert_same_to_rounding(b.read(1), a.read(1))
+
+
+def test_output_carries_provenance_tags(
+    checkpoint_path: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
+    output = predict_raster(
+        checkpoint_path,
+        dem_test_dir / "geoclaw_kahului_1s.tif",
+        tmp_path / "out.tif",
+        device="cpu",
+        tags={"vertical_datum": "egm96"},
+    )
+    with rasterio.open(output) as dst:
+        tags = dst.tags()
+    assert tags["units"] == "metre" and tags["vertical_datum"] == "egm96"
+    assert tags["checkpoint_sha256"] == hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
+    assert json.loads(tags["model_config"])["channels"] == 8
+    assert tags["demsr_version"] == demsr.__version__
+
+
+def test_hook_descriptions_tell_settings_apart() -> None:
+    assert describe_hook(shift_by(1.0)) != describe_hook(shift_by(2.0))
+    assert describe_hook(shift_by(1.0)) == describe_hook(shift_by(1.0))
+    assert describe_hook(None) is None

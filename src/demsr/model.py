@@ -226,6 +226,15 @@ class SuperResolver(nn.Module):
     def scale(self) -> int:
         return self.net.scale
 
+    @property
+    def margin_px(self) -> int:
+        """Low-res cells of context on each side that make a tile's output exact.
+
+        The network's receptive field plus the reach of the trend removal: a tile read with
+        this margin around its core gives the same core output as the whole raster.
+        """
+        return receptive_field_px(self.net.config) + self.scaling.trend_radius_px
+
     def forward(self, lowres_m: torch.Tensor) -> torch.Tensor:
         scaling, config = self.scaling, self.net.config
         # Elevations stay float32 even under bf16 autocast (bf16 keeps 8 bits of mantissa: a
@@ -269,3 +278,20 @@ def init_as_interpolation(net: DEMSRNet) -> DEMSRNet:
         if layer.bias is not None:
             layer.bias.zero_()
     return net
+
+
+def receptive_field_px(config: ModelConfig) -> int:
+    """Low-res cells on each side of an output cell's low-res parent that the output depends on.
+
+    Every 3x3 convolution at low resolution reaches one cell: conv1, two per residual block,
+    conv2 and conv_up. The bilinear resize reads the parent and its neighbour (one cell, in both
+    pixel mappings), and conv_out reaches one high-res cell, i.e. ``ceil(1 / scale)`` low-res
+    cells. The sum is an upper bound that is at most one cell above the exact reach (the high-res
+    neighbours that conv_out reads interpolate from cells the resize already reaches). The global
+    residual adds the input cell itself and so reaches no further. For the trend removal's reach
+    see ``SuperResolver.margin_px``.
+    """
+    lowres_convs = 1 + 2 * config.blocks + 1 + 1
+    resize = 1
+    highres_conv = math.ceil(1 / config.scale)
+    return lowres_convs + resize + highres_conv

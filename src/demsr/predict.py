@@ -1,27 +1,81 @@
-"""Super-resolve DEM arrays and rasters with a checkpoint.
+"""Super-resolve DEM arrays and rasters of any size with a checkpoint, tile by tile.
 
-Output georeferencing: the input's CRS and bounds, the pixel size divided by the scale. Nodata in
-the input stays nodata in the output over its scaled footprint: before the network runs, nodata
-cells are filled with their nearest valid neighbour (so that they do not drag the surrounding
-prediction towards an arbitrary value), and the output cells under them are set back to nodata.
+The raster is cut into tiles (:mod:`demsr.tiling`); each tile reads its core plus a margin of
+``SuperResolver.margin_px`` low-res cells (the network's receptive field plus the trend removal's
+reach), so the core's output equals that of a whole-raster run up to float32 rounding, and no
+seams appear. Memory depends on the tile size and batch size only, never on the raster's size.
+
+Nodata: before the network runs, nodata cells are filled with their nearest valid neighbour (so
+that they do not drag the surrounding prediction towards an arbitrary value), and the output cells
+whose low-res parent is nodata are set back to nodata. A tile fills from a window grown by
+``floor(sqrt(2) * margin_px)`` cells beyond its read window: every filled cell that can influence
+a valid output cell has a valid cell within that distance (the output's own parent), so the
+fill, and hence the output, is the same as the whole raster's (ties between equally near valid
+cells aside). Tiles whose core holds no valid cell are skipped and written as nodata.
+
+Output georeferencing: the input's CRS and bounds, the pixel size divided by the scale.
+
+:func:`predict_raster` writes into ``<output>.partial.tif`` and records finished tiles in
+``<output>.partial.json`` after every batch, so an interrupted run resumes where it stopped
+(``resume=True``). Once every tile is done, :func:`demsr.io.finalise_output` turns the partial
+into the product (COG, CF NetCDF or Zarr) and deletes it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
+import math
 import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import rasterio
 import torch
 from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 from scipy import ndimage
+from tqdm import tqdm
 
+from demsr import __version__
 from demsr.checkpoint import Checkpoint, load_checkpoint
-from demsr.io import RasterError, read_raster, write_geotiff
+from demsr.io import (
+    RasterError,
+    atomic_path,
+    finalise_output,
+    open_raster,
+    output_format,
+)
 from demsr.model import SuperResolver, resolve_device
+from demsr.tiling import Tile, batch_tiles, expand_window, scale_window, tile_grid
 
 log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+TileTransform = Callable[[np.ndarray, Window, Affine, "CRS | None"], np.ndarray]
+"""``f(values_m, window, transform, crs) -> values_m``: a per-tile change of the elevations.
+
+``values_m`` is a (rows, cols) float32 array in metres, NaN = nodata; ``window`` locates it in
+its raster (low-res input cells for ``transform_input``, high-res output cells for
+``transform_output``); ``transform`` is the window's own affine (cell (0, 0) is the array's
+top-left cell); ``crs`` the raster's CRS. It returns an array of the same shape, NaN where it has
+no value. It must act cell by cell (tiles overlap, so a cell may be seen more than once), e.g. a
+vertical datum shift.
+"""
+
+MANIFEST_FORMAT = "demsr-partial-prediction"
+MANIFEST_VERSION = 1
+_BLOCK_PX = 256  # block edge of the partial GeoTIFF; tile_px * scale a multiple of it aligns writes
 
 
 def fill_nearest(values: np.ndarray) -> np.ndarray:
@@ -40,54 +94,601 @@ def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(valid, scale, axis=0), scale, axis=1)
 
 
-@torch.no_grad()
+def fill_margin_px(margin_px: int) -> int:
+    """Cells beyond a read window that nearest-valid filling must see: ``floor(sqrt(2) * m)``.
+
+    A filled cell q within ``m`` cells (Chebyshev) of a valid cell p has a valid cell within
+    Euclidean distance ``|p - q| <= sqrt(2) * m``, hence within that many cells along each axis.
+    """
+    return math.isqrt(2 * margin_px * margin_px)
+
+
+# --------------------------------------------------------------------------------------------
+# Tile engine: shared by predict_array (in memory) and predict_raster (windowed file io)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TileInput:
+    """A tile ready for the network: filled read window (float32 metres, all finite) and the
+    validity of its core cells."""
+
+    tile: Tile
+    lowres_m: np.ndarray
+    core_valid: np.ndarray
+
+
+def _prepare_tile(
+    tile: Tile,
+    read_lowres: Callable[[Window], np.ndarray],
+    fill_px: int,
+    shape: tuple[int, int],
+) -> _TileInput | None:
+    """Read and fill one tile; None when its core holds no valid cell."""
+    values = read_lowres(tile.read)
+    valid = np.isfinite(values)
+    core_valid = valid[tile.core_in_read.toslices()]
+    if not core_valid.any():
+        return None
+    if not valid.all():
+        wide = expand_window(tile.read, fill_px, *shape)
+        filled = fill_nearest(read_lowres(wide) if wide != tile.read else values)
+        row = int(tile.read.row_off - wide.row_off)
+        col = int(tile.read.col_off - wide.col_off)
+        values = filled[row : row + values.shape[0], col : col + values.shape[1]]
+    return _TileInput(tile, np.ascontiguousarray(values, dtype=np.float32), core_valid)
+
+
+def _run_batch(
+    resolver: SuperResolver,
+    batch: list[_TileInput],
+    device: torch.device,
+    precision: Precision,
+) -> list[tuple[Tile, np.ndarray]]:
+    """Run tiles of one read shape through the network; each core's (h*s, w*s) metres, NaN
+    where the low-res parent is nodata."""
+    scale = resolver.scale
+    inputs = torch.from_numpy(np.stack([item.lowres_m for item in batch]))[:, None].to(device)
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
+        output = resolver(inputs)
+    highres = output[:, 0].float().cpu().numpy()
+    results = []
+    for item, tile_highres in zip(batch, highres, strict=True):
+        core = scale_window(item.tile.core_in_read, scale)
+        values = np.array(tile_highres[core.toslices()], dtype=np.float32)
+        values[~upscale_mask(item.core_valid, scale)] = np.nan
+        results.append((item.tile, values))
+    return results
+
+
+def _predict_batches(
+    resolver: SuperResolver,
+    batches: Iterable[list[Tile]],
+    read_lowres: Callable[[Window], np.ndarray],
+    shape: tuple[int, int],
+    device: torch.device,
+    precision: Precision,
+) -> Iterator[list[tuple[Tile, np.ndarray | None]]]:
+    """Predict batches of tiles (of one read shape each, see ``batch_tiles``), yielding for
+    each batch its (tile, core output) pairs; None marks a tile without valid cells, which never
+    reaches the network."""
+    fill_px = fill_margin_px(resolver.margin_px)
+    for batch in batches:
+        prepared = [_prepare_tile(tile, read_lowres, fill_px, shape) for tile in batch]
+        ready = [item for item in prepared if item is not None]
+        results: list[tuple[Tile, np.ndarray | None]] = [
+            (tile, None) for tile, item in zip(batch, prepared, strict=True) if item is None
+        ]
+        if ready:
+            results.extend(_run_batch(resolver, ready, device, precision))
+        yield results
+
+
+def _check_precision(precision: str) -> Precision:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision  # type: ignore[return-value]
+
+
 def predict_array(
-    resolver: SuperResolver, lowres_m: np.ndarray, device: torch.device | str = "cpu"
+    resolver: SuperResolver,
+    lowres_m: np.ndarray,
+    device: torch.device | str = "cpu",
+    tile_px: int | None = None,
+    batch_size: int = 4,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Super-resolve a (rows, cols) DEM in metres (NaN = nodata) to (rows*s, cols*s) metres.
 
-    Output cells whose low-res parent is nodata are NaN. The whole array goes through the
-    network at once (memory grows with its area).
+    Output cells whose low-res parent is nodata are NaN (all of them if no cell is valid).
+    ``tile_px`` None runs the whole array at once (network memory grows with its area);
+    otherwise tiles of ``tile_px`` cells with ``resolver.margin_px`` of context run in batches
+    of ``batch_size`` and give the same values to float32 rounding. ``precision="bf16"`` runs
+    the network under bfloat16 autocast (the elevations themselves stay float32).
     """
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
-    valid = np.isfinite(lowres_m)
-    filled = fill_nearest(np.where(valid, lowres_m, np.nan).astype(np.float32))
-    resolver = resolver.to(device).eval()
-    output = resolver(torch.from_numpy(filled)[None, None].to(device))
-    highres_m = output[0, 0].cpu().numpy().astype(np.float32, copy=False)
-    highres_m[~upscale_mask(valid, resolver.scale)] = np.nan
+    mode = _check_precision(precision)
+    rows, cols = lowres_m.shape
+    torch_device = torch.device(device)
+    resolver = resolver.to(torch_device).eval()
+    scale = resolver.scale
+    if tile_px is None:
+        tiles = tile_grid(rows, cols, max(rows, cols), 0)
+    else:
+        tiles = tile_grid(rows, cols, tile_px, resolver.margin_px)
+
+    def read_lowres(window: Window) -> np.ndarray:
+        values = np.array(lowres_m[window.toslices()], dtype=np.float32)
+        values[~np.isfinite(values)] = np.nan
+        return values
+
+    highres_m = np.full((rows * scale, cols * scale), np.nan, np.float32)
+    batches = _predict_batches(
+        resolver, batch_tiles(tiles, batch_size), read_lowres, (rows, cols), torch_device, mode
+    )
+    for batch in batches:
+        for tile, values in batch:
+            if values is not None:
+                highres_m[scale_window(tile.core, scale).toslices()] = values
     return highres_m
+
+
+# --------------------------------------------------------------------------------------------
+# Rasters: partial GeoTIFF + manifest, resumable
+# --------------------------------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(checkpoint: Checkpoint) -> str:
+    """SHA-256 of the checkpoint's file, or of its config and weights when it has no file."""
+    if checkpoint.path and Path(checkpoint.path).is_file():
+        return _sha256_file(checkpoint.path)
+    digest = hashlib.sha256()
+    header = {"model": checkpoint.model_config.to_dict(), "scaling": checkpoint.scaling.to_dict()}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for name in sorted(checkpoint.state_dict):
+        digest.update(name.encode())
+        digest.update(checkpoint.state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+_SIMPLE = (str, int, float, bool, type(None))
+
+
+def _describe_hook(hook: Callable[..., Any] | None) -> str | None:
+    """What the manifest records of a transform hook, so that a resume with another one fails.
+
+    A function: its qualified name plus the plain values (str, numbers, bools) it closes over,
+    e.g. ``demsr.datum.datum_transform.<locals>.convert_tile(source='egm96', target='wgs84')``;
+    a ``functools.partial``: its function and plain arguments; another object: its repr when
+    its class defines one (a dataclass's repr states its settings), else its class's name.
+    """
+    if hook is None:
+        return None
+    if isinstance(hook, functools.partial):
+        arguments = [repr(a) for a in hook.args if isinstance(a, _SIMPLE)]
+        arguments += [f"{k}={v!r}" for k, v in hook.keywords.items() if isinstance(v, _SIMPLE)]
+        return f"partial({_describe_hook(hook.func)}, {', '.join(arguments)})"
+    name = getattr(hook, "__qualname__", None)
+    if name is not None:
+        captured = []
+        code = getattr(hook, "__code__", None)
+        cells = getattr(hook, "__closure__", None) or ()
+        for variable, cell in zip(getattr(code, "co_freevars", ()), cells, strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # a cell not yet bound
+                continue
+            if isinstance(value, _SIMPLE):
+                captured.append(f"{variable}={value!r}")
+        return f"{getattr(hook, '__module__', '')}.{name}({', '.join(captured)})"
+    if type(hook).__repr__ is not object.__repr__:
+        return repr(hook)
+    return f"{type(hook).__module__}.{type(hook).__qualname__}"
+
+
+def _input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    local = Path(path)
+    if not local.exists():  # e.g. a GDAL /vsi... path
+        return {"path": os.fspath(path)}
+    stat = local.stat()
+    return {"path": str(local.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def partial_paths(output_path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(partial GeoTIFF, manifest) of a prediction into ``output_path``, next to it."""
+    output = Path(output_path)
+    return (
+        output.with_name(output.name + ".partial.tif"),
+        output.with_name(output.name + ".partial.json"),
+    )
+
+
+def _write_manifest(
+    path: Path, settings: dict[str, Any], finished: set[int], empty: set[int]
+) -> None:
+    document = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "settings": settings,
+        "finished": sorted(finished),
+        "empty": sorted(empty),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(document, separators=(",", ":")) + "\n")
+
+
+def _resume_state(
+    partial: Path, manifest: Path, settings: dict[str, Any], resume: bool
+) -> tuple[set[int], set[int]] | None:
+    """Finished and empty tile indices of a partial run to continue; None to start afresh.
+
+    Refuses a partial run unless ``resume``, and one whose settings differ from ``settings``.
+    """
+    if manifest.exists() and not partial.exists():
+        log.warning("%s: removing a stale manifest (its partial output is gone)", manifest)
+        manifest.unlink()
+    if not partial.exists():
+        if resume:
+            log.info("no partial result at %s; starting from the first tile", partial)
+        return None
+    if not resume:
+        raise FileExistsError(
+            f"{partial}: an earlier run left a partial result; pass --resume (resume=True) to "
+            f"continue it, or delete {partial.name} and {manifest.name} to start again"
+        )
+    if not manifest.exists():
+        raise RasterError(
+            f"{partial}: cannot resume, its manifest {manifest.name} is missing; delete "
+            f"{partial.name} to start again"
+        )
+    try:
+        document = json.loads(manifest.read_text())
+        recorded = document["settings"]
+        finished = {int(i) for i in document["finished"]}
+        empty = {int(i) for i in document["empty"]}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RasterError(
+            f"{manifest}: unreadable manifest ({exc}); delete {partial.name} and "
+            f"{manifest.name} to start again"
+        ) from None
+    expected = json.loads(json.dumps(settings))
+    for key in sorted(set(expected) | set(recorded)):
+        if recorded.get(key) != expected.get(key):
+            raise RasterError(
+                f"{partial}: cannot resume, {key} differs from the interrupted run "
+                f"(was {recorded.get(key)!r}, now {expected.get(key)!r}); rerun with the same "
+                f"settings or delete {partial.name} and {manifest.name} to start again"
+            )
+    return finished, empty
+
+
+def _create_partial(
+    path: Path,
+    shape: tuple[int, int],
+    transform: Affine,
+    crs: CRS | None,
+    nodata: float,
+    tags: Mapping[str, str],
+) -> None:
+    """An empty tiled float32 GeoTIFF; unwritten blocks stay absent (sparse) until written."""
+    rows, cols = shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": cols,
+        "height": rows,
+        "count": 1,
+        "dtype": "float32",
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": _BLOCK_PX,
+        "blockysize": _BLOCK_PX,
+        "compress": "deflate",
+        "predictor": 3,
+        "BIGTIFF": "IF_SAFER",
+        "SPARSE_OK": "TRUE",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.update_tags(**tags)
+        dst.set_band_unit(1, "metre")
+
+
+class _PartialWriter:
+    """Writes tiles' outputs into the partial GeoTIFF; :meth:`commit` makes them durable.
+
+    The dataset is reopened after each commit: closing it is what flushes GDAL's blocks.
+    """
+
+    def __init__(
+        self,
+        partial: Path,
+        manifest: Path,
+        settings: dict[str, Any],
+        finished: set[int],
+        empty: set[int],
+        scale: int,
+        transform: Affine,
+        crs: CRS | None,
+        nodata: float,
+        transform_output: TileTransform | None,
+    ) -> None:
+        self.partial, self.manifest, self.settings = partial, manifest, settings
+        self.finished, self.empty = finished, empty
+        self.scale, self.transform, self.crs, self.nodata = scale, transform, crs, nodata
+        self.transform_output = transform_output
+        self.committed = len(finished)
+        self._dataset: Any = None
+
+    def write(self, tile: Tile, values: np.ndarray | None) -> None:
+        """Write one tile's core output ((h*s, w*s) metres, NaN = nodata; None: all nodata)."""
+        window = scale_window(tile.core, self.scale)
+        shape = (int(window.height), int(window.width))
+        if values is None:
+            values = np.full(shape, np.nan, np.float32)
+            self.empty.add(tile.index)
+        elif self.transform_output is not None:
+            changed = self.transform_output(
+                values, window, window_transform(window, self.transform), self.crs
+            )
+            changed = np.asarray(changed, dtype=np.float32)
+            if changed.shape != shape:
+                raise ValueError(
+                    f"transform_output returned shape {changed.shape} for a {shape} tile"
+                )
+            values = np.where(np.isnan(values), np.float32(np.nan), changed)
+        if not np.isnan(self.nodata):
+            values = np.where(np.isnan(values), np.float32(self.nodata), values)
+        if self._dataset is None:
+            self._dataset = rasterio.open(self.partial, "r+")
+        self._dataset.write(values, 1, window=window)
+        self.finished.add(tile.index)
+
+    def commit(self) -> None:
+        """Flush the written tiles to disk, then record them in the manifest."""
+        self.close()
+        _fsync(self.partial)
+        _write_manifest(self.manifest, self.settings, self.finished, self.empty)
+        self.committed = len(self.finished)
+
+    def close(self) -> None:
+        if self._dataset is not None:
+            self._dataset.close()
+            self._dataset = None
 
 
 def predict_raster(
     checkpoint: Checkpoint | str | os.PathLike[str],
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
+    *,
     band: int = 1,
     device: str = "auto",
+    tile_px: int = 256,
+    batch_size: int = 4,
+    precision: str = "fp32",
     overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    transform_input: TileTransform | None = None,
+    transform_output: TileTransform | None = None,
+    fmt: str | None = None,
+    output_dtype: str = "float32",
+    tags: Mapping[str, str] | None = None,
 ) -> Path:
-    """Super-resolve one band of a raster into a float32 GeoTIFF.
+    """Super-resolve one band of a raster of any size into a georeferenced product, tile by tile.
 
-    The output has the input's CRS and bounds and its pixel size divided by the model's scale;
-    the input's nodata value (NaN if it declares none) marks nodata. The file appears only once
-    complete; an existing output is refused unless ``overwrite``.
+    The output has the input's CRS and bounds, its pixel size divided by the model's scale, and
+    the input's nodata value (NaN if it declares none) wherever the input has none; tags record
+    ``units=metre``, the model config, the checkpoint's SHA-256 and the demsr version, plus
+    ``tags`` (e.g. ``vertical_datum``). The product's format is ``fmt`` or the output's
+    extension (COG ``.tif``, CF NetCDF ``.nc``, Zarr ``.zarr``; see
+    :func:`demsr.io.finalise_output`, which also takes ``output_dtype`` float32 or int16).
+
+    Tiles of ``tile_px`` low-res cells (plus the model's margin) run in batches of
+    ``batch_size``; memory depends on these only. ``precision="bf16"`` runs the network under
+    bfloat16 autocast. Finished tiles go to ``<output>.partial.tif`` and are recorded in
+    ``<output>.partial.json`` after every batch. ``resume=True`` continues such a partial run
+    when its settings (checkpoint, input file, band, tile size, margin, precision, hooks) match;
+    without it an existing partial run is refused. An existing output is refused unless
+    ``overwrite``, and is replaced only once the new one is complete.
+
+    ``transform_input`` / ``transform_output`` (see :data:`TileTransform`) change each tile's
+    low-res input before the network and its high-res output before writing (e.g. a vertical
+    datum shift). Raises RasterError when the band holds no valid cell.
     """
+    if tile_px < 1 or batch_size < 1:
+        raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
+    mode = _check_precision(precision)
     output = Path(output_path)
+    partial, manifest = partial_paths(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"{output.parent}: no such directory for the output")
+    fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
-    raster = read_raster(input_path, band=band)
-    if not raster.valid.any():
-        raise RasterError(f"{raster.path}: band {band} holds no valid cells")
-    if raster.crs is None:
-        log.warning("%s has no CRS; the output will have none either", raster.path)
     torch_device = resolve_device(device)
-    scale = checkpoint.scale
-    highres = predict_array(checkpoint.build_resolver(torch_device), raster.data, torch_device)
-    transform = raster.transform @ Affine.scale(1 / scale)
-    write_geotiff(output, highres, transform, raster.crs, raster.nodata)
-    log.info("wrote %s (%d x %d, x%d)", output, highres.shape[1], highres.shape[0], scale)
-    return output
+    resolver = checkpoint.build_resolver(torch_device)
+    scale, margin = resolver.scale, resolver.margin_px
+
+    with open_raster(input_path, band) as source:
+        rows, cols = source.shape
+        if source.crs is None:
+            log.warning("%s has no CRS; the output will have none either", source.path)
+        nodata = float(np.float32(np.nan if source.nodata is None else source.nodata))
+        output_transform = source.transform @ Affine.scale(1 / scale)
+        sha256 = checkpoint_sha256(checkpoint)
+        settings: dict[str, Any] = {
+            "checkpoint_sha256": sha256,
+            "input": _input_identity(input_path),
+            "band": band,
+            "shape": [rows, cols],
+            "scale": scale,
+            "tile_px": tile_px,
+            "margin_px": margin,
+            "precision": mode,
+            "transform_input": _describe_hook(transform_input),
+            "transform_output": _describe_hook(transform_output),
+        }
+        provenance = {
+            **dict(tags or {}),
+            "units": "metre",
+            "demsr_version": __version__,
+            "checkpoint_sha256": sha256,
+            "model_config": json.dumps(checkpoint.model_config.to_dict(), sort_keys=True),
+            "elevation_scaling": json.dumps(checkpoint.scaling.to_dict(), sort_keys=True),
+            "source": source.path,
+            "source_band": str(band),
+            "tile_px": str(tile_px),
+            "margin_px": str(margin),
+            "precision": mode,
+        }
+        state = _resume_state(partial, manifest, settings, resume)
+        if state is None:
+            _create_partial(
+                partial,
+                (rows * scale, cols * scale),
+                output_transform,
+                source.crs,
+                nodata,
+                provenance,
+            )
+            state = (set(), set())
+            _write_manifest(manifest, settings, *state)
+        finished, empty = state
+        tiles = tile_grid(rows, cols, tile_px, margin)
+        # Batches come from the whole grid, so that a resumed run batches as the first did.
+        batches = [
+            [tile for tile in batch if tile.index not in finished]
+            for batch in batch_tiles(tiles, batch_size)
+        ]
+        if finished:
+            log.info("resuming %s: %d of %d tiles already done", partial, len(finished), len(tiles))
+
+        def read_lowres(window: Window) -> np.ndarray:
+            values = source.read(window)
+            if transform_input is None:
+                return values
+            changed = transform_input(values, window, source.window_transform(window), source.crs)
+            changed = np.asarray(changed, dtype=np.float32)
+            if changed.shape != values.shape:
+                raise ValueError(
+                    f"transform_input returned shape {changed.shape} for a {values.shape} window"
+                )
+            return changed
+
+        writer = _PartialWriter(
+            partial,
+            manifest,
+            settings,
+            finished,
+            empty,
+            scale,
+            output_transform,
+            source.crs,
+            nodata,
+            transform_output,
+        )
+        layout = source.layout
+        _run_tiles(
+            resolver,
+            [batch for batch in batches if batch],
+            read_lowres,
+            (rows, cols),
+            torch_device,
+            mode,
+            writer,
+            total=len(tiles),
+            progress=progress,
+        )
+
+    if len(empty) == len(tiles):
+        partial.unlink()
+        manifest.unlink()
+        raise RasterError(f"{os.fspath(input_path)}: band {band} holds no valid cells")
+    # The product appears only when complete; if this fails the partial stays, and a rerun
+    # with resume finalises it again without predicting anything.
+    result = finalise_output(
+        partial,
+        output,
+        fmt,
+        dtype=output_dtype,
+        metadata=provenance,
+        layout=layout,
+        progress=progress,
+    )
+    manifest.unlink()
+    log.info("wrote %s (%d x %d, x%d)", result, cols * scale, rows * scale, scale)
+    return result
+
+
+def _run_tiles(
+    resolver: SuperResolver,
+    batches: list[list[Tile]],
+    read_lowres: Callable[[Window], np.ndarray],
+    shape: tuple[int, int],
+    device: torch.device,
+    precision: Precision,
+    writer: _PartialWriter,
+    *,
+    total: int,
+    progress: bool,
+) -> None:
+    """Predict ``batches`` into ``writer``, committing after every batch, with a progress bar."""
+    scale = resolver.scale
+    todo = sum(len(batch) for batch in batches)
+    bar = tqdm(
+        total=total,
+        initial=total - todo,
+        unit="tile",
+        desc="predict",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    written_px = 0
+    try:
+        for batch in _predict_batches(resolver, batches, read_lowres, shape, device, precision):
+            for tile, values in batch:
+                writer.write(tile, values)
+                written_px += int(tile.core.height * tile.core.width) * scale * scale
+            writer.commit()
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.update(len(batch))
+            bar.set_postfix_str(f"{written_px / elapsed / 1e6:.2f} Mpx/s out")
+    except BaseException:
+        writer.close()
+        log.warning(
+            "stopped with %d of %d tiles done; the partial result %s can be continued with "
+            "--resume",
+            writer.committed,
+            total,
+            writer.partial,
+        )
+        raise
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    log.info("predicted %d tiles (%.1f output Mpx) in %.1f s", todo, written_px / 1e6, elapsed)
