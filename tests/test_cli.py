@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
@@ -117,3 +118,46 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith(("demsr: error:", "Error:")), out
         assert "Traceback" not in out
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "pairs").exists()
+
+
+def test_predict_options_datum_format_and_dtype(dem_test_dir: Path, tmp_path: Path) -> None:
+    from demsr.checkpoint import save_checkpoint
+    from demsr.datum import load_geoid
+    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(
+        tmp_path / "m.safetensors",
+        DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True)),
+        ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0),
+    )
+    source = dem_test_dir / "mpl_topobathy_pnw.tif"  # land and sea, EPSG:4326
+    common = ["--device", "cpu", "--no-progress", "--tile-size", "40"]
+    code, out = run("predict", checkpoint, source, tmp_path / "egm96.tif", *common)
+    assert code == 0, out
+    code, out = run(
+        "predict", checkpoint, source, tmp_path / "wgs84.tif", "--output-datum", "wgs84", *common
+    )
+    assert code == 0, out
+    with rasterio.open(tmp_path / "egm96.tif") as a, rasterio.open(tmp_path / "wgs84.tif") as b:
+        assert a.tags()["vertical_datum"] == "egm96" and b.tags()["vertical_datum"] == "wgs84"
+        rows, cols = np.mgrid[0 : a.height : 97, 0 : a.width : 89]
+        lon, lat = a.transform * (cols + 0.5, rows + 0.5)
+        undulation = load_geoid().undulation(lon, lat)
+        difference = b.read(1)[rows, cols] - a.read(1)[rows, cols]
+    assert np.abs(difference - undulation).max() < 1e-2  # metres; N is about -17 m here
+
+    code, out = run("predict", checkpoint, source, tmp_path / "out.nc", "--dtype", "int16", *common)
+    assert code == 0, out
+    import xarray as xr
+
+    with (
+        xr.open_dataset(tmp_path / "out.nc") as product,
+        rasterio.open(tmp_path / "egm96.tif") as reference,
+    ):
+        assert product["elevation"].shape == (reference.height, reference.width)
+        assert float(product["lon"][0]) == pytest.approx(
+            reference.transform.c + reference.res[0] / 2
+        )
+        expected = np.round(reference.read(1))
+        assert np.abs(product["elevation"].values - expected).max() <= 1

@@ -1,4 +1,4 @@
-"""``demsr predict``: super-resolve a raster into a georeferenced GeoTIFF."""
+"""``demsr predict``: super-resolve a raster of any size into a georeferenced product."""
 
 from __future__ import annotations
 
@@ -6,25 +6,117 @@ import click
 
 from demsr.cli.options import band_option, device_option, overwrite_option
 
+DATUM_CHOICES = ("egm96", "wgs84")
+FORMAT_CHOICES = ("cog", "netcdf", "zarr")
+
 
 @click.command("predict")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
-@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("output_path", metavar="OUTPUT", type=click.Path())
 @band_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMAT_CHOICES),
+    help="Output format [default: from OUTPUT's extension: .tif -> Cloud-Optimized "
+    "GeoTIFF, .nc -> CF NetCDF, .zarr -> Zarr].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "int16"]),
+    default="float32",
+    show_default=True,
+    help="Output data type (int16: rounded metres, nodata -32768).",
+)
+@click.option(
+    "--input-datum",
+    type=click.Choice(DATUM_CHOICES),
+    default="egm96",
+    show_default=True,
+    help="Vertical datum of INPUT's heights: egm96 (orthometric, as SRTM and GEBCO) or "
+    "wgs84 (ellipsoidal).",
+)
+@click.option(
+    "--output-datum",
+    type=click.Choice(DATUM_CHOICES),
+    help="Vertical datum of the output heights [default: the input's]. Conversions use "
+    "the bundled EGM96 15' geoid grid.",
+)
+@click.option(
+    "--tile-size",
+    "tile_px",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Tile side in input (low-res) cells, before the margin.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Tiles per forward pass.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Network precision (elevations stay float32).",
+)
 @device_option
 @overwrite_option
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run from the tiles already written."
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
 def command(
-    checkpoint: str, input_path: str, output_path: str, band: int, device: str, overwrite: bool
+    checkpoint: str,
+    input_path: str,
+    output_path: str,
+    band: int,
+    fmt: str | None,
+    dtype: str,
+    input_datum: str,
+    output_datum: str | None,
+    tile_px: int,
+    batch_size: int,
+    precision: str,
+    device: str,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
 ) -> None:
-    """Super-resolve INPUT with CHECKPOINT into the GeoTIFF OUTPUT.
+    """Super-resolve INPUT with CHECKPOINT into OUTPUT.
 
-    OUTPUT keeps INPUT's CRS and bounds with the pixel size divided by the model's scale;
-    nodata cells stay nodata.
+    INPUT is anything GDAL opens (GeoTIFF/COG, SRTM .hgt, zipped, ESRI ASCII), a NetCDF in the
+    GEBCO layout, or a Zarr store. OUTPUT keeps INPUT's CRS and bounds with the pixel size
+    divided by the model's scale; nodata stays nodata. The raster is processed tile by tile
+    with an overlap of the model's receptive field, so memory does not grow with its size and
+    the result equals whole-raster prediction.
     """
+    from demsr.datum import datum_transform
     from demsr.predict import predict_raster
 
+    output_datum = output_datum or input_datum
+    # The network works in EGM96 orthometric heights, like the data it was trained on.
     path = predict_raster(
-        checkpoint, input_path, output_path, band=band, device=device, overwrite=overwrite
+        checkpoint,
+        input_path,
+        output_path,
+        band=band,
+        device=device,
+        tile_px=tile_px,
+        batch_size=batch_size,
+        precision=precision,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        transform_input=datum_transform(input_datum, "egm96"),
+        transform_output=datum_transform("egm96", output_datum),
+        fmt=fmt,
+        output_dtype=dtype,
+        tags={"vertical_datum": output_datum},
     )
     click.echo(str(path))
