@@ -142,7 +142,7 @@ def test_predict_options_datum_format_and_dtype(dem_test_dir: Path, tmp_path: Pa
     with rasterio.open(tmp_path / "egm96.tif") as a, rasterio.open(tmp_path / "wgs84.tif") as b:
         assert a.tags()["vertical_datum"] == "egm96" and b.tags()["vertical_datum"] == "wgs84"
         rows, cols = np.mgrid[0 : a.height : 97, 0 : a.width : 89]
-        lon, lat = a.transform * (cols + 0.5, rows + 0.5)
+        lon, lat = a.transform @ (cols + 0.5, rows + 0.5)
         undulation = load_geoid().undulation(lon, lat)
         difference = b.read(1)[rows, cols] - a.read(1)[rows, cols]
     assert np.abs(difference - undulation).max() < 1e-2  # metres; N is about -17 m here
