@@ -47,14 +47,15 @@ FORMAT_CHOICES = ("cog", "netcdf", "zarr")
     "--tile-size",
     "tile_px",
     type=click.IntRange(min=1),
-    default=256,
+    default=128,
     show_default=True,
-    help="Tile side in input (low-res) cells, before the margin.",
+    help="Tile side in input (low-res) cells, before the margin. At the defaults the lite "
+    "preset peaks at about 1 GB of memory; raise both on a GPU.",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=4,
+    default=1,
     show_default=True,
     help="Tiles per forward pass.",
 )
