@@ -161,3 +161,52 @@ def test_predict_options_datum_format_and_dtype(dem_test_dir: Path, tmp_path: Pa
         )
         expected = np.round(reference.read(1))
         assert np.abs(product["elevation"].values - expected).max() <= 1
+
+
+def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
+    dem_test_dir: Path, tmp_path: Path
+) -> None:
+    """A 0..360-longitude, south-up NetCDF gives the same DEM as the north-up GeoTIFF it was
+    made from, in the same place; a NetCDF output mirrors the input's layout."""
+    import xarray as xr
+
+    from demsr.checkpoint import save_checkpoint
+    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(
+        tmp_path / "m.safetensors",
+        DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True)),
+        ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0),
+    )
+    source = dem_test_dir / "mpl_topobathy_pnw.tif"  # 126..122 W, 48..50 N
+    with rasterio.open(source) as src:
+        values = src.read(1).astype(np.float32)
+        t = src.transform
+        lon = t.c + t.a * (np.arange(src.width) + 0.5)
+        lat = t.f + t.e * (np.arange(src.height) + 0.5)
+    gebco = xr.Dataset(
+        {"elevation": (("lat", "lon"), values[::-1])},
+        coords={"lat": lat[::-1], "lon": lon % 360},
+    )
+    gebco.to_netcdf(tmp_path / "gebco.nc")
+
+    common = ["--device", "cpu", "--no-progress", "--tile-size", "48"]
+    assert run("predict", checkpoint, source, tmp_path / "ref.tif", *common)[0] == 0
+    code, out = run("predict", checkpoint, tmp_path / "gebco.nc", tmp_path / "from_nc.tif", *common)
+    assert code == 0, out
+    with rasterio.open(tmp_path / "ref.tif") as ref, rasterio.open(tmp_path / "from_nc.tif") as got:
+        assert got.transform.e < 0  # north-up
+        assert np.allclose(tuple(got.bounds), tuple(ref.bounds), atol=1e-9)
+        assert got.crs.to_epsg() == 4326
+        assert np.allclose(got.read(1), ref.read(1), atol=1e-3)
+
+    code, out = run("predict", checkpoint, tmp_path / "gebco.nc", tmp_path / "out.nc", *common)
+    assert code == 0, out
+    with (
+        xr.open_dataset(tmp_path / "out.nc") as product,
+        rasterio.open(tmp_path / "ref.tif") as ref,
+    ):
+        assert float(product["lon"].min()) > 180  # 0..360 kept
+        assert bool((np.diff(product["lat"].values) > 0).all())  # ascending kept
+        assert np.allclose(product["elevation"].values[::-1], ref.read(1), atol=1e-3)
