@@ -117,3 +117,11 @@ def test_weights_only_checkpoint_has_no_training_state(tmp_path: Path) -> None:
     )
     with pytest.raises(CheckpointError, match="no training state"):
         load_training_state(path)
+
+
+def test_weights_of_another_shape_are_refused_with_the_file_name(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.safetensors", _model(), SCALING)
+    checkpoint = load_checkpoint(path)
+    checkpoint.model_config = ModelConfig(blocks=2, channels=16, scale=3, bias=True)
+    with pytest.raises(CheckpointError, match="m.safetensors: weights do not fit"):
+        checkpoint.build_model()

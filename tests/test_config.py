@@ -116,3 +116,12 @@ def test_preset_fields_can_be_refined() -> None:
     config = load_config(None, ["model.preset=lite", "model.blocks=2", "model.scale=4"])
     built = config.model.build()
     assert (built.blocks, built.channels, built.scale) == (2, 64, 4)
+
+
+def test_text_overrides_are_taken_as_written() -> None:
+    config = load_config(
+        None, ["summary.output_dir=2024-01-01", "data.root_dir=runs: a", "data.patch_size=null"]
+    )
+    assert config.summary.output_dir == "2024-01-01"
+    assert config.data.root_dir == "runs: a"
+    assert config.data.patch_size is None

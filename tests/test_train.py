@@ -100,3 +100,23 @@ def test_early_stopping(tiny_pairs: Path, tmp_path: Path) -> None:
     assert result.stopped_early
     assert result.epochs_run == 3
     assert [r["is_best"] for r in _rows(tmp_path / "run")] == ["1", "0", "0"]
+
+
+def test_resume_refuses_changed_settings(tiny_pairs: Path, tmp_path: Path) -> None:
+    _fit(tiny_pairs, tmp_path / "run", "train.epochs=1")
+    with pytest.raises(ValueError, match="data.batch_size"):
+        _fit(tiny_pairs, tmp_path / "run", "train.epochs=2", "data.batch_size=8", resume=True)
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_more(tiny_pairs: Path, tmp_path: Path) -> None:
+    settings = ("train.epochs=20", "train.patience=2", "optimizer.learning_rate=1e-30")
+    first = _fit(tiny_pairs, tmp_path / "run", *settings)
+    again = _fit(tiny_pairs, tmp_path / "run", *settings, resume=True)
+    assert first.stopped_early and again.stopped_early
+    assert again.epochs_run == first.epochs_run == 3
+    assert len(_rows(tmp_path / "run")) == 3
+
+
+def test_diverging_training_stops_with_a_clear_error(tiny_pairs: Path, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="diverged"):
+        _fit(tiny_pairs, tmp_path / "run", "train.epochs=3", "optimizer.learning_rate=1e30")

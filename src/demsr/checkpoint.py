@@ -62,7 +62,13 @@ class Checkpoint:
     def build_model(self, device: str | torch.device = "cpu") -> DEMSRNet:
         """The network with these weights, in eval mode, on ``device``."""
         model = DEMSRNet(self.model_config)
-        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            detail = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(
+                f"{self.path or 'checkpoint'}: weights do not fit the model config ({detail})"
+            ) from None
         if missing or unexpected:
             raise CheckpointError(
                 f"{self.path or 'checkpoint'}: weights do not match the model config "

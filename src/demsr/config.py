@@ -288,6 +288,25 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config
 
 
+def _field_type(config: RunConfig, section_name: str, key: str) -> Any:
+    section = getattr(config, section_name, None)
+    if section is None or not dataclasses.is_dataclass(section):
+        return None
+    return _field_types(section).get(key)
+
+
+def _is_text_field(config: RunConfig, section_name: str, key: str) -> bool:
+    expected = _field_type(config, section_name, key)
+    return expected is str or (
+        typing.get_origin(expected) in (typing.Union, types.UnionType)
+        and str in typing.get_args(expected)
+    )
+
+
+def _is_optional(config: RunConfig, section_name: str, key: str) -> bool:
+    return type(None) in typing.get_args(_field_type(config, section_name, key))
+
+
 def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
     """Apply ``section.key=value`` strings; values are YAML scalars, checked by type."""
     for item in overrides:
@@ -295,10 +314,18 @@ def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -
             raise ConfigError(f"override {item!r}: expected section.key=value")
         dotted, raw = item.split("=", 1)
         section_name, key = dotted.strip().split(".", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+        if _is_text_field(config, section_name, key):
+            # Text (a path, a name) is taken as written: "2024-01-01" or "a: b" stay strings.
+            value: Any = (
+                None
+                if raw.strip() in ("", "null", "~") and _is_optional(config, section_name, key)
+                else raw
+            )
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
         if isinstance(value, (dict, list)):
             raise ConfigError(f"override {item!r}: expected a single value")
         _set(config, section_name, key, value, "override")

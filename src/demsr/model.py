@@ -167,7 +167,8 @@ class ElevationScaling:
     its bilinear upsampling added back after, so the network only sees and makes relief:
     ``highres = trend_up + scale_m * net((lowres - trend) / scale_m)``. That makes prediction
     exactly shift-equivariant in elevation (land and sea alike) and is what lets a small model
-    train in minutes; ``offset_m`` is unused then.
+    train in minutes; ``offset_m`` is unused then. The trend is upsampled with half-pixel
+    (cell-centre) registration whatever the network's ``resize``.
     """
 
     offset_m: float = 0.0
@@ -244,7 +245,9 @@ class SuperResolver(nn.Module):
             lowres_m = lowres_m.float()
             if scaling.trend_sigma_px > 0:
                 base = gaussian_trend(lowres_m, scaling.trend_sigma_px)
-                base_up = upsample_bilinear(base, config.scale, config.resize)
+                # The trend is a smooth field at cell centres: pixel-centre registration,
+                # whatever mapping the network's own resize uses.
+                base_up = upsample_bilinear(base, config.scale, "half_pixel")
             else:
                 base = torch.full_like(lowres_m, scaling.offset_m)
                 base_up = torch.full_like(lowres_m[..., :1, :1], scaling.offset_m)

@@ -104,6 +104,31 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+# Settings that may change when a run is resumed (limits, paths, where it runs); any other change
+# would make the resumed run differ from an uninterrupted one.
+RESUMABLE_CHANGES = {
+    ("train", "epochs"),
+    ("train", "max_steps"),
+    ("train", "device"),
+    ("data", "num_workers"),
+    ("data", "root_dir"),
+    ("summary", "output_dir"),
+    ("summary", "log_every_steps"),
+}
+
+
+def _changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``section.key`` names whose values differ between two run configs (as dicts)."""
+    changed = []
+    for section, values in current.items():
+        for key, value in values.items():
+            if (section, key) in RESUMABLE_CHANGES:
+                continue
+            if stored.get(section, {}).get(key, value) != value:
+                changed.append(f"{section}.{key}")
+    return changed
+
+
 class Trainer:
     """Fits a DEM-SRNet to the pairs under ``config.data.root_dir``."""
 
@@ -280,7 +305,24 @@ class Trainer:
             checkpoint = load_checkpoint(last)
             if (checkpoint.model_config, checkpoint.scaling) != (self.model_config, self.scaling):
                 raise ValueError(f"{last}: model config differs from this run's config")
+            changed = _changed_settings(checkpoint.metadata.get("training", {}), cfg.to_dict())
+            if changed:
+                raise ValueError(
+                    f"{last}: cannot resume with different settings ({', '.join(changed)}); "
+                    "only the epoch and step limits may change"
+                )
             state = load_training_state(last)
+            if state.bad_epochs >= cfg.train.patience:
+                log.info("%s stopped early after epoch %d; nothing to resume", out, state.epoch)
+                best_rmse = float(checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m"))
+                return TrainResult(
+                    out,
+                    state.epoch,
+                    state.global_step,
+                    state.best_valid_loss,
+                    best_rmse,
+                    stopped_early=True,
+                )
             self.model.load_state_dict(checkpoint.state_dict)
             optimizer.load_state_dict(state.optimizer)
             scheduler.load_state_dict(state.scheduler)
@@ -323,6 +365,11 @@ class Trainer:
             train_loss, global_step = self._train_epoch(epoch, optimizer, global_step)
             scheduler.step()
             valid_loss, valid_rmse = self.validate()
+            if not math.isfinite(valid_loss):
+                raise RuntimeError(
+                    f"epoch {epoch}: the validation loss is {valid_loss} (training diverged); "
+                    "lower optimizer.learning_rate"
+                )
             is_best = valid_loss < best_loss
             if is_best:
                 best_loss, best_rmse, bad_epochs = valid_loss, valid_rmse, 0

@@ -12,6 +12,12 @@ import sys
 from typing import Any
 
 import click
+from rasterio.errors import RasterioError
+
+try:  # GDAL's own errors (e.g. a failed write) are not RasterioError subclasses
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - private module moved
+    CPLE_BaseError = RasterioError
 
 from demsr import __version__
 
@@ -54,7 +60,7 @@ class DemsrGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("demsr: interrupted", err=True)
             sys.exit(130)
-        except (ValueError, OSError, RuntimeError) as exc:
+        except (ValueError, OSError, RuntimeError, KeyError, RasterioError, CPLE_BaseError) as exc:
             if ctx.params.get("debug"):
                 raise
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
