@@ -10,8 +10,10 @@ out=${2:?usage: demo.sh RASTER OUTPUT_DIR}
 demsr=${DEMSR:-.venv/bin/demsr}
 steps=${DEMO_STEPS:-300}
 
-rm -rf "$out"
+# Only the demo's own outputs are replaced; anything else in the folder is left alone.
 mkdir -p "$out"
+rm -rf "$out/pairs" "$out/model" "$out/test_metrics.json" "$out/lowres_15s.tif" \
+    "$out/superres_3s.tif"
 "$demsr" prepare "$raster" -o "$out/pairs" --stride-px 80 --split-block-px 240 --no-progress
 "$demsr" train --config configs/lite.yaml --data "$out/pairs" --output-dir "$out/model" \
     --set train.max_steps="$steps" --set train.max_steps_per_epoch=100 --set data.batch_size=8 \

@@ -210,3 +210,45 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
         assert float(product["lon"].min()) > 180  # 0..360 kept
         assert bool((np.diff(product["lat"].values) > 0).all())  # ascending kept
         assert np.allclose(product["elevation"].values[::-1], ref.read(1), atol=1e-3)
+
+
+def test_datum_without_crs_fails_before_writing_and_overwrite_clears_a_partial(
+    dem_test_dir: Path, tmp_path: Path
+) -> None:
+    from demsr.checkpoint import save_checkpoint
+    from demsr.io import read_raster, write_geotiff
+    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+
+    checkpoint = save_checkpoint(
+        tmp_path / "m.safetensors",
+        DEMSRNet(ModelConfig(blocks=1, channels=4, scale=5)),
+        ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0),
+    )
+    raster = read_raster(dem_test_dir / "landlab_west_bijou_1s.tif")
+    no_crs = write_geotiff(tmp_path / "no_crs.tif", raster.data, raster.transform, None)
+    output = tmp_path / "out.tif"
+    code, out = run(
+        "predict",
+        checkpoint,
+        no_crs,
+        output,
+        "--input-datum",
+        "wgs84",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert code == 1 and "has no CRS" in out and len(out.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "no_crs.tif"]
+
+    # A partial run left behind is refused without --resume, and cleared by --overwrite.
+    (tmp_path / "out.tif.partial.tif").write_bytes(b"interrupted")
+    code, out = run("predict", checkpoint, no_crs, output, "--device", "cpu", "--no-progress")
+    assert code == 1 and "--resume" in out
+    code, out = run(
+        "predict", checkpoint, no_crs, output, "--device", "cpu", "--no-progress", "--overwrite"
+    )
+    assert code == 0, out
+    with rasterio.open(output) as dst:
+        assert dst.crs is None and dst.width == raster.shape[1] * 5
+    assert not (tmp_path / "out.tif.partial.tif").exists()

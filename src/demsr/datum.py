@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,6 +29,8 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from pyproj.exceptions import CRSError
+
+from demsr.tiling import TileTransform
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
@@ -46,10 +47,6 @@ _BUNDLED_GRID = "data/egm96_15.gtx"
 _GTX_HEADER_BYTES = 40  # lat0, lon0, dlat, dlon (float64), nrows, ncols (int32)
 _GTX_NODATA = np.float32(-88.8888)
 _ROWS_PER_CHUNK_CELLS = 1 << 20  # cells per chunk of convert_heights: bounds temporary memory
-
-# A (values_m, window, transform, crs) -> values_m hook, as predict_raster's per-tile
-# transform_input / transform_output take.
-TileTransform = Callable[[np.ndarray, "Window", Affine, Any], np.ndarray]
 
 
 class DatumError(ValueError):

@@ -55,27 +55,26 @@ from demsr.io import (
     output_format,
 )
 from demsr.model import SuperResolver, resolve_device
-from demsr.tiling import Tile, batch_tiles, expand_window, scale_window, tile_grid
+from demsr.tiling import Tile, TileTransform, batch_tiles, expand_window, scale_window, tile_grid
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
-TileTransform = Callable[[np.ndarray, Window, Affine, "CRS | None"], np.ndarray]
-"""``f(values_m, window, transform, crs) -> values_m``: a per-tile change of the elevations.
-
-``values_m`` is a (rows, cols) float32 array in metres, NaN = nodata; ``window`` locates it in
-its raster (low-res input cells for ``transform_input``, high-res output cells for
-``transform_output``); ``transform`` is the window's own affine (cell (0, 0) is the array's
-top-left cell); ``crs`` the raster's CRS. It returns an array of the same shape, NaN where it has
-no value. It must act cell by cell (tiles overlap, so a cell may be seen more than once), e.g. a
-vertical datum shift.
-"""
 
 MANIFEST_FORMAT = "demsr-partial-prediction"
 MANIFEST_VERSION = 1
-_BLOCK_PX = 256  # block edge of the partial GeoTIFF; tile_px * scale a multiple of it aligns writes
+
+
+def partial_block_px(tile_out_px: int) -> int:
+    """Block edge of the partial GeoTIFF: the largest of 512..16 dividing a tile's output side,
+    so that each tile writes whole blocks and never rewrites a block a finished tile wrote
+    (256 when none divides it)."""
+    for block_px in (512, 256, 128, 64, 32, 16):
+        if tile_out_px % block_px == 0:
+            return block_px
+    return 256
 
 
 def fill_nearest(values: np.ndarray) -> np.ndarray:
@@ -354,7 +353,7 @@ def _resume_state(
     if not resume:
         raise FileExistsError(
             f"{partial}: an earlier run left a partial result; pass --resume (resume=True) to "
-            f"continue it, or delete {partial.name} and {manifest.name} to start again"
+            f"continue it, or --overwrite to start again"
         )
     if not manifest.exists():
         raise RasterError(
@@ -389,6 +388,7 @@ def _create_partial(
     crs: CRS | None,
     nodata: float,
     tags: Mapping[str, str],
+    block_px: int,
 ) -> None:
     """An empty tiled float32 GeoTIFF; unwritten blocks stay absent (sparse) until written."""
     rows, cols = shape
@@ -402,8 +402,8 @@ def _create_partial(
         "transform": transform,
         "nodata": nodata,
         "tiled": True,
-        "blockxsize": _BLOCK_PX,
-        "blockysize": _BLOCK_PX,
+        "blockxsize": block_px,
+        "blockysize": block_px,
         "compress": "deflate",
         "predictor": 3,
         "BIGTIFF": "IF_SAFER",
@@ -484,8 +484,8 @@ def predict_raster(
     *,
     band: int = 1,
     device: str = "auto",
-    tile_px: int = 256,
-    batch_size: int = 4,
+    tile_px: int = 128,
+    batch_size: int = 1,
     precision: str = "fp32",
     overwrite: bool = False,
     resume: bool = False,
@@ -535,6 +535,10 @@ def predict_raster(
 
     with open_raster(input_path, band) as source:
         rows, cols = source.shape
+        if (transform_input or transform_output) and source.crs is None:
+            raise RasterError(
+                f"{source.path}: has no CRS; the per-tile conversions (vertical datum) need it"
+            )
         if source.crs is None:
             log.warning("%s has no CRS; the output will have none either", source.path)
         nodata = float(np.float32(np.nan if source.nodata is None else source.nodata))
@@ -549,6 +553,9 @@ def predict_raster(
             "tile_px": tile_px,
             "margin_px": margin,
             "precision": mode,
+            # Batch composition and the device change float32 rounding: keep them for resume.
+            "batch_size": batch_size,
+            "device": torch_device.type,
             "transform_input": _describe_hook(transform_input),
             "transform_output": _describe_hook(transform_output),
         }
@@ -565,6 +572,9 @@ def predict_raster(
             "margin_px": str(margin),
             "precision": mode,
         }
+        if overwrite and not resume:
+            partial.unlink(missing_ok=True)
+            manifest.unlink(missing_ok=True)
         state = _resume_state(partial, manifest, settings, resume)
         if state is None:
             _create_partial(
@@ -574,6 +584,7 @@ def predict_raster(
                 source.crs,
                 nodata,
                 provenance,
+                partial_block_px(tile_px * scale),
             )
             state = (set(), set())
             _write_manifest(manifest, settings, *state)

@@ -21,10 +21,24 @@ Windows are ``rasterio.windows.Window`` in low-res cells (``col_off, row_off, wi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+from affine import Affine
 from rasterio.windows import Window
+
+TileTransform = Callable[[np.ndarray, Window, Affine, Any], np.ndarray]
+"""``f(values_m, window, transform, crs) -> values_m``: a per-tile change of the elevations.
+
+``values_m`` is a (rows, cols) float32 array in metres, NaN = nodata; ``window`` locates it in
+its raster (low-res input cells for ``transform_input``, high-res output cells for
+``transform_output``); ``transform`` is the window's own affine (cell (0, 0) is the array's
+top-left cell); ``crs`` the raster's CRS. It returns an array of the same shape, NaN where it has
+no value. It must act cell by cell (tiles overlap, so a cell may be seen more than once), e.g. a
+vertical datum shift.
+"""
 
 
 @dataclass(frozen=True)
