@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from demsr.model import INIT_SCHEMES, ElevationScaling, ModelConfig, preset
+from demsr.model import INIT_SCHEMES, PRECISIONS, ElevationScaling, ModelConfig, preset
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class RunConfig:
                 "train.device must be auto, cpu, cuda or cuda:N",
             ),
             (
-                self.train.precision in ("auto", "fp32", "bf16"),
+                self.train.precision in ("auto", *PRECISIONS),
                 "train.precision must be auto, fp32 or bf16",
             ),
             (

@@ -564,6 +564,12 @@ def read_raster(
 # --------------------------------------------------------------------------------------------
 
 
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a file's data to the disk, so that a crash after a rename never shows it empty."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
 def _final_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -583,8 +589,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_final_mode())  # mkstemp made it owner-only; give the usual mode
         os.replace(tmp, final)
     finally:

@@ -257,6 +257,23 @@ class SuperResolver(nn.Module):
             return base_up + scaling.scale_m * relief.float()
 
 
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+def network_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bfloat16 autocast for ``precision == "bf16"`` (a no-op for fp32). ``SuperResolver``
+    keeps elevations in float32 inside it; only the network's convolutions run in bf16."""
+    check_precision(precision)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else a ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 INIT_SCHEMES: tuple[str, ...] = ("interpolation", "default")
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -51,16 +51,14 @@ from demsr.io import (
     RasterError,
     atomic_path,
     finalise_output,
+    fsync_file,
     open_raster,
     output_format,
 )
-from demsr.model import SuperResolver, resolve_device
+from demsr.model import SuperResolver, check_precision, network_autocast, resolve_device
 from demsr.tiling import Tile, TileTransform, batch_tiles, expand_window, scale_window, tile_grid
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 MANIFEST_FORMAT = "demsr-partial-prediction"
@@ -142,7 +140,7 @@ def _run_batch(
     resolver: SuperResolver,
     batch: list[_TileInput],
     device: torch.device,
-    precision: Precision,
+    precision: str,
 ) -> list[tuple[Tile, np.ndarray]]:
     """Run tiles of one read shape through the network; each core's (h*s, w*s) metres, NaN
     where the low-res parent is nodata."""
@@ -150,7 +148,7 @@ def _run_batch(
     inputs = torch.from_numpy(np.stack([item.lowres_m for item in batch]))[:, None].to(device)
     with (
         torch.inference_mode(),
-        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        network_autocast(device, precision),
     ):
         output = resolver(inputs)
     highres = output[:, 0].float().cpu().numpy()
@@ -169,7 +167,7 @@ def _predict_batches(
     read_lowres: Callable[[Window], np.ndarray],
     shape: tuple[int, int],
     device: torch.device,
-    precision: Precision,
+    precision: str,
 ) -> Iterator[list[tuple[Tile, np.ndarray | None]]]:
     """Predict batches of tiles (of one read shape each, see ``batch_tiles``), yielding for
     each batch its (tile, core output) pairs; None marks a tile without valid cells, which never
@@ -184,12 +182,6 @@ def _predict_batches(
         if ready:
             results.extend(_run_batch(resolver, ready, device, precision))
         yield results
-
-
-def _check_precision(precision: str) -> Precision:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision  # type: ignore[return-value]
 
 
 def predict_array(
@@ -210,7 +202,7 @@ def predict_array(
     """
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
-    mode = _check_precision(precision)
+    mode = check_precision(precision)
     rows, cols = lowres_m.shape
     torch_device = torch.device(device)
     resolver = resolver.to(torch_device).eval()
@@ -239,14 +231,6 @@ def predict_array(
 # --------------------------------------------------------------------------------------------
 # Rasters: partial GeoTIFF + manifest, resumable
 # --------------------------------------------------------------------------------------------
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: str | os.PathLike[str]) -> str:
@@ -467,7 +451,7 @@ class _PartialWriter:
     def commit(self) -> None:
         """Flush the written tiles to disk, then record them in the manifest."""
         self.close()
-        _fsync(self.partial)
+        fsync_file(self.partial)
         _write_manifest(self.manifest, self.settings, self.finished, self.empty)
         self.committed = len(self.finished)
 
@@ -519,7 +503,7 @@ def predict_raster(
     """
     if tile_px < 1 or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
-    mode = _check_precision(precision)
+    mode = check_precision(precision)
     output = Path(output_path)
     partial, manifest = partial_paths(output)
     if output.exists() and not overwrite:
@@ -661,7 +645,7 @@ def _run_tiles(
     read_lowres: Callable[[Window], np.ndarray],
     shape: tuple[int, int],
     device: torch.device,
-    precision: Precision,
+    precision: str,
     writer: _PartialWriter,
     *,
     total: int,

@@ -14,7 +14,6 @@ the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
@@ -46,6 +45,7 @@ from demsr.model import (
     SuperResolver,
     count_parameters,
     init_as_interpolation,
+    network_autocast,
     resolve_device,
 )
 
@@ -87,12 +87,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed * 1_000_003 + epoch)
     return generator
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -234,7 +228,7 @@ class Trainer:
         """Mean squared error in units of ``elevation_scale_m`` for a batch of stored pairs."""
         lowres_m = self.storage.denormalise(lowres.to(self.device, non_blocking=True))
         highres_m = self.storage.denormalise(highres.to(self.device, non_blocking=True))
-        with _autocast(self.device, self.precision):
+        with network_autocast(self.device, self.precision):
             prediction_m = self.resolver(lowres_m)
         return F.mse_loss(prediction_m / self.scaling.scale_m, highres_m / self.scaling.scale_m)
 

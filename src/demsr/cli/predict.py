@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from demsr.cli.options import band_option, device_option, overwrite_option
-
-DATUM_CHOICES = ("egm96", "wgs84")
-FORMAT_CHOICES = ("cog", "netcdf", "zarr")
+from demsr.datum import DATUMS
+from demsr.io import FORMATS, OUTPUT_DTYPES
+from demsr.model import PRECISIONS
 
 
 @click.command("predict")
@@ -18,20 +18,20 @@ FORMAT_CHOICES = ("cog", "netcdf", "zarr")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMAT_CHOICES),
+    type=click.Choice(FORMATS),
     help="Output format [default: from OUTPUT's extension: .tif -> Cloud-Optimized "
     "GeoTIFF, .nc -> CF NetCDF, .zarr -> Zarr].",
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "int16"]),
+    type=click.Choice(OUTPUT_DTYPES),
     default="float32",
     show_default=True,
     help="Output data type (int16: rounded metres, nodata -32768).",
 )
 @click.option(
     "--input-datum",
-    type=click.Choice(DATUM_CHOICES),
+    type=click.Choice(DATUMS),
     default="egm96",
     show_default=True,
     help="Vertical datum of INPUT's heights: egm96 (orthometric, as SRTM and GEBCO) or "
@@ -39,7 +39,7 @@ FORMAT_CHOICES = ("cog", "netcdf", "zarr")
 )
 @click.option(
     "--output-datum",
-    type=click.Choice(DATUM_CHOICES),
+    type=click.Choice(DATUMS),
     help="Vertical datum of the output heights [default: the input's]. Conversions use "
     "the bundled EGM96 15' geoid grid.",
 )
@@ -61,7 +61,7 @@ FORMAT_CHOICES = ("cog", "netcdf", "zarr")
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16"]),
+    type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
     help="Network precision (elevations stay float32).",
