@@ -254,18 +254,13 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfi
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
     config = RunConfig()
-    # Presets first: the other model keys refine the chosen preset.
-    model_values = values.get("model") or {}
-    ordered = sorted(values.items(), key=lambda item: item[0] != "model")
-    for section_name, section_values in ordered:
+    # Order does not matter: the model section is resolved against its preset only in build().
+    for section_name, section_values in values.items():
         if section_values is None:
             continue
         if not isinstance(section_values, dict):
             raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
-        items = list(section_values.items())
-        if section_name == "model" and "preset" in model_values:
-            items = sorted(items, key=lambda item: item[0] != "preset")
-        for key, value in items:
+        for key, value in section_values.items():
             _set(config, str(section_name), str(key), value, source)
     config.validate()
     return config

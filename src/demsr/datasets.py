@@ -410,11 +410,7 @@ class PairWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         stack = contextlib.ExitStack()
         try:
-            tmp = stack.enter_context(atomic_path(self.path))
-            # The temporary file is private (mkstemp); give the result the usual permissions.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            tmp = stack.enter_context(atomic_path(self.path))  # it sets the usual mode
             handle = stack.enter_context(h5py.File(tmp, "w"))
             self._create(handle)
         except BaseException:

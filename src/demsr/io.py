@@ -570,7 +570,8 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(handle.fileno())
 
 
-def _final_mode() -> int:
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is restored at once)."""
     umask = os.umask(0)
     os.umask(umask)
     return umask
@@ -590,7 +591,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~_final_mode())  # mkstemp made it owner-only; give the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it owner-only; give the usual mode
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -607,7 +608,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_final_mode())
+        os.chmod(tmp, 0o777 & ~_umask())
         old: Path | None = None
         if final.is_dir() and not final.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import numbers
 import os
@@ -451,13 +450,18 @@ def collect_rasters(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             found.append(path)
         else:
             raise ValueError(f"{path}: no such file or folder")
+    _refuse_duplicates(found)
+    return found
+
+
+def _refuse_duplicates(paths: Iterable[Path]) -> None:
+    """ValueError when one file is named twice (patches would be counted twice)."""
     seen: dict[Path, Path] = {}
-    for path in found:
+    for path in paths:
         resolved = path.resolve()
         if resolved in seen:
             raise ValueError(f"{path}: named twice (also as {seen[resolved]})")
         seen[resolved] = path
-    return found
 
 
 def _scan_file(
@@ -534,11 +538,7 @@ def plan_pairs(
     paths = [Path(p) for p in rasters]
     if not paths:
         raise ValueError("no rasters given")
-    seen: set[Path] = set()
-    for path in paths:
-        if path.resolve() in seen:
-            raise ValueError(f"{path}: given twice")
-        seen.add(path.resolve())
+    _refuse_duplicates(paths)
     reports: list[FileReport] = []
     crs_list: list[str] = []
     units: list[_Unit] = []
@@ -741,10 +741,6 @@ def prepare_pairs(
     )
     return report
 
-
-def report_json(report: PrepareReport) -> str:
-    """The report as indented JSON (for ``--report`` style outputs)."""
-    return json.dumps(report.to_dict(), indent=2, sort_keys=True)
 
 
 def degrade_raster(
