@@ -1,8 +1,39 @@
-"""Error metrics in metres, computed on valid (finite) cells only."""
+"""Error metrics in metres and terrain derivatives (slope, aspect) on true metric cell sizes.
+
+Every metric is computed on valid cells only: cells finite in both the prediction and the truth
+(NaN is nodata). Slope and aspect use Horn's (1981) 3 x 3 finite differences; a cell whose
+3 x 3 neighbourhood holds nodata or leaves the grid has no slope (NaN).
+
+On a geographic grid (degrees) the east-west width of a cell shrinks with the cosine of the
+latitude, so cell sizes are computed per row on the CRS's ellipsoid:
+``dx = N(lat) cos(lat) dlon`` and ``dy = M(lat) dlat`` (prime-vertical and meridional radii of
+curvature). On a projected grid they are the pixel size in metres (grid distances; the map
+projection's scale factor, 0.9996 on a UTM central meridian, is ignored).
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
+from affine import Affine
+from pyproj import CRS
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+# Slope classes (degrees of the truth's slope) for breakdowns: [lower, upper).
+SLOPE_CLASSES_DEG: tuple[tuple[float, float], ...] = (
+    (0.0, 2.0),
+    (2.0, 5.0),
+    (5.0, 15.0),
+    (15.0, 30.0),
+    (30.0, 90.0),
+)
+# Aspect is meaningless on flat ground: it is compared only where the truth is at least this steep.
+ASPECT_MIN_SLOPE_DEG = 2.0
+# SSIM's window (scikit-image's default for 2-D images).
+SSIM_WINDOW_PX = 7
 
 
 def _errors(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -25,3 +56,161 @@ def rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
 def mae(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Mean absolute error over cells finite in both arrays."""
     return float(np.mean(np.abs(_errors(prediction, truth))))
+
+
+def bias(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Mean signed error (prediction - truth): positive when the prediction is too high."""
+    return float(np.mean(_errors(prediction, truth)))
+
+
+def max_abs_error(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Largest absolute error over cells finite in both arrays."""
+    return float(np.max(np.abs(_errors(prediction, truth))))
+
+
+def psnr(prediction: np.ndarray, truth: np.ndarray, data_range_m: float) -> float:
+    """Peak signal-to-noise ratio in dB: ``20 log10(data_range_m / RMSE)``.
+
+    ``data_range_m`` is the span of elevations the peak refers to; evaluations use the truth's
+    max - min over all evaluated cells and report it, since PSNR means nothing without it.
+    """
+    if not data_range_m > 0:
+        raise ValueError(f"data_range_m must be > 0, got {data_range_m}")
+    error = rmse(prediction, truth)
+    return math.inf if error == 0 else 20.0 * math.log10(data_range_m / error)
+
+
+def ssim(prediction: np.ndarray, truth: np.ndarray, data_range_m: float) -> float:
+    """Mean structural similarity (scikit-image, 7 x 7 uniform window) over valid windows.
+
+    ``prediction`` and ``truth`` are (H, W) or (N, H, W) (the mean over all N images). Only
+    windows lying entirely on cells valid in both arrays count; invalid cells are filled with
+    the truth's mean before filtering so they cannot leak NaN into valid windows.
+    """
+    prediction = np.asarray(prediction, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"shape mismatch: prediction {prediction.shape} vs truth {truth.shape}")
+    if not data_range_m > 0:
+        raise ValueError(f"data_range_m must be > 0, got {data_range_m}")
+    images = prediction.reshape((-1,) + prediction.shape[-2:])
+    truths = truth.reshape((-1,) + truth.shape[-2:])
+    total, count = 0.0, 0
+    half = SSIM_WINDOW_PX // 2
+    for image, reference in zip(images, truths, strict=True):
+        if min(image.shape) < SSIM_WINDOW_PX:
+            continue
+        valid = np.isfinite(image) & np.isfinite(reference)
+        if not valid.any():
+            continue
+        fill = float(reference[valid].mean())
+        _, ssim_map = structural_similarity(
+            np.where(valid, image, fill),
+            np.where(valid, reference, fill),
+            data_range=data_range_m,
+            win_size=SSIM_WINDOW_PX,
+            full=True,
+        )
+        window_valid = ndimage.binary_erosion(
+            valid, structure=np.ones((SSIM_WINDOW_PX, SSIM_WINDOW_PX)), border_value=0
+        )
+        # scikit-image leaves a border of half a window out of its mean; so do we.
+        window_valid[:half, :] = window_valid[-half:, :] = False
+        window_valid[:, :half] = window_valid[:, -half:] = False
+        total += float(ssim_map[window_valid].sum())
+        count += int(window_valid.sum())
+    if count == 0:
+        raise ValueError(f"no {SSIM_WINDOW_PX}x{SSIM_WINDOW_PX} window is valid in both arrays")
+    return total / count
+
+
+def cell_sizes_m(
+    transform: Affine, crs: Any, rows: int, row_off: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """East-west and north-south cell sizes in metres of each row of a north-up grid.
+
+    Returns two float64 arrays of shape (rows,) for rows ``row_off .. row_off + rows - 1`` of the
+    grid described by ``transform``. ``crs`` is anything pyproj accepts (a rasterio CRS, an EPSG
+    string); ``None`` means the grid's units are metres.
+    """
+    if transform.b != 0 or transform.d != 0:
+        raise ValueError("cell sizes need a north-up grid (the transform is rotated)")
+    rows_index = np.arange(row_off, row_off + rows, dtype=np.float64)
+    if crs is None:
+        return (
+            np.full(rows, abs(transform.a), np.float64),
+            np.full(rows, abs(transform.e), np.float64),
+        )
+    proj_crs = CRS.from_user_input(crs)
+    if proj_crs.is_geographic:
+        ellipsoid = proj_crs.ellipsoid
+        a = ellipsoid.semi_major_metre
+        inverse_flattening = ellipsoid.inverse_flattening
+        e2 = 0.0 if inverse_flattening == 0 else (2 - 1 / inverse_flattening) / inverse_flattening
+        latitude = np.radians(transform.f + (rows_index + 0.5) * transform.e)
+        w = 1.0 - e2 * np.sin(latitude) ** 2
+        prime_vertical = a / np.sqrt(w)
+        meridional = a * (1.0 - e2) / w**1.5
+        dx = prime_vertical * np.cos(latitude) * math.radians(abs(transform.a))
+        dy = meridional * math.radians(abs(transform.e))
+        return dx, dy
+    to_metres = proj_crs.axis_info[0].unit_conversion_factor if proj_crs.axis_info else 1.0
+    return (
+        np.full(rows, abs(transform.a) * to_metres, np.float64),
+        np.full(rows, abs(transform.e) * to_metres, np.float64),
+    )
+
+
+def horn_gradient(
+    elevation: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Horn's gradient (dz/dx east, dz/dy north), dimensionless, of (..., H, W) in metres.
+
+    ``dx_m`` and ``dy_m`` are the cell sizes, scalars or per-row arrays of shape (H,). Row 0 is
+    north. Border cells and cells next to nodata are NaN.
+    """
+    z = np.asarray(elevation, dtype=np.float64)
+    rows, cols = z.shape[-2:]
+    dx = np.broadcast_to(np.asarray(dx_m, dtype=np.float64), (rows,))[:, None]
+    dy = np.broadcast_to(np.asarray(dy_m, dtype=np.float64), (rows,))[:, None]
+    east = np.full(z.shape, np.nan)
+    north = np.full(z.shape, np.nan)
+    if rows < 3 or cols < 3:
+        return east, north
+
+    def shifted(row: int, col: int) -> np.ndarray:  # neighbour at (row, col) offset in -1..1
+        return z[..., 1 + row : rows - 1 + row, 1 + col : cols - 1 + col]
+
+    # a b c / d e f / g h i, row 0 north
+    a, b, c = shifted(-1, -1), shifted(-1, 0), shifted(-1, 1)
+    d, f = shifted(0, -1), shifted(0, 1)
+    g, h, i = shifted(1, -1), shifted(1, 0), shifted(1, 1)
+    east[..., 1:-1, 1:-1] = ((c + 2 * f + i) - (a + 2 * d + g)) / (8 * dx[1:-1])
+    north[..., 1:-1, 1:-1] = ((a + 2 * b + c) - (g + 2 * h + i)) / (8 * dy[1:-1])
+    return east, north
+
+
+def slope_deg(
+    elevation: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | float
+) -> np.ndarray:
+    """Slope in degrees (Horn's method) of (..., H, W) elevations in metres; NaN where undefined."""
+    east, north = horn_gradient(elevation, dx_m, dy_m)
+    return np.degrees(np.arctan(np.hypot(east, north)))
+
+
+def aspect_deg(
+    elevation: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | float
+) -> np.ndarray:
+    """Aspect in degrees clockwise from north of the downslope direction (Horn's method).
+
+    0 faces north, 90 east; a flat cell gets an arbitrary value (compare aspect only where the
+    slope is not small). NaN where the slope is undefined.
+    """
+    east, north = horn_gradient(elevation, dx_m, dy_m)
+    return np.degrees(np.arctan2(-east, -north)) % 360.0
+
+
+def angle_difference_deg(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Absolute difference of two compass angles in degrees, in [0, 180]."""
+    difference = np.abs(np.asarray(first) - np.asarray(second)) % 360.0
+    return np.minimum(difference, 360.0 - difference)
