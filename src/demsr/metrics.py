@@ -144,6 +144,8 @@ def cell_sizes_m(
     proj_crs = CRS.from_user_input(crs)
     if proj_crs.is_geographic:
         ellipsoid = proj_crs.ellipsoid
+        if ellipsoid is None:
+            raise ValueError(f"{proj_crs.name}: geographic CRS without an ellipsoid")
         a = ellipsoid.semi_major_metre
         inverse_flattening = ellipsoid.inverse_flattening
         e2 = 0.0 if inverse_flattening == 0 else (2 - 1 / inverse_flattening) / inverse_flattening
