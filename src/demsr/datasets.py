@@ -538,6 +538,14 @@ def dihedral(x: torch.Tensor, variant: int) -> torch.Tensor:
     return torch.rot90(x, k=variant % 4, dims=(-2, -1))
 
 
+def undo_dihedral(x: torch.Tensor, variant: int) -> torch.Tensor:
+    """The inverse of :func:`dihedral`: ``undo_dihedral(dihedral(x, v), v)`` is ``x``."""
+    if not 0 <= variant < 8:
+        raise ValueError(f"variant must be in 0..7, got {variant}")
+    x = torch.rot90(x, k=-(variant % 4), dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if variant >= 4 else x
+
+
 class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """(low-res, high-res) float32 tensors (1,h,w) and (1,H,W), normalised, from a pair file.
 

@@ -1,18 +1,37 @@
 """Compare a model with classical interpolation on the same low-res inputs.
 
-Baselines are GDAL's resampling kernels (through rasterio), applied with pixel-area registration:
-each low-res cell is the block mean of its scale x scale high-res footprint, so low-res cell
-centres sit at high-res coordinate (i + 0.5) * scale, as in the training pairs.
+Three kinds of input (:func:`load_inputs` picks by the arguments):
+
+- an HDF5 pair file (``test/test.h5``): the model and the baselines upsample each low-res patch;
+- a high-res raster: it is cropped to whole ``scale`` x ``scale`` blocks and degraded by block
+  mean (as training pairs are made), and the result is compared with the raster itself;
+- a low-res raster plus a high-res reference raster covering the same bounds on a grid
+  ``scale`` times finer.
+
+Baselines are GDAL's resampling kernels through rasterio (bilinear, cubic = bicubic, cubic
+spline, Lanczos), with pixel-area registration: each low-res cell is the block mean of its
+scale x scale high-res footprint, so low-res cell centres sit at high-res coordinate
+``(i + 0.5) * scale``, as in the training pairs.
+
+All methods are scored on the same cells: those where the truth and every method have a value.
+Metrics are in metres (see :mod:`demsr.metrics`): RMSE, MAE, bias, max absolute error, PSNR and
+SSIM (both with the truth's max - min over the scored cells as data range, reported), slope RMSE
+and aspect error (Horn's method on true metric cell sizes). Breakdowns: land (truth > 0 m) and
+sea (truth <= 0 m; SRTM writes the sea as 0 m), and classes of the truth's slope.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import torch
 from affine import Affine
 from rasterio.enums import Resampling
@@ -20,13 +39,33 @@ from rasterio.warp import reproject
 from tqdm import tqdm
 
 from demsr.checkpoint import Checkpoint, load_checkpoint
-from demsr.datasets import read_pair_file
-from demsr.metrics import mae, rmse
-from demsr.model import resolve_device
+from demsr.datasets import dihedral, read_pair_file, undo_dihedral
+from demsr.io import atomic_path, read_raster
+from demsr.metrics import (
+    ASPECT_MIN_SLOPE_DEG,
+    SLOPE_CLASSES_DEG,
+    angle_difference_deg,
+    aspect_deg,
+    cell_sizes_m,
+    max_abs_error,
+    psnr,
+    slope_deg,
+    ssim,
+)
+from demsr.model import SuperResolver, resolve_device
+from demsr.predict import predict_array
+from demsr.prepare import degrade
 
 log = logging.getLogger(__name__)
 
-BASELINES: dict[str, Resampling] = {"bicubic": Resampling.cubic}
+BASELINES: dict[str, Resampling] = {
+    "bilinear": Resampling.bilinear,
+    "bicubic": Resampling.cubic,
+    "cubic_spline": Resampling.cubic_spline,
+    "lanczos": Resampling.lanczos,
+}
+MODEL = "model"
+PAIR_SUFFIXES = (".h5", ".hdf5", ".he5")
 # Any CRS will do: source and destination share it, so reproject only resamples.
 _PLANAR_CRS = "EPSG:3857"
 
@@ -54,66 +93,563 @@ def upsample_baseline(lowres: np.ndarray, scale: int, method: str = "bicubic") -
     return destination.reshape(lead + (rows * scale, cols * scale))
 
 
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationInputs:
+    """Low-res inputs, the high-res truth and the truth's cell sizes.
+
+    ``lowres`` is (N, h, w) and ``highres`` (N, h*scale, w*scale), float32 metres with NaN
+    nodata (one image for a raster, one per pair for a pair file). ``dx_m``/``dy_m`` are (N, H)
+    east-west / north-south sizes of each high-res row in metres, or None when unknown (slope
+    and aspect are then left out). ``transform`` and ``crs`` describe the high-res grid of a
+    raster input (None for pairs).
+    """
+
+    lowres: np.ndarray
+    highres: np.ndarray
+    scale: int
+    source: str
+    kind: str  # "pairs" or "raster"
+    units: str = "m"
+    dx_m: np.ndarray | None = None
+    dy_m: np.ndarray | None = None
+    transform: Affine | None = None
+    crs: Any = None
+
+    def __post_init__(self) -> None:
+        if self.lowres.ndim != 3 or self.highres.ndim != 3:
+            raise ValueError("lowres and highres must be (N, rows, cols) arrays")
+        expected = (self.lowres.shape[0], *(n * self.scale for n in self.lowres.shape[1:]))
+        if self.highres.shape != expected:
+            raise ValueError(
+                f"{self.source}: high-res shape {self.highres.shape[1:]} is not the low-res "
+                f"shape {self.lowres.shape[1:]} x {self.scale}"
+            )
+
+
+def _pair_cell_sizes(
+    path: str, files: Sequence[str], windows: np.ndarray | None, highres_px: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-pair cell sizes from the source rasters a pair file names, if they can be read."""
+    if windows is None or not files:
+        return None
+    grids: dict[int, tuple[Affine, Any]] = {}
+    for index in np.unique(windows[:, 0]):
+        source = files[int(index)]
+        try:
+            with rasterio.open(source) as dataset:
+                grids[int(index)] = (dataset.transform, dataset.crs)
+        except (rasterio.errors.RasterioError, OSError):
+            log.warning("%s: source raster %s cannot be read", path, source)
+            return None
+    dx = np.empty((len(windows), highres_px))
+    dy = np.empty((len(windows), highres_px))
+    for number, (index, row_off, *_rest) in enumerate(windows):
+        transform, crs = grids[int(index)]
+        dx[number], dy[number] = cell_sizes_m(transform, crs, highres_px, int(row_off))
+    return dx, dy
+
+
+def inputs_from_pairs(
+    path: str | os.PathLike[str], cell_size_m: tuple[float, float] | None = None
+) -> EvaluationInputs:
+    """The pairs of an HDF5 pair file, in metres.
+
+    Cell sizes for slope and aspect: ``cell_size_m`` (x, y) if given, else from the source
+    rasters the file records (each pair's rows on its own grid), else unknown.
+    """
+    pairs = read_pair_file(path)
+    if pairs.units != "m":
+        log.warning(
+            "%s does not say how its values map to metres (a published file?); the model is fed "
+            "its values as metres and errors are in the file's units",
+            path,
+        )
+    inputs = EvaluationInputs(
+        lowres=pairs.normalisation.denormalise(pairs.lowres[:, 0].astype(np.float64)).astype(
+            np.float32
+        ),
+        highres=pairs.normalisation.denormalise(pairs.highres[:, 0].astype(np.float64)).astype(
+            np.float32
+        ),
+        scale=pairs.scale,
+        source=os.fspath(path),
+        kind="pairs",
+        units=pairs.units,
+    )
+    count, rows = len(pairs), pairs.highres_patch_px
+    if cell_size_m is not None:
+        inputs.dx_m = np.full((count, rows), float(cell_size_m[0]))
+        inputs.dy_m = np.full((count, rows), float(cell_size_m[1]))
+    elif pairs.units == "m":
+        sizes = _pair_cell_sizes(
+            os.fspath(path), pairs.metadata.source_files, pairs.source_windows, rows
+        )
+        if sizes is None:
+            log.warning(
+                "%s: cell sizes unknown (source rasters not found); slope and aspect are left "
+                "out (give --cell-size-m)",
+                path,
+            )
+        else:
+            inputs.dx_m, inputs.dy_m = sizes
+    return inputs
+
+
+def inputs_from_raster(path: str | os.PathLike[str], scale: int, band: int = 1) -> EvaluationInputs:
+    """A high-res raster and its block mean over ``scale`` x ``scale`` cells.
+
+    Rows and columns beyond the last whole block (at the bottom and right) are left out.
+    """
+    raster = read_raster(path, band=band)
+    rows, cols = (n - n % scale for n in raster.shape)
+    if rows == 0 or cols == 0:
+        raise ValueError(
+            f"{path}: {raster.shape[0]}x{raster.shape[1]} cells is smaller than one "
+            f"{scale}x{scale} block"
+        )
+    if (rows, cols) != raster.shape:
+        log.info("%s: cropped to %dx%d cells (whole %dx%d blocks)", path, rows, cols, scale, scale)
+    highres = raster.data[:rows, :cols]
+    dx, dy = cell_sizes_m(raster.transform, raster.crs, rows)
+    return EvaluationInputs(
+        lowres=degrade(highres, scale)[None],
+        highres=highres[None],
+        scale=scale,
+        source=os.fspath(path),
+        kind="raster",
+        dx_m=dx[None],
+        dy_m=dy[None],
+        transform=raster.transform,
+        crs=raster.crs,
+    )
+
+
+def inputs_from_rasters(
+    lowres_path: str | os.PathLike[str], highres_path: str | os.PathLike[str], band: int = 1
+) -> EvaluationInputs:
+    """A low-res raster and a high-res reference on the same bounds, ``scale`` times finer."""
+    lowres = read_raster(lowres_path, band=band)
+    highres = read_raster(highres_path, band=band)
+    where = f"{lowres_path} vs {highres_path}"
+    if (lowres.crs is None) != (highres.crs is None) or (
+        lowres.crs is not None and lowres.crs != highres.crs
+    ):
+        raise ValueError(f"{where}: the rasters have different CRSs")
+    (low_rows, low_cols), (high_rows, high_cols) = lowres.shape, highres.shape
+    scale = high_rows // low_rows if low_rows else 0
+    if scale < 2 or (high_rows, high_cols) != (low_rows * scale, low_cols * scale):
+        raise ValueError(
+            f"{where}: {high_rows}x{high_cols} high-res cells are not an integer multiple (>= 2) "
+            f"of {low_rows}x{low_cols} low-res cells"
+        )
+    expected = lowres.transform * Affine.scale(1 / scale)
+    tolerance = 1e-3 * abs(highres.transform.a)
+    if not highres.transform.almost_equals(expected, precision=tolerance):
+        raise ValueError(
+            f"{where}: the high-res grid is not the low-res grid divided by {scale} "
+            "(different origin or cell size)"
+        )
+    dx, dy = cell_sizes_m(highres.transform, highres.crs, high_rows)
+    return EvaluationInputs(
+        lowres=lowres.data[None],
+        highres=highres.data[None],
+        scale=scale,
+        source=f"{lowres_path} -> {highres_path}",
+        kind="raster",
+        dx_m=dx[None],
+        dy_m=dy[None],
+        transform=highres.transform,
+        crs=highres.crs,
+    )
+
+
+def load_inputs(
+    path: str | os.PathLike[str],
+    scale: int,
+    lowres_path: str | os.PathLike[str] | None = None,
+    band: int = 1,
+    cell_size_m: tuple[float, float] | None = None,
+) -> EvaluationInputs:
+    """Pairs (``.h5``), a high-res raster to degrade, or ``lowres_path`` + high-res ``path``."""
+    if Path(path).suffix.lower() in PAIR_SUFFIXES:
+        if lowres_path is not None:
+            raise ValueError(f"{path}: a pair file holds its own low-res inputs; drop --lowres")
+        inputs = inputs_from_pairs(path, cell_size_m)
+    elif lowres_path is not None:
+        inputs = inputs_from_rasters(lowres_path, path, band=band)
+    else:
+        inputs = inputs_from_raster(path, scale, band=band)
+    if inputs.scale != scale:
+        raise ValueError(f"{inputs.source}: the data are x{inputs.scale}, the model is x{scale}")
+    return inputs
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions
+# --------------------------------------------------------------------------------------------
+
+
+def self_ensemble(upsample: Callable[[np.ndarray], np.ndarray], lowres: np.ndarray) -> np.ndarray:
+    """Mean of ``upsample`` over the 8 flips/rotations of (..., h, w), each mapped back."""
+    total: np.ndarray | None = None
+    for variant in range(8):
+        view = dihedral(torch.from_numpy(np.ascontiguousarray(lowres)), variant).numpy()
+        output = torch.from_numpy(np.ascontiguousarray(upsample(view)))
+        restored = undo_dihedral(output, variant).numpy().astype(np.float64)
+        total = restored if total is None else total + restored
+    assert total is not None
+    return (total / 8).astype(np.float32)
+
+
+def predict_inputs(
+    resolver: SuperResolver,
+    inputs: EvaluationInputs,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    tile_px: int | None = 128,
+    ensemble: bool = False,
+    progress: bool = True,
+) -> np.ndarray:
+    """The model's (N, H, W) prediction in metres (NaN over nodata inputs).
+
+    Pairs without nodata run in batches; rasters (and pairs with nodata) run through the tiled
+    :func:`demsr.predict.predict_array`. ``ensemble`` averages the 8 flips/rotations.
+    """
+    torch_device = torch.device(device)
+    resolver = resolver.to(torch_device).eval()
+
+    def run_batch(lowres: np.ndarray) -> np.ndarray:  # (n, h, w) -> (n, H, W)
+        batch = torch.from_numpy(np.ascontiguousarray(lowres, dtype=np.float32))[:, None]
+        with torch.inference_mode():
+            return resolver(batch.to(torch_device))[:, 0].float().cpu().numpy()
+
+    def run_tiled(lowres: np.ndarray) -> np.ndarray:  # (h, w) -> (H, W)
+        return predict_array(resolver, lowres, torch_device, tile_px=tile_px)
+
+    output = np.empty(inputs.highres.shape, np.float32)
+    if inputs.kind == "pairs" and np.isfinite(inputs.lowres).all():
+        starts = range(0, len(inputs.lowres), batch_size)
+        for start in tqdm(starts, desc="model", unit="batch", disable=not progress):
+            lowres = inputs.lowres[start : start + batch_size]
+            output[start : start + batch_size] = (
+                self_ensemble(run_batch, lowres) if ensemble else run_batch(lowres)
+            )
+        return output
+    for index in tqdm(range(len(inputs.lowres)), desc="model", unit="image", disable=not progress):
+        lowres = inputs.lowres[index]
+        output[index] = self_ensemble(run_tiled, lowres) if ensemble else run_tiled(lowres)
+    return output
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass
 class Evaluation:
-    """Metrics per method (``model`` and each baseline), in metres unless ``units`` says not."""
+    """Metrics of each method (``model`` and baselines) on one set of inputs.
 
-    pairs: int
+    ``methods[name]`` holds ``rmse``, ``mae``, ``bias``, ``max_abs_error`` (metres), ``psnr_db``,
+    ``ssim``, ``slope_rmse_deg`` and ``aspect_mae_deg`` (None when cell sizes are unknown).
+    ``breakdown[group][name]`` holds ``cells``, ``rmse``, ``mae``, ``bias`` and
+    ``slope_rmse_deg`` for the groups ``land``, ``sea`` and ``slope a-b deg`` (truth's slope).
+    """
+
+    source: str
+    kind: str
+    images: int
+    scale: int
     units: str
-    methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    cells: int
+    data_range_m: float
+    methods: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    breakdown: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    checkpoint: str | None = None
+    self_ensemble: bool = False
+
+    @property
+    def pairs(self) -> int:
+        return self.images
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pairs": self.pairs, "units": self.units, "methods": self.methods}
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "images": self.images,
+            "scale": self.scale,
+            "units": self.units,
+            "cells": self.cells,
+            "psnr_ssim_data_range_m": self.data_range_m,
+            "checkpoint": self.checkpoint,
+            "self_ensemble": self.self_ensemble,
+            "aspect_min_slope_deg": ASPECT_MIN_SLOPE_DEG,
+            "methods": self.methods,
+            "breakdown": self.breakdown,
+        }
+
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        header = ["method", "RMSE", "MAE", "bias", "max |err|", "PSNR dB", "SSIM"]
+        header += ["slope RMSE deg", "aspect MAE deg"]
+        rows = []
+        for name, values in self.methods.items():
+            rows.append(
+                [name]
+                + [
+                    _number(values.get(key), digits)
+                    for key, digits in (
+                        ("rmse", 3),
+                        ("mae", 3),
+                        ("bias", 3),
+                        ("max_abs_error", 2),
+                        ("psnr_db", 2),
+                        ("ssim", 4),
+                        ("slope_rmse_deg", 3),
+                        ("aspect_mae_deg", 2),
+                    )
+                ]
+            )
+        return header, rows
+
+    def _breakdown_rows(self) -> tuple[list[str], list[list[str]]]:
+        names = list(self.methods)
+        header = ["group", "cells"] + [f"{name} RMSE" for name in names]
+        rows = []
+        for group, by_method in self.breakdown.items():
+            cells = next(iter(by_method.values()))["cells"]
+            rows.append(
+                [group, str(cells)] + [_number(by_method[name]["rmse"], 3) for name in names]
+            )
+        return header, rows
+
+    def _caption(self) -> str:
+        ensemble = ", model with x8 self-ensemble" if self.self_ensemble else ""
+        return (
+            f"{self.source}: {self.images} {'pairs' if self.kind == 'pairs' else 'raster(s)'}, "
+            f"x{self.scale}, {self.cells:,} cells scored, errors in {self.units}; PSNR/SSIM data "
+            f"range {self.data_range_m:.1f} m (truth max - min); aspect where the truth's slope "
+            f">= {ASPECT_MIN_SLOPE_DEG:g} deg{ensemble}"
+        )
 
     def table(self) -> str:
-        lines = [f"{'method':<10} {'RMSE':>10} {'MAE':>10}   ({self.units}, {self.pairs} pairs)"]
-        for name, values in self.methods.items():
-            lines.append(f"{name:<10} {values['rmse']:>10.3f} {values['mae']:>10.3f}")
-        return "\n".join(lines)
+        """Plain-text tables for the terminal."""
+        header, rows = self._rows()
+        text = [self._caption(), "", _plain_table(header, rows)]
+        if self.breakdown:
+            header, rows = self._breakdown_rows()
+            text += ["", _plain_table(header, rows)]
+        return "\n".join(text)
+
+    def markdown(self) -> str:
+        """The same tables as Markdown."""
+        header, rows = self._rows()
+        text = [f"*{self._caption()}*", "", _markdown_table(header, rows)]
+        if self.breakdown:
+            header, rows = self._breakdown_rows()
+            text += ["", "RMSE by group (m):", "", _markdown_table(header, rows)]
+        return "\n".join(text) + "\n"
+
+    def write_json(self, path: str | os.PathLike[str]) -> Path:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return Path(path)
+
+    def write_markdown(self, path: str | os.PathLike[str]) -> Path:
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.markdown())
+        return Path(path)
 
 
-@torch.no_grad()
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _plain_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _slopes(values: np.ndarray, inputs: EvaluationInputs) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and aspect (degrees) of (N, H, W) values on the inputs' cell sizes."""
+    assert inputs.dx_m is not None and inputs.dy_m is not None
+    slopes = np.empty(values.shape)
+    aspects = np.empty(values.shape)
+    for index, image in enumerate(values):
+        dx, dy = inputs.dx_m[index], inputs.dy_m[index]
+        slopes[index] = slope_deg(image, dx, dy)
+        aspects[index] = aspect_deg(image, dx, dy)
+    return slopes, aspects
+
+
+def _errors_summary(errors: np.ndarray) -> dict[str, float | None]:
+    if errors.size == 0:
+        return {"rmse": None, "mae": None, "bias": None}
+    return {
+        "rmse": float(np.sqrt(np.mean(errors**2))),
+        "mae": float(np.mean(np.abs(errors))),
+        "bias": float(np.mean(errors)),
+    }
+
+
+def score(
+    inputs: EvaluationInputs, predictions: dict[str, np.ndarray], checkpoint: str | None = None
+) -> Evaluation:
+    """Metrics of each named (N, H, W) prediction against ``inputs.highres``.
+
+    Every method is scored on the same cells: where the truth and all predictions are finite.
+    """
+    truth = inputs.highres.astype(np.float64)
+    valid = np.isfinite(truth)
+    for name, values in predictions.items():
+        if values.shape != truth.shape:
+            raise ValueError(f"{name}: prediction {values.shape} vs truth {truth.shape}")
+        valid &= np.isfinite(values)
+    if not valid.any():
+        raise ValueError(f"{inputs.source}: no cell has a value in the truth and every prediction")
+    masked = {name: np.where(valid, values, np.nan) for name, values in predictions.items()}
+    truth = np.where(valid, truth, np.nan)
+    data_range = float(np.nanmax(truth) - np.nanmin(truth))
+    result = Evaluation(
+        source=inputs.source,
+        kind=inputs.kind,
+        images=len(truth),
+        scale=inputs.scale,
+        units=inputs.units,
+        cells=int(valid.sum()),
+        data_range_m=data_range,
+        checkpoint=checkpoint,
+    )
+    has_slope = inputs.dx_m is not None and inputs.units == "m"
+    if has_slope:
+        truth_slope, truth_aspect = _slopes(truth, inputs)
+    groups: dict[str, np.ndarray] = {"land": valid & (truth > 0), "sea": valid & (truth <= 0)}
+    if has_slope:
+        for lower, upper in SLOPE_CLASSES_DEG:
+            groups[f"slope {lower:g}-{upper:g} deg"] = (
+                valid & (truth_slope >= lower) & (truth_slope < upper)
+            )
+    for name, values in masked.items():
+        errors = values - truth
+        metrics: dict[str, float | None] = {
+            **_errors_summary(errors[valid]),
+            "max_abs_error": max_abs_error(values, truth),
+            "psnr_db": psnr(values, truth, data_range) if data_range > 0 else None,
+            "ssim": _ssim_or_none(values, truth, data_range),
+            "slope_rmse_deg": None,
+            "aspect_mae_deg": None,
+        }
+        slope_error: np.ndarray | None = None
+        if has_slope:
+            slope, aspect = _slopes(values, inputs)
+            slope_error = slope - truth_slope
+            finite = np.isfinite(slope_error)
+            if finite.any():
+                metrics["slope_rmse_deg"] = float(np.sqrt(np.mean(slope_error[finite] ** 2)))
+            steep = finite & (truth_slope >= ASPECT_MIN_SLOPE_DEG)
+            if steep.any():
+                metrics["aspect_mae_deg"] = float(
+                    np.mean(angle_difference_deg(aspect[steep], truth_aspect[steep]))
+                )
+        result.methods[name] = metrics
+        for group, mask in groups.items():
+            if not mask.any():
+                continue
+            entry: dict[str, float | None] = {
+                "cells": int(mask.sum()),
+                **_errors_summary(errors[mask]),
+            }
+            if slope_error is not None:
+                finite = mask & np.isfinite(slope_error)
+                entry["slope_rmse_deg"] = (
+                    float(np.sqrt(np.mean(slope_error[finite] ** 2))) if finite.any() else None
+                )
+            result.breakdown.setdefault(group, {})[name] = entry
+    return result
+
+
+def _ssim_or_none(values: np.ndarray, truth: np.ndarray, data_range: float) -> float | None:
+    if data_range <= 0:
+        return None
+    try:
+        return ssim(values, truth, data_range)
+    except ValueError:  # no window fits the valid cells
+        return None
+
+
+def evaluate(
+    checkpoint: Checkpoint | str | os.PathLike[str],
+    inputs: EvaluationInputs,
+    baselines: Iterable[str] = tuple(BASELINES),
+    ensemble: bool = False,
+    device: str = "auto",
+    batch_size: int = 16,
+    tile_px: int | None = 128,
+    progress: bool = True,
+) -> Evaluation:
+    """Score a checkpoint and the named baselines on ``inputs`` (see :func:`load_inputs`)."""
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint)
+    if inputs.scale != checkpoint.scale:
+        raise ValueError(
+            f"{inputs.source}: the data are x{inputs.scale}, the model is x{checkpoint.scale}"
+        )
+    names = list(baselines)
+    for name in names:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+    torch_device = resolve_device(device)
+    predictions = {
+        MODEL: predict_inputs(
+            checkpoint.build_resolver(torch_device),
+            inputs,
+            torch_device,
+            batch_size=batch_size,
+            tile_px=tile_px,
+            ensemble=ensemble,
+            progress=progress,
+        )
+    }
+    for name in names:
+        predictions[name] = upsample_baseline(inputs.lowres, inputs.scale, name)
+    result = score(inputs, predictions, checkpoint=checkpoint.path or None)
+    result.self_ensemble = ensemble
+    return result
+
+
 def evaluate_pairs(
     checkpoint: Checkpoint | str | os.PathLike[str],
     pairs_path: str | os.PathLike[str],
     batch_size: int = 16,
     device: str = "auto",
     progress: bool = True,
+    baselines: Iterable[str] = tuple(BASELINES),
 ) -> Evaluation:
-    """RMSE and MAE of the model and of bicubic interpolation on an HDF5 pair file.
-
-    Errors are in metres through the file's normalisation. A file without one (a published
-    MindEarth file) is fed to the model as it is, and metrics are in the file's units.
-    """
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
-    pairs = read_pair_file(pairs_path)
-    if pairs.scale != checkpoint.scale:
-        raise ValueError(
-            f"{pairs_path}: pairs are x{pairs.scale}, the model is x{checkpoint.scale}"
-        )
-    if pairs.units != "m":
-        log.warning(
-            "%s does not say how its values map to metres (a published file?); the model is fed "
-            "its values as metres and errors are in the file's units",
-            pairs_path,
-        )
-    torch_device = resolve_device(device)
-    resolver = checkpoint.build_resolver(torch_device)
-    lowres_m = pairs.normalisation.denormalise(pairs.lowres.astype(np.float64))
-    highres_m = pairs.normalisation.denormalise(pairs.highres.astype(np.float64))
-    predictions = np.empty(highres_m.shape, dtype=np.float32)
-    for start in tqdm(
-        range(0, len(lowres_m), batch_size), desc="evaluate", unit="batch", disable=not progress
-    ):
-        batch = torch.from_numpy(lowres_m[start : start + batch_size].astype(np.float32))
-        predictions[start : start + batch_size] = resolver(batch.to(torch_device)).cpu().numpy()
-    result = Evaluation(pairs=len(lowres_m), units=pairs.units)
-    result.methods["model"] = {
-        "rmse": rmse(predictions, highres_m),
-        "mae": mae(predictions, highres_m),
-    }
-    for name in BASELINES:
-        baseline = upsample_baseline(lowres_m, pairs.scale, name)
-        result.methods[name] = {"rmse": rmse(baseline, highres_m), "mae": mae(baseline, highres_m)}
-    return result
+    """:func:`evaluate` on an HDF5 pair file (e.g. ``test/test.h5``)."""
+    return evaluate(
+        checkpoint,
+        inputs_from_pairs(pairs_path),
+        baselines=baselines,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )
