@@ -564,6 +564,16 @@ def read_raster(
 # --------------------------------------------------------------------------------------------
 
 
+def refuse_existing(*paths: str | os.PathLike[str] | None, overwrite: bool = False) -> None:
+    """Raise FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``.
+
+    Called before any work, so that a refused run costs nothing and writes nothing.
+    """
+    for path in paths:
+        if path is not None and not overwrite and Path(path).exists():
+            raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
+
+
 def fsync_file(path: str | os.PathLike[str]) -> None:
     """Flush a file's data to the disk, so that a crash after a rename never shows it empty."""
     with open(path, "rb") as handle:

@@ -24,7 +24,6 @@ into the product (COG, CF NetCDF or Zarr) and deletes it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -46,7 +45,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from demsr import __version__
-from demsr.checkpoint import Checkpoint, load_checkpoint
+from demsr.checkpoint import Checkpoint, checkpoint_sha256, load_checkpoint
 from demsr.io import (
     RasterError,
     atomic_path,
@@ -54,6 +53,7 @@ from demsr.io import (
     fsync_file,
     open_raster,
     output_format,
+    refuse_existing,
 )
 from demsr.model import SuperResolver, check_precision, network_autocast, resolve_device
 from demsr.tiling import Tile, TileTransform, batch_tiles, expand_window, scale_window, tile_grid
@@ -231,27 +231,6 @@ def predict_array(
 # --------------------------------------------------------------------------------------------
 # Rasters: partial GeoTIFF + manifest, resumable
 # --------------------------------------------------------------------------------------------
-
-
-def _sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checkpoint_sha256(checkpoint: Checkpoint) -> str:
-    """SHA-256 of the checkpoint's file, or of its config and weights when it has no file."""
-    if checkpoint.path and Path(checkpoint.path).is_file():
-        return _sha256_file(checkpoint.path)
-    digest = hashlib.sha256()
-    header = {"model": checkpoint.model_config.to_dict(), "scaling": checkpoint.scaling.to_dict()}
-    digest.update(json.dumps(header, sort_keys=True).encode())
-    for name in sorted(checkpoint.state_dict):
-        digest.update(name.encode())
-        digest.update(checkpoint.state_dict[name].detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 _SIMPLE = (str, int, float, bool, type(None))
@@ -506,8 +485,7 @@ def predict_raster(
     mode = check_precision(precision)
     output = Path(output_path)
     partial, manifest = partial_paths(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
+    refuse_existing(output, overwrite=overwrite)
     if not output.parent.is_dir():
         raise FileNotFoundError(f"{output.parent}: no such directory for the output")
     fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction

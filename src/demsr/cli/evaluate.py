@@ -1,39 +1,108 @@
-"""``demsr evaluate``: the model against bicubic interpolation on a test split."""
+"""``demsr evaluate``: the model against classical interpolation, in metres."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
-from demsr.cli.options import device_option
+from demsr.cli.options import band_option, device_option, overwrite_option
 
 
 @click.command("evaluate")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("pairs", type=click.Path(dir_okay=False))
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option(
+    "--lowres",
+    "lowres_path",
+    type=click.Path(dir_okay=False),
+    help="Low-res raster to super-resolve; DATA is then its high-res reference on the same "
+    "bounds. Without it a raster DATA is degraded by block mean first.",
+)
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    type=click.Choice(["bilinear", "bicubic", "cubic_spline", "lanczos"]),
+    help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
+)
+@click.option(
+    "--self-ensemble",
+    is_flag=True,
+    help="Average the model over the 8 flips/rotations of the input (8x slower).",
+)
+@click.option(
+    "--cell-size-m",
+    nargs=2,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="X_M Y_M",
+    help="High-res cell size for slope/aspect on pair files whose source rasters are not found.",
+)
 @click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
     help="Also write the metrics to this JSON file.",
 )
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the tables to this Markdown file.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--tile-px",
+    type=click.IntRange(min=16),
+    default=128,
+    show_default=True,
+    help="Low-res tile side for raster inputs (bounds memory).",
+)
+@band_option
 @device_option
+@overwrite_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(
-    checkpoint: str, pairs: str, batch_size: int, json_path: str | None, device: str, progress: bool
+    checkpoint: str,
+    data: str,
+    lowres_path: str | None,
+    baselines: tuple[str, ...],
+    self_ensemble: bool,
+    cell_size_m: tuple[float, float] | None,
+    json_path: str | None,
+    markdown_path: str | None,
+    batch_size: int,
+    tile_px: int,
+    band: int,
+    device: str,
+    overwrite: bool,
+    progress: bool,
 ) -> None:
-    """RMSE and MAE of CHECKPOINT and of bicubic interpolation on the HDF5 PAIRS file
-    (e.g. test/test.h5), in metres."""
-    from demsr.evaluate import evaluate_pairs
-    from demsr.io import atomic_path
+    """Score CHECKPOINT and interpolation baselines against high-res truth DATA.
 
-    result = evaluate_pairs(
-        checkpoint, pairs, batch_size=batch_size, device=device, progress=progress
+    DATA is an HDF5 pair file (e.g. test/test.h5), a high-res raster (degraded x scale by
+    block mean, then super-resolved), or with --lowres the high-res reference of a low-res
+    raster. Metrics on cells valid for every method: RMSE, MAE, bias, max error (m), PSNR and
+    SSIM (data range: the truth's max - min), slope RMSE and aspect error (degrees, Horn's
+    method on metric cell sizes), with a land/sea and slope-class breakdown.
+    """
+    from demsr.checkpoint import load_checkpoint
+    from demsr.evaluate import BASELINES, evaluate, load_inputs
+    from demsr.io import refuse_existing
+
+    refuse_existing(json_path, markdown_path, overwrite=overwrite)
+    model = load_checkpoint(checkpoint)
+    inputs = load_inputs(data, model.scale, lowres_path, band=band, cell_size_m=cell_size_m)
+    result = evaluate(
+        model,
+        inputs,
+        baselines=baselines or tuple(BASELINES),
+        ensemble=self_ensemble,
+        device=device,
+        batch_size=batch_size,
+        tile_px=tile_px,
+        progress=progress,
     )
     click.echo(result.table())
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        result.write_json(json_path)
+    if markdown_path:
+        result.write_markdown(markdown_path)
