@@ -247,7 +247,7 @@ def inputs_from_rasters(
             f"{where}: {high_rows}x{high_cols} high-res cells are not an integer multiple (>= 2) "
             f"of {low_rows}x{low_cols} low-res cells"
         )
-    expected = lowres.transform * Affine.scale(1 / scale)
+    expected = lowres.transform @ Affine.scale(1 / scale)
     tolerance = 1e-3 * abs(highres.transform.a)
     if not highres.transform.almost_equals(expected, precision=tolerance):
         raise ValueError(

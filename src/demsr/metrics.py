@@ -189,6 +189,9 @@ def horn_gradient(
     g, h, i = shifted(1, -1), shifted(1, 0), shifted(1, 1)
     east[..., 1:-1, 1:-1] = ((c + 2 * f + i) - (a + 2 * d + g)) / (8 * dx[1:-1])
     north[..., 1:-1, 1:-1] = ((a + 2 * b + c) - (g + 2 * h + i)) / (8 * dy[1:-1])
+    # Horn's stencil skips the centre cell; a nodata cell still has no slope.
+    east[np.isnan(z)] = np.nan
+    north[np.isnan(z)] = np.nan
     return east, north
 
 

@@ -1,0 +1,137 @@
+"""Each metric against values computed by hand on small arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from affine import Affine
+from skimage.metrics import structural_similarity
+
+from demsr.metrics import (
+    angle_difference_deg,
+    aspect_deg,
+    bias,
+    cell_sizes_m,
+    mae,
+    max_abs_error,
+    psnr,
+    rmse,
+    slope_deg,
+    ssim,
+)
+
+# WGS84
+A = 6378137.0
+F = 1 / 298.257223563
+E2 = F * (2 - F)
+
+
+def test_error_metrics_by_hand() -> None:
+    prediction = np.array([[1.0, 2.0], [3.0, np.nan]])
+    truth = np.array([[1.0, 4.0], [0.0, 5.0]])
+    # errors on valid cells: 0, -2, 3
+    assert rmse(prediction, truth) == pytest.approx(math.sqrt(13 / 3))
+    assert mae(prediction, truth) == pytest.approx(5 / 3)
+    assert bias(prediction, truth) == pytest.approx(1 / 3)
+    assert max_abs_error(prediction, truth) == pytest.approx(3.0)
+    # PSNR over a 100 m range: 20 log10(100 / sqrt(13/3))
+    assert psnr(prediction, truth, 100.0) == pytest.approx(20 * math.log10(100 / math.sqrt(13 / 3)))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        rmse(prediction, truth[:1])
+    with pytest.raises(ValueError, match="no cell is valid"):
+        rmse(np.full((2, 2), np.nan), truth)
+
+
+def test_ssim_matches_scikit_image_and_ignores_nodata() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.cumsum(rng.normal(size=(40, 40)), axis=0) * 10
+    prediction = truth + rng.normal(scale=3.0, size=truth.shape)
+    expected = structural_similarity(prediction, truth, data_range=300.0, win_size=7)
+    assert ssim(prediction, truth, 300.0) == pytest.approx(expected, rel=1e-9)
+    # A nodata hole neither poisons the result nor counts: identical images stay at 1.
+    holed = truth.copy()
+    holed[10:15, 20:25] = np.nan
+    assert ssim(holed, truth, 300.0) == pytest.approx(1.0)
+    assert np.isfinite(ssim(np.where(np.isnan(holed), np.nan, prediction), truth, 300.0))
+    # A stack of images is the mean over all their valid windows.
+    stacked = ssim(np.stack([prediction, truth]), np.stack([truth, truth]), 300.0)
+    assert stacked == pytest.approx((expected + 1.0) / 2, rel=1e-9)
+
+
+def test_horn_slope_and_aspect_on_a_3x3_window() -> None:
+    z = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 10.0]])  # row 0 is north
+    # Horn: dz/dx = ((c + 2f + i) - (a + 2d + g)) / 8dx, dz/dy(north) = ((a+2b+c)-(g+2h+i)) / 8dy
+    east = ((3 + 12 + 10) - (1 + 8 + 7)) / (8 * 10.0)
+    north = ((1 + 4 + 3) - (7 + 16 + 10)) / (8 * 20.0)
+    slope = slope_deg(z, 10.0, 20.0)
+    assert slope[1, 1] == pytest.approx(math.degrees(math.atan(math.hypot(east, north))))
+    # Up to the south-east, so the ground faces north-west-ish (downslope bearing).
+    expected_aspect = math.degrees(math.atan2(-east, -north)) % 360
+    assert aspect_deg(z, 10.0, 20.0)[1, 1] == pytest.approx(expected_aspect)
+    assert 270 < expected_aspect < 360
+    # Border cells have no 3x3 neighbourhood.
+    assert np.isnan(slope[0]).all() and np.isnan(slope[:, 2]).all()
+
+
+def test_aspect_points_downhill() -> None:
+    rows, cols = np.mgrid[0:5, 0:5].astype(float)
+    assert aspect_deg(10.0 * rows, 1.0, 1.0)[2, 2] == pytest.approx(0.0)  # rises south: faces N
+    assert aspect_deg(10.0 * cols, 1.0, 1.0)[2, 2] == pytest.approx(270.0)  # rises east: faces W
+    assert slope_deg(10.0 * cols, 10.0, 10.0)[2, 2] == pytest.approx(45.0)
+
+
+def test_nodata_makes_its_neighbours_slope_undefined() -> None:
+    z = np.arange(36, dtype=float).reshape(6, 6)
+    z[2, 2] = np.nan
+    slope = slope_deg(z, 1.0, 1.0)
+    assert np.isnan(slope[1:4, 1:4]).all()
+    assert np.isfinite(slope[4, 4])
+
+
+def test_geographic_cell_sizes_on_the_wgs84_ellipsoid() -> None:
+    three_arcsec = 3 / 3600
+    transform = Affine(three_arcsec, 0, 0, 0, -three_arcsec, three_arcsec / 2)  # row 0 on equator
+    dx, dy = cell_sizes_m(transform, "EPSG:4326", 1)
+    # At the equator N = a and M = a (1 - e^2).
+    assert dx[0] == pytest.approx(A * math.radians(three_arcsec), rel=1e-9)  # 92.77 m
+    assert dy[0] == pytest.approx(A * (1 - E2) * math.radians(three_arcsec), rel=1e-9)
+    assert dx[0] == pytest.approx(92.77, abs=0.01) and dy[0] == pytest.approx(92.14, abs=0.01)
+
+
+def test_slope_on_a_geographic_grid_uses_per_row_cell_widths() -> None:
+    """A surface rising 1 m per arc-second of longitude is twice as steep at 60 N as at the
+    equator, since a cell there is half as wide."""
+    cell = 1 / 3600
+    rows, cols = 3, 4
+    latitudes = [0.0, 60.0]
+    slopes = []
+    for latitude in latitudes:
+        top = latitude + 1.5 * cell  # row 1's centre sits on the latitude
+        transform = Affine(cell, 0, 0, 0, -cell, top)
+        z = np.tile(np.arange(cols, dtype=float), (rows, 1))  # +1 m per cell eastward
+        dx, dy = cell_sizes_m(transform, "EPSG:4326", rows)
+        slopes.append(slope_deg(z, dx, dy)[1, 1])
+        phi = math.radians(latitude)
+        width = A / math.sqrt(1 - E2 * math.sin(phi) ** 2) * math.cos(phi) * math.radians(cell)
+        assert slopes[-1] == pytest.approx(math.degrees(math.atan(1 / width)), rel=1e-9)
+    assert math.tan(math.radians(slopes[1])) == pytest.approx(
+        2 * math.tan(math.radians(slopes[0])), rel=0.01
+    )
+
+
+def test_projected_cell_sizes_in_metres() -> None:
+    transform = Affine(30.0, 0, 500000, 0, -30.0, 4000000)
+    dx, dy = cell_sizes_m(transform, "EPSG:32611", 5)
+    assert dx.tolist() == [30.0] * 5 and dy.tolist() == [30.0] * 5
+    feet = Affine(10.0, 0, 0, 0, -10.0, 0)  # EPSG:2227: California zone 3, US survey feet
+    dx, _ = cell_sizes_m(feet, "EPSG:2227", 1)
+    assert dx[0] == pytest.approx(10 * 1200 / 3937)
+    with pytest.raises(ValueError, match="north-up"):
+        cell_sizes_m(Affine(1, 0.5, 0, 0, -1, 0), "EPSG:32611", 1)
+
+
+def test_angle_difference_wraps() -> None:
+    assert angle_difference_deg(np.array(350.0), np.array(10.0)) == pytest.approx(20.0)
+    assert angle_difference_deg(np.array(90.0), np.array(270.0)) == pytest.approx(180.0)
