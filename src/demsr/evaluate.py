@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,41 +393,40 @@ class Evaluation:
             "breakdown": self.breakdown,
         }
 
-    def _rows(self) -> tuple[list[str], list[list[str]]]:
-        header = ["method", "RMSE", "MAE", "bias", "max |err|", "PSNR dB", "SSIM"]
+    def tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
+        """The results as (title, header, rows) tables of formatted numbers: all metrics per
+        method, then the RMSE of each method per group (land, sea, slope classes)."""
+        header = ["method", "RMSE m", "MAE m", "bias m", "max |err| m", "PSNR dB", "SSIM"]
         header += ["slope RMSE deg", "aspect MAE deg"]
-        rows = []
-        for name, values in self.methods.items():
-            rows.append(
-                [name]
-                + [
-                    _number(values.get(key), digits)
-                    for key, digits in (
-                        ("rmse", 3),
-                        ("mae", 3),
-                        ("bias", 3),
-                        ("max_abs_error", 2),
-                        ("psnr_db", 2),
-                        ("ssim", 4),
-                        ("slope_rmse_deg", 3),
-                        ("aspect_mae_deg", 2),
-                    )
-                ]
-            )
-        return header, rows
+        columns = [
+            ("rmse", 3),
+            ("mae", 3),
+            ("bias", 3),
+            ("max_abs_error", 2),
+            ("psnr_db", 2),
+            ("ssim", 4),
+            ("slope_rmse_deg", 3),
+            ("aspect_mae_deg", 2),
+        ]
+        rows = [
+            [name] + [_number(values.get(key), digits) for key, digits in columns]
+            for name, values in self.methods.items()
+        ]
+        tables = [("Metrics", header, rows)]
+        if self.breakdown:
+            names = list(self.methods)
+            header = ["group", "cells"] + [f"{name} RMSE m" for name in names]
+            rows = []
+            for group, by_method in self.breakdown.items():
+                cells = next(iter(by_method.values()))["cells"]
+                rows.append(
+                    [group, f"{cells:,}"] + [_number(by_method[name]["rmse"], 3) for name in names]
+                )
+            tables.append(("RMSE by group", header, rows))
+        return tables
 
-    def _breakdown_rows(self) -> tuple[list[str], list[list[str]]]:
-        names = list(self.methods)
-        header = ["group", "cells"] + [f"{name} RMSE" for name in names]
-        rows = []
-        for group, by_method in self.breakdown.items():
-            cells = next(iter(by_method.values()))["cells"]
-            rows.append(
-                [group, str(cells)] + [_number(by_method[name]["rmse"], 3) for name in names]
-            )
-        return header, rows
-
-    def _caption(self) -> str:
+    def caption(self) -> str:
+        """One line saying what was scored and how."""
         ensemble = ", model with x8 self-ensemble" if self.self_ensemble else ""
         return (
             f"{self.source}: {self.images} {'pairs' if self.kind == 'pairs' else 'raster(s)'}, "
@@ -438,20 +437,16 @@ class Evaluation:
 
     def table(self) -> str:
         """Plain-text tables for the terminal."""
-        header, rows = self._rows()
-        text = [self._caption(), "", _plain_table(header, rows)]
-        if self.breakdown:
-            header, rows = self._breakdown_rows()
+        text = [self.caption()]
+        for _title, header, rows in self.tables():
             text += ["", _plain_table(header, rows)]
         return "\n".join(text)
 
     def markdown(self) -> str:
         """The same tables as Markdown."""
-        header, rows = self._rows()
-        text = [f"*{self._caption()}*", "", _markdown_table(header, rows)]
-        if self.breakdown:
-            header, rows = self._breakdown_rows()
-            text += ["", "RMSE by group (m):", "", _markdown_table(header, rows)]
+        text = [f"*{self.caption()}*"]
+        for title, header, rows in self.tables():
+            text += ["", f"{title}:", "", _markdown_table(header, rows)]
         return "\n".join(text) + "\n"
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
@@ -596,6 +591,45 @@ def _ssim_or_none(values: np.ndarray, truth: np.ndarray, data_range: float) -> f
         return None
 
 
+def predict_methods(
+    models: Mapping[str, Checkpoint | str | os.PathLike[str]],
+    inputs: EvaluationInputs,
+    baselines: Iterable[str] = tuple(BASELINES),
+    ensemble: bool = False,
+    device: str = "auto",
+    batch_size: int = 16,
+    tile_px: int | None = 128,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """(N, H, W) predictions in metres of each named model, then of each named baseline."""
+    names = list(baselines)
+    for name in names:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+    torch_device = resolve_device(device)
+    predictions: dict[str, np.ndarray] = {}
+    for name, checkpoint in models.items():
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = load_checkpoint(checkpoint)
+        if inputs.scale != checkpoint.scale:
+            raise ValueError(
+                f"{inputs.source}: the data are x{inputs.scale}, {checkpoint.path or name} "
+                f"is x{checkpoint.scale}"
+            )
+        predictions[name] = predict_inputs(
+            checkpoint.build_resolver(torch_device),
+            inputs,
+            torch_device,
+            batch_size=batch_size,
+            tile_px=tile_px,
+            ensemble=ensemble,
+            progress=progress,
+        )
+    for name in names:
+        predictions[name] = upsample_baseline(inputs.lowres, inputs.scale, name)
+    return predictions
+
+
 def evaluate(
     checkpoint: Checkpoint | str | os.PathLike[str],
     inputs: EvaluationInputs,
@@ -606,31 +640,20 @@ def evaluate(
     tile_px: int | None = 128,
     progress: bool = True,
 ) -> Evaluation:
-    """Score a checkpoint and the named baselines on ``inputs`` (see :func:`load_inputs`)."""
+    """Score a checkpoint (as ``model``) and the named baselines on ``inputs`` (see
+    :func:`load_inputs`)."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
-    if inputs.scale != checkpoint.scale:
-        raise ValueError(
-            f"{inputs.source}: the data are x{inputs.scale}, the model is x{checkpoint.scale}"
-        )
-    names = list(baselines)
-    for name in names:
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
-    torch_device = resolve_device(device)
-    predictions = {
-        MODEL: predict_inputs(
-            checkpoint.build_resolver(torch_device),
-            inputs,
-            torch_device,
-            batch_size=batch_size,
-            tile_px=tile_px,
-            ensemble=ensemble,
-            progress=progress,
-        )
-    }
-    for name in names:
-        predictions[name] = upsample_baseline(inputs.lowres, inputs.scale, name)
+    predictions = predict_methods(
+        {MODEL: checkpoint},
+        inputs,
+        baselines,
+        ensemble=ensemble,
+        device=device,
+        batch_size=batch_size,
+        tile_px=tile_px,
+        progress=progress,
+    )
     result = score(inputs, predictions, checkpoint=checkpoint.path or None)
     result.self_ensemble = ensemble
     return result
