@@ -396,7 +396,7 @@ class Evaluation:
     def tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
         """The results as (title, header, rows) tables of formatted numbers: all metrics per
         method, then the RMSE of each method per group (land, sea, slope classes)."""
-        header = ["method", "RMSE m", "MAE m", "bias m", "max |err| m", "PSNR dB", "SSIM"]
+        header = ["method", "RMSE m", "MAE m", "bias m", "max abs err m", "PSNR dB", "SSIM"]
         header += ["slope RMSE deg", "aspect MAE deg"]
         columns = [
             ("rmse", 3),

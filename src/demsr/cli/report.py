@@ -1,0 +1,91 @@
+"""``demsr report``: one page with metric tables, figures and provenance."""
+
+from __future__ import annotations
+
+import click
+
+from demsr.cli.options import band_option, device_option, overwrite_option
+
+
+@click.command("report")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Pair file (.h5), high-res raster (degraded first), or with --lowres the reference.",
+)
+@click.option(
+    "--lowres",
+    "lowres_path",
+    type=click.Path(dir_okay=False),
+    help="Low-res raster whose high-res reference is --data.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="report.html (one self-contained file) or report.md (+ report_files/ with PNGs).",
+)
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    type=click.Choice(["bilinear", "bicubic", "cubic_spline", "lanczos"]),
+    help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
+)
+@click.option("--self-ensemble", is_flag=True, help="Average each model over 8 flips/rotations.")
+@click.option(
+    "--cell-size-m",
+    nargs=2,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="X_M Y_M",
+    help="High-res cell size for slope/aspect on pair files whose source rasters are not found.",
+)
+@click.option(
+    "--pair-index",
+    type=click.IntRange(min=0),
+    help="Pair drawn in the figure [default: the one with the largest relief].",
+)
+@band_option
+@device_option
+@overwrite_option
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def command(
+    checkpoints: tuple[str, ...],
+    data: str,
+    lowres_path: str | None,
+    output_path: str,
+    baselines: tuple[str, ...],
+    self_ensemble: bool,
+    cell_size_m: tuple[float, float] | None,
+    pair_index: int | None,
+    band: int,
+    device: str,
+    overwrite: bool,
+    progress: bool,
+) -> None:
+    """Score one or more CHECKPOINTS and interpolation baselines on the same data and write one
+    page: the metric tables (every method on the same cells), the low-res / truth / prediction /
+    error figure, each run's training curves (from the metrics.csv next to a checkpoint) and
+    each checkpoint's provenance (file hash, model, training data, parent)."""
+    from demsr.evaluate import BASELINES
+    from demsr.report import build_report, check_report_path, write_report
+
+    check_report_path(output_path, overwrite)
+    report = build_report(
+        checkpoints,
+        data,
+        lowres_path,
+        baselines=baselines or tuple(BASELINES),
+        ensemble=self_ensemble,
+        band=band,
+        cell_size_m=cell_size_m,
+        pair_index=pair_index,
+        device=device,
+        progress=progress,
+    )
+    click.echo(report.evaluation.table())
+    click.echo(str(write_report(report, output_path, overwrite=overwrite)))
