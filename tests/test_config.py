@@ -82,6 +82,11 @@ def test_lite_config_loads() -> None:
         ("optimizer.learning_rate=-1", "learning_rate must be > 0"),
         ("model.in_channels=3", "supports only"),
         ("data.batch_size=[1, 2]", "single value"),
+        ("finetune.freeze=half", "finetune.freeze must be one of default, none, all-but-tail"),
+        ("finetune.freeze_blocks=-1", "freeze_blocks must be >= 0"),
+        ("finetune.freeze_prefixes=conv1", "expected a list"),
+        ("finetune.freeze_prefixes=[conv1, .]", "must be module names"),
+        ("optimizer.finetune_lr=0", "finetune_lr must be > 0"),
     ],
 )
 def test_bad_overrides_are_refused(override: str, message: str) -> None:
@@ -125,3 +130,14 @@ def test_text_overrides_are_taken_as_written() -> None:
     assert config.summary.output_dir == "2024-01-01"
     assert config.data.root_dir == "runs: a"
     assert config.data.patch_size is None
+
+
+def test_finetune_settings_load_from_yaml_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump({"finetune": {"freeze": "default", "freeze_blocks": 3}}))
+    config = load_config(path, ["finetune.freeze_prefixes=[conv2, body.5.res_conv1]"])
+    assert config.finetune.freeze_blocks == 3
+    assert config.finetune.freeze_prefixes == ["conv2", "body.5.res_conv1"]
+    assert config.finetune.parent is None  # a plain training run
+    with pytest.raises(ConfigError, match="freeze_blocks applies only to finetune.freeze=default"):
+        load_config(path, ["finetune.freeze=none"])

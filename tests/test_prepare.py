@@ -123,6 +123,9 @@ def test_degrade_refuses_partial_blocks() -> None:
         ({"lowres_patch_px": 0}, "lowres_patch_px"),
         ({"stride_px": 0}, "stride_px"),
         ({"min_relief_m": -1.0}, "min_relief_m"),
+        ({"min_sea_fraction": -0.1}, "min_sea_fraction"),
+        ({"max_sea_fraction": 1.5}, "max_sea_fraction"),
+        ({"min_sea_fraction": 0.8, "max_sea_fraction": 0.2}, "above max_sea_fraction"),
         ({"max_patches_per_file": 0}, "max_patches_per_file"),
         ({"split_fractions": (0.8, 0.1)}, "split_fractions"),
         ({"split_fractions": (0.8, 0.3, 0.1)}, "sum to 1"),
@@ -328,6 +331,70 @@ def test_flat_sea_is_dropped_by_min_relief(tmp_path: Path) -> None:
     assert (train.source_windows[:, 2] >= 50).all()
     kept_all = plan_pairs([source], replace(options, min_relief_m=0.0), progress=False)
     assert kept_all.report.total == 100 and kept_all.report.dropped_flat == 0
+
+
+def coast(rows: int = 100, cols: int = 100, shore_col: int = 45) -> np.ndarray:
+    """Rough seafloor (about -2000 m) west of ``shore_col``, rough land (about 500 m) east."""
+    values = hilly(rows, cols)
+    values[:, :shore_col] -= 2500.0
+    return values
+
+
+def test_sea_fraction_keeps_seafloor_or_land(tmp_path: Path) -> None:
+    source = write_dem(tmp_path / "coast.tif", coast(), nodata=-32768.0)
+    base = PrepareOptions(lowres_patch_px=2, split_by="file", split_fractions=(1.0, 0.0, 0.0))
+    # 10 rows of 10 x 10 patches: 4 columns of them all sea, 1 half sea (shore at column 45),
+    # 5 all land.
+    everything = prepare_pairs([source], tmp_path / "all", base, progress=False)
+    assert everything.total == 100
+    assert everything.dropped_land == everything.dropped_sea == 0
+    assert "land" not in everything.summary().splitlines()[0]  # unchanged table by default
+
+    ocean = prepare_pairs(
+        [source], tmp_path / "ocean", replace(base, min_sea_fraction=0.5), progress=False
+    )
+    assert ocean.total == 50 and ocean.dropped_land == 50
+    train = read_pair_file(output_paths(tmp_path / "ocean")["train"])
+    highres_m = train.normalisation.denormalise(train.highres)
+    assert ((highres_m < 0).mean(axis=(1, 2, 3)) >= 0.5).all()
+    assert "land" in ocean.summary().splitlines()[0]
+
+    land = plan_pairs([source], replace(base, max_sea_fraction=0.0), progress=False).report
+    assert land.total == 50 and land.dropped_sea == 50
+    assert land.to_dict()["dropped_sea"] == 50
+    # Patches across the shore (half sea) are dropped by both a pure-ocean and a pure-land range.
+    strict = plan_pairs([source], replace(base, min_sea_fraction=0.6), progress=False).report
+    assert strict.total == 40 and strict.dropped_land == 60
+
+
+def test_sea_fraction_options_on_the_command_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from demsr.cli import main
+
+    source = write_dem(tmp_path / "coast.tif", coast(), nodata=-32768.0)
+    common = ["prepare", str(source), "--patch-px", "2", "--split-by", "file", "--no-progress"]
+    result = CliRunner().invoke(
+        main, [*common, "-o", str(tmp_path / "ocean"), "--min-sea-fraction", "0.9"]
+    )
+    assert result.exit_code == 0, result.output
+    header, file_row = result.output.splitlines()[:2]
+    assert header.split()[4:6] == ["land", "sea"]
+    assert file_row.split()[4:6] == ["60", "0"]  # every patch east of column 40 has land
+    result = CliRunner().invoke(
+        main,
+        [
+            *common,
+            "-o",
+            str(tmp_path / "bad"),
+            "--min-sea-fraction",
+            "0.9",
+            "--max-sea-fraction",
+            "0.1",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "min_sea_fraction (0.9) is above max_sea_fraction (0.1)" in result.output
 
 
 def test_three_blocks_give_three_splits(tmp_path: Path) -> None:

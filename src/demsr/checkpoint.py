@@ -11,6 +11,7 @@ Tensor keys: ``model.<parameter>``, ``optimizer.<param index>.<state name>``, ``
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import random
@@ -46,7 +47,10 @@ class Checkpoint:
 
     ``metadata`` carries the rest of the JSON header: ``training`` (the run config),
     ``provenance`` (data files, parent checkpoint, creation time, demsr version), ``epoch`` and
-    ``metrics`` where the file comes from training.
+    ``metrics`` where the file comes from training. A fine-tuned model's ``provenance.parent``
+    records the checkpoint it started from (path, sha256, epoch, metrics, its own provenance,
+    hence the whole chain, and ``valid_rmse_m``: its RMSE on the fine-tuning validation pairs),
+    and ``frozen`` the module-name prefixes kept fixed and their parameter count.
     """
 
     model_config: ModelConfig
@@ -239,3 +243,25 @@ def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
         bad_epochs=int(info["bad_epochs"]),
         rng={"tensors": rng_tensors, "extra": info["rng"]},
     )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(checkpoint: Checkpoint) -> str:
+    """SHA-256 of the checkpoint's file, or of its config and weights when it has no file."""
+    if checkpoint.path and Path(checkpoint.path).is_file():
+        return file_sha256(checkpoint.path)
+    digest = hashlib.sha256()
+    header = {"model": checkpoint.model_config.to_dict(), "scaling": checkpoint.scaling.to_dict()}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for name in sorted(checkpoint.state_dict):
+        digest.update(name.encode())
+        digest.update(checkpoint.state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,11 +1,12 @@
 """Run configuration: nested dataclasses loaded from YAML, with type-checked overrides.
 
 The sections follow the reference's ``DEM-SRNet.yaml`` (model / data / optimizer / summary /
-train), so its files load as they are: its keys that demsr names differently are translated
-(``REFERENCE_ALIASES``), keys whose value demsr fixes are checked (``REFERENCE_FIXED``), and keys
-that only steered the reference's runtime are accepted and ignored (``REFERENCE_IGNORED``). Any
-other unknown key is an error. Overrides (``section.key=value``) are parsed as YAML scalars and
-checked against the field's type; nothing is evaluated.
+train; demsr adds ``finetune``), so its files load as they are: its keys that demsr names
+differently are translated (``REFERENCE_ALIASES``), keys whose value demsr fixes are checked
+(``REFERENCE_FIXED``), and keys that only steered the reference's runtime are accepted and
+ignored (``REFERENCE_IGNORED``). Any other unknown key is an error. Overrides
+(``section.key=value``) are parsed as YAML scalars (a YAML list for list fields) and checked
+against the field's type; nothing is evaluated.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from typing import Any
 
 import yaml
 
-from demsr.model import INIT_SCHEMES, PRECISIONS, ElevationScaling, ModelConfig, preset
+from demsr.model import (
+    FREEZE_PRESETS,
+    INIT_SCHEMES,
+    PRECISIONS,
+    PRESETS,
+    ElevationScaling,
+    ModelConfig,
+    preset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,22 @@ class ModelSection:
             trend_sigma_px=self.trend_sigma_px,
         )
 
+    @classmethod
+    def describing(
+        cls, model_config: ModelConfig, scaling: ElevationScaling, init: str = "interpolation"
+    ) -> ModelSection:
+        """The section that builds exactly ``model_config`` with ``scaling`` (e.g. a parent
+        checkpoint's): the matching preset, or ``lite`` with every field written out."""
+        name = next((n for n, p in PRESETS.items() if p == model_config), "lite")
+        return cls(
+            preset=name,
+            **{field_name: getattr(model_config, field_name) for field_name in _ARCHITECTURE},
+            elevation_offset_m=scaling.offset_m,
+            elevation_scale_m=scaling.scale_m,
+            trend_sigma_px=scaling.trend_sigma_px,
+            init=init,
+        )
+
 
 @dataclass
 class DataSection:
@@ -84,6 +109,7 @@ class OptimizerSection:
     eps: float = 1e-8
     weight_decay: float = 0.0
     lr_decay: float = 0.98
+    # The learning rate of fine-tuning runs (``demsr finetune``), in place of learning_rate.
     finetune_lr: float = 1e-5
 
 
@@ -108,12 +134,31 @@ class SummarySection:
 
 
 @dataclass
+class FinetuneSection:
+    """Fine-tuning from a trained checkpoint (``demsr finetune``); unused while ``parent`` is None.
+
+    The weights, model config and elevation scaling come from ``parent`` (the model section is
+    replaced by the parent's); the learning rate is ``optimizer.finetune_lr``. Frozen parameters:
+    the ``freeze`` preset (see ``demsr.model.freeze_preset_prefixes``: ``default`` = conv1 and
+    the first ``freeze_blocks`` residual blocks, None = half of them; ``none``; ``all-but-tail``
+    = all but conv_up and conv_out) plus the module names in ``freeze_prefixes`` (dotted, e.g.
+    ``conv2``, ``body.3`` or ``body.3.res_conv1``; a name that matches no parameter is an error).
+    """
+
+    parent: str | None = None
+    freeze: str = "default"
+    freeze_blocks: int | None = None
+    freeze_prefixes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     train: TrainSection = field(default_factory=TrainSection)
     summary: SummarySection = field(default_factory=SummarySection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def to_dict(self) -> dict[str, Any]:
         """All values, with the model section resolved against its preset."""
@@ -137,6 +182,7 @@ class RunConfig:
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
             (self.optimizer.name.lower() == "adam", "optimizer.name must be 'adam'"),
             (self.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0"),
+            (self.optimizer.finetune_lr > 0, "optimizer.finetune_lr must be > 0"),
             (0 < self.optimizer.lr_decay <= 1, "optimizer.lr_decay must be in (0, 1]"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (self.train.patience >= 1, "train.patience must be >= 1"),
@@ -152,6 +198,22 @@ class RunConfig:
             (
                 self.summary.save_checkpoint_epochs >= 1,
                 "summary.save_checkpoint_epochs must be >= 1",
+            ),
+            (
+                self.finetune.freeze in FREEZE_PRESETS,
+                f"finetune.freeze must be one of {', '.join(FREEZE_PRESETS)}",
+            ),
+            (
+                self.finetune.freeze_blocks is None or self.finetune.freeze_blocks >= 0,
+                "finetune.freeze_blocks must be >= 0",
+            ),
+            (
+                self.finetune.freeze_blocks is None or self.finetune.freeze == "default",
+                "finetune.freeze_blocks applies only to finetune.freeze=default",
+            ),
+            (
+                all(p.strip(".") for p in self.finetune.freeze_prefixes),
+                "finetune.freeze_prefixes must be module names such as conv1 or body.0",
             ),
         ]
         for ok, message in checks:
@@ -191,8 +253,13 @@ def _field_types(section: Any) -> dict[str, Any]:
 
 
 def _coerce(value: Any, expected: Any, where: str) -> Any:
-    """Check ``value`` against a field annotation (int, float, bool, str, X | None)."""
+    """Check ``value`` against a field annotation (int, float, bool, str, X | None, list[X])."""
     origin = typing.get_origin(expected)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(expected)
+        return [_coerce(item, item_type, where) for item in value]
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(expected)
         if value is None and type(None) in options:
@@ -321,7 +388,10 @@ def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError:
                 value = raw
-        if isinstance(value, (dict, list)):
+        if isinstance(value, dict) or (
+            isinstance(value, list)
+            and typing.get_origin(_field_type(config, section_name, key)) is not list
+        ):
             raise ConfigError(f"override {item!r}: expected a single value")
         _set(config, section_name, key, value, "override")
     config.validate()

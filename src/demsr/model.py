@@ -315,3 +315,39 @@ def receptive_field_px(config: ModelConfig) -> int:
     resize = 1
     highres_conv = math.ceil(1 / config.scale)
     return lowres_convs + resize + highres_conv
+
+
+# Which parameters stay fixed when a trained network is fine-tuned (``demsr finetune``):
+# ``default`` freezes the input stage and the first residual blocks (the general features) and
+# trains the rest; ``all-but-tail`` trains only the upsampling stage; ``none`` trains everything.
+FREEZE_PRESETS: tuple[str, ...] = ("default", "none", "all-but-tail")
+
+
+def freeze_preset_prefixes(
+    config: ModelConfig, preset: str = "default", blocks: int | None = None
+) -> list[str]:
+    """Module names (dotted prefixes of parameter names) that ``preset`` freezes.
+
+    ``default``: ``conv1`` and the first ``blocks`` residual blocks (``body.0`` ...); None means
+    half of ``config.blocks``, rounded down. ``none``: nothing. ``all-but-tail``: everything but
+    the upsampling stage (``conv_up`` and ``conv_out``). ``blocks`` is only for ``default`` and
+    must be in 0..config.blocks.
+    """
+    if preset not in FREEZE_PRESETS:
+        raise ValueError(f"freeze preset must be one of {FREEZE_PRESETS}, got {preset!r}")
+    if blocks is not None:
+        if preset != "default":
+            raise ValueError(
+                f"a number of frozen blocks applies only to the default preset, not {preset!r}"
+            )
+        if not 0 <= blocks <= config.blocks:
+            raise ValueError(
+                f"frozen blocks must be in 0..{config.blocks} (the model's residual blocks), "
+                f"got {blocks}"
+            )
+    if preset == "none":
+        return []
+    if preset == "all-but-tail":
+        return ["conv1", "body", "conv2"]
+    count = config.blocks // 2 if blocks is None else blocks
+    return ["conv1", *(f"body.{index}" for index in range(count))]

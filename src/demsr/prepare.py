@@ -7,7 +7,9 @@ For every input raster (one at a time, so memory is bounded by the largest raste
 2. High-res patches (``lowres_patch_px * scale`` cells) are taken every ``stride_px`` cells,
    starting at each block's corner and lying fully inside that block, so no high-res cell is in
    two blocks' patches. Patches with any nodata are dropped; so are patches whose relief
-   (max - min) is below ``min_relief_m`` (SRTM writes the sea as a flat 0 m).
+   (max - min) is below ``min_relief_m`` (SRTM writes the sea as a flat 0 m), and patches whose
+   sea fraction (cells below 0 m) is outside ``min_sea_fraction..max_sea_fraction`` (land-only
+   pretraining, bathymetry-only fine-tuning; by default every fraction is kept).
 3. Blocks that keep at least one patch are dealt to train/valid/test: their numbers follow
    ``split_fractions`` (the fractional remainder rounded at random), and which blocks go where
    follows a hash of (seed, file name, block position), so adding a file does not move the blocks
@@ -93,6 +95,11 @@ class PrepareOptions:
     - ``stride_px``: high-res cells between patch origins; None = the high-res patch side
       (patches touch but do not overlap).
     - ``min_relief_m``: patches whose high-res max - min is below this are dropped as flat.
+    - ``min_sea_fraction`` / ``max_sea_fraction``: keep only patches whose fraction of high-res
+      cells below 0 m lies in this closed range (0..1 keeps all). A minimum keeps seafloor for
+      bathymetry fine-tuning (patches below it are dropped as "land"); a maximum keeps land for
+      pretraining (patches above it are dropped as "sea"). Land below sea level counts as sea;
+      SRTM's flat 0 m sea counts as land (``min_relief_m`` drops it).
     - ``max_patches_per_file``: keep at most this many patches per raster (a random subset drawn
       from ``seed``, stratified by split); None keeps all.
     - ``split_fractions``: (train, valid, test), non-negative, summing to 1.
@@ -107,6 +114,8 @@ class PrepareOptions:
     lowres_patch_px: int = 32
     stride_px: int | None = None
     min_relief_m: float = 10.0
+    min_sea_fraction: float = 0.0
+    max_sea_fraction: float = 1.0
     max_patches_per_file: int | None = None
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_by: SplitBy = "block"
@@ -129,6 +138,20 @@ class PrepareOptions:
             raise ValueError(f"min_relief_m must be a number, got {relief!r}")
         if not np.isfinite(relief) or relief < 0:
             raise ValueError(f"min_relief_m must be finite and >= 0, got {relief!r}")
+        for name in ("min_sea_fraction", "max_sea_fraction"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not 0.0 <= value <= 1.0
+            ):
+                raise ValueError(f"{name} must be a number in 0..1, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.min_sea_fraction > self.max_sea_fraction:
+            raise ValueError(
+                f"min_sea_fraction ({self.min_sea_fraction:g}) is above max_sea_fraction "
+                f"({self.max_sea_fraction:g}): no patch could be kept"
+            )
         cap = self.max_patches_per_file
         if cap is not None and (not _is_int(cap) or cap < 1):
             raise ValueError(f"max_patches_per_file must be an integer >= 1 or None, got {cap!r}")
@@ -165,6 +188,10 @@ class PrepareOptions:
     @property
     def highres_patch_px(self) -> int:
         return self.lowres_patch_px * self.scale
+
+    @property
+    def filters_sea_fraction(self) -> bool:
+        return self.min_sea_fraction > 0.0 or self.max_sea_fraction < 1.0
 
     @property
     def effective_stride_px(self) -> int:
@@ -242,15 +269,15 @@ def patch_origins(block: SplitBlock, patch_px: int, stride_px: int) -> np.ndarra
     return grid.reshape(-1, 2).astype(np.int64)
 
 
-def _nodata_table(valid: np.ndarray) -> np.ndarray:
-    """Summed-area table of nodata cells: (rows+1, cols+1) int64, zero first row and column."""
-    table = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), dtype=np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(~valid, axis=0, dtype=np.int64), axis=1)
+def _count_table(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table of True cells: (rows+1, cols+1) int64, zero first row and column."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
     return table
 
 
-def _window_nodata_counts(table: np.ndarray, origins: np.ndarray, patch_px: int) -> np.ndarray:
-    """Number of nodata cells in each ``patch_px`` window at ``origins``, O(1) per window."""
+def _window_counts(table: np.ndarray, origins: np.ndarray, patch_px: int) -> np.ndarray:
+    """Number of counted cells in each ``patch_px`` window at ``origins``, O(1) per window."""
     r, c = origins[:, 0], origins[:, 1]
     p = patch_px
     return table[r + p, c + p] - table[r, c + p] - table[r + p, c] + table[r, c]
@@ -312,6 +339,8 @@ class FileReport:
     candidates: int = 0  # windows that fit inside a block
     dropped_nodata: int = 0
     dropped_flat: int = 0
+    dropped_land: int = 0  # sea fraction below min_sea_fraction
+    dropped_sea: int = 0  # sea fraction above max_sea_fraction
     dropped_limit: int = 0  # usable but beyond max_patches_per_file
     patches: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     blocks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
@@ -362,27 +391,39 @@ class PrepareReport:
         return sum(f.dropped_flat for f in self.files)
 
     @property
+    def dropped_land(self) -> int:
+        return sum(f.dropped_land for f in self.files)
+
+    @property
+    def dropped_sea(self) -> int:
+        return sum(f.dropped_sea for f in self.files)
+
+    @property
     def dropped_limit(self) -> int:
         return sum(f.dropped_limit for f in self.files)
 
     def summary(self) -> str:
-        """A plain-text table: one line per file, then the totals."""
+        """A plain-text table: one line per file, then the totals.
+
+        The land/sea columns appear only when the options filter on the sea fraction.
+        """
+        sea = self.options.filters_sea_fraction
+
+        def row(name: str, counts: FileReport | PrepareReport, kept: dict[str, int]) -> str:
+            land_sea = f" {counts.dropped_land:>6} {counts.dropped_sea:>6}" if sea else ""
+            return (
+                f"{name[:36]:<36} {counts.candidates:>7} {counts.dropped_nodata:>7} "
+                f"{counts.dropped_flat:>7}{land_sea} {counts.dropped_limit:>6} "
+                f"{kept['train']:>7} {kept['valid']:>6} {kept['test']:>6}"
+            )
+
+        land_sea = f" {'land':>6} {'sea':>6}" if sea else ""
         lines = [
-            f"{'file':<36} {'cand':>7} {'nodata':>7} {'flat':>7} {'limit':>6} "
+            f"{'file':<36} {'cand':>7} {'nodata':>7} {'flat':>7}{land_sea} {'limit':>6} "
             f"{'train':>7} {'valid':>6} {'test':>6}"
         ]
-        for f in self.files:
-            lines.append(
-                f"{Path(f.path).name[:36]:<36} {f.candidates:>7} {f.dropped_nodata:>7} "
-                f"{f.dropped_flat:>7} {f.dropped_limit:>6} {f.patches['train']:>7} "
-                f"{f.patches['valid']:>6} {f.patches['test']:>6}"
-            )
-        counts = self.counts
-        lines.append(
-            f"{'total (' + str(len(self.files)) + ' files)':<36} {self.candidates:>7} "
-            f"{self.dropped_nodata:>7} {self.dropped_flat:>7} {self.dropped_limit:>6} "
-            f"{counts['train']:>7} {counts['valid']:>6} {counts['test']:>6}"
-        )
+        lines += [row(Path(f.path).name, f, f.patches) for f in self.files]
+        lines.append(row(f"total ({len(self.files)} files)", self, self.counts))
         blocks = self.block_counts
         lines.append(
             f"blocks dealt: train {blocks['train']}, valid {blocks['valid']}, "
@@ -398,6 +439,8 @@ class PrepareReport:
             "candidates": self.candidates,
             "dropped_nodata": self.dropped_nodata,
             "dropped_flat": self.dropped_flat,
+            "dropped_land": self.dropped_land,
+            "dropped_sea": self.dropped_sea,
             "dropped_limit": self.dropped_limit,
             "seconds": self.seconds,
             "outputs": {split: str(path) for split, path in self.outputs.items()},
@@ -471,14 +514,15 @@ def _scan_file(
     patch_px = options.highres_patch_px
     block_px = options.effective_split_block_px if options.split_by == "block" else None
     name = Path(raster.path).name
-    nodata_table = _nodata_table(raster.valid)
+    nodata_table = _count_table(~raster.valid)
+    sea_table = _count_table(raster.data < 0) if options.filters_sea_fraction else None
     units: list[_Unit] = []
     for block in split_blocks(raster.shape, block_px):
         origins = patch_origins(block, patch_px, options.effective_stride_px)
         report.candidates += len(origins)
         if len(origins) == 0:
             continue
-        has_nodata = _window_nodata_counts(nodata_table, origins, patch_px) > 0
+        has_nodata = _window_counts(nodata_table, origins, patch_px) > 0
         report.dropped_nodata += int(has_nodata.sum())
         keep = ~has_nodata
         for index in np.flatnonzero(keep):
@@ -487,6 +531,13 @@ def _scan_file(
             if float(patch.max()) - float(patch.min()) < options.min_relief_m:
                 keep[index] = False
                 report.dropped_flat += 1
+        if sea_table is not None:
+            sea_fraction = _window_counts(sea_table, origins, patch_px) / patch_px**2
+            too_dry = keep & (sea_fraction < options.min_sea_fraction)
+            too_wet = keep & (sea_fraction > options.max_sea_fraction)
+            report.dropped_land += int(too_dry.sum())
+            report.dropped_sea += int(too_wet.sum())
+            keep &= ~(too_dry | too_wet)
         if not keep.any():
             report.empty_blocks += 1
             continue
@@ -602,13 +653,15 @@ def plan_pairs(
             report.patches[split] = len(by_split[split])
         windows.append(by_split)
         _log.info(
-            "%s: %d candidate patches, %d with nodata, %d flat (< %g m), %d over the limit; "
-            "train/valid/test %d/%d/%d",
+            "%s: %d candidate patches, %d with nodata, %d flat (< %g m), %d with too little sea, "
+            "%d with too much sea, %d over the limit; train/valid/test %d/%d/%d",
             path.name,
             report.candidates,
             report.dropped_nodata,
             report.dropped_flat,
             options.min_relief_m,
+            report.dropped_land,
+            report.dropped_sea,
             report.dropped_limit,
             *(report.patches[s] for s in SPLITS),
         )
@@ -663,10 +716,11 @@ def prepare_pairs(
 
     Writes ``out_dir/train/train.h5``, ``out_dir/valid/valid.h5`` and ``out_dir/test/test.h5``
     in the layout of :mod:`demsr.datasets` (values normalised with ``options.normalisation``;
-    provenance in ``source_windows`` and the attributes). Patches with nodata or with relief
-    below ``options.min_relief_m`` are dropped and counted. The files appear only when all three
-    are complete; existing ones are refused (FileExistsError) unless ``overwrite``. An empty
-    split is written as an empty file, with a warning; no usable patch at all is a ValueError.
+    provenance in ``source_windows`` and the attributes). Patches with nodata, with relief
+    below ``options.min_relief_m`` or with a sea fraction outside the options' range are dropped
+    and counted. The files appear only when all three are complete; existing ones are refused
+    (FileExistsError) unless ``overwrite``. An empty split is written as an empty file, with a
+    warning; no usable patch at all is a ValueError.
     """
     start = time.perf_counter()
     options = options or PrepareOptions()
@@ -679,10 +733,11 @@ def prepare_pairs(
     report = plan.report
     if report.total == 0:
         raise ValueError(
-            "no usable patches: every candidate window has nodata or is flat "
-            f"(candidates {report.candidates}, nodata {report.dropped_nodata}, "
-            f"flat {report.dropped_flat}); lower min_relief_m or the patch size\n"
-            + report.summary()
+            "no usable patches: every candidate window has nodata, is flat or is outside "
+            f"the sea-fraction range (candidates {report.candidates}, nodata "
+            f"{report.dropped_nodata}, flat {report.dropped_flat}, land {report.dropped_land}, "
+            f"sea {report.dropped_sea}); lower min_relief_m or the patch size, or widen the "
+            "sea-fraction range\n" + report.summary()
         )
     metadata_common: dict[str, Any] = dict(
         scale=options.scale,
@@ -731,16 +786,17 @@ def prepare_pairs(
     report.seconds = time.perf_counter() - start
     _log.info(
         "wrote %s pairs (train/valid/test) to %s in %.1f s; dropped %d with nodata, %d flat, "
-        "%d over the per-file limit",
+        "%d with too little sea, %d with too much sea, %d over the per-file limit",
         "/".join(str(n) for n in report.counts.values()),
         Path(out_dir),
         report.seconds,
         report.dropped_nodata,
         report.dropped_flat,
+        report.dropped_land,
+        report.dropped_sea,
         report.dropped_limit,
     )
     return report
-
 
 
 def degrade_raster(

@@ -1,6 +1,12 @@
 """Training: MSE on normalised elevations, Adam with exponential learning-rate decay, early stopping
 on the validation loss, a checkpoint every epoch and at the best validation loss, exact resume.
 
+Two ways to start (:class:`Trainer`): ``fit`` trains the network of ``config.model`` from its
+initialisation; ``finetune`` starts from a trained checkpoint (its model config, elevation scaling
+and weights), freezes some of its layers (``freeze_parameters``, by module name) and trains the
+rest at ``optimizer.finetune_lr``, recording the parent checkpoint in the new checkpoints'
+provenance. Both share the loop, the run folder and ``--resume``.
+
 Run folder (``summary.output_dir``)::
 
     config.yaml        the resolved run config
@@ -17,9 +23,10 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,19 +38,22 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from demsr.checkpoint import (
+    Checkpoint,
     TrainingState,
+    checkpoint_sha256,
     load_checkpoint,
     load_training_state,
     restore_rng_state,
     save_checkpoint,
 )
-from demsr.config import RunConfig
+from demsr.config import ModelSection, RunConfig
 from demsr.datasets import Normalisation, PairDataset
 from demsr.io import atomic_path
 from demsr.model import (
     DEMSRNet,
     SuperResolver,
     count_parameters,
+    freeze_preset_prefixes,
     init_as_interpolation,
     network_autocast,
     resolve_device,
@@ -108,6 +118,8 @@ RESUMABLE_CHANGES = {
     ("data", "root_dir"),
     ("summary", "output_dir"),
     ("summary", "log_every_steps"),
+    # The parent checkpoint may move; its identity is checked by its SHA-256 instead.
+    ("finetune", "parent"),
 }
 
 
@@ -123,8 +135,46 @@ def _changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[s
     return changed
 
 
+def _is_under(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` lies under the module (or is the parameter) ``prefix``."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def freeze_parameters(model: DEMSRNet, prefixes: Sequence[str]) -> list[str]:
+    """Freeze the parameters under ``prefixes`` and make all the others trainable.
+
+    A prefix is a dotted module or parameter name and matches whole name components: ``body.1``
+    is residual block 1 (not blocks 10-19), ``body`` all blocks, ``conv1.weight`` one tensor.
+    Frozen parameters get ``requires_grad=False``. Returns the frozen parameter names in model
+    order. A prefix that matches no parameter is a ValueError naming it.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    wanted = [prefix.strip(".") for prefix in prefixes]
+    for prefix, given in zip(wanted, prefixes, strict=True):
+        if not any(_is_under(name, prefix) for name in names):
+            last = f"body.{model.config.blocks - 1}" if model.config.blocks else "(no blocks)"
+            raise ValueError(
+                f"freeze prefix {given!r} matches no parameter of the model (its modules: conv1, "
+                f"body.0 .. {last}, conv2, conv_up, conv_out)"
+            )
+    frozen = []
+    for name, parameter in model.named_parameters():
+        is_frozen = any(_is_under(name, prefix) for prefix in wanted)
+        parameter.requires_grad_(not is_frozen)
+        if is_frozen:
+            frozen.append(name)
+    return frozen
+
+
 class Trainer:
-    """Fits a DEM-SRNet to the pairs under ``config.data.root_dir``."""
+    """Fits a DEM-SRNet to the pairs under ``config.data.root_dir``.
+
+    ``fit`` trains ``config.model`` from its initialisation; ``finetune`` continues a trained
+    checkpoint with some layers frozen. The network is built when either starts.
+    """
+
+    model: DEMSRNet
+    resolver: SuperResolver
 
     def __init__(self, config: RunConfig, progress: bool = True) -> None:
         config.validate()
@@ -139,25 +189,15 @@ class Trainer:
         # The pair files store elevations in their own units; the model sees metres through
         # its elevation scaling.
         self.storage: Normalisation = self.train_set.normalisation
-        self.model_config = config.model.build()
-        self.scaling = config.model.scaling()
         self._check_data()
-        seed_everything(config.train.seed)  # the initial weights depend on the seed only
-        net = DEMSRNet(self.model_config)
-        if config.model.init == "interpolation":
-            init_as_interpolation(net)
-        self.model = net.to(self.device)
-        self.resolver = SuperResolver(self.model, self.scaling)
+        # Set by finetune: provenance of the parent checkpoint, and what stays frozen.
+        self.parent_record: dict[str, Any] | None = None
+        self.frozen_prefixes: list[str] = []
 
     def _check_data(self) -> None:
         for name, dataset in (("train", self.train_set), ("valid", self.valid_set)):
             if len(dataset) == 0:
                 raise ValueError(f"{dataset.path}: the {name} split holds no pairs")
-            if dataset.scale != self.model_config.scale:
-                raise ValueError(
-                    f"{dataset.path}: pairs are x{dataset.scale} but the model is "
-                    f"x{self.model_config.scale} (set model.scale)"
-                )
         if self.valid_set.normalisation != self.storage:
             raise ValueError("train and valid files use different normalisations")
         if self.train_set.units != "m":
@@ -172,10 +212,34 @@ class Trainer:
                 f"{self.train_set.lowres_patch_px}-pixel low-res patches"
             )
 
+    def _use_model(self, parent: Checkpoint | None) -> None:
+        """Build the network: ``config.model`` initialised per ``model.init``, or the parent's
+        model config, elevation scaling and weights."""
+        if parent is None:
+            self.model_config, self.scaling = self.config.model.build(), self.config.model.scaling()
+        else:
+            self.model_config, self.scaling = parent.model_config, parent.scaling
+        for dataset in (self.train_set, self.valid_set):
+            if dataset.scale != self.model_config.scale:
+                where = "the parent checkpoint" if parent is not None else "set model.scale"
+                raise ValueError(
+                    f"{dataset.path}: pairs are x{dataset.scale} but the model is "
+                    f"x{self.model_config.scale} ({where})"
+                )
+        seed_everything(self.config.train.seed)  # the initial weights depend on the seed only
+        if parent is None:
+            net = DEMSRNet(self.model_config)
+            if self.config.model.init == "interpolation":
+                init_as_interpolation(net)
+        else:
+            net = parent.build_model()
+        self.model = net.to(self.device)
+        self.resolver = SuperResolver(self.model, self.scaling)
+
     # -- state ---------------------------------------------------------------------------
 
     def _metadata(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        return {
+        metadata: dict[str, Any] = {
             "training": self.config.to_dict(),
             "epoch": epoch,
             "metrics": metrics,
@@ -186,9 +250,13 @@ class Trainer:
                     "train_pairs": len(self.train_set),
                     "valid_pairs": len(self.valid_set),
                 },
-                "parent": None,
+                "parent": self.parent_record,
             },
         }
+        if self.parent_record is not None:
+            frozen = count_parameters(self.model) - count_parameters(self.model, True)
+            metadata["frozen"] = {"prefixes": self.frozen_prefixes, "parameters": frozen}
+        return metadata
 
     def _write_metrics_row(self, row: dict[str, Any]) -> None:
         path = self.output_dir / METRICS
@@ -276,8 +344,94 @@ class Trainer:
         return (total_loss / done if done else float("nan")), global_step
 
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train ``config.model`` from its initialisation at ``optimizer.learning_rate``.
+
+        With ``config.finetune.parent`` set this is :meth:`finetune` with the config's settings.
+        ``resume`` continues the run in ``summary.output_dir`` exactly.
+        """
+        if self.config.finetune.parent is not None:
+            return self.finetune(resume=resume)
+        self._use_model(None)
+        return self._run(resume)
+
+    def finetune(
+        self,
+        parent: str | os.PathLike[str] | None = None,
+        *,
+        freeze: str | None = None,
+        freeze_blocks: int | None = None,
+        freeze_prefixes: Sequence[str] | None = None,
+        resume: bool = False,
+    ) -> TrainResult:
+        """Fine-tune the checkpoint ``parent`` on this trainer's pairs with some layers frozen.
+
+        The model config, elevation scaling and starting weights are the parent's (the config's
+        model section is replaced by the parent's); the learning rate is
+        ``optimizer.finetune_lr``. ``freeze`` is a preset of ``demsr.model.FREEZE_PRESETS``
+        (``default``: conv1 and the first ``freeze_blocks`` residual blocks, half of them when
+        None; ``none``; ``all-but-tail``: all but conv_up and conv_out), and ``freeze_prefixes``
+        adds module names to it (see :func:`freeze_parameters`). Arguments left None take the
+        values of ``config.finetune``; the values used are stored there, so ``config.yaml`` and
+        the checkpoints record them. The new checkpoints' ``provenance.parent`` holds the
+        parent's path, SHA-256, epoch, metrics, provenance and its validation RMSE on these pairs.
+        ``resume`` continues the run in ``summary.output_dir`` and refuses another parent (by
+        SHA-256) or other freeze settings.
+        """
+        settings = self.config.finetune
+        if parent is not None:
+            settings.parent = os.fspath(parent)
+        if freeze is not None:
+            settings.freeze = freeze
+        if freeze_blocks is not None:
+            settings.freeze_blocks = freeze_blocks
+        if freeze_prefixes is not None:
+            settings.freeze_prefixes = list(freeze_prefixes)
+        if settings.parent is None:
+            raise ValueError("no parent checkpoint to fine-tune (set finetune.parent)")
+        self.config.validate()
+        checkpoint = load_checkpoint(settings.parent)
+        described = ModelSection.describing(
+            checkpoint.model_config, checkpoint.scaling, init=self.config.model.init
+        )
+        asked = (self.config.model.build(), self.config.model.scaling())
+        if self.config.model != ModelSection() and asked != (
+            checkpoint.model_config,
+            checkpoint.scaling,
+        ):
+            log.warning(
+                "the config's model section is ignored: the model and its elevation scaling "
+                "come from %s (%s)",
+                settings.parent,
+                checkpoint.model_config,
+            )
+        self.config.model = described
+        self._use_model(checkpoint)
+        self.frozen_prefixes = [
+            *freeze_preset_prefixes(self.model_config, settings.freeze, settings.freeze_blocks),
+            *settings.freeze_prefixes,
+        ]
+        freeze_parameters(self.model, self.frozen_prefixes)
+        if count_parameters(self.model, trainable_only=True) == 0:
+            raise ValueError(
+                f"every parameter is frozen ({', '.join(self.frozen_prefixes)}): nothing to "
+                "fine-tune"
+            )
+        self.parent_record = {
+            "path": str(Path(settings.parent).resolve()),
+            "sha256": checkpoint_sha256(checkpoint),
+            "epoch": checkpoint.metadata.get("epoch"),
+            "metrics": checkpoint.metadata.get("metrics"),
+            "provenance": checkpoint.metadata.get("provenance"),
+            "valid_rmse_m": None,  # the parent's, on this run's validation pairs
+        }
+        return self._run(resume)
+
+    def _run(self, resume: bool) -> TrainResult:
+        """The training loop shared by fit and finetune (the model is built)."""
         cfg = self.config
         out = self.output_dir
+        finetuning = self.parent_record is not None
+        learning_rate_key = "finetune_lr" if finetuning else "learning_rate"
         out.mkdir(parents=True, exist_ok=True)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -285,7 +439,7 @@ class Trainer:
         frozen = count_parameters(self.model) - sum(p.numel() for p in trainable)
         optimizer = torch.optim.Adam(
             trainable,
-            lr=cfg.optimizer.learning_rate,
+            lr=getattr(cfg.optimizer, learning_rate_key),
             eps=cfg.optimizer.eps,
             weight_decay=cfg.optimizer.weight_decay,
         )
@@ -297,6 +451,8 @@ class Trainer:
             if not last.exists():
                 raise FileNotFoundError(f"{last}: nothing to resume from")
             checkpoint = load_checkpoint(last)
+            stored_parent = checkpoint.metadata.get("provenance", {}).get("parent")
+            self._check_same_parent(last, stored_parent)
             if (checkpoint.model_config, checkpoint.scaling) != (self.model_config, self.scaling):
                 raise ValueError(f"{last}: model config differs from this run's config")
             changed = _changed_settings(checkpoint.metadata.get("training", {}), cfg.to_dict())
@@ -305,6 +461,8 @@ class Trainer:
                     f"{last}: cannot resume with different settings ({', '.join(changed)}); "
                     "only the epoch and step limits may change"
                 )
+            if self.parent_record is not None and stored_parent is not None:
+                self.parent_record["valid_rmse_m"] = stored_parent.get("valid_rmse_m")
             state = load_training_state(last)
             if state.bad_epochs >= cfg.train.patience:
                 log.info("%s stopped early after epoch %d; nothing to resume", out, state.epoch)
@@ -335,8 +493,23 @@ class Trainer:
                     "or choose another output folder"
                 )
             (out / METRICS).unlink(missing_ok=True)
+            if self.parent_record is not None:
+                _, parent_rmse = self.validate()
+                self.parent_record["valid_rmse_m"] = parent_rmse
+                log.info(
+                    "parent %s: validation RMSE %.2f m on these pairs before fine-tuning",
+                    cfg.finetune.parent,
+                    parent_rmse,
+                )
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(cfg.to_yaml())
+        if finetuning:
+            log.info(
+                "fine-tuning %s with %s frozen, at learning rate %.2e",
+                cfg.finetune.parent,
+                ", ".join(self.frozen_prefixes) or "nothing",
+                optimizer.param_groups[0]["lr"],
+            )
         log.info(
             "training %s on %s (%s): %d trainable, %d frozen parameters; %d train / %d valid "
             "pairs; batch %d",
@@ -362,7 +535,7 @@ class Trainer:
             if not math.isfinite(valid_loss):
                 raise RuntimeError(
                     f"epoch {epoch}: the validation loss is {valid_loss} (training diverged); "
-                    "lower optimizer.learning_rate"
+                    f"lower optimizer.{learning_rate_key}"
                 )
             is_best = valid_loss < best_loss
             if is_best:
@@ -427,3 +600,25 @@ class Trainer:
                 stopped_early = True
                 break
         return TrainResult(out, epoch, global_step, best_loss, best_rmse, stopped_early)
+
+    def _check_same_parent(self, last: Path, stored: dict[str, Any] | None) -> None:
+        """Refuse to resume a run from another starting point than the one it began from."""
+        stored_sha = stored.get("sha256") if stored else None
+        current = self.parent_record
+        current_sha = current["sha256"] if current else None
+        if stored_sha == current_sha:
+            return
+        if stored is None:
+            raise ValueError(
+                f"{last}: this run trained from scratch; it cannot be resumed as a fine-tuning "
+                "run (use demsr train --resume)"
+            )
+        if current is None:
+            raise ValueError(
+                f"{last}: this run fine-tunes {stored.get('path')}; resume it with "
+                "demsr finetune PARENT --resume"
+            )
+        raise ValueError(
+            f"{last}: this run fine-tunes a different parent ({stored.get('path')}, sha256 "
+            f"{str(stored_sha)[:12]}) than {current['path']} (sha256 {str(current_sha)[:12]})"
+        )

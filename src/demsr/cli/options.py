@@ -44,3 +44,30 @@ def with_config_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(config_options):
         function = option(function)
     return function
+
+
+progress_option = click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
+)
+# The options of the commands that train (train, finetune), after --config and --set.
+run_options = [
+    click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False),
+        help="Folder with train/train.h5 and valid/valid.h5 (sets data.root_dir).",
+    ),
+    click.option(
+        "--output-dir",
+        type=click.Path(file_okay=False),
+        help="Run folder for checkpoints and logs (sets summary.output_dir).",
+    ),
+    click.option("--resume", is_flag=True, help="Continue the run in the output folder."),
+    progress_option,
+]
+
+
+def with_run_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(run_options):
+        function = option(function)
+    return with_config_options(function)

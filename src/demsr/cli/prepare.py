@@ -54,6 +54,22 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
     help="Drop patches whose high-res max - min is below this (flat SRTM sea is 0 m).",
 )
 @click.option(
+    "--min-sea-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Drop patches with a smaller fraction of cells below 0 m (keep seafloor for "
+    "bathymetry fine-tuning; counted as 'land').",
+)
+@click.option(
+    "--max-sea-fraction",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="Drop patches with a larger fraction of cells below 0 m (land-only pretraining; "
+    "counted as 'sea').",
+)
+@click.option(
     "--max-patches-per-file",
     type=click.IntRange(min=1),
     help="Keep at most this many patches per raster (random subset from --seed).",
@@ -97,6 +113,8 @@ def command(
     patch_px: int,
     stride_px: int | None,
     min_relief_m: float,
+    min_sea_fraction: float,
+    max_sea_fraction: float,
     max_patches_per_file: int | None,
     split_by: str,
     split_block_px: int | None,
@@ -110,8 +128,9 @@ def command(
     """Cut DEM RASTERS (files or folders) into (low-res, high-res) training pairs.
 
     The low-res patch is the block mean of the high-res patch. The split into train, valid and
-    test is spatial (no cell in two splits) and reproducible from --seed. Patches with nodata
-    or too little relief are dropped and counted.
+    test is spatial (no cell in two splits) and reproducible from --seed. Patches with nodata,
+    too little relief or a sea fraction (cells below 0 m) outside the given range are dropped
+    and counted.
     """
     from demsr.datasets import Normalisation
     from demsr.prepare import PrepareOptions, collect_rasters, prepare_pairs
@@ -124,6 +143,8 @@ def command(
         lowres_patch_px=patch_px,
         stride_px=stride_px,
         min_relief_m=min_relief_m,
+        min_sea_fraction=min_sea_fraction,
+        max_sea_fraction=max_sea_fraction,
         max_patches_per_file=max_patches_per_file,
         split_fractions=fractions,
         split_by=split_by,  # type: ignore[arg-type]

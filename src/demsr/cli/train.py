@@ -3,41 +3,59 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
-from demsr.cli.options import with_config_options
-from demsr.config import apply_overrides, load_config
+from demsr.cli.options import with_run_options
+from demsr.model import PRESETS
+
+if TYPE_CHECKING:
+    from demsr.config import RunConfig
+    from demsr.train import TrainResult
 
 log = logging.getLogger(__name__)
 
 
+def run_config(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    data_dir: str | None,
+    output_dir: str | None,
+    shortcuts: list[str],
+) -> RunConfig:
+    """The config of a training command: the YAML file (or the defaults), then the command's
+    own options (``shortcuts``, as ``section.key=value``), then ``--set``, which wins."""
+    from demsr.config import apply_overrides, load_config
+
+    shortcuts = list(shortcuts)
+    shortcuts += [f"data.root_dir={data_dir}"] if data_dir else []
+    shortcuts += [f"summary.output_dir={output_dir}"] if output_dir else []
+    config = load_config(config_path)
+    apply_overrides(config, shortcuts + list(overrides))
+    return config
+
+
+def report(result: TrainResult) -> None:
+    click.echo(
+        f"best validation RMSE {result.best_valid_rmse_m:.3f} m after {result.epochs_run} "
+        f"epochs ({result.global_step} steps); checkpoints in {result.output_dir}"
+    )
+
+
 @click.command("train")
-@with_config_options
+@with_run_options
 @click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(file_okay=False),
-    help="Folder with train/train.h5 and valid/valid.h5 (sets data.root_dir).",
+    "--preset", type=click.Choice(sorted(PRESETS)), help="Model preset (sets model.preset)."
 )
-@click.option(
-    "--output-dir",
-    type=click.Path(file_okay=False),
-    help="Run folder for checkpoints and logs (sets summary.output_dir).",
-)
-@click.option(
-    "--preset", type=click.Choice(["lite", "paper"]), help="Model preset (sets model.preset)."
-)
-@click.option("--resume", is_flag=True, help="Continue the run in the output folder.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
 def command(
     config_path: str | None,
     overrides: tuple[str, ...],
     data_dir: str | None,
     output_dir: str | None,
-    preset: str | None,
     resume: bool,
     progress: bool,
+    preset: str | None,
 ) -> None:
     """Train DEM-SRNet on HDF5 pairs made by `demsr prepare`.
 
@@ -47,12 +65,5 @@ def command(
     from demsr.train import Trainer
 
     shortcuts = [f"model.preset={preset}"] if preset else []
-    shortcuts += [f"data.root_dir={data_dir}"] if data_dir else []
-    shortcuts += [f"summary.output_dir={output_dir}"] if output_dir else []
-    config = load_config(config_path)
-    apply_overrides(config, shortcuts + list(overrides))
-    result = Trainer(config, progress=progress).fit(resume=resume)
-    click.echo(
-        f"best validation RMSE {result.best_valid_rmse_m:.3f} m after {result.epochs_run} "
-        f"epochs ({result.global_step} steps); checkpoints in {result.output_dir}"
-    )
+    config = run_config(config_path, overrides, data_dir, output_dir, shortcuts)
+    report(Trainer(config, progress=progress).fit(resume=resume))
