@@ -79,9 +79,18 @@ def main(verbose: int, quiet: int, debug: bool) -> None:
 
 
 def _register() -> None:
-    from demsr.cli import config_cmd, evaluate, finetune, import_mindearth, predict, prepare, train
+    from demsr.cli import (
+        config_cmd,
+        evaluate,
+        finetune,
+        import_mindearth,
+        plot,
+        predict,
+        prepare,
+        train,
+    )
 
-    for module in (prepare, train, finetune, config_cmd, evaluate, predict, import_mindearth):
+    for module in (prepare, train, finetune, config_cmd, evaluate, predict, import_mindearth, plot):
         main.add_command(module.command)
     main.add_command(prepare.degrade_command)
 

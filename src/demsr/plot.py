@@ -1,0 +1,775 @@
+"""Figures: low-res / truth / prediction / error panels with hillshade, and training curves.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so nothing
+depends on a display or on pyplot's global state: the same code runs headless, in scripts and in
+notebooks (a notebook shows a returned Figure as it is). :func:`save_figure` writes one to disk
+atomically.
+
+Comparison figures (:func:`plot_comparison`) follow these rules:
+
+- Elevation panels (low-res input, truth, prediction, baselines) share one colour scale, from the
+  1st to the 99th percentile of the truth's valid cells (:data:`ELEVATION_PERCENTILES`), so a
+  few spikes or pits cannot wash out the rest; colourbars extend at both ends for the clipped
+  cells. Each is blended with a hillshade (:class:`matplotlib.colors.LightSource`, sun in the
+  north-west at 45 degrees) computed on true cell sizes in metres, with a vertical exaggeration
+  of :data:`VERTICAL_EXAGGERATION` by default. Matplotlib stretches each panel's shading to its
+  full range, so the exaggeration sets the contrast between gentle and steep slopes rather than
+  the overall darkness.
+- Error panels (prediction - truth, one per prediction) use a diverging map with symmetric limits
+  shared by all of them: the 99th percentile of the displayed absolute errors
+  (:data:`ERROR_PERCENTILE`). Each is titled with its RMSE in metres, computed on all valid cells
+  at full resolution.
+- Nodata (NaN) is drawn in a neutral grey (:data:`NODATA_COLOR`), never as an elevation; a
+  hillshade is computed on the grid with nodata filled by the nearest valid cell, then nodata is
+  painted over.
+- Large grids are averaged for display: a panel shows at most ``max_pixels`` cells along its
+  longer side (block means over k x k cells, ignoring nodata; a block is nodata only if all its
+  cells are). Error panels shown this way say so in their titles, since averaging shrinks
+  errors. Metrics never use the averaged arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Colormap, LightSource, Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pyproj import CRS as ProjCRS
+from rasterio.windows import Window
+
+from demsr.io import RasterReader, atomic_path, open_raster, refuse_existing
+from demsr.metrics import cell_sizes_m, rmse
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DPI = 150
+ELEVATION_CMAP = "viridis"
+ERROR_CMAP = "RdBu_r"
+NODATA_COLOR = (0.62, 0.62, 0.62, 1.0)
+"""RGBA of nodata cells: a mid grey, absent from both colour maps."""
+ELEVATION_PERCENTILES = (1.0, 99.0)
+"""Percentiles of the truth's valid cells that bound the shared elevation colour scale."""
+ERROR_PERCENTILE = 99.0
+"""Percentile of the absolute errors that sets the symmetric limits of the error panels."""
+VERTICAL_EXAGGERATION = 2.0
+"""Default vertical exaggeration of the hillshade (elevations and cell sizes both in metres)."""
+MAX_PIXELS = 1000
+"""Default largest number of displayed cells along a panel's longer side."""
+SUN_AZIMUTH_DEG = 315.0
+SUN_ALTITUDE_DEG = 45.0
+
+_PANEL_WIDTH_IN = 4.2
+_COLOURBAR_WIDTH_IN = 1.4
+_TITLE_HEIGHT_IN = 0.9
+_COLOURBAR_SHRINK = 0.85
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison figure
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """How panels place a (rows, cols) array: its transform (None: pixel axes) and CRS."""
+
+    transform: Affine | None
+    crs: Any
+    geographic: bool
+    units: str  # linear unit of a projected CRS, for axis labels
+
+    @classmethod
+    def of(cls, transform: Affine | None, crs: Any) -> _Grid:
+        if transform is not None and (transform.b != 0 or transform.d != 0):
+            raise ValueError("plots need a north-up grid (the transform is rotated)")
+        if transform is None or crs is None:
+            return cls(transform, None, False, "m")
+        proj_crs = ProjCRS.from_user_input(crs)
+        if proj_crs.is_geographic:
+            return cls(transform, crs, True, "degrees")
+        unit = proj_crs.axis_info[0].unit_name if proj_crs.axis_info else "metre"
+        return cls(transform, crs, False, "m" if unit in ("metre", "meter") else unit)
+
+
+def _block_nanmean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor`` x ``factor`` blocks, ignoring NaN; padded with NaN at the bottom and
+    right edges. Unlike :func:`demsr.prepare.degrade` (where a partial block is not a valid
+    coarse cell), a block here is NaN only when all its cells are: for display, nodata must not
+    grow."""
+    if factor == 1:
+        return np.asarray(values, np.float64)
+    rows, cols = values.shape
+    out_rows, out_cols = math.ceil(rows / factor), math.ceil(cols / factor)
+    padded = np.full((out_rows * factor, out_cols * factor), np.nan, np.float32)
+    padded[:rows, :cols] = values
+    blocks = padded.reshape(out_rows, factor, out_cols, factor)
+    valid = np.isfinite(blocks)
+    counts = valid.sum(axis=(1, 3))
+    sums = np.where(valid, blocks, np.float32(0)).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+@dataclass
+class _Panel:
+    """One displayed array with its grid in display cells."""
+
+    values: np.ndarray  # (rows, cols), NaN nodata, possibly block-averaged
+    factor: int  # cells per displayed cell along each axis (1: not averaged)
+    transform: Affine | None  # of the displayed cells; None: pixel axes
+    extent: tuple[float, float, float, float]  # (left, right, bottom, top) of the displayed cells
+    limits: tuple[float, float, float, float]  # (left, right, bottom, top) of the data
+
+
+def _display(values: np.ndarray, grid: _Grid, cell_px: float, max_pixels: int) -> _Panel:
+    """Block-average ``values`` to at most ``max_pixels`` cells per side.
+
+    ``cell_px`` is the side of one of its cells in high-res pixels (used only without a
+    transform, where axes count high-res pixels).
+    """
+    rows, cols = values.shape
+    factor = max(1, math.ceil(max(rows, cols) / max_pixels))
+    shown = _block_nanmean(values, factor)
+    shown_rows, shown_cols = shown.shape
+    if grid.transform is None:
+        step = cell_px * factor
+        extent = (0.0, shown_cols * step, shown_rows * step, 0.0)
+        limits = (0.0, cols * cell_px, rows * cell_px, 0.0)
+        return _Panel(shown, factor, None, extent, limits)
+    transform = grid.transform @ Affine.scale(factor)
+    left, top = transform.c, transform.f
+    right, bottom = transform @ (shown_cols, shown_rows)
+    data_right, data_bottom = grid.transform @ (cols, rows)
+    return _Panel(
+        shown, factor, transform, (left, right, bottom, top), (left, data_right, data_bottom, top)
+    )
+
+
+def _cell_size_m(panel: _Panel, crs: Any) -> tuple[float, float]:
+    """East-west and north-south size in metres of a displayed cell in the middle row (1 x 1
+    without a transform: the relief is then per pixel)."""
+    if panel.transform is None:
+        return 1.0, 1.0
+    rows = panel.values.shape[0]
+    dx, dy = cell_sizes_m(panel.transform, crs, 1, row_off=rows // 2)
+    return float(dx[0]), float(dy[0])
+
+
+def _shade(
+    panel: _Panel, crs: Any, cmap: Colormap, norm: Normalize, vertical_exaggeration: float
+) -> np.ndarray:
+    """(rows, cols, 4) RGBA: colour-mapped elevations blended with their hillshade, nodata grey."""
+    values = panel.values
+    valid = np.isfinite(values)
+    rgba = np.empty(values.shape + (4,), np.float64)
+    rgba[:] = NODATA_COLOR
+    if not valid.any():
+        return rgba
+    if min(values.shape) < 2:  # too small for a gradient: colour only
+        rgba[valid] = cmap(norm(values[valid]))
+        return rgba
+    from demsr.predict import fill_nearest
+
+    dx, dy = _cell_size_m(panel, crs)
+    light = LightSource(azdeg=SUN_AZIMUTH_DEG, altdeg=SUN_ALTITUDE_DEG)
+    shaded = light.shade(
+        fill_nearest(values),
+        cmap=cmap,
+        norm=norm,
+        blend_mode="soft",
+        vert_exag=vertical_exaggeration,
+        dx=dx,
+        dy=dy,
+    )
+    rgba[valid] = shaded[valid]
+    return rgba
+
+
+def _cell_label(transform: Affine | None, grid: _Grid) -> str:
+    """A cell size for a title: 15", 3" for geographic grids, 1 m for projected ones."""
+    if transform is None:
+        return ""
+    size = abs(transform.a)
+    if grid.geographic:
+        seconds = size * 3600
+        return f'{seconds:.3g}"' if seconds < 60 else f"{size:.3g} deg"
+    return f"{size:.3g} {grid.units}"
+
+
+def _axis_labels(grid: _Grid) -> tuple[str, str]:
+    if grid.transform is None:
+        return "column (high-res cells)", "row (high-res cells)"
+    if grid.geographic:
+        return "longitude (degrees)", "latitude (degrees)"
+    return f"easting ({grid.units})", f"northing ({grid.units})"
+
+
+def _setup_axes(ax: Axes, panel: _Panel, grid: _Grid, title: str) -> None:
+    ax.set_title(title, fontsize=10)
+    left, right, bottom, top = panel.limits
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    if grid.geographic:
+        # degrees of longitude shrink with latitude: keep the panel's shape true on the ground
+        ax.set_aspect(1.0 / max(math.cos(math.radians((bottom + top) / 2)), 1e-6))
+    else:
+        ax.set_aspect("equal")
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.yaxis.set_major_locator(MaxNLocator(4))
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.tick_params(labelsize=8)
+    ax.set_facecolor(NODATA_COLOR)
+
+
+def _check_shapes(
+    lowres: np.ndarray, truth: np.ndarray, predictions: Mapping[str, np.ndarray]
+) -> int:
+    """The scale, after checking that every array is 2-D and on the same high-res grid."""
+    for name, values in (("low-res", lowres), ("truth", truth), *predictions.items()):
+        if np.ndim(values) != 2:
+            raise ValueError(f"{name}: expected a (rows, cols) array, got shape {np.shape(values)}")
+    for name, values in predictions.items():
+        if values.shape != truth.shape:
+            raise ValueError(f"{name}: shape {values.shape} differs from the truth's {truth.shape}")
+    rows, cols = truth.shape
+    low_rows, low_cols = lowres.shape
+    scale = rows // low_rows if low_rows else 0
+    if scale < 1 or (low_rows * scale, low_cols * scale) != (rows, cols):
+        raise ValueError(
+            f"the truth ({rows} x {cols}) is not the low-res grid ({low_rows} x {low_cols}) "
+            "refined by one integer scale"
+        )
+    return scale
+
+
+def _figure_size(
+    grid: _Grid, shape: tuple[int, int], n_rows: int, title: bool
+) -> tuple[float, float]:
+    rows, cols = shape
+    if grid.transform is None:
+        height_over_width = rows / cols
+    else:
+        dx, dy = cell_sizes_m(grid.transform, grid.crs, 1, row_off=rows // 2)
+        height_over_width = (rows * float(dy[0])) / (cols * float(dx[0]))
+    panel_height = _PANEL_WIDTH_IN * min(max(height_over_width, 0.35), 1.6)
+    width = 2 * (_PANEL_WIDTH_IN + _COLOURBAR_WIDTH_IN)
+    height = n_rows * (panel_height + _TITLE_HEIGHT_IN) + (0.4 if title else 0.0)
+    return width, height
+
+
+def plot_comparison(
+    lowres: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    *,
+    baselines: Mapping[str, np.ndarray] | None = None,
+    transform: Affine | None = None,
+    crs: Any = None,
+    prediction_name: str = "DEM-SRNet",
+    title: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    vertical_exaggeration: float = VERTICAL_EXAGGERATION,
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """Low-res input, truth, prediction (and baselines) with hillshade, and their errors.
+
+    ``lowres`` is (h, w) and ``truth``, ``prediction`` and each array of ``baselines`` (e.g.
+    ``{"bicubic": array}``) are (h * s, w * s) for one integer scale s, elevations in metres with
+    NaN for nodata. ``transform`` is the affine transform of the high-res grid (the low-res one is
+    the same with cells s times larger: same bounds) and ``crs`` its CRS (anything pyproj takes;
+    None with a transform: coordinates in metres). Without a transform the axes count high-res
+    pixels and the hillshade takes a cell as 1 m wide.
+
+    The figure has one row per method, each with its elevations and its error (method - truth),
+    below a first row with the low-res input and the truth: (2 + len(baselines)) x 2 panels,
+    each with its colourbar in metres. Axes are longitude/latitude in degrees on geographic CRSs,
+    easting/northing otherwise. See the module's docstring for colour scales, hillshade, nodata
+    and the block averaging of grids larger than ``max_pixels`` cells per side.
+    """
+    if max_pixels < 2:
+        raise ValueError(f"max_pixels must be at least 2, got {max_pixels}")
+    # Arrays stay in their own dtype (float32 from rasters): a full-size float64 copy of each
+    # would dominate the memory of large plots.
+    lowres, truth = np.asarray(lowres), np.asarray(truth)
+    methods: dict[str, np.ndarray] = {prediction_name: np.asarray(prediction)}
+    for name, values in (baselines or {}).items():
+        if name in methods:
+            raise ValueError(f"baseline name {name!r} is used twice")
+        methods[name] = np.asarray(values)
+    scale = _check_shapes(lowres, truth, methods)
+    if not np.isfinite(truth).any():
+        raise ValueError("the truth holds no valid cells")
+    grid = _Grid.of(transform, crs)
+    lowres_grid = _Grid(
+        None if transform is None else transform @ Affine.scale(scale),
+        grid.crs,
+        grid.geographic,
+        grid.units,
+    )
+
+    rmses = {name: rmse(values, truth) for name, values in methods.items()}
+    for name, value in rmses.items():
+        log.info("RMSE of %s: %.3f m", name, value)
+    truth_panel = _display(truth, grid, 1.0, max_pixels)
+    lowres_panel = _display(lowres, lowres_grid, float(scale), max_pixels)
+    method_panels = {
+        name: _display(values, grid, 1.0, max_pixels) for name, values in methods.items()
+    }
+    error_panels = {
+        name: _display(values - truth, grid, 1.0, max_pixels) for name, values in methods.items()
+    }
+
+    low, high = np.nanpercentile(truth_panel.values, ELEVATION_PERCENTILES)
+    if high - low < 1e-6:  # flat truth: any small range shows it as one colour
+        low, high = low - 1.0, high + 1.0
+    elevation_norm = Normalize(vmin=float(low), vmax=float(high))
+    elevation_cmap = colormaps[ELEVATION_CMAP]
+    all_errors = np.concatenate(
+        [np.abs(p.values[np.isfinite(p.values)]) for p in error_panels.values()]
+    )
+    error_limit = float(np.percentile(all_errors, ERROR_PERCENTILE)) if all_errors.size else 0.0
+    if error_limit <= 0:  # a perfect prediction: any range will do
+        error_limit = 1.0
+    error_norm = Normalize(vmin=-error_limit, vmax=error_limit)
+    error_cmap = colormaps[ERROR_CMAP].with_extremes(bad=NODATA_COLOR)
+
+    n_rows = 1 + len(methods)
+    figure = Figure(
+        figsize=_figure_size(grid, truth.shape, n_rows, title is not None),
+        dpi=dpi,
+        layout="constrained",
+    )
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(n_rows, 2, squeeze=False)
+    x_label, y_label = _axis_labels(grid)
+
+    def elevation(ax: Axes, panel: _Panel, panel_grid: _Grid, panel_title: str) -> None:
+        rgba = _shade(panel, panel_grid.crs, elevation_cmap, elevation_norm, vertical_exaggeration)
+        ax.imshow(rgba, extent=panel.extent, interpolation="nearest", origin="upper")
+        _setup_axes(ax, panel, grid, panel_title)
+        ax.set_label(f"elevation: {panel_title}")
+        figure.colorbar(
+            ScalarMappable(norm=elevation_norm, cmap=elevation_cmap),
+            ax=ax,
+            extend="both",
+            label="elevation (m)",
+            shrink=_COLOURBAR_SHRINK,
+        )
+
+    resolution = _cell_label(lowres_grid.transform, grid)
+    elevation(axes[0, 0], lowres_panel, lowres_grid, f"low-res input {resolution}".strip())
+    resolution = _cell_label(grid.transform, grid)
+    elevation(axes[0, 1], truth_panel, grid, f"truth {resolution}".strip())
+    for row, name in enumerate(methods, start=1):
+        elevation(axes[row, 0], method_panels[name], grid, name)
+        panel = error_panels[name]
+        ax = axes[row, 1]
+        image = ax.imshow(
+            np.ma.masked_invalid(panel.values),
+            extent=panel.extent,
+            cmap=error_cmap,
+            norm=error_norm,
+            interpolation="nearest",
+            origin="upper",
+        )
+        error_title = f"{name} - truth: RMSE {rmses[name]:.2f} m"
+        if panel.factor > 1:  # averaging shrinks errors: say so next to the colours
+            error_title += f"\n(shown as means of {panel.factor} x {panel.factor} cells)"
+        _setup_axes(ax, panel, grid, error_title)
+        ax.set_label(f"error: {name}")
+        figure.colorbar(image, ax=ax, extend="both", label="error (m)", shrink=_COLOURBAR_SHRINK)
+    for ax in axes[-1, :]:
+        ax.set_xlabel(x_label)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(y_label)
+    if title is not None:
+        figure.suptitle(title)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison inputs from rasters on disk
+# --------------------------------------------------------------------------------------------
+
+MAX_READ_CELLS = 50_000_000
+"""Most high-res cells :func:`read_comparison` reads (about 200 MB per float32 array)."""
+_GRID_TOLERANCE = 1e-3
+"""Fraction of a cell by which cell sizes and origins of grids that agree may differ."""
+
+
+@dataclass
+class Comparison:
+    """The arrays of a comparison figure on one high-res grid (see :func:`plot_comparison`).
+
+    ``lowres`` is (h, w); ``truth``, ``prediction`` and each of ``baselines`` are
+    (h * scale, w * scale), float32 metres with NaN nodata. ``transform`` and ``crs`` are those
+    of the high-res grid.
+    """
+
+    lowres: np.ndarray
+    truth: np.ndarray
+    prediction: np.ndarray
+    baselines: dict[str, np.ndarray]
+    transform: Affine
+    crs: Any
+    scale: int
+
+
+def _same_crs(first: Any, second: Any) -> bool:
+    if first is None or second is None:
+        return first is None and second is None
+    return bool(first == second)
+
+
+def _integer_scale(lowres: RasterReader, highres: RasterReader) -> int:
+    """How many ``highres`` cells span one ``lowres`` cell along each axis (an integer)."""
+    ratio_x = lowres.transform.a / highres.transform.a
+    ratio_y = lowres.transform.e / highres.transform.e
+    scale = round(ratio_x)
+    if scale < 1 or max(abs(ratio_x - scale), abs(ratio_y - scale)) > _GRID_TOLERANCE * scale:
+        raise ValueError(
+            f"{lowres.path}: its cells are {ratio_x:.4g} x {ratio_y:.4g} times those of "
+            f"{highres.path}, not one integer scale"
+        )
+    return scale
+
+
+def _locate(
+    reader: RasterReader, transform: Affine, shape: tuple[int, int], reference: str
+) -> tuple[int, int]:
+    """(row, col) of the grid (``transform``, ``shape``), named ``reference`` in messages, on
+    ``reader``'s grid, which must hold it: same cell size, cell edges aligned, covering it."""
+    own = reader.transform
+    if abs(own.a - transform.a) > _GRID_TOLERANCE * abs(transform.a) or abs(
+        own.e - transform.e
+    ) > _GRID_TOLERANCE * abs(transform.e):
+        raise ValueError(
+            f"{reader.path}: cells of {own.a:.6g} x {-own.e:.6g} differ from the "
+            f"{transform.a:.6g} x {-transform.e:.6g} of {reference}"
+        )
+    col = (transform.c - own.c) / own.a
+    row = (transform.f - own.f) / own.e
+    col_off, row_off = round(col), round(row)
+    if max(abs(col - col_off), abs(row - row_off)) > _GRID_TOLERANCE:
+        raise ValueError(
+            f"{reader.path}: its cells are offset from those of {reference} by "
+            f"({col - col_off:+.3f}, {row - row_off:+.3f}) cells"
+        )
+    rows, cols = shape
+    if (
+        row_off < 0
+        or col_off < 0
+        or row_off + rows > reader.shape[0]
+        or col_off + cols > reader.shape[1]
+    ):
+        raise ValueError(
+            f"{reader.path}: does not cover {reference} ({rows} x {cols} cells from "
+            f"row {row_off}, column {col_off} of its {reader.shape[0]} x {reader.shape[1]})"
+        )
+    return row_off, col_off
+
+
+def _bounds_window(reader: RasterReader, bounds: Sequence[float]) -> Window:
+    """The cells of ``reader`` that ``bounds`` (left, bottom, right, top) touch, clipped."""
+    left, bottom, right, top = (float(value) for value in bounds)
+    if not (left < right and bottom < top):
+        raise ValueError(
+            f"bounds must be LEFT BOTTOM RIGHT TOP with left < right and "
+            f"bottom < top, got {left:g} {bottom:g} {right:g} {top:g}"
+        )
+    transform = reader.transform
+    rows, cols = reader.shape
+    col_start = max(0, math.floor((left - transform.c) / transform.a + _GRID_TOLERANCE))
+    col_stop = min(cols, math.ceil((right - transform.c) / transform.a - _GRID_TOLERANCE))
+    row_start = max(0, math.floor((top - transform.f) / transform.e + _GRID_TOLERANCE))
+    row_stop = min(rows, math.ceil((bottom - transform.f) / transform.e - _GRID_TOLERANCE))
+    if col_stop <= col_start or row_stop <= row_start:
+        box = " ".join(f"{value:g}" for value in reader.bounds)
+        raise ValueError(
+            f"bounds {left:g} {bottom:g} {right:g} {top:g} do not overlap {reader.path} "
+            f"(bounds {box})"
+        )
+    return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
+
+
+def read_comparison(
+    lowres_path: str | os.PathLike[str],
+    truth_path: str | os.PathLike[str],
+    prediction_path: str | os.PathLike[str],
+    *,
+    baselines: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    bounds: Sequence[float] | None = None,
+    max_cells: int = MAX_READ_CELLS,
+) -> Comparison:
+    """Read the rasters of a comparison figure, after checking that their grids agree.
+
+    ``prediction_path`` must hold the low-res grid refined by an integer scale over the same
+    bounds (as ``demsr predict`` writes it), in the same CRS; so must each baseline raster.
+    A baseline given as ``None`` is computed from the low-res input by its name (one of
+    :data:`demsr.evaluate.BASELINES`, e.g. ``bicubic``). The truth must have the prediction's
+    CRS and cell size with aligned cells and cover it; a larger truth (e.g. the raster that
+    ``demsr degrade`` cropped to whole blocks) is read over the prediction's cells only.
+
+    ``bounds`` (left, bottom, right, top, in the CRS's units) restricts everything to the
+    low-res cells it touches. The high-res area read may hold at most ``max_cells`` cells:
+    metrics need the full resolution, so a larger one is a ValueError asking for ``bounds``.
+    Mismatched grids are ValueErrors naming the file; nodata becomes NaN.
+    """
+    from demsr.tiling import scale_window
+
+    computed = [name for name, path in (baselines or {}).items() if path is None]
+    if computed:
+        from demsr.evaluate import BASELINES
+
+        unknown = [name for name in computed if name not in BASELINES]
+        if unknown:
+            raise ValueError(
+                f"unknown baseline {unknown[0]!r}: give NAME=PATH, or one of "
+                f"{', '.join(sorted(BASELINES))} to compute it from the low-res input"
+            )
+    with contextlib.ExitStack() as stack:
+        lowres = stack.enter_context(open_raster(lowres_path))
+        prediction = stack.enter_context(open_raster(prediction_path))
+        truth = stack.enter_context(open_raster(truth_path))
+        files = {
+            name: stack.enter_context(open_raster(path))
+            for name, path in (baselines or {}).items()
+            if path is not None
+        }
+        for reader in (prediction, truth, *files.values()):
+            if not _same_crs(reader.crs, lowres.crs):
+                raise ValueError(
+                    f"{reader.path}: CRS {reader.crs} differs from {lowres.path}'s ({lowres.crs})"
+                )
+        scale = _integer_scale(lowres, prediction)
+        # The high-res grid: the low-res one refined by the scale over the same bounds.
+        highres_transform = lowres.transform @ Affine.scale(1 / scale)
+        highres_shape = (lowres.shape[0] * scale, lowres.shape[1] * scale)
+        reference = f"{lowres.path} refined x{scale}"
+        for reader in (prediction, *files.values()):
+            if reader.shape != highres_shape:
+                raise ValueError(
+                    f"{reader.path}: {reader.shape[0]} x {reader.shape[1]} cells, not the "
+                    f"{highres_shape[0]} x {highres_shape[1]} of {reference}"
+                )
+            _locate(reader, highres_transform, highres_shape, reference)
+        truth_row, truth_col = _locate(truth, highres_transform, highres_shape, reference)
+
+        lowres_window = (
+            Window(0, 0, lowres.shape[1], lowres.shape[0])
+            if bounds is None
+            else _bounds_window(lowres, bounds)
+        )
+        highres_window = scale_window(lowres_window, scale)
+        cells = int(highres_window.width) * int(highres_window.height)
+        if cells > max_cells:
+            raise ValueError(
+                f"{prediction.path}: {int(highres_window.height)} x {int(highres_window.width)} "
+                f"cells is more than the {max_cells} a comparison plot reads; choose an area "
+                "with --bounds"
+            )
+        truth_window = Window(
+            highres_window.col_off + truth_col,
+            highres_window.row_off + truth_row,
+            highres_window.width,
+            highres_window.height,
+        )
+        lowres_values = lowres.read(lowres_window)
+        arrays = {name: reader.read(highres_window) for name, reader in files.items()}
+        comparison_baselines: dict[str, np.ndarray] = {}
+        for name, path in (baselines or {}).items():
+            if path is None:
+                from demsr.evaluate import upsample_baseline
+
+                comparison_baselines[name] = upsample_baseline(lowres_values, scale, name)
+            else:
+                comparison_baselines[name] = arrays[name]
+        return Comparison(
+            lowres=lowres_values,
+            truth=truth.read(truth_window),
+            prediction=prediction.read(highres_window),
+            baselines=comparison_baselines,
+            transform=prediction.window_transform(highres_window),
+            crs=prediction.crs,
+            scale=scale,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Training curves
+# --------------------------------------------------------------------------------------------
+
+_CURVE_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_rmse_m", "learning_rate", "is_best")
+
+
+@dataclass
+class TrainingLog:
+    """The columns of a run's metrics.csv that the curves use, one entry per epoch."""
+
+    path: Path
+    epoch: np.ndarray
+    train_loss: np.ndarray
+    valid_loss: np.ndarray
+    valid_rmse_m: np.ndarray
+    learning_rate: np.ndarray
+    is_best: np.ndarray  # bool: the validation loss improved on every earlier epoch
+
+
+def _number(text: str | None, path: Path, line: int, column: str) -> float:
+    if text is None or text.strip() == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: {column} is not a number: {text!r}") from None
+
+
+def read_training_log(metrics_csv: str | os.PathLike[str]) -> TrainingLog:
+    """Read a run's metrics.csv (or the one in a run folder), sorted by epoch.
+
+    Raises ValueError naming the file when it is missing, empty, lacks a column of
+    :data:`demsr.train.METRIC_FIELDS` that the curves need, or holds a value that is not a
+    number. Empty cells read as NaN.
+    """
+    from demsr.train import METRICS
+
+    path = Path(metrics_csv)
+    if path.is_dir():
+        path = path / METRICS
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (a run's {METRICS})")
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None:
+                raise ValueError(f"{path}: empty file (no header, no epochs)")
+            missing = [c for c in _CURVE_COLUMNS if c not in reader.fieldnames]
+            if missing:
+                raise ValueError(
+                    f"{path}: not a training log, missing columns: {', '.join(missing)}"
+                )
+            rows = [
+                [_number(row.get(c), path, reader.line_num, c) for c in _CURVE_COLUMNS]
+                for row in reader
+            ]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+    if not rows:
+        raise ValueError(f"{path}: holds no epochs yet")
+    table = np.asarray(rows, dtype=np.float64)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    return TrainingLog(
+        path=path,
+        epoch=table[:, 0],
+        train_loss=table[:, 1],
+        valid_loss=table[:, 2],
+        valid_rmse_m=table[:, 3],
+        learning_rate=table[:, 4],
+        is_best=table[:, 5] == 1,
+    )
+
+
+def plot_training_curves(metrics_csv: str | os.PathLike[str]) -> Figure:
+    """Loss, validation RMSE and learning rate against epoch, from a run's metrics.csv.
+
+    ``metrics_csv`` is the CSV a training run writes (columns :data:`demsr.train.METRIC_FIELDS`)
+    or the run folder holding it. Three panels sharing the epoch axis: training and validation
+    loss (log scale; the loss is on normalised elevations), validation RMSE in metres with the
+    best epoch (the last one flagged ``is_best``) marked, and the learning rate (log scale).
+    Raises ValueError naming the file for a missing, empty or malformed CSV.
+    """
+    training = read_training_log(metrics_csv)
+    figure = Figure(figsize=(7.0, 7.5), dpi=DEFAULT_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    loss_ax, rmse_ax, rate_ax = figure.subplots(3, 1, sharex=True)
+    marker = "o" if training.epoch.size <= 40 else None
+
+    loss_ax.plot(training.epoch, training.train_loss, marker=marker, ms=3, label="train")
+    loss_ax.plot(training.epoch, training.valid_loss, marker=marker, ms=3, label="valid")
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("loss (MSE, normalised)")
+    loss_ax.legend()
+
+    rmse_ax.plot(training.epoch, training.valid_rmse_m, marker=marker, ms=3, color="C1")
+    rmse_ax.set_ylabel("validation RMSE (m)")
+    best = np.flatnonzero(training.is_best)
+    if best.size:
+        epoch, value = training.epoch[best[-1]], training.valid_rmse_m[best[-1]]
+        rmse_ax.plot(
+            [epoch], [value], "*", color="C3", ms=14, label=f"best: epoch {epoch:g}, {value:.2f} m"
+        )
+        rmse_ax.axvline(epoch, color="C3", lw=0.8, ls="--")
+        rmse_ax.legend()
+
+    rate_ax.plot(training.epoch, training.learning_rate, marker=marker, ms=3, color="C2")
+    rate_ax.set_yscale("log")
+    rate_ax.set_ylabel("learning rate")
+    rate_ax.set_xlabel("epoch")
+    rate_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (loss_ax, rmse_ax, rate_ax):
+        ax.grid(True, which="major", alpha=0.3)
+    figure.suptitle(f"training: {training.path.parent.name or training.path.name}")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """The path :func:`save_figure` writes for ``path`` (``.png`` added when it has no suffix),
+    after checking that its format is known, that its folder exists (FileNotFoundError) and that
+    it does not exist unless ``overwrite`` (FileExistsError). Commands call it before any long
+    work."""
+    output = Path(path)
+    if output.suffix == "":
+        output = output.with_suffix(".png")
+    fmt = output.suffix[1:].lower()
+    supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"{output}: unknown picture format {fmt!r} (use one of {', '.join(sorted(supported))})"
+        )
+    refuse_existing(output, overwrite=overwrite)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"{output}: the folder {output.parent} does not exist")
+    return output
+
+
+def save_figure(
+    figure: Figure,
+    path: str | os.PathLike[str],
+    *,
+    dpi: float | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``figure`` to ``path`` and return the path written.
+
+    The format comes from the suffix (``.png``, ``.pdf``, ``.svg``, or anything else the Agg
+    canvas writes); a path without a suffix gets ``.png``. ``dpi`` defaults to the figure's own;
+    the picture is its size in inches times ``dpi`` pixels (the layout is not trimmed). The file
+    appears only once complete. An existing file is a FileExistsError unless ``overwrite``.
+    """
+    output = check_output_path(path, overwrite=overwrite)
+    with atomic_path(output) as tmp:
+        figure.savefig(
+            tmp, format=output.suffix[1:].lower(), dpi=dpi if dpi is not None else figure.dpi
+        )
+    log.info("wrote %s", output)
+    return output
