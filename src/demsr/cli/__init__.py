@@ -87,10 +87,21 @@ def _register() -> None:
         plot,
         predict,
         prepare,
+        report,
         train,
     )
 
-    for module in (prepare, train, finetune, config_cmd, evaluate, predict, import_mindearth, plot):
+    for module in (
+        prepare,
+        train,
+        finetune,
+        config_cmd,
+        evaluate,
+        predict,
+        import_mindearth,
+        plot,
+        report,
+    ):
         main.add_command(module.command)
     main.add_command(prepare.degrade_command)
 
