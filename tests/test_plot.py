@@ -267,6 +267,11 @@ def test_large_grids_are_averaged_for_display_not_for_the_rmse(geographic: Case)
     assert error.get_xlim() == pytest.approx((left, right))  # not the padded blocks
     assert error.get_ylim() == pytest.approx((bottom, top))
 
+    # by default, about one cell per pixel: at 40 dpi a 4.2-inch panel is 168 pixels wide
+    small = plot.plot_comparison(geographic.lowres, geographic.truth, geographic.prediction, dpi=40)
+    truth_shown = next(ax for ax in panels(small) if ax.get_title() == "truth")
+    assert truth_shown.images[0].get_array().shape[:2] == (114, 134)  # 3 x 3 means
+
 
 def test_compare_bounds_plot_an_area(geographic: Case, tmp_path: Path) -> None:
     # an area in degrees, widened to whole 15" cells
@@ -502,7 +507,6 @@ def test_save_figure_formats_and_refusals(tmp_path: Path) -> None:
 
 def test_cli_defaults_are_the_library_defaults() -> None:
     assert plot_cli.DEFAULT_DPI == plot.DEFAULT_DPI
-    assert plot_cli.MAX_PIXELS == plot.MAX_PIXELS
     assert plot_cli.VERTICAL_EXAGGERATION == plot.VERTICAL_EXAGGERATION
     assert f"{plot.MAX_READ_CELLS // 1_000_000} million" in " ".join(
         str(p.help) for p in plot_cli.compare_command.params

@@ -24,8 +24,10 @@ Comparison figures (:func:`plot_comparison`) follow these rules:
   painted over.
 - Large grids are averaged for display: a panel shows at most ``max_pixels`` cells along its
   longer side (block means over k x k cells, ignoring nodata; a block is nodata only if all its
-  cells are). Error panels shown this way say so in their titles, since averaging shrinks
-  errors. Metrics never use the averaged arrays.
+  cells are). By default that is about the panel's size in pixels, so that averaging, not
+  dropped cells, does the anti-aliasing and cells are drawn crisp (nearest neighbour). Error
+  panels shown this way say so in their titles, since averaging shrinks errors. Metrics never
+  use the averaged arrays.
 """
 
 from __future__ import annotations
@@ -68,8 +70,6 @@ ERROR_PERCENTILE = 99.0
 """Percentile of the absolute errors that sets the symmetric limits of the error panels."""
 VERTICAL_EXAGGERATION = 2.0
 """Default vertical exaggeration of the hillshade (elevations and cell sizes both in metres)."""
-MAX_PIXELS = 1000
-"""Default largest number of displayed cells along a panel's longer side."""
 SUN_AZIMUTH_DEG = 315.0
 SUN_ALTITUDE_DEG = 45.0
 
@@ -257,19 +257,16 @@ def _check_shapes(
     return scale
 
 
-def _figure_size(
-    grid: _Grid, shape: tuple[int, int], n_rows: int, title: bool
-) -> tuple[float, float]:
+def _panel_height_in(grid: _Grid, shape: tuple[int, int]) -> float:
+    """Height of a panel box for the grid's shape on the ground (clipped: very wide or tall
+    grids leave space in the box)."""
     rows, cols = shape
     if grid.transform is None:
         height_over_width = rows / cols
     else:
         dx, dy = cell_sizes_m(grid.transform, grid.crs, 1, row_off=rows // 2)
         height_over_width = (rows * float(dy[0])) / (cols * float(dx[0]))
-    panel_height = _PANEL_WIDTH_IN * min(max(height_over_width, 0.35), 1.6)
-    width = 2 * (_PANEL_WIDTH_IN + _COLOURBAR_WIDTH_IN)
-    height = n_rows * (panel_height + _TITLE_HEIGHT_IN) + (0.4 if title else 0.0)
-    return width, height
+    return _PANEL_WIDTH_IN * min(max(height_over_width, 0.35), 1.6)
 
 
 def plot_comparison(
@@ -282,7 +279,7 @@ def plot_comparison(
     crs: Any = None,
     prediction_name: str = "DEM-SRNet",
     title: str | None = None,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
     vertical_exaggeration: float = VERTICAL_EXAGGERATION,
     dpi: float = DEFAULT_DPI,
 ) -> Figure:
@@ -299,9 +296,10 @@ def plot_comparison(
     below a first row with the low-res input and the truth: (2 + len(baselines)) x 2 panels,
     each with its colourbar in metres. Axes are longitude/latitude in degrees on geographic CRSs,
     easting/northing otherwise. See the module's docstring for colour scales, hillshade, nodata
-    and the block averaging of grids larger than ``max_pixels`` cells per side.
+    and the block averaging of grids larger than ``max_pixels`` cells per side (default: about
+    a panel's longer side in pixels at ``dpi``).
     """
-    if max_pixels < 2:
+    if max_pixels is not None and max_pixels < 2:
         raise ValueError(f"max_pixels must be at least 2, got {max_pixels}")
     # Arrays stay in their own dtype (float32 from rasters): a full-size float64 copy of each
     # would dominate the memory of large plots.
@@ -321,6 +319,10 @@ def plot_comparison(
         grid.geographic,
         grid.units,
     )
+
+    panel_height_in = _panel_height_in(grid, truth.shape)
+    if max_pixels is None:
+        max_pixels = max(2, round(max(_PANEL_WIDTH_IN, panel_height_in) * dpi))
 
     rmses = {name: rmse(values, truth) for name, values in methods.items()}
     for name, value in rmses.items():
@@ -349,11 +351,9 @@ def plot_comparison(
     error_cmap = colormaps[ERROR_CMAP].with_extremes(bad=NODATA_COLOR)
 
     n_rows = 1 + len(methods)
-    figure = Figure(
-        figsize=_figure_size(grid, truth.shape, n_rows, title is not None),
-        dpi=dpi,
-        layout="constrained",
-    )
+    width_in = 2 * (_PANEL_WIDTH_IN + _COLOURBAR_WIDTH_IN)
+    height_in = n_rows * (panel_height_in + _TITLE_HEIGHT_IN) + (0.4 if title else 0.0)
+    figure = Figure(figsize=(width_in, height_in), dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(n_rows, 2, squeeze=False)
     x_label, y_label = _axis_labels(grid)

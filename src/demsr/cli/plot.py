@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 # demsr.plot's defaults, written out so that every demsr command does not pay for importing
 # matplotlib and scikit-image at start-up (tests check that they match).
 DEFAULT_DPI = 150
-MAX_PIXELS = 1000
 VERTICAL_EXAGGERATION = 2.0
 
 output_option = click.option(
@@ -133,10 +132,8 @@ def read_inputs(
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=2),
-    default=MAX_PIXELS,
-    show_default=True,
     help="Most cells shown along a panel's longer side; larger grids are block-averaged for "
-    "display (RMSE uses every cell).",
+    "display (RMSE uses every cell) [default: about a panel's size in pixels at --dpi].",
 )
 @click.option(
     "--vertical-exaggeration",
@@ -156,7 +153,7 @@ def compare_command(
     prediction_name: str,
     title: str | None,
     bounds: tuple[float, float, float, float] | None,
-    max_pixels: int,
+    max_pixels: int | None,
     vertical_exaggeration: float,
     output_path: str,
     dpi: int,
