@@ -220,17 +220,28 @@ def test_lowres_and_reference_rasters(
     result = evaluate(tiny_checkpoint, inputs, baselines=["bicubic"], device="cpu", progress=False)
     assert set(result.methods) == {"model", "bicubic"}
 
+    # The uncropped original (344 x 403) is read over the low-res bounds only, as after
+    # `demsr degrade`, which crops to whole blocks.
+    original = inputs_from_rasters(low, dem_test_dir / "mpl_jacksboro_3s.tif")
+    np.testing.assert_array_equal(original.highres, inputs.highres)
+    assert original.transform == transform
+
     shifted = write_raster(
         tmp_path / "shifted.tif",
         degrade(highres, 5),
-        Affine.translation(0.01, 0) @ transform @ Affine.scale(5),
+        Affine.translation(0.4 * transform.a, 0) @ transform @ Affine.scale(5),
         crs,
     )
-    with pytest.raises(ValueError, match="not the low-res grid divided by 5"):
+    with pytest.raises(ValueError, match="offset from those of"):
         inputs_from_rasters(shifted, high)
-    odd = write_raster(tmp_path / "odd.tif", highres[:, :333], transform, crs)
-    with pytest.raises(ValueError, match="not an integer multiple"):
-        inputs_from_rasters(low, odd)
+    small = write_raster(tmp_path / "small.tif", highres[:, :333], transform, crs)
+    with pytest.raises(ValueError, match="does not cover"):
+        inputs_from_rasters(low, small)
+    coarse = write_raster(
+        tmp_path / "coarse.tif", highres[::3, ::3], transform @ Affine.scale(3.5), crs
+    )
+    with pytest.raises(ValueError, match="not one integer scale"):
+        inputs_from_rasters(coarse, high)
     utm = write_raster(
         tmp_path / "utm.tif", degrade(highres, 5), transform @ Affine.scale(5), "EPSG:32616"
     )

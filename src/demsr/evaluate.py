@@ -36,11 +36,19 @@ import torch
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from demsr.checkpoint import Checkpoint, load_checkpoint
 from demsr.datasets import dihedral, read_pair_file, undo_dihedral
-from demsr.io import atomic_path, read_raster
+from demsr.io import (
+    atomic_path,
+    integer_scale,
+    locate_grid,
+    open_raster,
+    read_raster,
+    same_crs,
+)
 from demsr.metrics import (
     ASPECT_MIN_SLOPE_DEG,
     SLOPE_CLASSES_DEG,
@@ -232,39 +240,42 @@ def inputs_from_raster(path: str | os.PathLike[str], scale: int, band: int = 1) 
 def inputs_from_rasters(
     lowres_path: str | os.PathLike[str], highres_path: str | os.PathLike[str], band: int = 1
 ) -> EvaluationInputs:
-    """A low-res raster and a high-res reference on the same bounds, ``scale`` times finer."""
-    lowres = read_raster(lowres_path, band=band)
-    highres = read_raster(highres_path, band=band)
-    where = f"{lowres_path} vs {highres_path}"
-    if (lowres.crs is None) != (highres.crs is None) or (
-        lowres.crs is not None and lowres.crs != highres.crs
+    """A low-res raster and its high-res reference, on a grid an integer ``scale`` finer.
+
+    The reference must have the low-res CRS, cells aligned with the low-res cells' edges and
+    cover them; a larger one (e.g. the raster ``demsr degrade`` cropped to whole blocks) is read
+    over the low-res bounds only.
+    """
+    with (
+        open_raster(lowres_path, band=band) as low_reader,
+        open_raster(highres_path, band=band) as reader,
     ):
-        raise ValueError(f"{where}: the rasters have different CRSs")
-    (low_rows, low_cols), (high_rows, high_cols) = lowres.shape, highres.shape
-    scale = high_rows // low_rows if low_rows else 0
-    if scale < 2 or (high_rows, high_cols) != (low_rows * scale, low_cols * scale):
-        raise ValueError(
-            f"{where}: {high_rows}x{high_cols} high-res cells are not an integer multiple (>= 2) "
-            f"of {low_rows}x{low_cols} low-res cells"
-        )
-    expected = lowres.transform @ Affine.scale(1 / scale)
-    tolerance = 1e-3 * abs(highres.transform.a)
-    if not highres.transform.almost_equals(expected, precision=tolerance):
-        raise ValueError(
-            f"{where}: the high-res grid is not the low-res grid divided by {scale} "
-            "(different origin or cell size)"
-        )
-    dx, dy = cell_sizes_m(highres.transform, highres.crs, high_rows)
+        if not same_crs(low_reader.crs, reader.crs):
+            raise ValueError(f"{lowres_path} vs {highres_path}: the rasters have different CRSs")
+        scale = integer_scale(low_reader, reader)
+        if scale < 2:
+            raise ValueError(
+                f"{lowres_path}: its cells are not at least twice as large as {highres_path}'s"
+            )
+        lowres = low_reader.read()
+        transform = low_reader.transform @ Affine.scale(1 / scale)
+        shape = (lowres.shape[0] * scale, lowres.shape[1] * scale)
+        row_off, col_off = locate_grid(reader, transform, shape, os.fspath(lowres_path))
+        window = Window(col_off, row_off, shape[1], shape[0])
+        highres = reader.read(window)
+        transform = reader.window_transform(window)
+        crs = reader.crs
+    dx, dy = cell_sizes_m(transform, crs, shape[0])
     return EvaluationInputs(
-        lowres=lowres.data[None],
-        highres=highres.data[None],
+        lowres=lowres[None],
+        highres=highres[None],
         scale=scale,
         source=f"{lowres_path} -> {highres_path}",
         kind="raster",
         dx_m=dx[None],
         dy_m=dy[None],
-        transform=highres.transform,
-        crs=highres.crs,
+        transform=transform,
+        crs=crs,
     )
 
 

@@ -54,7 +54,16 @@ from matplotlib.ticker import MaxNLocator
 from pyproj import CRS as ProjCRS
 from rasterio.windows import Window
 
-from demsr.io import RasterReader, atomic_path, open_raster, refuse_existing
+from demsr.io import (
+    GRID_TOLERANCE,
+    RasterReader,
+    atomic_path,
+    integer_scale,
+    locate_grid,
+    open_raster,
+    refuse_existing,
+    same_crs,
+)
 from demsr.metrics import cell_sizes_m, rmse
 
 log = logging.getLogger(__name__)
@@ -408,8 +417,6 @@ def plot_comparison(
 
 MAX_READ_CELLS = 50_000_000
 """Most high-res cells :func:`read_comparison` reads (about 200 MB per float32 array)."""
-_GRID_TOLERANCE = 1e-3
-"""Fraction of a cell by which cell sizes and origins of grids that agree may differ."""
 
 
 @dataclass
@@ -430,60 +437,6 @@ class Comparison:
     scale: int
 
 
-def _same_crs(first: Any, second: Any) -> bool:
-    if first is None or second is None:
-        return first is None and second is None
-    return bool(first == second)
-
-
-def _integer_scale(lowres: RasterReader, highres: RasterReader) -> int:
-    """How many ``highres`` cells span one ``lowres`` cell along each axis (an integer)."""
-    ratio_x = lowres.transform.a / highres.transform.a
-    ratio_y = lowres.transform.e / highres.transform.e
-    scale = round(ratio_x)
-    if scale < 1 or max(abs(ratio_x - scale), abs(ratio_y - scale)) > _GRID_TOLERANCE * scale:
-        raise ValueError(
-            f"{lowres.path}: its cells are {ratio_x:.4g} x {ratio_y:.4g} times those of "
-            f"{highres.path}, not one integer scale"
-        )
-    return scale
-
-
-def _locate(
-    reader: RasterReader, transform: Affine, shape: tuple[int, int], reference: str
-) -> tuple[int, int]:
-    """(row, col) of the grid (``transform``, ``shape``), named ``reference`` in messages, on
-    ``reader``'s grid, which must hold it: same cell size, cell edges aligned, covering it."""
-    own = reader.transform
-    if abs(own.a - transform.a) > _GRID_TOLERANCE * abs(transform.a) or abs(
-        own.e - transform.e
-    ) > _GRID_TOLERANCE * abs(transform.e):
-        raise ValueError(
-            f"{reader.path}: cells of {own.a:.6g} x {-own.e:.6g} differ from the "
-            f"{transform.a:.6g} x {-transform.e:.6g} of {reference}"
-        )
-    col = (transform.c - own.c) / own.a
-    row = (transform.f - own.f) / own.e
-    col_off, row_off = round(col), round(row)
-    if max(abs(col - col_off), abs(row - row_off)) > _GRID_TOLERANCE:
-        raise ValueError(
-            f"{reader.path}: its cells are offset from those of {reference} by "
-            f"({col - col_off:+.3f}, {row - row_off:+.3f}) cells"
-        )
-    rows, cols = shape
-    if (
-        row_off < 0
-        or col_off < 0
-        or row_off + rows > reader.shape[0]
-        or col_off + cols > reader.shape[1]
-    ):
-        raise ValueError(
-            f"{reader.path}: does not cover {reference} ({rows} x {cols} cells from "
-            f"row {row_off}, column {col_off} of its {reader.shape[0]} x {reader.shape[1]})"
-        )
-    return row_off, col_off
-
-
 def _bounds_window(reader: RasterReader, bounds: Sequence[float]) -> Window:
     """The cells of ``reader`` that ``bounds`` (left, bottom, right, top) touch, clipped."""
     left, bottom, right, top = (float(value) for value in bounds)
@@ -494,10 +447,10 @@ def _bounds_window(reader: RasterReader, bounds: Sequence[float]) -> Window:
         )
     transform = reader.transform
     rows, cols = reader.shape
-    col_start = max(0, math.floor((left - transform.c) / transform.a + _GRID_TOLERANCE))
-    col_stop = min(cols, math.ceil((right - transform.c) / transform.a - _GRID_TOLERANCE))
-    row_start = max(0, math.floor((top - transform.f) / transform.e + _GRID_TOLERANCE))
-    row_stop = min(rows, math.ceil((bottom - transform.f) / transform.e - _GRID_TOLERANCE))
+    col_start = max(0, math.floor((left - transform.c) / transform.a + GRID_TOLERANCE))
+    col_stop = min(cols, math.ceil((right - transform.c) / transform.a - GRID_TOLERANCE))
+    row_start = max(0, math.floor((top - transform.f) / transform.e + GRID_TOLERANCE))
+    row_stop = min(rows, math.ceil((bottom - transform.f) / transform.e - GRID_TOLERANCE))
     if col_stop <= col_start or row_stop <= row_start:
         box = " ".join(f"{value:g}" for value in reader.bounds)
         raise ValueError(
@@ -552,11 +505,11 @@ def read_comparison(
             if path is not None
         }
         for reader in (prediction, truth, *files.values()):
-            if not _same_crs(reader.crs, lowres.crs):
+            if not same_crs(reader.crs, lowres.crs):
                 raise ValueError(
                     f"{reader.path}: CRS {reader.crs} differs from {lowres.path}'s ({lowres.crs})"
                 )
-        scale = _integer_scale(lowres, prediction)
+        scale = integer_scale(lowres, prediction)
         # The high-res grid: the low-res one refined by the scale over the same bounds.
         highres_transform = lowres.transform @ Affine.scale(1 / scale)
         highres_shape = (lowres.shape[0] * scale, lowres.shape[1] * scale)
@@ -567,8 +520,8 @@ def read_comparison(
                     f"{reader.path}: {reader.shape[0]} x {reader.shape[1]} cells, not the "
                     f"{highres_shape[0]} x {highres_shape[1]} of {reference}"
                 )
-            _locate(reader, highres_transform, highres_shape, reference)
-        truth_row, truth_col = _locate(truth, highres_transform, highres_shape, reference)
+            locate_grid(reader, highres_transform, highres_shape, reference)
+        truth_row, truth_col = locate_grid(truth, highres_transform, highres_shape, reference)
 
         lowres_window = (
             Window(0, 0, lowres.shape[1], lowres.shape[0])
