@@ -511,3 +511,49 @@ def test_cli_defaults_are_the_library_defaults() -> None:
     assert f"{plot.MAX_READ_CELLS // 1_000_000} million" in " ".join(
         str(p.help) for p in plot_cli.compare_command.params
     )
+
+
+def test_compare_runs_a_checkpoint_on_the_degraded_truth(tmp_path: Path) -> None:
+    import torch
+
+    from demsr.checkpoint import save_checkpoint
+    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+
+    torch.manual_seed(0)
+    model = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=5))
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", model, ElevationScaling())
+    truth = DEM_TEST / "mpl_jacksboro_3s.tif"
+    output = tmp_path / "fig.png"
+    result = run(
+        "plot",
+        "compare",
+        "--checkpoint",
+        checkpoint,
+        "--truth",
+        truth,
+        "--baseline",
+        "bicubic",
+        "--device",
+        "cpu",
+        "--dpi",
+        50,
+        "-o",
+        output,
+    )
+    assert result.exit_code == 0, result.output
+    picture = matplotlib.image.imread(output)
+    assert picture.shape[0] > picture.shape[1] and picture.std() > 0.05  # 3 rows of 2 panels
+    both = run(
+        "plot",
+        "compare",
+        "--checkpoint",
+        checkpoint,
+        "--prediction",
+        truth,
+        "--truth",
+        truth,
+        "-o",
+        tmp_path / "x.png",
+    )
+    assert both.exit_code != 0 and "not both" in both.output
+    assert not (tmp_path / "x.png").exists()

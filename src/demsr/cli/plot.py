@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from demsr.cli.options import overwrite_option
+from demsr.cli.options import device_option, overwrite_option
 
 if TYPE_CHECKING:
     from demsr.plot import Comparison
@@ -69,25 +69,61 @@ def _parse_baselines(
 
 
 def read_inputs(
-    lowres: str,
+    lowres: str | None,
     truth: str,
-    prediction: str,
+    prediction: str | None,
+    checkpoint: str | None,
     baselines: dict[str, str | None],
     bounds: tuple[float, float, float, float] | None,
+    device: str,
 ) -> Comparison:
-    """The arrays to plot, on one checked grid. A mode that runs a checkpoint on the low-res
-    input would build its :class:`~demsr.plot.Comparison` here instead of reading a prediction."""
-    from demsr.plot import read_comparison
+    """The arrays to plot, on one checked grid: read from rasters, or with ``checkpoint`` the
+    prediction made here from the low-res input (the truth degraded when there is none)."""
+    from demsr.plot import Comparison, read_comparison
 
-    return read_comparison(lowres, truth, prediction, baselines=baselines, bounds=bounds)
+    if checkpoint is None:
+        if lowres is None or prediction is None:
+            raise click.UsageError("give --lowres and --prediction, or --checkpoint")
+        return read_comparison(lowres, truth, prediction, baselines=baselines, bounds=bounds)
+    if prediction is not None:
+        raise click.UsageError("give --prediction or --checkpoint, not both")
+    if bounds is not None:
+        raise click.UsageError("--bounds works with --prediction only; crop the truth first")
+    from demsr.checkpoint import load_checkpoint
+    from demsr.evaluate import load_inputs, predict_inputs, upsample_baseline
+    from demsr.model import resolve_device
+
+    model = load_checkpoint(checkpoint)
+    inputs = load_inputs(truth, model.scale, lowres)
+    if inputs.kind != "raster":
+        raise click.UsageError(f"{truth}: a raster is needed here (use demsr report for pairs)")
+    for name, path in baselines.items():
+        if path is not None:
+            raise click.UsageError(f"--baseline {name}={path}: with --checkpoint give names only")
+    torch_device = resolve_device(device)
+    values = predict_inputs(
+        model.build_resolver(torch_device), inputs, torch_device, progress=False
+    )
+    assert inputs.transform is not None
+    return Comparison(
+        lowres=inputs.lowres[0],
+        truth=inputs.highres[0],
+        prediction=values[0],
+        baselines={
+            name: upsample_baseline(inputs.lowres[0], model.scale, name) for name in baselines
+        },
+        transform=inputs.transform,
+        crs=inputs.crs,
+        scale=model.scale,
+    )
 
 
 @command.command("compare")
 @click.option(
     "--lowres",
-    required=True,
     type=click.Path(),
-    help="Low-res input raster (e.g. made by demsr degrade).",
+    help="Low-res input raster (e.g. made by demsr degrade); with --checkpoint and without "
+    "it, the truth is degraded by block mean.",
 )
 @click.option(
     "--truth",
@@ -97,8 +133,13 @@ def read_inputs(
     "read over the prediction's cells).",
 )
 @click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    help="Run this model on the low-res input instead of reading --prediction.",
+)
+@device_option
+@click.option(
     "--prediction",
-    required=True,
     type=click.Path(),
     help="Prediction from the low-res input (e.g. made by demsr predict): the low-res grid "
     "refined by an integer scale over the same bounds.",
@@ -146,9 +187,11 @@ def read_inputs(
 @dpi_option
 @overwrite_option
 def compare_command(
-    lowres: str,
+    lowres: str | None,
     truth: str,
-    prediction: str,
+    checkpoint: str | None,
+    device: str,
+    prediction: str | None,
     baselines: dict[str, str | None],
     prediction_name: str,
     title: str | None,
@@ -160,7 +203,9 @@ def compare_command(
     overwrite: bool,
 ) -> None:
     """Low-res input, truth, prediction and baselines with hillshade, and each one's error
-    (prediction - truth) titled with its RMSE in metres, from rasters already on disk.
+    (prediction - truth) titled with its RMSE in metres: from rasters already on disk
+    (--lowres, --truth, --prediction), or running --checkpoint on --lowres (or on the block
+    mean of --truth).
 
     Elevation panels share one colour scale (the truth's 1st-99th percentiles); error panels
     share symmetric limits (99th percentile of |error|); nodata is grey.
@@ -172,7 +217,7 @@ def compare_command(
         raise click.BadParameter(
             f"baseline {prediction_name!r} has the prediction's name", param_hint="--baseline"
         )
-    comparison = read_inputs(lowres, truth, prediction, baselines, bounds)
+    comparison = read_inputs(lowres, truth, prediction, checkpoint, baselines, bounds, device)
     figure = plot_comparison(
         comparison.lowres,
         comparison.truth,
