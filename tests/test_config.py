@@ -69,6 +69,13 @@ def test_lite_config_loads() -> None:
     assert load_config(REPO / "configs" / "lite.yaml").model.build() == PRESETS["lite"]
 
 
+def test_finetune_recipe_takes_the_model_from_the_parent() -> None:
+    config = load_config(REPO / "configs" / "finetune-ocean.yaml")
+    assert config.model == RunConfig().model  # no model section: the parent's is used
+    assert config.optimizer.finetune_lr == pytest.approx(1e-5)
+    assert config.finetune.freeze == "default"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -236,7 +236,8 @@ def test_a_run_saved_before_the_finetune_section_still_resumes(
 def test_finetune_command(tiny_pairs: Path, parent: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     sets = [x for o in tiny_overrides(tiny_pairs, run, "train.epochs=1") for x in ("--set", o)]
-    args = ["finetune", str(parent), *sets, "--no-progress"]
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "finetune-ocean.yaml"
+    args = ["finetune", str(parent), "--config", str(recipe), *sets, "--no-progress"]
     result = CliRunner().invoke(
         main, [*args, "--freeze", "none", "--freeze-prefix", "conv2", "--learning-rate", "3e-4"]
     )
