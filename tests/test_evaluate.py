@@ -356,3 +356,9 @@ def test_cli_refuses_a_model_of_another_scale(tiny_pairs: Path, tmp_path: Path) 
     )
     assert result.exit_code == 1
     assert "the data are x5, the model is x4" in result.output
+
+
+def test_command_line_baselines_are_the_librarys() -> None:
+    from demsr.cli.options import BASELINE_NAMES
+
+    assert BASELINE_NAMES == tuple(BASELINES)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import band_option, device_option, overwrite_option
+from demsr.cli.options import (
+    band_option,
+    device_option,
+    overwrite_option,
+    with_scoring_options,
+)
 
 
 @click.command("evaluate")
@@ -14,28 +19,11 @@ from demsr.cli.options import band_option, device_option, overwrite_option
     "--lowres",
     "lowres_path",
     type=click.Path(dir_okay=False),
-    help="Low-res raster to super-resolve; DATA is then its high-res reference on the same "
-    "bounds. Without it a raster DATA is degraded by block mean first.",
+    help="Low-res raster to super-resolve; DATA is then its high-res reference (same CRS, "
+    "cells aligned, covering the low-res bounds). Without it a raster DATA is degraded by "
+    "block mean first.",
 )
-@click.option(
-    "--baseline",
-    "baselines",
-    multiple=True,
-    type=click.Choice(["bilinear", "bicubic", "cubic_spline", "lanczos"]),
-    help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
-)
-@click.option(
-    "--self-ensemble",
-    is_flag=True,
-    help="Average the model over the 8 flips/rotations of the input (8x slower).",
-)
-@click.option(
-    "--cell-size-m",
-    nargs=2,
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="X_M Y_M",
-    help="High-res cell size for slope/aspect on pair files whose source rasters are not found.",
-)
+@with_scoring_options
 @click.option(
     "--json",
     "json_path",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -40,10 +40,21 @@ config_options = [
 ]
 
 
-def with_config_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(config_options):
-        function = option(function)
-    return function
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def stacked(options: Sequence[Decorator]) -> Decorator:
+    """One decorator applying ``options`` so that they appear in --help in list order."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+with_config_options = stacked(config_options)
 
 
 progress_option = click.option(
@@ -68,6 +79,34 @@ run_options = [
 
 
 def with_run_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(run_options):
-        function = option(function)
-    return with_config_options(function)
+    return with_config_options(stacked(run_options)(function))
+
+
+# How `evaluate` and `report` score models: the baselines beside them, self-ensembles, and cell
+# sizes for slope on pair files. The baseline names are demsr.evaluate.BASELINES (written out so
+# that parsing the command line does not import torch; a test checks they agree).
+BASELINE_NAMES = ("bilinear", "bicubic", "cubic_spline", "lanczos")
+scoring_options = [
+    click.option(
+        "--baseline",
+        "baselines",
+        multiple=True,
+        type=click.Choice(BASELINE_NAMES),
+        help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
+    ),
+    click.option(
+        "--self-ensemble",
+        is_flag=True,
+        help="Average each model over the 8 flips/rotations of its input (8x slower).",
+    ),
+    click.option(
+        "--cell-size-m",
+        nargs=2,
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="X_M Y_M",
+        help="High-res cell size for slope/aspect on pair files whose source rasters are not "
+        "found.",
+    ),
+]
+
+with_scoring_options = stacked(scoring_options)

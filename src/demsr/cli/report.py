@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import band_option, device_option, overwrite_option
+from demsr.cli.options import (
+    band_option,
+    device_option,
+    overwrite_option,
+    with_scoring_options,
+)
 
 
 @click.command("report")
@@ -29,21 +34,7 @@ from demsr.cli.options import band_option, device_option, overwrite_option
     type=click.Path(dir_okay=False),
     help="report.html (one self-contained file) or report.md (+ report_files/ with PNGs).",
 )
-@click.option(
-    "--baseline",
-    "baselines",
-    multiple=True,
-    type=click.Choice(["bilinear", "bicubic", "cubic_spline", "lanczos"]),
-    help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
-)
-@click.option("--self-ensemble", is_flag=True, help="Average each model over 8 flips/rotations.")
-@click.option(
-    "--cell-size-m",
-    nargs=2,
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="X_M Y_M",
-    help="High-res cell size for slope/aspect on pair files whose source rasters are not found.",
-)
+@with_scoring_options
 @click.option(
     "--pair-index",
     type=click.IntRange(min=0),
