@@ -181,14 +181,22 @@ def save_checkpoint(
     return Path(path)
 
 
-def _open(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _open(
+    path: str | os.PathLike[str], prefixes: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The file's header and the tensors whose keys start with one of ``prefixes``.
+
+    Only those tensors are read: loading the weights leaves the optimizer moments on disk.
+    """
     path_str = os.fspath(path)
     if not Path(path_str).is_file():
         raise CheckpointError(f"{path_str}: no such checkpoint file")
     try:
         with safe_open(path_str, framework="pt", device="cpu") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {
+                key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefixes)
+            }
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path_str}: not a demsr checkpoint (expected a safetensors file: {exc}); "
@@ -209,13 +217,13 @@ def _open(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint's model, config and elevation scaling (CPU tensors)."""
-    header, tensors = _open(path)
+    header, tensors = _open(path, ("model.",))
     try:
         model_config = ModelConfig.from_dict(header["model"])
         scaling = ElevationScaling.from_dict(header["scaling"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model metadata ({exc})") from None
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in tensors.items()}
     metadata = {k: v for k, v in header.items() if k not in ("model", "scaling", "scale")}
     checkpoint = Checkpoint(model_config, scaling, state, metadata, path=os.fspath(path))
     checkpoint.build_model()  # fail now, with the file's name, if the weights do not fit
@@ -224,7 +232,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
     """The optimizer/scheduler/RNG state stored by a training checkpoint."""
-    header, tensors = _open(path)
+    header, tensors = _open(path, ("optimizer.", "rng."))
     if "training_state" not in header:
         raise CheckpointError(f"{path}: holds weights only, no training state to resume from")
     info = header["training_state"]
