@@ -193,6 +193,7 @@ class Trainer:
         # Set by finetune: provenance of the parent checkpoint, and what stays frozen.
         self.parent_record: dict[str, Any] | None = None
         self.frozen_prefixes: list[str] = []
+        self.frozen_parameters = 0  # counted when the loop starts
 
     def _check_data(self) -> None:
         for name, dataset in (("train", self.train_set), ("valid", self.valid_set)):
@@ -254,8 +255,10 @@ class Trainer:
             },
         }
         if self.parent_record is not None:
-            frozen = count_parameters(self.model) - count_parameters(self.model, True)
-            metadata["frozen"] = {"prefixes": self.frozen_prefixes, "parameters": frozen}
+            metadata["frozen"] = {
+                "prefixes": self.frozen_prefixes,
+                "parameters": self.frozen_parameters,
+            }
         return metadata
 
     def _write_metrics_row(self, row: dict[str, Any]) -> None:
@@ -430,13 +433,16 @@ class Trainer:
         """The training loop shared by fit and finetune (the model is built)."""
         cfg = self.config
         out = self.output_dir
-        finetuning = self.parent_record is not None
-        learning_rate_key = "finetune_lr" if finetuning else "learning_rate"
+        # The fine-tuning record, None when training from scratch (a local: the type checker
+        # narrows it).
+        parent = self.parent_record
+        learning_rate_key = "finetune_lr" if parent is not None else "learning_rate"
         out.mkdir(parents=True, exist_ok=True)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        frozen = count_parameters(self.model) - sum(p.numel() for p in trainable)
+        trainable_count = count_parameters(self.model, trainable_only=True)
+        self.frozen_parameters = count_parameters(self.model) - trainable_count
         optimizer = torch.optim.Adam(
             trainable,
             lr=getattr(cfg.optimizer, learning_rate_key),
@@ -461,12 +467,14 @@ class Trainer:
                     f"{last}: cannot resume with different settings ({', '.join(changed)}); "
                     "only the epoch and step limits may change"
                 )
-            if self.parent_record is not None and stored_parent is not None:
-                self.parent_record["valid_rmse_m"] = stored_parent.get("valid_rmse_m")
+            if parent is not None and stored_parent is not None:
+                parent["valid_rmse_m"] = stored_parent.get("valid_rmse_m")
             state = load_training_state(last)
+            best_rmse = float(
+                checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m", math.inf)
+            )
             if state.bad_epochs >= cfg.train.patience:
                 log.info("%s stopped early after epoch %d; nothing to resume", out, state.epoch)
-                best_rmse = float(checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m"))
                 return TrainResult(
                     out,
                     state.epoch,
@@ -481,9 +489,6 @@ class Trainer:
             restore_rng_state(state.rng["tensors"], state.rng["extra"])
             start_epoch, global_step = state.epoch + 1, state.global_step
             best_loss, bad_epochs = state.best_valid_loss, state.bad_epochs
-            best_rmse = float(
-                checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m", math.inf)
-            )
             self._truncate_metrics(state.epoch)
             log.info("resuming %s after epoch %d (step %d)", out, state.epoch, global_step)
         else:
@@ -493,9 +498,9 @@ class Trainer:
                     "or choose another output folder"
                 )
             (out / METRICS).unlink(missing_ok=True)
-            if self.parent_record is not None:
+            if parent is not None:
                 _, parent_rmse = self.validate()
-                self.parent_record["valid_rmse_m"] = parent_rmse
+                parent["valid_rmse_m"] = parent_rmse
                 log.info(
                     "parent %s: validation RMSE %.2f m on these pairs before fine-tuning",
                     cfg.finetune.parent,
@@ -503,7 +508,7 @@ class Trainer:
                 )
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(cfg.to_yaml())
-        if finetuning:
+        if parent is not None:
             log.info(
                 "fine-tuning %s with %s frozen, at learning rate %.2e",
                 cfg.finetune.parent,
@@ -516,8 +521,8 @@ class Trainer:
             self.model_config,
             self.device,
             self.precision,
-            sum(p.numel() for p in trainable),
-            frozen,
+            trainable_count,
+            self.frozen_parameters,
             len(self.train_set),
             len(self.valid_set),
             cfg.data.batch_size,
