@@ -55,8 +55,8 @@ from demsr.metrics import (
     angle_difference_deg,
     aspect_deg,
     cell_sizes_m,
-    max_abs_error,
-    psnr,
+    psnr_from_rmse,
+    root_mean_square,
     slope_deg,
     ssim,
 )
@@ -511,7 +511,7 @@ def _errors_summary(errors: np.ndarray) -> dict[str, float | None]:
     if errors.size == 0:
         return {"rmse": None, "mae": None, "bias": None}
     return {
-        "rmse": float(np.sqrt(np.mean(errors**2))),
+        "rmse": root_mean_square(errors),
         "mae": float(np.mean(np.abs(errors))),
         "bias": float(np.mean(errors)),
     }
@@ -532,7 +532,6 @@ def score(
         valid &= np.isfinite(values)
     if not valid.any():
         raise ValueError(f"{inputs.source}: no cell has a value in the truth and every prediction")
-    masked = {name: np.where(valid, values, np.nan) for name, values in predictions.items()}
     truth = np.where(valid, truth, np.nan)
     data_range = float(np.nanmax(truth) - np.nanmin(truth))
     result = Evaluation(
@@ -554,12 +553,15 @@ def score(
             groups[f"slope {lower:g}-{upper:g} deg"] = (
                 valid & (truth_slope >= lower) & (truth_slope < upper)
             )
-    for name, values in masked.items():
+    for name, values in predictions.items():
+        values = np.where(valid, values, np.nan)
         errors = values - truth
+        valid_errors = errors[valid]
+        rmse_m = root_mean_square(valid_errors)
         metrics: dict[str, float | None] = {
-            **_errors_summary(errors[valid]),
-            "max_abs_error": max_abs_error(values, truth),
-            "psnr_db": psnr(values, truth, data_range) if data_range > 0 else None,
+            **_errors_summary(valid_errors),
+            "max_abs_error": float(np.max(np.abs(valid_errors))),
+            "psnr_db": psnr_from_rmse(rmse_m, data_range) if data_range > 0 else None,
             "ssim": _ssim_or_none(values, truth, data_range),
             "slope_rmse_deg": None,
             "aspect_mae_deg": None,
@@ -570,7 +572,7 @@ def score(
             slope_error = slope - truth_slope
             finite = np.isfinite(slope_error)
             if finite.any():
-                metrics["slope_rmse_deg"] = float(np.sqrt(np.mean(slope_error[finite] ** 2)))
+                metrics["slope_rmse_deg"] = root_mean_square(slope_error[finite])
             steep = finite & (truth_slope >= ASPECT_MIN_SLOPE_DEG)
             if steep.any():
                 metrics["aspect_mae_deg"] = float(
@@ -587,7 +589,7 @@ def score(
             if slope_error is not None:
                 finite = mask & np.isfinite(slope_error)
                 entry["slope_rmse_deg"] = (
-                    float(np.sqrt(np.mean(slope_error[finite] ** 2))) if finite.any() else None
+                    root_mean_square(slope_error[finite]) if finite.any() else None
                 )
             result.breakdown.setdefault(group, {})[name] = entry
     return result

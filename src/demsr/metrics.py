@@ -48,9 +48,14 @@ def _errors(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return errors
 
 
+def root_mean_square(values: np.ndarray) -> float:
+    """sqrt(mean(values**2)) of a non-empty array (e.g. the valid errors)."""
+    return float(np.sqrt(np.mean(values**2)))
+
+
 def rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Root-mean-square error over cells finite in both arrays (same units as the inputs)."""
-    return float(np.sqrt(np.mean(_errors(prediction, truth) ** 2)))
+    return root_mean_square(_errors(prediction, truth))
 
 
 def mae(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -76,8 +81,15 @@ def psnr(prediction: np.ndarray, truth: np.ndarray, data_range_m: float) -> floa
     """
     if not data_range_m > 0:
         raise ValueError(f"data_range_m must be > 0, got {data_range_m}")
-    error = rmse(prediction, truth)
-    return math.inf if error == 0 else 20.0 * math.log10(data_range_m / error)
+    return psnr_from_rmse(rmse(prediction, truth), data_range_m)
+
+
+def psnr_from_rmse(rmse_m: float, data_range_m: float) -> float:
+    """:func:`psnr` from an RMSE already computed: ``20 log10(data_range_m / rmse_m)`` dB,
+    infinite for a zero RMSE."""
+    if not data_range_m > 0:
+        raise ValueError(f"data_range_m must be > 0, got {data_range_m}")
+    return math.inf if rmse_m == 0 else 20.0 * math.log10(data_range_m / rmse_m)
 
 
 def ssim(prediction: np.ndarray, truth: np.ndarray, data_range_m: float) -> float:
