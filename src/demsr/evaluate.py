@@ -53,11 +53,10 @@ from demsr.metrics import (
     ASPECT_MIN_SLOPE_DEG,
     SLOPE_CLASSES_DEG,
     angle_difference_deg,
-    aspect_deg,
     cell_sizes_m,
     psnr_from_rmse,
     root_mean_square,
-    slope_deg,
+    slope_aspect_deg,
     ssim,
 )
 from demsr.model import SuperResolver, resolve_device
@@ -501,9 +500,9 @@ def _slopes(values: np.ndarray, inputs: EvaluationInputs) -> tuple[np.ndarray, n
     slopes = np.empty(values.shape)
     aspects = np.empty(values.shape)
     for index, image in enumerate(values):
-        dx, dy = inputs.dx_m[index], inputs.dy_m[index]
-        slopes[index] = slope_deg(image, dx, dy)
-        aspects[index] = aspect_deg(image, dx, dy)
+        slopes[index], aspects[index] = slope_aspect_deg(
+            image, inputs.dx_m[index], inputs.dy_m[index]
+        )
     return slopes, aspects
 
 
@@ -545,10 +544,9 @@ def score(
         checkpoint=checkpoint,
     )
     has_slope = inputs.dx_m is not None and inputs.units == "m"
-    if has_slope:
-        truth_slope, truth_aspect = _slopes(truth, inputs)
     groups: dict[str, np.ndarray] = {"land": valid & (truth > 0), "sea": valid & (truth <= 0)}
     if has_slope:
+        truth_slope, truth_aspect = _slopes(truth, inputs)
         for lower, upper in SLOPE_CLASSES_DEG:
             groups[f"slope {lower:g}-{upper:g} deg"] = (
                 valid & (truth_slope >= lower) & (truth_slope < upper)
@@ -567,13 +565,14 @@ def score(
             "aspect_mae_deg": None,
         }
         slope_error: np.ndarray | None = None
+        slope_finite: np.ndarray | None = None
         if has_slope:
             slope, aspect = _slopes(values, inputs)
             slope_error = slope - truth_slope
-            finite = np.isfinite(slope_error)
-            if finite.any():
-                metrics["slope_rmse_deg"] = root_mean_square(slope_error[finite])
-            steep = finite & (truth_slope >= ASPECT_MIN_SLOPE_DEG)
+            slope_finite = np.isfinite(slope_error)
+            if slope_finite.any():
+                metrics["slope_rmse_deg"] = root_mean_square(slope_error[slope_finite])
+            steep = slope_finite & (truth_slope >= ASPECT_MIN_SLOPE_DEG)
             if steep.any():
                 metrics["aspect_mae_deg"] = float(
                     np.mean(angle_difference_deg(aspect[steep], truth_aspect[steep]))
@@ -586,8 +585,8 @@ def score(
                 "cells": int(mask.sum()),
                 **_errors_summary(errors[mask]),
             }
-            if slope_error is not None:
-                finite = mask & np.isfinite(slope_error)
+            if slope_error is not None and slope_finite is not None:
+                finite = mask & slope_finite
                 entry["slope_rmse_deg"] = (
                     root_mean_square(slope_error[finite]) if finite.any() else None
                 )

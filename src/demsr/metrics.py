@@ -207,12 +207,22 @@ def horn_gradient(
     return east, north
 
 
+def slope_aspect_deg(
+    elevation: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and aspect in degrees (see :func:`slope_deg`, :func:`aspect_deg`) from one Horn
+    gradient of (..., H, W) elevations in metres; NaN where undefined."""
+    east, north = horn_gradient(elevation, dx_m, dy_m)
+    slope = np.degrees(np.arctan(np.hypot(east, north)))
+    aspect = np.degrees(np.arctan2(-east, -north)) % 360.0
+    return slope, aspect
+
+
 def slope_deg(
     elevation: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | float
 ) -> np.ndarray:
     """Slope in degrees (Horn's method) of (..., H, W) elevations in metres; NaN where undefined."""
-    east, north = horn_gradient(elevation, dx_m, dy_m)
-    return np.degrees(np.arctan(np.hypot(east, north)))
+    return slope_aspect_deg(elevation, dx_m, dy_m)[0]
 
 
 def aspect_deg(
@@ -223,8 +233,7 @@ def aspect_deg(
     0 faces north, 90 east; a flat cell gets an arbitrary value (compare aspect only where the
     slope is not small). NaN where the slope is undefined.
     """
-    east, north = horn_gradient(elevation, dx_m, dy_m)
-    return np.degrees(np.arctan2(-east, -north)) % 360.0
+    return slope_aspect_deg(elevation, dx_m, dy_m)[1]
 
 
 def angle_difference_deg(first: np.ndarray, second: np.ndarray) -> np.ndarray:
