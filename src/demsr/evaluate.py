@@ -517,11 +517,15 @@ def _errors_summary(errors: np.ndarray) -> dict[str, float | None]:
 
 
 def score(
-    inputs: EvaluationInputs, predictions: dict[str, np.ndarray], checkpoint: str | None = None
+    inputs: EvaluationInputs,
+    predictions: dict[str, np.ndarray],
+    checkpoint: str | None = None,
+    self_ensemble: bool = False,
 ) -> Evaluation:
     """Metrics of each named (N, H, W) prediction against ``inputs.highres``.
 
     Every method is scored on the same cells: where the truth and all predictions are finite.
+    ``checkpoint`` and ``self_ensemble`` (the model averaged its 8 flips/rotations) are recorded.
     """
     truth = inputs.highres.astype(np.float64)
     valid = np.isfinite(truth)
@@ -542,6 +546,7 @@ def score(
         cells=int(valid.sum()),
         data_range_m=data_range,
         checkpoint=checkpoint,
+        self_ensemble=self_ensemble,
     )
     has_slope = inputs.dx_m is not None and inputs.units == "m"
     groups: dict[str, np.ndarray] = {"land": valid & (truth > 0), "sea": valid & (truth <= 0)}
@@ -666,9 +671,7 @@ def evaluate(
         tile_px=tile_px,
         progress=progress,
     )
-    result = score(inputs, predictions, checkpoint=checkpoint.path or None)
-    result.self_ensemble = ensemble
-    return result
+    return score(inputs, predictions, checkpoint=checkpoint.path or None, self_ensemble=ensemble)
 
 
 def evaluate_pairs(

@@ -134,8 +134,7 @@ def build_report(
     predictions = predict_methods(
         models, inputs, baselines, ensemble=ensemble, device=device, progress=progress
     )
-    evaluation = score(inputs, predictions)
-    evaluation.self_ensemble = ensemble
+    evaluation = score(inputs, predictions, self_ensemble=ensemble)
     title = f"demsr report: {', '.join(names)} on {Path(data).name}"
     report = Report(title=title, evaluation=evaluation)
     report.provenance = [describe_checkpoint(name, models[name]) for name in names]
