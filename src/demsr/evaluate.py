@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 from affine import Affine
 from rasterio.enums import Resampling
@@ -42,6 +41,7 @@ from tqdm import tqdm
 from demsr.checkpoint import Checkpoint, load_checkpoint
 from demsr.datasets import dihedral, read_pair_file, undo_dihedral
 from demsr.io import (
+    RasterError,
     atomic_path,
     integer_scale,
     locate_grid,
@@ -148,9 +148,9 @@ def _pair_cell_sizes(
     for index in np.unique(windows[:, 0]):
         source = files[int(index)]
         try:
-            with rasterio.open(source) as dataset:
-                grids[int(index)] = (dataset.transform, dataset.crs)
-        except (rasterio.errors.RasterioError, OSError):
+            with open_raster(source) as reader:
+                grids[int(index)] = (reader.transform, reader.crs)
+        except (RasterError, OSError):
             log.warning("%s: source raster %s cannot be read", path, source)
             return None
     dx = np.empty((len(windows), highres_px))
