@@ -34,11 +34,11 @@ from demsr.evaluate import (
 )
 from demsr.io import atomic_directory, atomic_path, refuse_existing
 from demsr.plot import plot_comparison, plot_training_curves, save_figure
+from demsr.train import METRICS
 
 log = logging.getLogger(__name__)
 
 REPORT_FORMATS = (".html", ".md")
-METRICS_CSV = "metrics.csv"  # written by demsr.train next to the checkpoints
 
 
 @dataclass
@@ -163,7 +163,7 @@ def build_report(
         f"{note}; methods shown: {', '.join(shown)} (bicubic and the best baseline by RMSE)"
     )
     for name, path in zip(names, checkpoints, strict=True):
-        csv_path = Path(path).parent / METRICS_CSV
+        csv_path = Path(path).parent / METRICS  # written by demsr.train next to the checkpoints
         if csv_path.is_file():
             report.figures[f"Training curves: {name}"] = plot_training_curves(csv_path)
             report.figure_notes[f"Training curves: {name}"] = os.fspath(csv_path)
