@@ -51,6 +51,8 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
 
+from demsr.tiling import tile_grid
+
 log = logging.getLogger(__name__)
 
 BLOCK_PX = 512
@@ -973,24 +975,14 @@ def _elevation_attrs(metadata: Mapping[str, str], has_crs: bool) -> dict[str, An
     return attrs
 
 
-def _block_windows(shape: tuple[int, int], block_px: int = BLOCK_PX) -> Iterator[Window]:
-    rows, cols = shape
-    for row_off in range(0, rows, block_px):
-        for col_off in range(0, cols, block_px):
-            yield Window(
-                col_off, row_off, min(block_px, cols - col_off), min(block_px, rows - row_off)
-            )
-
-
 def _read_blocks(src: Any, progress: bool, description: str) -> Iterator[tuple[Window, np.ndarray]]:
     """(window, float32 block with NaN nodata) for each 512 x 512 block of band 1 of ``src``."""
     from tqdm import tqdm
 
-    shape = (int(src.height), int(src.width))
     nodata = src.nodata
-    total = math.ceil(shape[0] / BLOCK_PX) * math.ceil(shape[1] / BLOCK_PX)
-    windows = _block_windows(shape)
-    for window in tqdm(windows, desc=description, unit="block", total=total, disable=not progress):
+    blocks = tile_grid(int(src.height), int(src.width), BLOCK_PX, 0)
+    for tile in tqdm(blocks, desc=description, unit="block", disable=not progress):
+        window = tile.core
         block = src.read(1, window=window).astype(np.float32, copy=False)
         if nodata is not None and not math.isnan(nodata):
             block[block == np.float32(nodata)] = np.nan
