@@ -33,7 +33,7 @@ from demsr.evaluate import (
     score,
 )
 from demsr.io import atomic_directory, atomic_path, refuse_existing
-from demsr.plot import plot_comparison, plot_training_curves, save_figure
+from demsr.plot import plot_comparison, plot_training_curves
 from demsr.train import METRICS
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def write_report(report: Report, path: str | os.PathLike[str], overwrite: bool =
     with atomic_directory(folder) as tmp_folder:
         for number, (title, figure) in enumerate(report.figures.items(), start=1):
             name = f"{number:02d}_{_slug(title)}.png"
-            save_figure(figure, tmp_folder / name)
+            (tmp_folder / name).write_bytes(_png_bytes(figure))
             figure_paths[title] = f"{folder.name}/{name}"
     with atomic_path(output) as tmp:
         tmp.write_text(render_markdown(report, figure_paths), encoding="utf-8")
