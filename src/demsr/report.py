@@ -95,8 +95,14 @@ def _figure_methods(evaluation: Evaluation, models: Sequence[str]) -> list[str]:
     """Models, bicubic (the usual reference) and the baseline with the lowest RMSE."""
     baselines = [name for name in evaluation.methods if name not in models]
     shown = [name for name in ("bicubic",) if name in baselines]
+
+    def rmse_m(name: str) -> float:
+        value = evaluation.methods[name]["rmse"]
+        assert value is not None  # score() refuses inputs without a cell to score
+        return value
+
     if baselines:
-        best = min(baselines, key=lambda name: evaluation.methods[name]["rmse"] or np.inf)
+        best = min(baselines, key=rmse_m)
         if best not in shown:
             shown.append(best)
     return [*models, *shown]
