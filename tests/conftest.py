@@ -1,11 +1,17 @@
-"""Shared test fixtures: where the real DEM rasters live, and tiny synthetic rasters."""
+"""Shared test fixtures and helpers: where the real DEM rasters live, a tiny training set, tiny
+untrained checkpoints."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+
+from demsr.checkpoint import save_checkpoint
+from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,10 +82,32 @@ def tiny_overrides(pairs: Path, output_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+# The elevation scaling of the tests' untrained checkpoints: metres / 1000 after removing a
+# Gaussian trend of sigma 4 low-res cells.
+SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
+
+
+def write_untrained_checkpoint(
+    path: Path,
+    channels: int = 4,
+    bias: bool = False,
+    seed: int | None = 0,
+    scaling: ElevationScaling = SCALING,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Save an untrained x5 DEM-SRNet of one residual block as a checkpoint at ``path``.
+
+    The weights are drawn after ``torch.manual_seed(seed)`` (``seed`` None: from the generator as
+    it stands).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = DEMSRNet(ModelConfig(blocks=1, channels=channels, scale=5, bias=bias))
+    return save_checkpoint(path, model, scaling, metadata)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """GPU tests skip, with a reason, where CUDA is not available."""
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

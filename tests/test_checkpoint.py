@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SCALING
 
 from demsr.checkpoint import (
     CheckpointError,
@@ -16,8 +17,6 @@ from demsr.checkpoint import (
     save_checkpoint,
 )
 from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
-
-SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
 
 
 def _model(seed: int = 0) -> DEMSRNet:

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import TINY_MODEL, tiny_overrides
+from conftest import TINY_MODEL, tiny_overrides, write_untrained_checkpoint
 
 from demsr.checkpoint import load_checkpoint
 from demsr.cli import main
@@ -121,16 +121,9 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path) -> None:
 
 
 def test_predict_options_datum_format_and_dtype(dem_test_dir: Path, tmp_path: Path) -> None:
-    from demsr.checkpoint import save_checkpoint
     from demsr.datum import load_geoid
-    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
 
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        tmp_path / "m.safetensors",
-        DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True)),
-        ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0),
-    )
+    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", channels=8, bias=True)
     source = dem_test_dir / "mpl_topobathy_pnw.tif"  # land and sea, EPSG:4326
     common = ["--device", "cpu", "--no-progress", "--tile-size", "40"]
     code, out = run("predict", checkpoint, source, tmp_path / "egm96.tif", *common)
@@ -170,15 +163,7 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
     made from, in the same place; a NetCDF output mirrors the input's layout."""
     import xarray as xr
 
-    from demsr.checkpoint import save_checkpoint
-    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
-
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        tmp_path / "m.safetensors",
-        DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True)),
-        ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0),
-    )
+    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", channels=8, bias=True)
     source = dem_test_dir / "mpl_topobathy_pnw.tif"  # 126..122 W, 48..50 N
     with rasterio.open(source) as src:
         values = src.read(1).astype(np.float32)
@@ -215,15 +200,9 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
 def test_datum_without_crs_fails_before_writing_and_overwrite_clears_a_partial(
     dem_test_dir: Path, tmp_path: Path
 ) -> None:
-    from demsr.checkpoint import save_checkpoint
     from demsr.io import read_raster, write_geotiff
-    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
 
-    checkpoint = save_checkpoint(
-        tmp_path / "m.safetensors",
-        DEMSRNet(ModelConfig(blocks=1, channels=4, scale=5)),
-        ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0),
-    )
+    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", seed=None)
     raster = read_raster(dem_test_dir / "landlab_west_bijou_1s.tif")
     no_crs = write_geotiff(tmp_path / "no_crs.tif", raster.data, raster.transform, None)
     output = tmp_path / "out.tif"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 from click.testing import CliRunner
+from conftest import SCALING, write_untrained_checkpoint
 from rasterio.enums import Resampling
 
 import demsr.evaluate as evaluate_module
@@ -33,17 +33,13 @@ from demsr.evaluate import (
     upsample_baseline,
 )
 from demsr.metrics import cell_sizes_m, rmse
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+from demsr.model import DEMSRNet, ModelConfig
 from demsr.prepare import degrade
-
-SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=5))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors", model, SCALING)
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors")
 
 
 def write_raster(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from affine import Affine
 from click.testing import CliRunner, Result
-from conftest import DEM_TEST
+from conftest import DEM_TEST, write_untrained_checkpoint
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
@@ -514,14 +514,9 @@ def test_cli_defaults_are_the_library_defaults() -> None:
 
 
 def test_compare_runs_a_checkpoint_on_the_degraded_truth(tmp_path: Path) -> None:
-    import torch
+    from demsr.model import ElevationScaling
 
-    from demsr.checkpoint import save_checkpoint
-    from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
-
-    torch.manual_seed(0)
-    model = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=5))
-    checkpoint = save_checkpoint(tmp_path / "m.safetensors", model, ElevationScaling())
+    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", scaling=ElevationScaling())
     truth = DEM_TEST / "mpl_jacksboro_3s.tif"
     output = tmp_path / "fig.png"
     result = run(

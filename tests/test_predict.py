@@ -14,15 +14,16 @@ import rasterio
 import rasterio.windows
 import torch
 from affine import Affine
+from conftest import SCALING, write_untrained_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
 
 import demsr
 import demsr.predict
-from demsr.checkpoint import load_checkpoint, save_checkpoint
+from demsr.checkpoint import load_checkpoint
 from demsr.io import RasterError, read_raster, write_geotiff
-from demsr.model import RESIZE_MODES, DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+from demsr.model import RESIZE_MODES, DEMSRNet, ModelConfig, SuperResolver
 from demsr.predict import (
     TileTransform,
     fill_nearest,
@@ -33,15 +34,11 @@ from demsr.predict import (
 )
 from demsr.predict import _describe_hook as describe_hook
 
-SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
-
 
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True))
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return save_checkpoint(path, model, SCALING)
+    return write_untrained_checkpoint(path, channels=8, bias=True)
 
 
 @pytest.mark.parametrize(
@@ -358,11 +355,8 @@ def test_resume_refuses_another_checkpoint_or_hook(
     with pytest.raises(SimulatedCrash):
         predict_raster(checkpoint_path, holes_raster, output, device="cpu", tile_px=32)
     monkeypatch.undo()
-    torch.manual_seed(1)
-    other = save_checkpoint(
-        tmp_path / "other.safetensors",
-        DEMSRNet(ModelConfig(blocks=1, channels=8, scale=5, bias=True)),
-        SCALING,
+    other = write_untrained_checkpoint(
+        tmp_path / "other.safetensors", channels=8, bias=True, seed=1
     )
     with pytest.raises(RasterError, match="checkpoint_sha256 differs"):
         predict_raster(other, holes_raster, output, device="cpu", tile_px=32, resume=True)

@@ -12,30 +12,24 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
+from conftest import write_untrained_checkpoint
 
-from demsr.checkpoint import save_checkpoint
 from demsr.cli import main
 from demsr.evaluate import evaluate, inputs_from_raster
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
 from demsr.report import build_report, model_names, write_report
 from demsr.train import METRIC_FIELDS
-
-SCALING = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
 
 
 def make_run(folder: Path, seed: int, with_log: bool = True) -> Path:
     """A tiny checkpoint in a run folder, with a three-epoch metrics.csv beside it."""
     folder.mkdir(parents=True)
-    torch.manual_seed(seed)
-    model = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=5))
     metadata = {
         "epoch": 3,
         "metrics": {"best_valid_rmse_m": 12.5},
         "provenance": {"data": {"train_sources": ["/data/a.tif", "/data/b.tif"], "train_pairs": 7}},
     }
-    path = save_checkpoint(folder / "best.safetensors", model, SCALING, metadata)
+    path = write_untrained_checkpoint(folder / "best.safetensors", seed=seed, metadata=metadata)
     if with_log:
         with open(folder / "metrics.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
