@@ -1,9 +1,11 @@
 """Shared test fixtures and helpers: where the real DEM rasters live, a tiny training set, tiny
-untrained checkpoints."""
+untrained checkpoints, metrics.csv files and command-line overrides."""
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import torch
 
 from demsr.checkpoint import save_checkpoint
 from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+from demsr.train import METRIC_FIELDS, METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +83,26 @@ def tiny_overrides(pairs: Path, output_dir: Path, *extra: str) -> list[str]:
         "train.device=cpu",
         *extra,
     ]
+
+
+def set_options(overrides: Iterable[str]) -> list[str]:
+    """``section.key=value`` overrides as command-line arguments: ``--set`` before each."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def read_metrics_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of a run folder's metrics.csv, as text."""
+    with open(run / METRICS, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_metrics_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """A metrics.csv as training writes it (columns ``demsr.train.METRIC_FIELDS``)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 # The elevation scaling of the tests' untrained checkpoints: metres / 1000 after removing a

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import TINY_MODEL, tiny_overrides, write_untrained_checkpoint
+from conftest import TINY_MODEL, set_options, tiny_overrides, write_untrained_checkpoint
 
 from demsr.checkpoint import load_checkpoint
 from demsr.cli import main
@@ -40,7 +40,7 @@ def test_prepare_train_evaluate_predict(dem_test_dir: Path, tmp_path: Path) -> N
     assert all((pairs / s / f"{s}.h5").is_file() for s in ("train", "valid", "test"))
 
     run_dir = tmp_path / "run"
-    sets = [x for item in tiny_overrides(pairs, run_dir, "train.epochs=2") for x in ("--set", item)]
+    sets = set_options(tiny_overrides(pairs, run_dir, "train.epochs=2"))
     code, out = run("train", *sets, "--no-progress")
     assert code == 0, out
     assert "best validation RMSE" in out
@@ -99,7 +99,7 @@ def test_import_mindearth_reproduces_the_reference(reference_dir: Path, tmp_path
 
 
 def test_config_prints_the_full_defaults() -> None:
-    code, out = run("config", *[x for o in TINY_MODEL for x in ("--set", o)])
+    code, out = run("config", *set_options(TINY_MODEL))
     assert code == 0
     assert "blocks: 2" in out and "patience: 6" in out and "learning_rate" in out
 

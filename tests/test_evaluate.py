@@ -13,6 +13,7 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner
 from conftest import SCALING, write_untrained_checkpoint
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 import demsr.evaluate as evaluate_module
@@ -32,6 +33,7 @@ from demsr.evaluate import (
     self_ensemble,
     upsample_baseline,
 )
+from demsr.io import write_geotiff
 from demsr.metrics import cell_sizes_m, rmse
 from demsr.model import DEMSRNet, ModelConfig
 from demsr.prepare import degrade
@@ -40,25 +42,6 @@ from demsr.prepare import degrade
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors")
-
-
-def write_raster(
-    path: Path, data: np.ndarray, transform: Affine, crs: str | None = "EPSG:4326"
-) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=data.shape[0],
-        width=data.shape[1],
-        count=1,
-        dtype="float32",
-        crs=crs,
-        transform=transform,
-        nodata=np.nan,
-    ) as dst:
-        dst.write(data.astype(np.float32), 1)
-    return path
 
 
 def test_bicubic_reproduces_a_plane_with_cell_centre_registration() -> None:
@@ -206,9 +189,9 @@ def test_lowres_and_reference_rasters(
 ) -> None:
     with rasterio.open(dem_test_dir / "mpl_jacksboro_3s.tif") as src:
         highres = src.read(1).astype(np.float32)[:340, :400]
-        transform, crs = src.transform, src.crs.to_string()
-    high = write_raster(tmp_path / "high.tif", highres, transform, crs)
-    low = write_raster(tmp_path / "low.tif", degrade(highres, 5), transform @ Affine.scale(5), crs)
+        transform, crs = src.transform, src.crs
+    high = write_geotiff(tmp_path / "high.tif", highres, transform, crs)
+    low = write_geotiff(tmp_path / "low.tif", degrade(highres, 5), transform @ Affine.scale(5), crs)
     inputs = inputs_from_rasters(low, high)
     assert inputs.scale == 5 and inputs.highres.shape == (1, 340, 400)
     direct = inputs_from_raster(high, 5)
@@ -222,7 +205,7 @@ def test_lowres_and_reference_rasters(
     np.testing.assert_array_equal(original.highres, inputs.highres)
     assert original.transform == transform
 
-    shifted = write_raster(
+    shifted = write_geotiff(
         tmp_path / "shifted.tif",
         degrade(highres, 5),
         Affine.translation(0.4 * transform.a, 0) @ transform @ Affine.scale(5),
@@ -230,16 +213,16 @@ def test_lowres_and_reference_rasters(
     )
     with pytest.raises(ValueError, match="offset from those of"):
         inputs_from_rasters(shifted, high)
-    small = write_raster(tmp_path / "small.tif", highres[:, :333], transform, crs)
+    small = write_geotiff(tmp_path / "small.tif", highres[:, :333], transform, crs)
     with pytest.raises(ValueError, match="does not cover"):
         inputs_from_rasters(low, small)
-    coarse = write_raster(
+    coarse = write_geotiff(
         tmp_path / "coarse.tif", highres[::3, ::3], transform @ Affine.scale(3.5), crs
     )
     with pytest.raises(ValueError, match="not one integer scale"):
         inputs_from_rasters(coarse, high)
-    utm = write_raster(
-        tmp_path / "utm.tif", degrade(highres, 5), transform @ Affine.scale(5), "EPSG:32616"
+    utm = write_geotiff(
+        tmp_path / "utm.tif", degrade(highres, 5), transform @ Affine.scale(5), CRS.from_epsg(32616)
     )
     with pytest.raises(ValueError, match="different CRSs"):
         inputs_from_rasters(utm, high)

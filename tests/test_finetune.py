@@ -3,7 +3,6 @@ and resumes exactly (from the same parent only)."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_MODEL, tiny_overrides
+from conftest import TINY_MODEL, read_metrics_rows, set_options, tiny_overrides
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -20,7 +19,7 @@ from demsr.checkpoint import load_checkpoint, save_checkpoint
 from demsr.cli import main
 from demsr.config import load_config
 from demsr.model import DEMSRNet, ModelConfig, freeze_preset_prefixes
-from demsr.train import BEST, LAST, METRICS, Trainer, TrainResult, freeze_parameters
+from demsr.train import BEST, LAST, Trainer, TrainResult, freeze_parameters
 
 # Fine-tuning runs in these tests use a learning rate at which 8 steps visibly move the weights.
 FAST = "optimizer.finetune_lr=0.002"
@@ -40,11 +39,6 @@ def _finetune(
 ) -> TrainResult:
     config = load_config(None, tiny_overrides(pairs, run, *extra))
     return Trainer(config, progress=False).finetune(parent, resume=resume, **freeze)  # type: ignore[arg-type]
-
-
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / METRICS, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def _names(config: ModelConfig, prefixes: list[str]) -> set[str]:
@@ -173,7 +167,7 @@ def test_the_new_checkpoint_records_its_parent_and_the_settings(
     assert training["finetune"]["freeze"] == "all-but-tail"
     assert training["model"]["blocks"] == 2 and training["model"]["channels"] == 8
     # The learning rate is optimizer.finetune_lr, 1e-5 by default.
-    assert float(_rows(tmp_path / "run")[0]["learning_rate"]) == pytest.approx(1e-5)
+    assert float(read_metrics_rows(tmp_path / "run")[0]["learning_rate"]) == pytest.approx(1e-5)
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.finetune.parent == str(parent) and saved.model.blocks == 2
 
@@ -187,7 +181,7 @@ def test_resume_is_exact_and_refuses_another_parent_or_freeze(
     _finetune(tiny_pairs, resumed, parent, "train.epochs=1", *settings[1:])
     result = _finetune(tiny_pairs, resumed, parent, *settings, resume=True)
     assert (result.epochs_run, result.global_step) == (2, 16)
-    assert [r["epoch"] for r in _rows(resumed)] == ["1", "2"]
+    assert [r["epoch"] for r in read_metrics_rows(resumed)] == ["1", "2"]
     a, b = load_checkpoint(tmp_path / "straight" / LAST), load_checkpoint(resumed / LAST)
     for name, tensor in a.state_dict.items():
         assert torch.equal(tensor, b.state_dict[name]), name
@@ -235,7 +229,7 @@ def test_a_run_saved_before_the_finetune_section_still_resumes(
 
 def test_finetune_command(tiny_pairs: Path, parent: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    sets = [x for o in tiny_overrides(tiny_pairs, run, "train.epochs=1") for x in ("--set", o)]
+    sets = set_options(tiny_overrides(tiny_pairs, run, "train.epochs=1"))
     recipe = Path(__file__).resolve().parents[1] / "configs" / "finetune-ocean.yaml"
     args = ["finetune", str(parent), "--config", str(recipe), *sets, "--no-progress"]
     result = CliRunner().invoke(
@@ -246,7 +240,7 @@ def test_finetune_command(tiny_pairs: Path, parent: Path, tmp_path: Path) -> Non
     child = load_checkpoint(run / BEST)
     assert child.metadata["frozen"]["prefixes"] == ["conv2"]
     assert child.metadata["provenance"]["parent"]["path"] == str(parent.resolve())
-    assert float(_rows(run)[0]["learning_rate"]) == pytest.approx(3e-4)
+    assert float(read_metrics_rows(run)[0]["learning_rate"]) == pytest.approx(3e-4)
     assert torch.equal(
         child.state_dict["conv2.weight"], load_checkpoint(parent).state_dict["conv2.weight"]
     )
@@ -262,7 +256,7 @@ def test_finetune_command(tiny_pairs: Path, parent: Path, tmp_path: Path) -> Non
             str(tiny_pairs),
             "--output-dir",
             str(tmp_path / "x"),
-            *[x for m in TINY_MODEL for x in ("--set", m)],
+            *set_options(TINY_MODEL),
             "--freeze-prefix",
             "body.7",
         ],

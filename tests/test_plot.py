@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from affine import Affine
 from click.testing import CliRunner, Result
-from conftest import DEM_TEST, write_untrained_checkpoint
+from conftest import DEM_TEST, write_metrics_csv, write_untrained_checkpoint
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
@@ -417,22 +416,20 @@ def test_plot_comparison_rejects_arrays_of_different_grids() -> None:
 
 
 def write_metrics(path: Path, epochs: int, best: set[int]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        for epoch in range(1, epochs + 1):
-            writer.writerow(
-                {
-                    "epoch": epoch,
-                    "global_step": 100 * epoch,
-                    "train_loss": 1e-3 / epoch,
-                    "valid_loss": 1.2e-3 / epoch + (5e-4 if epoch not in best else 0),
-                    "valid_rmse_m": 30.0 / epoch + (10 if epoch not in best else 0),
-                    "learning_rate": 1e-4 * 0.95 ** (epoch - 1),
-                    "epoch_seconds": 12.5,
-                    "is_best": int(epoch in best),
-                }
-            )
+    rows = [
+        {
+            "epoch": epoch,
+            "global_step": 100 * epoch,
+            "train_loss": 1e-3 / epoch,
+            "valid_loss": 1.2e-3 / epoch + (5e-4 if epoch not in best else 0),
+            "valid_rmse_m": 30.0 / epoch + (10 if epoch not in best else 0),
+            "learning_rate": 1e-4 * 0.95 ** (epoch - 1),
+            "epoch_seconds": 12.5,
+            "is_best": int(epoch in best),
+        }
+        for epoch in range(1, epochs + 1)
+    ]
+    write_metrics_csv(path, rows)
 
 
 def test_training_curves(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import io
 import re
@@ -13,12 +12,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_untrained_checkpoint
+from conftest import write_metrics_csv, write_untrained_checkpoint
 
 from demsr.cli import main
 from demsr.evaluate import evaluate, inputs_from_raster
 from demsr.report import build_report, model_names, write_report
-from demsr.train import METRIC_FIELDS
 
 
 def make_run(folder: Path, seed: int, with_log: bool = True) -> Path:
@@ -31,22 +29,20 @@ def make_run(folder: Path, seed: int, with_log: bool = True) -> Path:
     }
     path = write_untrained_checkpoint(folder / "best.safetensors", seed=seed, metadata=metadata)
     if with_log:
-        with open(folder / "metrics.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            for epoch in (1, 2, 3):
-                writer.writerow(
-                    {
-                        "epoch": epoch,
-                        "global_step": 8 * epoch,
-                        "train_loss": 1e-3 / epoch,
-                        "valid_loss": 2e-3 / epoch,
-                        "valid_rmse_m": 20.0 / epoch,
-                        "learning_rate": 1e-4 * 0.9**epoch,
-                        "epoch_seconds": 1.0,
-                        "is_best": 1,
-                    }
-                )
+        rows = [
+            {
+                "epoch": epoch,
+                "global_step": 8 * epoch,
+                "train_loss": 1e-3 / epoch,
+                "valid_loss": 2e-3 / epoch,
+                "valid_rmse_m": 20.0 / epoch,
+                "learning_rate": 1e-4 * 0.9**epoch,
+                "epoch_seconds": 1.0,
+                "is_best": 1,
+            }
+            for epoch in (1, 2, 3)
+        ]
+        write_metrics_csv(folder / "metrics.csv", rows)
     return path
 
 

@@ -3,22 +3,16 @@ exact."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import read_metrics_rows, tiny_overrides
 
 from demsr.checkpoint import load_checkpoint, load_training_state
 from demsr.config import load_config
 from demsr.model import ElevationScaling
-from demsr.train import BEST, LAST, METRICS, Trainer
-
-
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / METRICS, newline="") as handle:
-        return list(csv.DictReader(handle))
+from demsr.train import BEST, LAST, Trainer
 
 
 def _fit(pairs: Path, run: Path, *extra: str, resume: bool = False):  # type: ignore[no-untyped-def]
@@ -28,7 +22,7 @@ def _fit(pairs: Path, run: Path, *extra: str, resume: bool = False):  # type: ig
 
 def test_training_lowers_the_loss(tiny_pairs: Path, tmp_path: Path) -> None:
     result = _fit(tiny_pairs, tmp_path / "run", "train.epochs=4")
-    rows = _rows(tmp_path / "run")
+    rows = read_metrics_rows(tmp_path / "run")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert float(rows[-1]["valid_rmse_m"]) < float(rows[0]["valid_rmse_m"])
@@ -60,7 +54,7 @@ def test_resume_continues_exactly(tiny_pairs: Path, tmp_path: Path) -> None:
     assert (state.epoch, state.global_step) == (2, 16)
     result = _fit(tiny_pairs, resumed, "train.epochs=3", "data.augment=true", resume=True)
     assert result.epochs_run == 3 and result.global_step == 24
-    assert [r["epoch"] for r in _rows(resumed)] == ["1", "2", "3"]
+    assert [r["epoch"] for r in read_metrics_rows(resumed)] == ["1", "2", "3"]
     a, b = load_checkpoint(straight / LAST), load_checkpoint(resumed / LAST)
     for name, tensor in a.state_dict.items():
         assert torch.equal(tensor, b.state_dict[name]), name
@@ -99,7 +93,7 @@ def test_early_stopping(tiny_pairs: Path, tmp_path: Path) -> None:
     )
     assert result.stopped_early
     assert result.epochs_run == 3
-    assert [r["is_best"] for r in _rows(tmp_path / "run")] == ["1", "0", "0"]
+    assert [r["is_best"] for r in read_metrics_rows(tmp_path / "run")] == ["1", "0", "0"]
 
 
 def test_resume_refuses_changed_settings(tiny_pairs: Path, tmp_path: Path) -> None:
@@ -114,7 +108,7 @@ def test_resuming_a_run_that_stopped_early_trains_no_more(tiny_pairs: Path, tmp_
     again = _fit(tiny_pairs, tmp_path / "run", *settings, resume=True)
     assert first.stopped_early and again.stopped_early
     assert again.epochs_run == first.epochs_run == 3
-    assert len(_rows(tmp_path / "run")) == 3
+    assert len(read_metrics_rows(tmp_path / "run")) == 3
 
 
 def test_diverging_training_stops_with_a_clear_error(tiny_pairs: Path, tmp_path: Path) -> None:
