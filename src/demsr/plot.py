@@ -65,6 +65,7 @@ from demsr.io import (
     same_crs,
 )
 from demsr.metrics import cell_sizes_m, rmse
+from demsr.tiling import scale_window
 
 log = logging.getLogger(__name__)
 
@@ -483,11 +484,11 @@ def read_comparison(
     metrics need the full resolution, so a larger one is a ValueError asking for ``bounds``.
     Mismatched grids are ValueErrors naming the file; nodata becomes NaN.
     """
-    from demsr.tiling import scale_window
-
-    computed = [name for name, path in (baselines or {}).items() if path is None]
+    baseline_paths = dict(baselines or {})
+    computed = [name for name, path in baseline_paths.items() if path is None]
     if computed:
-        from demsr.evaluate import BASELINES
+        # demsr.evaluate imports torch: only when a baseline is to be computed
+        from demsr.evaluate import BASELINES, upsample_baseline
 
         unknown = [name for name in computed if name not in BASELINES]
         if unknown:
@@ -501,7 +502,7 @@ def read_comparison(
         truth = stack.enter_context(open_raster(truth_path))
         files = {
             name: stack.enter_context(open_raster(path))
-            for name, path in (baselines or {}).items()
+            for name, path in baseline_paths.items()
             if path is not None
         }
         for reader in (prediction, truth, *files.values()):
@@ -543,15 +544,12 @@ def read_comparison(
             highres_window.height,
         )
         lowres_values = lowres.read(lowres_window)
-        arrays = {name: reader.read(highres_window) for name, reader in files.items()}
         comparison_baselines: dict[str, np.ndarray] = {}
-        for name, path in (baselines or {}).items():
+        for name, path in baseline_paths.items():
             if path is None:
-                from demsr.evaluate import upsample_baseline
-
                 comparison_baselines[name] = upsample_baseline(lowres_values, scale, name)
             else:
-                comparison_baselines[name] = arrays[name]
+                comparison_baselines[name] = files[name].read(highres_window)
         return Comparison(
             lowres=lowres_values,
             truth=truth.read(truth_window),
