@@ -256,6 +256,7 @@ class _GdalReader(RasterReader):
             self._dataset.close()
             raise
         self.band = band
+        self.band_count = int(src.count)
         self.shape = (int(src.height), int(src.width))
         self.transform = src.transform
         self.crs = src.crs
@@ -975,19 +976,15 @@ def _elevation_attrs(metadata: Mapping[str, str], has_crs: bool) -> dict[str, An
     return attrs
 
 
-def _read_blocks(src: Any, progress: bool, description: str) -> Iterator[tuple[Window, np.ndarray]]:
-    """(window, float32 block with NaN nodata) for each 512 x 512 block of band 1 of ``src``."""
+def _read_blocks(
+    src: RasterReader, progress: bool, description: str
+) -> Iterator[tuple[Window, np.ndarray]]:
+    """(window, float32 block with NaN nodata) for each 512 x 512 block of ``src``."""
     from tqdm import tqdm
 
-    nodata = src.nodata
-    blocks = tile_grid(int(src.height), int(src.width), BLOCK_PX, 0)
+    blocks = tile_grid(*src.shape, BLOCK_PX, 0)
     for tile in tqdm(blocks, desc=description, unit="block", disable=not progress):
-        window = tile.core
-        block = src.read(1, window=window).astype(np.float32, copy=False)
-        if nodata is not None and not math.isnan(nodata):
-            block[block == np.float32(nodata)] = np.nan
-        block[~np.isfinite(block)] = np.nan
-        yield window, block
+        yield tile.core, src.read(tile.core)
 
 
 def finalise_output(
@@ -1041,14 +1038,10 @@ def finalise_output(
         raise RasterError(f"{partial}: no such file (the partial prediction to finalise)")
     if not output.parent.is_dir():
         raise RasterError(f"{output}: the folder {output.parent} does not exist")
-    try:
-        src = rasterio.open(partial)
-    except RasterioIOError as exc:
-        raise RasterError(f"{partial}: cannot be read as a raster ({exc})") from None
+    src = _GdalReader(str(partial), str(partial), band=1)
     with src:
-        if src.count != 1:
-            raise RasterError(f"{partial}: expected one band, found {src.count}")
-        _check_north_up(src.transform, str(partial))
+        if src.band_count != 1:
+            raise RasterError(f"{partial}: expected one band, found {src.band_count}")
         if dtype == "float32" and src.nodata is not None and math.isfinite(src.nodata):
             fill = float(np.float32(src.nodata))
         else:
@@ -1068,7 +1061,7 @@ def finalise_output(
 
 
 def _write_cog(
-    src: Any, output: Path, encode: _Encoder, metadata: Mapping[str, str], progress: bool
+    src: RasterReader, output: Path, encode: _Encoder, metadata: Mapping[str, str], progress: bool
 ) -> None:
     """COG through a tiled staging GeoTIFF (converted dtype, nodata and tags), then GDAL's COG
     driver, which adds the overviews and reorders the file for HTTP range reads."""
@@ -1080,8 +1073,8 @@ def _write_cog(
     try:
         profile = {
             "driver": "GTiff",
-            "width": src.width,
-            "height": src.height,
+            "width": src.shape[1],
+            "height": src.shape[0],
             "count": 1,
             "dtype": encode.dtype,
             "crs": src.crs,
@@ -1118,7 +1111,7 @@ def _write_cog(
 
 
 def _write_netcdf(
-    src: Any,
+    src: RasterReader,
     output: Path,
     encode: _Encoder,
     metadata: Mapping[str, str],
@@ -1128,7 +1121,7 @@ def _write_netcdf(
     import netCDF4
 
     crs = src.crs
-    plan = _plan_grid(src.transform, (src.height, src.width), crs, layout)
+    plan = _plan_grid(src.transform, src.shape, crs, layout)
     x_attrs, y_attrs = _coordinate_attrs(plan, crs)
     with atomic_path(output) as tmp:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
@@ -1158,11 +1151,11 @@ def _write_netcdf(
             elevation.setncatts(_elevation_attrs(metadata, crs is not None))
             elevation.set_auto_maskandscale(False)
             _write_blocks(src, plan, encode, elevation.__setitem__, progress, output.name)
-            nc.setncatts(_global_attrs(metadata, Path(src.name)))
+            nc.setncatts(_global_attrs(metadata, Path(src.path)))
 
 
 def _write_zarr(
-    src: Any,
+    src: RasterReader,
     output: Path,
     encode: _Encoder,
     metadata: Mapping[str, str],
@@ -1174,7 +1167,7 @@ def _write_zarr(
     import zarr
 
     crs = src.crs
-    plan = _plan_grid(src.transform, (src.height, src.width), crs, layout)
+    plan = _plan_grid(src.transform, src.shape, crs, layout)
     x_attrs, y_attrs = _coordinate_attrs(plan, crs)
     zarr_v3 = int(zarr.__version__.split(".")[0]) >= 3
 
@@ -1214,12 +1207,12 @@ def _write_zarr(
             }
         )
         _write_blocks(src, plan, encode, elevation.__setitem__, progress, output.name)
-        root.attrs.update(_global_attrs(metadata, Path(src.name)))
+        root.attrs.update(_global_attrs(metadata, Path(src.path)))
         zarr.consolidate_metadata(str(tmp))
 
 
 def _write_blocks(
-    src: Any,
+    src: RasterReader,
     plan: _GridPlan,
     encode: _Encoder,
     setitem: Callable[[tuple[slice, slice], np.ndarray], None],
