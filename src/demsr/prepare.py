@@ -44,7 +44,7 @@ from affine import Affine
 from tqdm import tqdm
 
 from demsr.datasets import Normalisation, PairMetadata, PairWriter
-from demsr.io import Raster, read_raster, write_geotiff
+from demsr.io import Raster, read_raster, refuse_existing, write_geotiff
 from demsr.model import check_known_keys
 
 _log = logging.getLogger(__name__)
@@ -79,6 +79,19 @@ def degrade(highres: np.ndarray, scale: int) -> np.ndarray:
     out_dtype = np.result_type(values.dtype, np.float32)
     blocks = values.reshape(*values.shape[:-2], rows // scale, scale, cols // scale, scale)
     return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(out_dtype, copy=False)
+
+
+def crop_to_blocks(values: np.ndarray, scale: int, name: str | os.PathLike[str]) -> np.ndarray:
+    """The top-left part of ``values`` (..., H, W) made of whole ``scale`` x ``scale`` blocks.
+
+    Rows and columns beyond the last whole block (bottom and right) are left out (a view,
+    nothing is copied). A raster smaller than one block is a ValueError naming ``name``.
+    """
+    rows, cols = values.shape[-2:]
+    kept_rows, kept_cols = rows - rows % scale, cols - cols % scale
+    if kept_rows == 0 or kept_cols == 0:
+        raise ValueError(f"{name}: {rows}x{cols} cells is smaller than one {scale}x{scale} block")
+    return values[..., :kept_rows, :kept_cols]
 
 
 def _is_int(value: Any) -> bool:
@@ -814,16 +827,9 @@ def degrade_raster(
     A coarse cell is nodata if any of its fine cells is.
     """
     output = Path(output_path)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
+    refuse_existing(output, overwrite=overwrite)
     raster = read_raster(input_path, band=band)
-    rows, cols = (raster.shape[0] // scale) * scale, (raster.shape[1] // scale) * scale
-    if rows == 0 or cols == 0:
-        raise ValueError(
-            f"{raster.path}: {raster.shape[0]}x{raster.shape[1]} cells is smaller than one "
-            f"{scale}x{scale} block"
-        )
-    lowres = degrade(raster.data[:rows, :cols], scale)
+    lowres = degrade(crop_to_blocks(raster.data, scale, raster.path), scale)
     transform = raster.transform @ Affine.scale(scale)
     write_geotiff(output, lowres, transform, raster.crs, raster.nodata)
     _log.info(
