@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import band_option, device_option, overwrite_option
+from demsr.cli.options import band_option, device_option, overwrite_option, progress_option
 from demsr.datum import DATUMS
 from demsr.io import FORMATS, OUTPUT_DTYPES
 from demsr.model import PRECISIONS
@@ -71,7 +71,7 @@ from demsr.model import PRECISIONS
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from the tiles already written."
 )
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def command(
     checkpoint: str,
     input_path: str,

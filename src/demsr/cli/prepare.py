@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import band_option, overwrite_option
+from demsr.cli.options import band_option, overwrite_option, progress_option
 
 
 def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -105,7 +105,7 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
 )
 @band_option
 @overwrite_option
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def command(
     rasters: tuple[str, ...],
     output_dir: str,

@@ -8,6 +8,7 @@ from demsr.cli.options import (
     band_option,
     device_option,
     overwrite_option,
+    progress_option,
     with_scoring_options,
 )
 
@@ -43,7 +44,7 @@ from demsr.cli.options import (
 @band_option
 @device_option
 @overwrite_option
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def command(
     checkpoints: tuple[str, ...],
     data: str,
