@@ -57,6 +57,14 @@ RASTER_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".hgt", ".nc", ".asc", ".vr
 _WRITE_BATCH = 256  # patches gathered per HDF5 append; bounds memory for dense strides
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def degrade(highres: np.ndarray, scale: int) -> np.ndarray:
     """Block mean of ``highres`` (..., H, W) over ``scale`` x ``scale`` cells -> (..., H/s, W/s).
 
@@ -66,7 +74,7 @@ def degrade(highres: np.ndarray, scale: int) -> np.ndarray:
     is float32 for float32 or integer input and float64 for float64 input.
     """
     values = np.asarray(highres)
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
+    if not _is_int(scale) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
     if values.ndim < 2:
         raise ValueError(f"expected an array (..., H, W), got shape {values.shape}")
@@ -92,10 +100,6 @@ def crop_to_blocks(values: np.ndarray, scale: int, name: str | os.PathLike[str])
     if kept_rows == 0 or kept_cols == 0:
         raise ValueError(f"{name}: {rows}x{cols} cells is smaller than one {scale}x{scale} block")
     return values[..., :kept_rows, :kept_cols]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -147,17 +151,13 @@ class PrepareOptions:
         if self.stride_px is not None and (not _is_int(self.stride_px) or self.stride_px < 1):
             raise ValueError(f"stride_px must be an integer >= 1 or None, got {self.stride_px!r}")
         relief = self.min_relief_m
-        if isinstance(relief, bool) or not isinstance(relief, numbers.Real):
+        if not _is_real(relief):
             raise ValueError(f"min_relief_m must be a number, got {relief!r}")
         if not np.isfinite(relief) or relief < 0:
             raise ValueError(f"min_relief_m must be finite and >= 0, got {relief!r}")
         for name in ("min_sea_fraction", "max_sea_fraction"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or not 0.0 <= value <= 1.0
-            ):
+            if not _is_real(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a number in 0..1, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.min_sea_fraction > self.max_sea_fraction:
@@ -169,9 +169,7 @@ class PrepareOptions:
         if cap is not None and (not _is_int(cap) or cap < 1):
             raise ValueError(f"max_patches_per_file must be an integer >= 1 or None, got {cap!r}")
         fractions = tuple(self.split_fractions)
-        if len(fractions) != 3 or not all(
-            isinstance(f, numbers.Real) and not isinstance(f, bool) for f in fractions
-        ):
+        if len(fractions) != 3 or not all(_is_real(f) for f in fractions):
             raise ValueError(
                 f"split_fractions must be three numbers (train, valid, test), got {fractions!r}"
             )
