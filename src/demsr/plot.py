@@ -38,7 +38,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +170,18 @@ def _display(values: np.ndarray, grid: _Grid, cell_px: float, max_pixels: int) -
     )
 
 
+def _middle_cell_size_m(transform: Affine, crs: Any, rows: int) -> tuple[float, float]:
+    """East-west and north-south size in metres of a cell in the middle row of a grid."""
+    dx, dy = cell_sizes_m(transform, crs, 1, row_off=rows // 2)
+    return float(dx[0]), float(dy[0])
+
+
 def _cell_size_m(panel: _Panel, crs: Any) -> tuple[float, float]:
     """East-west and north-south size in metres of a displayed cell in the middle row (1 x 1
     without a transform: the relief is then per pixel)."""
     if panel.transform is None:
         return 1.0, 1.0
-    rows = panel.values.shape[0]
-    dx, dy = cell_sizes_m(panel.transform, crs, 1, row_off=rows // 2)
-    return float(dx[0]), float(dy[0])
+    return _middle_cell_size_m(panel.transform, crs, panel.values.shape[0])
 
 
 def _shade(
@@ -274,8 +278,8 @@ def _panel_height_in(grid: _Grid, shape: tuple[int, int]) -> float:
     if grid.transform is None:
         height_over_width = rows / cols
     else:
-        dx, dy = cell_sizes_m(grid.transform, grid.crs, 1, row_off=rows // 2)
-        height_over_width = (rows * float(dy[0])) / (cols * float(dx[0]))
+        dx, dy = _middle_cell_size_m(grid.transform, grid.crs, rows)
+        height_over_width = (rows * dy) / (cols * dx)
     return _PANEL_WIDTH_IN * min(max(height_over_width, 0.35), 1.6)
 
 
@@ -323,11 +327,8 @@ def plot_comparison(
     if not np.isfinite(truth).any():
         raise ValueError("the truth holds no valid cells")
     grid = _Grid.of(transform, crs)
-    lowres_grid = _Grid(
-        None if transform is None else transform @ Affine.scale(scale),
-        grid.crs,
-        grid.geographic,
-        grid.units,
+    lowres_grid = replace(
+        grid, transform=None if transform is None else transform @ Affine.scale(scale)
     )
 
     panel_height_in = _panel_height_in(grid, truth.shape)
