@@ -479,7 +479,6 @@ class PreparePlan:
 
     options: PrepareOptions
     paths: list[Path]
-    crs: list[str]
     windows: list[dict[str, np.ndarray]]
     report: PrepareReport
 
@@ -602,17 +601,15 @@ def plan_pairs(
         raise ValueError("no rasters given")
     _refuse_duplicates(paths)
     reports: list[FileReport] = []
-    crs_list: list[str] = []
     units: list[_Unit] = []
     for file_index, path in enumerate(
         tqdm(paths, desc="scanning", unit="file", disable=not progress)
     ):
         raster = read_raster(path, band=options.band)
-        crs = raster.crs.to_string() if raster.crs is not None else ""
         report = FileReport(
             path=str(path.resolve()),
             shape=raster.shape,
-            crs=crs,
+            crs=raster.crs.to_string() if raster.crs is not None else "",
             cell_size=(float(raster.transform.a), float(-raster.transform.e)),
             nodata_fraction=float(1.0 - raster.valid.mean()) if raster.data.size else 0.0,
         )
@@ -629,7 +626,6 @@ def plan_pairs(
                 unit.key = _hash64(options.seed, path.name)
         units.extend(file_units)
         reports.append(report)
-        crs_list.append(crs)
         del raster
 
     fractions = options.split_fractions
@@ -688,9 +684,7 @@ def plan_pairs(
                 )
             )
             _log.warning("split %r is empty (%s)", split, why)
-    return PreparePlan(
-        options=options, paths=paths, crs=crs_list, windows=windows, report=report_all
-    )
+    return PreparePlan(options=options, paths=paths, windows=windows, report=report_all)
 
 
 def output_paths(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -755,7 +749,7 @@ def prepare_pairs(
         normalisation=options.normalisation,
         seed=options.seed,
         source_files=tuple(f.path for f in report.files),
-        source_crs=tuple(plan.crs),
+        source_crs=tuple(f.crs for f in report.files),
         prepare_options=options.resolved().to_dict(),
     )
     patch_px = options.highres_patch_px
