@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from demsr.cli.options import (
+    RASTER_PATH,
     band_option,
     device_option,
     overwrite_option,
@@ -15,11 +16,11 @@ from demsr.cli.options import (
 
 @click.command("evaluate")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("data", type=click.Path(dir_okay=False))
+@click.argument("data", type=RASTER_PATH)
 @click.option(
     "--lowres",
     "lowres_path",
-    type=click.Path(dir_okay=False),
+    type=RASTER_PATH,
     help="Low-res raster to super-resolve; DATA is then its high-res reference (same CRS, "
     "cells aligned, covering the low-res bounds). Without it a raster DATA is degraded by "
     "block mean first.",

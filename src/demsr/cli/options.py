@@ -7,6 +7,10 @@ from typing import Any
 
 import click
 
+# A raster to read: any file demsr.io.open_raster takes, or a directory (a Zarr store). Whether
+# the path holds a raster is for the library to say, with the file named in the error.
+RASTER_PATH = click.Path()
+
 device_option = click.option(
     "--device",
     default="auto",

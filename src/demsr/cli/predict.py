@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import band_option, device_option, overwrite_option, progress_option
+from demsr.cli.options import (
+    RASTER_PATH,
+    band_option,
+    device_option,
+    overwrite_option,
+    progress_option,
+)
 from demsr.datum import DATUMS
 from demsr.io import FORMATS, OUTPUT_DTYPES
 from demsr.model import PRECISIONS
@@ -12,7 +18,7 @@ from demsr.model import PRECISIONS
 
 @click.command("predict")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("input_path", metavar="INPUT", type=RASTER_PATH)
 @click.argument("output_path", metavar="OUTPUT", type=click.Path())
 @band_option
 @click.option(

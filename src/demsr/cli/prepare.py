@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import band_option, overwrite_option, progress_option
+from demsr.cli.options import RASTER_PATH, band_option, overwrite_option, progress_option
 
 
 def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -160,7 +160,7 @@ def command(
 
 
 @click.command("degrade")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="INPUT", type=RASTER_PATH)
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
 @click.option("--scale", type=click.IntRange(min=2), default=5, show_default=True)
 @band_option

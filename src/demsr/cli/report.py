@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from demsr.cli.options import (
+    RASTER_PATH,
     band_option,
     device_option,
     overwrite_option,
@@ -18,13 +19,13 @@ from demsr.cli.options import (
 @click.option(
     "--data",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=RASTER_PATH,
     help="Pair file (.h5), high-res raster (degraded first), or with --lowres the reference.",
 )
 @click.option(
     "--lowres",
     "lowres_path",
-    type=click.Path(dir_okay=False),
+    type=RASTER_PATH,
     help="Low-res raster whose high-res reference is --data.",
 )
 @click.option(
