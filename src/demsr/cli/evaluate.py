@@ -75,7 +75,7 @@ def command(
     method on metric cell sizes), with a land/sea and slope-class breakdown.
     """
     from demsr.checkpoint import load_checkpoint
-    from demsr.evaluate import BASELINES, evaluate, load_inputs
+    from demsr.evaluate import evaluate, load_inputs
     from demsr.io import refuse_existing
 
     refuse_existing(json_path, markdown_path, overwrite=overwrite)
@@ -84,7 +84,7 @@ def command(
     result = evaluate(
         model,
         inputs,
-        baselines=baselines or tuple(BASELINES),
+        baselines=baselines,
         ensemble=self_ensemble,
         device=device,
         batch_size=batch_size,

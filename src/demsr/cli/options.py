@@ -90,12 +90,21 @@ def with_run_options(function: Callable[..., Any]) -> Callable[..., Any]:
 # sizes for slope on pair files. The baseline names are demsr.evaluate.BASELINES (written out so
 # that parsing the command line does not import torch; a test checks they agree).
 BASELINE_NAMES = ("bilinear", "bicubic", "cubic_spline", "lanczos")
+
+
+def _all_baselines_unless_named(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    return value or BASELINE_NAMES
+
+
 scoring_options = [
     click.option(
         "--baseline",
         "baselines",
         multiple=True,
         type=click.Choice(BASELINE_NAMES),
+        callback=_all_baselines_unless_named,
         help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
     ),
     click.option(

@@ -64,7 +64,6 @@ def command(
     page: the metric tables (every method on the same cells), the low-res / truth / prediction /
     error figure, each run's training curves (from the metrics.csv next to a checkpoint) and
     each checkpoint's provenance (file hash, model, training data, parent)."""
-    from demsr.evaluate import BASELINES
     from demsr.report import build_report, check_report_path, write_report
 
     check_report_path(output_path, overwrite)
@@ -72,7 +71,7 @@ def command(
         checkpoints,
         data,
         lowres_path,
-        baselines=baselines or tuple(BASELINES),
+        baselines=baselines,
         ensemble=self_ensemble,
         band=band,
         cell_size_m=cell_size_m,
