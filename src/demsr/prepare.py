@@ -294,6 +294,22 @@ def _window_counts(table: np.ndarray, origins: np.ndarray, patch_px: int) -> np.
     return table[r + p, c + p] - table[r, c + p] - table[r + p, c] + table[r, c]
 
 
+def _block_relief(data: np.ndarray, block: SplitBlock, patch_px: int, stride_px: int) -> np.ndarray:
+    """High-res max - min (float64) of each patch of :func:`patch_origins` (same order).
+
+    Patches holding nodata give NaN. A strided view of the block: nothing is copied.
+    """
+    cells = data[
+        block.row_off : block.row_off + block.height, block.col_off : block.col_off + block.width
+    ]
+    windows = np.lib.stride_tricks.sliding_window_view(cells, (patch_px, patch_px))
+    windows = windows[::stride_px, ::stride_px]
+    highest = windows.max(axis=(-2, -1)).astype(np.float64)
+    lowest = windows.min(axis=(-2, -1)).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf in patches already dropped as nodata
+        return (highest - lowest).reshape(-1)
+
+
 # --- Reproducible dealing -----------------------------------------------------------------------
 
 
@@ -518,29 +534,35 @@ def _refuse_duplicates(paths: Iterable[Path]) -> None:
 
 
 def _scan_file(
-    raster: Raster, file_index: int, options: PrepareOptions, report: FileReport
+    raster: Raster,
+    valid: np.ndarray,
+    file_index: int,
+    options: PrepareOptions,
+    report: FileReport,
 ) -> list[_Unit]:
-    """Find the usable patches of one raster, grouped by split block (pass one)."""
+    """Find the usable patches of one raster, grouped by split block (pass one).
+
+    ``valid`` is ``raster.valid``.
+    """
     patch_px = options.highres_patch_px
+    stride_px = options.effective_stride_px
     block_px = options.effective_split_block_px if options.split_by == "block" else None
     name = Path(raster.path).name
-    nodata_table = _count_table(~raster.valid)
+    nodata_table = _count_table(~valid)
     sea_table = _count_table(raster.data < 0) if options.filters_sea_fraction else None
     units: list[_Unit] = []
     for block in split_blocks(raster.shape, block_px):
-        origins = patch_origins(block, patch_px, options.effective_stride_px)
+        origins = patch_origins(block, patch_px, stride_px)
         report.candidates += len(origins)
         if len(origins) == 0:
             continue
         has_nodata = _window_counts(nodata_table, origins, patch_px) > 0
         report.dropped_nodata += int(has_nodata.sum())
-        keep = ~has_nodata
-        for index in np.flatnonzero(keep):
-            row, col = origins[index]
-            patch = raster.data[row : row + patch_px, col : col + patch_px]
-            if float(patch.max()) - float(patch.min()) < options.min_relief_m:
-                keep[index] = False
-                report.dropped_flat += 1
+        flat = ~has_nodata & (
+            _block_relief(raster.data, block, patch_px, stride_px) < options.min_relief_m
+        )
+        report.dropped_flat += int(flat.sum())
+        keep = ~(has_nodata | flat)
         if sea_table is not None:
             sea_fraction = _window_counts(sea_table, origins, patch_px) / patch_px**2
             too_dry = keep & (sea_fraction < options.min_sea_fraction)
@@ -606,14 +628,15 @@ def plan_pairs(
         tqdm(paths, desc="scanning", unit="file", disable=not progress)
     ):
         raster = read_raster(path, band=options.band)
+        valid = raster.valid
         report = FileReport(
             path=str(path.resolve()),
             shape=raster.shape,
             crs=raster.crs.to_string() if raster.crs is not None else "",
             cell_size=(float(raster.transform.a), float(-raster.transform.e)),
-            nodata_fraction=float(1.0 - raster.valid.mean()) if raster.data.size else 0.0,
+            nodata_fraction=float(1.0 - valid.mean()) if raster.data.size else 0.0,
         )
-        file_units = _scan_file(raster, file_index, options, report)
+        file_units = _scan_file(raster, valid, file_index, options, report)
         if report.candidates == 0:
             _log.warning(
                 "%s (%dx%d) is smaller than one %d px patch (or split block): no pairs from it",
@@ -626,7 +649,7 @@ def plan_pairs(
                 unit.key = _hash64(options.seed, path.name)
         units.extend(file_units)
         reports.append(report)
-        del raster
+        del raster, valid
 
     fractions = options.split_fractions
     if options.split_by == "block":
