@@ -38,7 +38,13 @@ from demsr.cli.options import (
     type=click.Path(dir_okay=False),
     help="Also write the tables to this Markdown file.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Pairs per network pass, for pair files (rasters go tile by tile: --tile-px).",
+)
 @click.option(
     "--tile-px",
     type=click.IntRange(min=16),
