@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from demsr.cli.options import with_run_options
-from demsr.cli.train import report, run_config
+from demsr.cli.train import echo_result, run_config
 from demsr.model import FREEZE_PRESETS
 
 
@@ -75,4 +75,4 @@ def command(
         freeze_prefixes=freeze_prefixes or None,
         resume=resume,
     )
-    report(result)
+    echo_result(result)

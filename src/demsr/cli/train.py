@@ -26,17 +26,16 @@ def run_config(
 ) -> RunConfig:
     """The config of a training command: the YAML file (or the defaults), then the command's
     own options (``shortcuts``, as ``section.key=value``), then ``--set``, which wins."""
-    from demsr.config import apply_overrides, load_config
+    from demsr.config import load_config
 
     shortcuts = list(shortcuts)
     shortcuts += [f"data.root_dir={data_dir}"] if data_dir else []
     shortcuts += [f"summary.output_dir={output_dir}"] if output_dir else []
-    config = load_config(config_path)
-    apply_overrides(config, shortcuts + list(overrides))
-    return config
+    return load_config(config_path, shortcuts + list(overrides))
 
 
-def report(result: TrainResult) -> None:
+def echo_result(result: TrainResult) -> None:
+    """One line on stdout: the best validation RMSE, the epochs and steps run, the run folder."""
     click.echo(
         f"best validation RMSE {result.best_valid_rmse_m:.3f} m after {result.epochs_run} "
         f"epochs ({result.global_step} steps); checkpoints in {result.output_dir}"
@@ -66,4 +65,4 @@ def command(
 
     shortcuts = [f"model.preset={preset}"] if preset else []
     config = run_config(config_path, overrides, data_dir, output_dir, shortcuts)
-    report(Trainer(config, progress=progress).fit(resume=resume))
+    echo_result(Trainer(config, progress=progress).fit(resume=resume))
