@@ -699,6 +699,38 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def gtiff_profile(
+    shape: tuple[int, int],
+    transform: Affine,
+    crs: CRS | None,
+    nodata: float,
+    *,
+    dtype: str = "float32",
+    block_px: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """rasterio creation profile of a single-band DEFLATE-compressed GeoTIFF of (rows, cols)
+    ``shape``: floating-point predictor for float32, horizontal for integers; tiled in
+    ``block_px`` squares when given (else striped); ``options`` (e.g. ``BIGTIFF``) added as is."""
+    rows, cols = shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": cols,
+        "height": rows,
+        "count": 1,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+        "predictor": 3 if dtype == "float32" else 2,
+    }
+    if block_px is not None:
+        profile.update(tiled=True, blockxsize=block_px, blockysize=block_px)
+    profile.update(options)
+    return profile
+
+
 def write_geotiff(
     path: str | os.PathLike[str],
     data: np.ndarray,
@@ -718,20 +750,8 @@ def write_geotiff(
     if not np.isnan(fill):
         values = np.where(np.isnan(values), fill, values)
     rows, cols = values.shape
-    profile = {
-        "driver": "GTiff",
-        "width": cols,
-        "height": rows,
-        "count": 1,
-        "dtype": "float32",
-        "crs": crs,
-        "transform": transform,
-        "nodata": float(fill),
-        "compress": "deflate",
-        "predictor": 3,
-    }
-    if rows >= 256 and cols >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    block_px = 256 if rows >= 256 and cols >= 256 else None
+    profile = gtiff_profile((rows, cols), transform, crs, float(fill), block_px=block_px)
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(values, 1)
@@ -1071,23 +1091,16 @@ def _write_cog(
     os.close(fd)
     staging = Path(staging_name)
     try:
-        profile = {
-            "driver": "GTiff",
-            "width": src.shape[1],
-            "height": src.shape[0],
-            "count": 1,
-            "dtype": encode.dtype,
-            "crs": src.crs,
-            "transform": src.transform,
-            "nodata": encode.fill,
-            "tiled": True,
-            "blockxsize": BLOCK_PX,
-            "blockysize": BLOCK_PX,
-            "compress": "deflate",
-            "zlevel": 1,
-            "predictor": 3 if encode.dtype == "float32" else 2,
-            "bigtiff": "if_safer",
-        }
+        profile = gtiff_profile(
+            src.shape,
+            src.transform,
+            src.crs,
+            encode.fill,
+            dtype=encode.dtype,
+            block_px=BLOCK_PX,
+            zlevel=1,
+            bigtiff="if_safer",
+        )
         with rasterio.open(staging, "w", **profile) as dst:
             for window, block in _read_blocks(src, progress, f"writing {output.name}"):
                 dst.write(encode(block), 1, window=window)

@@ -51,6 +51,7 @@ from demsr.io import (
     atomic_path,
     finalise_output,
     fsync_file,
+    gtiff_profile,
     open_raster,
     output_format,
     refuse_existing,
@@ -354,24 +355,9 @@ def _create_partial(
     block_px: int,
 ) -> None:
     """An empty tiled float32 GeoTIFF; unwritten blocks stay absent (sparse) until written."""
-    rows, cols = shape
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": cols,
-        "height": rows,
-        "count": 1,
-        "dtype": "float32",
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": block_px,
-        "blockysize": block_px,
-        "compress": "deflate",
-        "predictor": 3,
-        "BIGTIFF": "IF_SAFER",
-        "SPARSE_OK": "TRUE",
-    }
+    profile = gtiff_profile(
+        shape, transform, crs, nodata, block_px=block_px, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE"
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.update_tags(**tags)
         dst.set_band_unit(1, "metre")
