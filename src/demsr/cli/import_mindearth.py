@@ -57,10 +57,10 @@ def command(
     inferred from the tensors.
     """
     from demsr.checkpoint import save_checkpoint
+    from demsr.io import refuse_existing
     from demsr.mindearth import model_from_mindearth
 
-    if Path(output).exists() and not overwrite:
-        raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
+    refuse_existing(output, overwrite=overwrite)
     model = model_from_mindearth(ckpt, scale=scale, resize=resize)  # type: ignore[arg-type]
     scaling = ElevationScaling(offset_m=norm_offset_m, scale_m=norm_scale_m)
     metadata = {"provenance": {"parent": str(Path(ckpt).resolve()), "imported_from": "mindearth"}}
