@@ -479,8 +479,7 @@ class PrepareReport:
 class _Unit:
     """A block (or a whole file) with usable patches, waiting for its split."""
 
-    file_index: int
-    key: int  # hash of (seed, file name, block position): the dealing order
+    key: int  # hash of (seed, file name[, block position]): the dealing order
     origins: np.ndarray  # (n, 2) row_off, col_off of its usable patches
     split: str = ""
 
@@ -536,13 +535,13 @@ def _refuse_duplicates(paths: Iterable[Path]) -> None:
 def _scan_file(
     raster: Raster,
     valid: np.ndarray,
-    file_index: int,
     options: PrepareOptions,
     report: FileReport,
 ) -> list[_Unit]:
     """Find the usable patches of one raster, grouped by split block (pass one).
 
-    ``valid`` is ``raster.valid``.
+    ``valid`` is ``raster.valid``. A unit's key hashes the seed, the file name and, when
+    dealing blocks, the block's position.
     """
     patch_px = options.highres_patch_px
     stride_px = options.effective_stride_px
@@ -573,22 +572,27 @@ def _scan_file(
         if not keep.any():
             report.empty_blocks += 1
             continue
-        key = _hash64(options.seed, name, block.block_row, block.block_col)
-        units.append(_Unit(file_index=file_index, key=key, origins=origins[keep]))
+        if block_px is None:  # the whole file is one unit
+            key = _hash64(options.seed, name)
+        else:
+            key = _hash64(options.seed, name, block.block_row, block.block_col)
+        units.append(_Unit(key=key, origins=origins[keep]))
     return units
 
 
-def _deal_within_files(
-    units: list[_Unit], n_files: int, paths: list[Path], seed: int, fractions: Sequence[float]
+def _deal(
+    units: Sequence[_Unit],
+    fractions: Sequence[float],
+    rng: np.random.Generator,
+    at_least_one: bool,
 ) -> None:
-    """Deal each file's units to splits: counts from :func:`_apportion`, order by hash key."""
-    for file_index in range(n_files):
-        own = sorted((u for u in units if u.file_index == file_index), key=lambda u: u.key)
-        rng = np.random.default_rng(_hash64(seed, paths[file_index].name, "apportion"))
-        counts = _apportion(len(own), fractions, rng, at_least_one=False)
-        splits = [s for s, n in zip(SPLITS, counts, strict=True) for _ in range(n)]
-        for unit, split in zip(own, splits, strict=True):
-            unit.split = split
+    """Deal ``units`` to splits: how many go to each from :func:`_apportion`, which ones by
+    hash key (the lowest keys to train, then valid, then test)."""
+    ordered = sorted(units, key=lambda u: u.key)
+    counts = _apportion(len(ordered), fractions, rng, at_least_one=at_least_one)
+    splits = [s for s, n in zip(SPLITS, counts, strict=True) for _ in range(n)]
+    for unit, split in zip(ordered, splits, strict=True):
+        unit.split = split
 
 
 def _ensure_nonempty_splits(units: list[_Unit], fractions: Sequence[float]) -> None:
@@ -623,10 +627,8 @@ def plan_pairs(
         raise ValueError("no rasters given")
     _refuse_duplicates(paths)
     reports: list[FileReport] = []
-    units: list[_Unit] = []
-    for file_index, path in enumerate(
-        tqdm(paths, desc="scanning", unit="file", disable=not progress)
-    ):
+    units_by_file: list[list[_Unit]] = []
+    for path in tqdm(paths, desc="scanning", unit="file", disable=not progress):
         raster = read_raster(path, band=options.band)
         valid = raster.valid
         report = FileReport(
@@ -636,7 +638,7 @@ def plan_pairs(
             cell_size=(float(raster.transform.a), float(-raster.transform.e)),
             nodata_fraction=float(1.0 - valid.mean()) if raster.data.size else 0.0,
         )
-        file_units = _scan_file(raster, valid, file_index, options, report)
+        file_units = _scan_file(raster, valid, options, report)
         if report.candidates == 0:
             _log.warning(
                 "%s (%dx%d) is smaller than one %d px patch (or split block): no pairs from it",
@@ -644,30 +646,26 @@ def plan_pairs(
                 *raster.shape,
                 options.highres_patch_px,
             )
-        if options.split_by == "file":
-            for unit in file_units:
-                unit.key = _hash64(options.seed, path.name)
-        units.extend(file_units)
+        units_by_file.append(file_units)
         reports.append(report)
         del raster, valid
 
     fractions = options.split_fractions
+    units = [unit for file_units in units_by_file for unit in file_units]
     if options.split_by == "block":
-        _deal_within_files(units, len(paths), paths, options.seed, fractions)
+        for path, file_units in zip(paths, units_by_file, strict=True):
+            rng = np.random.default_rng(_hash64(options.seed, path.name, "apportion"))
+            _deal(file_units, fractions, rng, at_least_one=False)
         _ensure_nonempty_splits(units, fractions)
     else:
-        ordered = sorted(units, key=lambda u: u.key)
         rng = np.random.default_rng(_hash64(options.seed, "files"))
-        counts = _apportion(len(ordered), fractions, rng, at_least_one=True)
-        splits = [s for s, n in zip(SPLITS, counts, strict=True) for _ in range(n)]
-        for unit, split in zip(ordered, splits, strict=True):
-            unit.split = split
+        _deal(units, fractions, rng, at_least_one=True)
 
     windows: list[dict[str, np.ndarray]] = []
-    for file_index, (path, report) in enumerate(zip(paths, reports, strict=True)):
+    for path, report, file_units in zip(paths, reports, units_by_file, strict=True):
         by_split: dict[str, np.ndarray] = {}
         for split in SPLITS:
-            own = [u.origins for u in units if u.file_index == file_index and u.split == split]
+            own = [u.origins for u in file_units if u.split == split]
             report.blocks[split] = len(own)
             by_split[split] = np.concatenate(own) if own else np.zeros((0, 2), dtype=np.int64)
         cap = options.max_patches_per_file
