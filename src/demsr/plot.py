@@ -37,7 +37,7 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -560,6 +560,47 @@ def read_comparison(
             crs=prediction.crs,
             scale=scale,
         )
+
+
+def comparison_from_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    truth_path: str | os.PathLike[str],
+    lowres_path: str | os.PathLike[str] | None = None,
+    *,
+    baselines: Iterable[str] = (),
+    device: str = "auto",
+) -> Comparison:
+    """The arrays of a comparison figure with the prediction made here: ``checkpoint`` run on
+    the low-res raster ``lowres_path``, or on the truth degraded by block mean when it is None
+    (see :func:`demsr.evaluate.load_inputs`); each of ``baselines`` (names in
+    :data:`demsr.evaluate.BASELINES`) is computed from the same low-res input. The truth must be
+    a raster, not a pair file (ValueError).
+    """
+    # These import torch: only when a model is run.
+    from demsr.checkpoint import load_checkpoint
+    from demsr.evaluate import load_inputs, predict_inputs, upsample_baseline
+    from demsr.model import resolve_device
+
+    model = load_checkpoint(checkpoint)
+    inputs = load_inputs(truth_path, model.scale, lowres_path)
+    if inputs.kind != "raster":
+        raise ValueError(f"{truth_path}: a raster is needed here (use demsr report for pairs)")
+    torch_device = resolve_device(device)
+    values = predict_inputs(
+        model.build_resolver(torch_device), inputs, torch_device, progress=False
+    )
+    assert inputs.transform is not None
+    return Comparison(
+        lowres=inputs.lowres[0],
+        truth=inputs.highres[0],
+        prediction=values[0],
+        baselines={
+            name: upsample_baseline(inputs.lowres[0], model.scale, name) for name in baselines
+        },
+        transform=inputs.transform,
+        crs=inputs.crs,
+        scale=model.scale,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -79,7 +80,7 @@ def read_inputs(
 ) -> Comparison:
     """The arrays to plot, on one checked grid: read from rasters, or with ``checkpoint`` the
     prediction made here from the low-res input (the truth degraded when there is none)."""
-    from demsr.plot import Comparison, read_comparison
+    from demsr.plot import comparison_from_checkpoint, read_comparison
 
     if checkpoint is None:
         if lowres is None or prediction is None:
@@ -89,32 +90,15 @@ def read_inputs(
         raise click.UsageError("give --prediction or --checkpoint, not both")
     if bounds is not None:
         raise click.UsageError("--bounds works with --prediction only; crop the truth first")
-    from demsr.checkpoint import load_checkpoint
-    from demsr.evaluate import load_inputs, predict_inputs, upsample_baseline
-    from demsr.model import resolve_device
-
-    model = load_checkpoint(checkpoint)
-    inputs = load_inputs(truth, model.scale, lowres)
-    if inputs.kind != "raster":
-        raise click.UsageError(f"{truth}: a raster is needed here (use demsr report for pairs)")
     for name, path in baselines.items():
         if path is not None:
             raise click.UsageError(f"--baseline {name}={path}: with --checkpoint give names only")
-    torch_device = resolve_device(device)
-    values = predict_inputs(
-        model.build_resolver(torch_device), inputs, torch_device, progress=False
-    )
-    assert inputs.transform is not None
-    return Comparison(
-        lowres=inputs.lowres[0],
-        truth=inputs.highres[0],
-        prediction=values[0],
-        baselines={
-            name: upsample_baseline(inputs.lowres[0], model.scale, name) for name in baselines
-        },
-        transform=inputs.transform,
-        crs=inputs.crs,
-        scale=model.scale,
+    from demsr.evaluate import PAIR_SUFFIXES
+
+    if Path(truth).suffix.lower() in PAIR_SUFFIXES:
+        raise click.UsageError(f"{truth}: a raster is needed here (use demsr report for pairs)")
+    return comparison_from_checkpoint(
+        checkpoint, truth, lowres, baselines=list(baselines), device=device
     )
 
 
