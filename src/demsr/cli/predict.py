@@ -99,9 +99,10 @@ def command(
 
     INPUT is anything GDAL opens (GeoTIFF/COG, SRTM .hgt, zipped, ESRI ASCII), a NetCDF in the
     GEBCO layout, or a Zarr store. OUTPUT keeps INPUT's CRS and bounds with the pixel size
-    divided by the model's scale; nodata stays nodata. The raster is processed tile by tile
-    with an overlap of the model's receptive field, so memory does not grow with its size and
-    the result equals whole-raster prediction.
+    divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
+    each read with a margin of the model's receptive field plus the reach of its trend removal
+    (49 low-res cells for the lite preset), so memory does not grow with its size and the
+    result equals whole-raster prediction.
     """
     from demsr.datum import datum_transform
     from demsr.predict import predict_raster
