@@ -145,18 +145,11 @@ class PairLayout:
         return self.metadata.normalisation
 
 
-@dataclass
-class PairFile:
-    """A pair file in memory: ``lowres`` (N,1,h,w) and ``highres`` (N,1,H,W) float32, normalised.
-
-    ``source_windows`` is (N,5) int64 (file index, row_off, col_off, height, width) of each
-    high-res patch in its source raster, or None when the file does not record it.
-    """
+class _LayoutFacts:
+    """What :class:`PairFile` and :class:`PairDataset` tell about their file, read from
+    ``layout``."""
 
     layout: PairLayout
-    lowres: np.ndarray
-    highres: np.ndarray
-    source_windows: np.ndarray | None
 
     @property
     def path(self) -> Path:
@@ -168,11 +161,11 @@ class PairFile:
 
     @property
     def scale(self) -> int:
-        return self.layout.metadata.scale
+        return self.layout.scale
 
     @property
     def normalisation(self) -> Normalisation:
-        return self.layout.metadata.normalisation
+        return self.layout.normalisation
 
     @property
     def units(self) -> str:
@@ -189,6 +182,20 @@ class PairFile:
 
     def __len__(self) -> int:
         return self.layout.count
+
+
+@dataclass
+class PairFile(_LayoutFacts):
+    """A pair file in memory: ``lowres`` (N,1,h,w) and ``highres`` (N,1,H,W) float32, normalised.
+
+    ``source_windows`` is (N,5) int64 (file index, row_off, col_off, height, width) of each
+    high-res patch in its source raster, or None when the file does not record it.
+    """
+
+    layout: PairLayout
+    lowres: np.ndarray
+    highres: np.ndarray
+    source_windows: np.ndarray | None
 
 
 def _attr_str(value: Any) -> str:
@@ -546,7 +553,7 @@ def undo_dihedral(x: torch.Tensor, variant: int) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if variant >= 4 else x
 
 
-class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """(low-res, high-res) float32 tensors (1,h,w) and (1,H,W), normalised, from a pair file.
 
     The file may be ours or a published one (see :func:`read_pair_file`). By default the whole
@@ -564,30 +571,22 @@ class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         in_memory: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.path = Path(path)
         self.augment = augment
         self.generator = generator
         self._lowres: np.ndarray | None = None
         self._highres: np.ndarray | None = None
         self._handle: h5py.File | None = None
         if in_memory:
-            pairs = read_pair_file(self.path)
+            pairs = read_pair_file(path)
             self.layout = pairs.layout
             self._lowres, self._highres = pairs.lowres, pairs.highres
-            self.source_windows = pairs.source_windows
         else:
-            self.layout = inspect_pair_file(self.path)
-            self.source_windows = None
-        self.normalisation: Normalisation = self.layout.normalisation
-        self.scale: int = self.layout.scale
-        self.units: str = self.layout.metadata.units
-        self.metadata: PairMetadata = self.layout.metadata
-        self.source_files: list[str] = list(self.layout.metadata.source_files)
-        self.lowres_patch_px: int = self.layout.lowres_shape[0]
-        self.highres_patch_px: int = self.layout.highres_shape[0]
+            self.layout = inspect_pair_file(path)
 
-    def __len__(self) -> int:
-        return self.layout.count
+    @property
+    def source_files(self) -> list[str]:
+        """Paths of the rasters the patches come from (empty for published files)."""
+        return list(self.metadata.source_files)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
