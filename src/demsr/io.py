@@ -699,6 +699,16 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fill_nodata(values: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``values`` with its NaN cells set to ``nodata`` (as float32), for writing.
+
+    The same array comes back, unchanged, when ``nodata`` is None or NaN.
+    """
+    if nodata is None or math.isnan(nodata):
+        return values
+    return np.where(np.isnan(values), np.float32(nodata), values)
+
+
 def gtiff_profile(
     shape: tuple[int, int],
     transform: Affine,
@@ -746,9 +756,8 @@ def write_geotiff(
     values = np.asarray(data, dtype=np.float32)
     if values.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {values.shape}")
+    values = fill_nodata(values, nodata)
     fill = np.float32(np.nan if nodata is None else nodata)
-    if not np.isnan(fill):
-        values = np.where(np.isnan(values), fill, values)
     rows, cols = values.shape
     block_px = 256 if rows >= 256 and cols >= 256 else None
     profile = gtiff_profile((rows, cols), transform, crs, float(fill), block_px=block_px)
@@ -826,9 +835,7 @@ class _Encoder:
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         if self.dtype == "float32":
-            if math.isnan(self.fill):
-                return block
-            return np.where(np.isnan(block), np.float32(self.fill), block)
+            return fill_nodata(block, self.fill)
         valid = np.isfinite(block)
         rounded = np.rint(block, where=valid, out=np.zeros(block.shape, np.float32))
         if valid.any():

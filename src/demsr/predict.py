@@ -49,6 +49,7 @@ from demsr.checkpoint import Checkpoint, checkpoint_sha256, load_checkpoint
 from demsr.io import (
     RasterError,
     atomic_path,
+    fill_nodata,
     finalise_output,
     fsync_file,
     gtiff_profile,
@@ -406,8 +407,7 @@ class _PartialWriter:
                     f"transform_output returned shape {changed.shape} for a {shape} tile"
                 )
             values = np.where(np.isnan(values), np.float32(np.nan), changed)
-        if not np.isnan(self.nodata):
-            values = np.where(np.isnan(values), np.float32(self.nodata), values)
+        values = fill_nodata(values, self.nodata)
         if self._dataset is None:
             self._dataset = rasterio.open(self.partial, "r+")
         self._dataset.write(values, 1, window=window)
