@@ -593,23 +593,32 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
         state["_handle"] = None  # h5py handles do not pickle; workers reopen the file
         return state
 
-    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The pair at ``index`` as float32 arrays, and whether they are views of the loaded
+        file (True) rather than fresh arrays read from disk."""
         if self._lowres is not None and self._highres is not None:
-            return self._lowres[index], self._highres[index]
+            return self._lowres[index], self._highres[index], True
         if self._handle is None:
             self._handle = h5py.File(self.path, "r")
         lowres = self._handle[self.layout.lowres_key][index]
         highres = self._handle[self.layout.highres_key][index]
-        return np.asarray(lowres, dtype=np.float32), np.asarray(highres, dtype=np.float32)
+        return (
+            np.asarray(lowres, dtype=np.float32),
+            np.asarray(highres, dtype=np.float32),
+            False,
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} pairs")
-        lowres_np, highres_np = self._read(index % len(self))
-        lowres = torch.from_numpy(np.array(lowres_np, dtype=np.float32))
-        highres = torch.from_numpy(np.array(highres_np, dtype=np.float32))
+        lowres_np, highres_np, shared = self._read(index % len(self))
+        lowres, highres = torch.from_numpy(lowres_np), torch.from_numpy(highres_np)
         if self.augment:
+            # dihedral returns new tensors, so the loaded patches are never handed out
             variant = int(torch.randint(8, (1,), generator=self.generator).item())
             lowres = dihedral(lowres, variant).contiguous()
             highres = dihedral(highres, variant).contiguous()
+        elif shared:
+            # a caller changing a pair in place must not change the loaded file
+            lowres, highres = lowres.clone(), highres.clone()
         return lowres, highres
