@@ -156,6 +156,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def _gaussian_radius_px(sigma_px: float) -> int:
+    """Taps on each side of a Gaussian of ``sigma_px`` truncated at 3 sigma (0 for no sigma)."""
+    return math.ceil(3 * sigma_px) if sigma_px > 0 else 0
+
+
 @dataclass(frozen=True)
 class ElevationScaling:
     """How elevations in metres enter and leave the network.
@@ -190,7 +195,7 @@ class ElevationScaling:
     @property
     def trend_radius_px(self) -> int:
         """Low-res cells on each side that the trend of a cell depends on."""
-        return math.ceil(3 * self.trend_sigma_px) if self.trend_sigma_px > 0 else 0
+        return _gaussian_radius_px(self.trend_sigma_px)
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -203,10 +208,11 @@ class ElevationScaling:
 
 def gaussian_trend(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian smoothing of (N,1,h,w), truncated at 3 sigma, edges replicated."""
-    radius = math.ceil(3 * sigma_px)
+    radius = _gaussian_radius_px(sigma_px)
+    # A few taps, computed in float64 on the CPU (the same bits on every device), moved once.
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (taps / sigma_px) ** 2)
-    kernel = (kernel / kernel.sum()).to(x.dtype).to(x.device)
+    kernel = (kernel / kernel.sum()).to(device=x.device, dtype=x.dtype)
     padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
     rows = F.conv2d(padded, kernel.view(1, 1, 1, -1))
     return F.conv2d(rows, kernel.view(1, 1, -1, 1))
