@@ -357,16 +357,16 @@ def _field_type(config: RunConfig, section_name: str, key: str) -> Any:
     return _field_types(section).get(key)
 
 
-def _is_text_field(config: RunConfig, section_name: str, key: str) -> bool:
-    expected = _field_type(config, section_name, key)
+def _is_text(expected: Any) -> bool:
+    """Whether a field annotation is ``str`` or a union holding it."""
     return expected is str or (
         typing.get_origin(expected) in (typing.Union, types.UnionType)
         and str in typing.get_args(expected)
     )
 
 
-def _is_optional(config: RunConfig, section_name: str, key: str) -> bool:
-    return type(None) in typing.get_args(_field_type(config, section_name, key))
+def _is_optional(expected: Any) -> bool:
+    return type(None) in typing.get_args(expected)
 
 
 def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
@@ -376,12 +376,11 @@ def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -
             raise ConfigError(f"override {item!r}: expected section.key=value")
         dotted, raw = item.split("=", 1)
         section_name, key = dotted.strip().split(".", 1)
-        if _is_text_field(config, section_name, key):
+        expected = _field_type(config, section_name, key)
+        if _is_text(expected):
             # Text (a path, a name) is taken as written: "2024-01-01" or "a: b" stay strings.
             value: Any = (
-                None
-                if raw.strip() in ("", "null", "~") and _is_optional(config, section_name, key)
-                else raw
+                None if raw.strip() in ("", "null", "~") and _is_optional(expected) else raw
             )
         else:
             try:
@@ -389,8 +388,7 @@ def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -
             except yaml.YAMLError:
                 value = raw
         if isinstance(value, dict) or (
-            isinstance(value, list)
-            and typing.get_origin(_field_type(config, section_name, key)) is not list
+            isinstance(value, list) and typing.get_origin(expected) is not list
         ):
             raise ConfigError(f"override {item!r}: expected a single value")
         _set(config, section_name, key, value, "override")
