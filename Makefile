@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(DEMO_RASTER) $(DEMO_DIR)
+	DEMSR=$(BIN)/demsr bash scripts/demo.sh $(DEMO_RASTER) $(DEMO_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,10 +12,12 @@ out=${2:?usage: demo.sh RASTER OUTPUT_DIR}
 demsr=${DEMSR:-.venv/bin/demsr}
 steps=${DEMO_STEPS:-300}
 
-# Only the demo's own outputs are replaced; anything else in the folder is left alone.
+# Only the demo's own outputs are replaced (with what an interrupted predict leaves behind:
+# demsr.predict.partial_paths); anything else in the folder is left alone.
 mkdir -p "$out"
 rm -rf "$out/pairs" "$out/model" "$out/test_metrics.json" "$out/test_metrics.md" \
-    "$out/lowres_15s.tif" "$out/superres_3s.tif" "$out/comparison.png"
+    "$out/lowres_15s.tif" "$out/superres_3s.tif" "$out/comparison.png" \
+    "$out/superres_3s.tif.partial.tif" "$out/superres_3s.tif.partial.json"
 "$demsr" prepare "$raster" -o "$out/pairs" --stride-px 80 --split-block-px 240 --no-progress
 "$demsr" train --config configs/lite.yaml --data "$out/pairs" --output-dir "$out/model" \
     --set train.max_steps="$steps" --set train.max_steps_per_epoch=100 --set data.batch_size=8 \
