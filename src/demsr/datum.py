@@ -286,19 +286,40 @@ def convert_heights(
     """
     source = _check_datum(from_datum)
     target = _check_datum(to_datum)
-    values = np.asarray(values_m)
-    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.dtype(np.float32)
-    converted = values.astype(dtype, copy=True)
+    converted = _float_copy(values_m)
     if source == target:
         return converted
-    if values.ndim < 2:
-        raise DatumError(f"expected a (rows, cols) array of heights, got shape {values.shape}")
+    _check_grid_shape(converted)
     proj_crs = _horizontal_crs(crs)
     if grid is None:
         grid = load_geoid()
-    to_lonlat = _to_lonlat(proj_crs.to_wkt())
+    _shift_heights(converted, transform, _to_lonlat(proj_crs.to_wkt()), grid, target)
+    return converted
+
+
+def _float_copy(values_m: np.ndarray) -> np.ndarray:
+    """A copy of ``values_m``: float dtypes kept, integers become float32."""
+    values = np.asarray(values_m)
+    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.dtype(np.float32)
+    return values.astype(dtype, copy=True)
+
+
+def _check_grid_shape(values: np.ndarray) -> None:
+    if values.ndim < 2:
+        raise DatumError(f"expected a (rows, cols) array of heights, got shape {values.shape}")
+
+
+def _shift_heights(
+    converted: np.ndarray,
+    transform: Affine,
+    to_lonlat: Transformer | None,
+    grid: GeoidGrid,
+    target: str,
+) -> None:
+    """Add N to (``target`` ``wgs84``) or subtract it from (``egm96``) float (..., rows, cols)
+    heights in place, in chunks of about 1 M cells; cells not located on the geoid become NaN."""
     sign = 1.0 if target == "wgs84" else -1.0
-    rows, cols = values.shape[-2:]
+    rows, cols = converted.shape[-2:]
     chunk_rows = max(1, _ROWS_PER_CHUNK_CELLS // max(cols, 1))
     unlocated = 0
     for row_start in range(0, rows, chunk_rows):
@@ -315,7 +336,6 @@ def convert_heights(
             unlocated,
             rows * cols,
         )
-    return converted
 
 
 def datum_transform(
@@ -335,11 +355,23 @@ def datum_transform(
     if source == target:
         return None
     geoid = grid if grid is not None else load_geoid()
+    # Every tile of a raster has the same CRS: resolve its lon/lat transformer once, not per tile.
+    # (The resume manifest records the closure's plain values, source and target: keep it so.)
+    transformers: dict[Any, Transformer | None] = {}
 
     def convert_tile(
         values_m: np.ndarray, window: Window | None, transform: Affine, crs: Any
     ) -> np.ndarray:
         logger.debug("vertical datum %s -> %s on tile %s", source, target, window)
-        return convert_heights(values_m, transform, crs, source, target, grid=geoid)
+        converted = _float_copy(values_m)
+        _check_grid_shape(converted)
+        try:
+            to_lonlat = transformers[crs]
+        except KeyError:
+            to_lonlat = transformers[crs] = _to_lonlat(_horizontal_crs(crs).to_wkt())
+        except TypeError:  # an unhashable CRS description (e.g. a PROJ dict)
+            to_lonlat = _to_lonlat(_horizontal_crs(crs).to_wkt())
+        _shift_heights(converted, transform, to_lonlat, geoid, target)
+        return converted
 
     return convert_tile
