@@ -1,9 +1,9 @@
 """Peak memory and speed of tiled prediction on rasters of different sizes.
 
-Writes synthetic DEMs of real terrain (SRTM 3" tile N37W004, mirrored where the raster is larger
-than the tile) as GeoTIFFs, then runs ``demsr.predict.predict_raster`` on each in a fresh child
-process with an untrained ``lite`` model, and records the child's peak resident memory
-(``resource.getrusage``) and wall time, for the tile loop alone and with the finalisation
+Writes synthetic DEMs of real terrain (the bundled SRTM 3" tile N37W004, mirrored where the
+raster is larger than the tile) as GeoTIFFs, then runs ``demsr.predict.predict_raster`` on each
+in a fresh child process with an untrained ``lite`` model, and records the child's peak resident
+memory (``resource.getrusage``) and wall time, for the tile loop alone and with the finalisation
 (``demsr.io.finalise_output``) that turns the partial GeoTIFF into the product. Tiled prediction
 holds one batch of tiles at a time, so its peak is set by the largest batch (``batch_size`` x the
 largest read window, whose high-res feature maps dominate) and should not grow with the raster's
@@ -13,7 +13,9 @@ tiles per side (an interior tile has the full margin on every side)::
     .venv/bin/python benchmarks/predict_memory.py                  # 320^2 and 640^2, CPU
     .venv/bin/python benchmarks/predict_memory.py --sizes 400 1600 --device cuda
 
-Prints a markdown table; ``--record FILE`` also writes it to FILE with the settings.
+Prints a markdown table; ``--record FILE`` also writes it to FILE with the settings, keeping
+whatever FILE holds below its notes marker (``NOTES_MARKER``: the hand-written reading of the
+numbers, to be checked against the new table).
 """
 
 from __future__ import annotations
@@ -36,13 +38,9 @@ import numpy as np
 log = logging.getLogger("predict_memory")
 
 REPO = Path(__file__).resolve().parents[1]
-TERRAIN = Path(
-    os.environ.get("DEMSR_SHARED_DIR", REPO.parent / "shared"),
-    "data",
-    "dem",
-    "train",
-    "srtm3_N37W004.tif",
-)
+TERRAIN = REPO / "src" / "demsr" / "data" / "srtm3_N37W004.tif"
+TREND_SIGMA_PX = 4.0  # the training default
+NOTES_MARKER = "<!-- Hand-written notes below: --record keeps them. -->"
 
 
 def write_terrain(source: Path, size: int, path: Path) -> Path:
@@ -63,14 +61,14 @@ def write_terrain(source: Path, size: int, path: Path) -> Path:
 
 
 def write_checkpoint(path: Path) -> Path:
-    """An untrained lite model with the default training scaling (trend sigma 4 px)."""
+    """An untrained lite model with the default training scaling."""
     import torch
 
     from demsr.checkpoint import save_checkpoint
     from demsr.model import DEMSRNet, ElevationScaling, preset
 
     torch.manual_seed(0)
-    scaling = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)
+    scaling = ElevationScaling(scale_m=1000.0, trend_sigma_px=TREND_SIGMA_PX)
     return save_checkpoint(path, DEMSRNet(preset("lite")), scaling)
 
 
@@ -88,7 +86,7 @@ def child(args: argparse.Namespace) -> None:
     from demsr.tiling import tile_count
 
     checkpoint = load_checkpoint(args.checkpoint)
-    checkpoint.build_resolver(resolve_device(args.device))  # imports and weights, for the baseline
+    resolver = checkpoint.build_resolver(resolve_device(args.device))  # imports and weights
     baseline_mb = peak_rss_mb()
     tiles_peak: dict[str, float] = {}
     finalise_output = demsr.predict.finalise_output
@@ -118,6 +116,8 @@ def child(args: argparse.Namespace) -> None:
         "rows": rows,
         "cols": cols,
         "tiles": tile_count(rows, cols, args.tile_px),
+        "scale": checkpoint.scale,
+        "margin_px": resolver.margin_px,
         "wall_s": wall_s,
         "baseline_mb": baseline_mb,
         "tiles_peak_mb": tiles_peak["mb"],
@@ -130,7 +130,7 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> tuple[str, int]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="demsr-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -167,13 +167,22 @@ def run(args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        out_mpx = r["rows"] * r["cols"] * 25 / 1e6
+        out_mpx = r["rows"] * r["cols"] * r["scale"] ** 2 / 1e6
         lines.append(
             f"| {r['rows']} x {r['cols']} | {out_mpx:.1f} | {r['tiles']} | {r['wall_s']:.1f} "
             f"| {out_mpx / r['wall_s']:.3f} | {r['baseline_mb']:.0f} "
             f"| {r['tiles_peak_mb']:.0f} | {r['peak_mb']:.0f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines), rows[0]["margin_px"]
+
+
+def record(path: Path, table: str, settings: str) -> None:
+    """Write the table and settings to ``path``, keeping its notes below ``NOTES_MARKER``."""
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else f"{NOTES_MARKER}\n"
+    path.write_text(
+        f"# Tiled prediction: peak memory vs raster size\n\n{table}\n\n{settings}\n\n{notes}"
+    )
 
 
 def main() -> None:
@@ -182,7 +191,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tile-px", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--record", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="also write the table to this file (notes below its marker are kept)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
@@ -192,17 +205,16 @@ def main() -> None:
         child(args)
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    table = run(args)
+    table, margin_px = run(args)
     settings = (
-        f"lite preset (untrained, trend sigma 4 px, margin 49 px), tile_px={args.tile_px}, "
-        f"batch_size={args.batch_size}, device={args.device}, {os.cpu_count()} CPUs, "
+        f"lite preset (untrained, trend sigma {TREND_SIGMA_PX:g} px, margin {margin_px} px), "
+        f"tile_px={args.tile_px}, batch_size={args.batch_size}, device={args.device}, "
+        f"{os.cpu_count()} CPUs, "
         f"{platform.platform()}"
     )
     sys.stdout.write(f"{table}\n\n{settings}\n")
     if args.record is not None:
-        args.record.write_text(
-            f"# Tiled prediction: peak memory vs raster size\n\n{table}\n\n{settings}\n"
-        )
+        record(args.record, table, settings)
 
 
 if __name__ == "__main__":
