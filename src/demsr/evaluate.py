@@ -61,7 +61,7 @@ from demsr.metrics import (
 )
 from demsr.model import SuperResolver, resolve_device
 from demsr.predict import predict_array
-from demsr.prepare import degrade
+from demsr.prepare import crop_to_blocks, degrade
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +213,10 @@ def inputs_from_raster(path: str | os.PathLike[str], scale: int, band: int = 1) 
     Rows and columns beyond the last whole block (at the bottom and right) are left out.
     """
     raster = read_raster(path, band=band)
-    rows, cols = (n - n % scale for n in raster.shape)
-    if rows == 0 or cols == 0:
-        raise ValueError(
-            f"{path}: {raster.shape[0]}x{raster.shape[1]} cells is smaller than one "
-            f"{scale}x{scale} block"
-        )
+    highres = crop_to_blocks(raster.data, scale, path)
+    rows, cols = highres.shape
     if (rows, cols) != raster.shape:
         log.info("%s: cropped to %dx%d cells (whole %dx%d blocks)", path, rows, cols, scale, scale)
-    highres = raster.data[:rows, :cols]
     dx, dy = cell_sizes_m(raster.transform, raster.crs, rows)
     return EvaluationInputs(
         lowres=degrade(highres, scale)[None],
