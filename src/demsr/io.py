@@ -116,6 +116,19 @@ def _bounds(transform: Affine, shape: tuple[int, int]) -> tuple[float, float, fl
     return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
+def to_float32_heights(values: Any, *, copy: bool = False) -> np.ndarray:
+    """``values`` as a writable float32 array with NaN wherever a cell is not finite.
+
+    Converts in place when ``values`` already is a writable float32 array, unless ``copy``
+    (then the caller's array is never changed).
+    """
+    data = np.array(values, dtype=np.float32) if copy else np.asarray(values, dtype=np.float32)
+    if not data.flags.writeable:  # some backends hand out read-only buffers
+        data = data.copy()
+    data[~np.isfinite(data)] = np.nan
+    return data
+
+
 def _check_north_up(transform: Affine, path: str) -> None:
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise RasterError(
@@ -206,11 +219,7 @@ class RasterReader(ABC):
         cells and non-finite cells are NaN. The window must lie inside the raster.
         """
         row_off, col_off, height, width = self._window_bounds(window)
-        data = np.asarray(self._read(row_off, col_off, height, width), dtype=np.float32)
-        if not data.flags.writeable:  # some backends hand out read-only buffers
-            data = data.copy()
-        data[~np.isfinite(data)] = np.nan
-        return data
+        return to_float32_heights(self._read(row_off, col_off, height, width))
 
     @abstractmethod
     def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:

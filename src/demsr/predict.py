@@ -56,6 +56,7 @@ from demsr.io import (
     open_raster,
     output_format,
     refuse_existing,
+    to_float32_heights,
 )
 from demsr.model import SuperResolver, check_precision, network_autocast, resolve_device
 from demsr.tiling import Tile, TileTransform, batch_tiles, expand_window, scale_window, tile_grid
@@ -215,9 +216,7 @@ def predict_array(
         tiles = tile_grid(rows, cols, tile_px, resolver.margin_px)
 
     def read_lowres(window: Window) -> np.ndarray:
-        values = np.array(lowres_m[window.toslices()], dtype=np.float32)
-        values[~np.isfinite(values)] = np.nan
-        return values
+        return to_float32_heights(lowres_m[window.toslices()], copy=True)
 
     highres_m = np.full((rows * scale, cols * scale), np.nan, np.float32)
     batches = _predict_batches(
