@@ -129,6 +129,22 @@ def to_float32_heights(values: Any, *, copy: bool = False) -> np.ndarray:
     return data
 
 
+def fill_nearest(values: np.ndarray) -> np.ndarray:
+    """Replace NaN cells of a (rows, cols) array by the value of the nearest valid cell.
+
+    Returns ``values`` itself when it has no NaN; ValueError when it has no valid cell.
+    """
+    from scipy import ndimage
+
+    invalid = np.isnan(values)
+    if not invalid.any():
+        return values
+    if invalid.all():
+        raise ValueError("the array holds no valid cells")
+    indices = ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True)
+    return values[tuple(indices)]
+
+
 def _check_north_up(transform: Affine, path: str) -> None:
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise RasterError(

@@ -41,7 +41,6 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
-from scipy import ndimage
 from tqdm import tqdm
 
 from demsr import __version__
@@ -49,6 +48,7 @@ from demsr.checkpoint import Checkpoint, checkpoint_sha256, load_checkpoint
 from demsr.io import (
     RasterError,
     atomic_path,
+    fill_nearest,
     fill_nodata,
     finalise_output,
     fsync_file,
@@ -76,17 +76,6 @@ def partial_block_px(tile_out_px: int) -> int:
         if tile_out_px % block_px == 0:
             return block_px
     return 256
-
-
-def fill_nearest(values: np.ndarray) -> np.ndarray:
-    """Replace NaN cells of a (rows, cols) array by the value of the nearest valid cell."""
-    invalid = np.isnan(values)
-    if not invalid.any():
-        return values
-    if invalid.all():
-        raise ValueError("the array holds no valid cells")
-    indices = ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True)
-    return values[tuple(indices)]
 
 
 def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
