@@ -395,16 +395,9 @@ class _GridReader(RasterReader):
         )
 
     def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
-        rows, cols = self.shape
-        if self._lat_ascending:
-            row_slice = slice(rows - row_off - height, rows - row_off)
-        else:
-            row_slice = slice(row_off, row_off + height)
-        start = (col_off + self._col_shift) % cols if cols else 0
-        if start + width <= cols:
-            col_slices = [slice(start, start + width)]
-        else:  # the window spans the file's 360/0 seam: two reads, side by side
-            col_slices = [slice(start, cols), slice(0, start + width - cols)]
+        row_slice, col_slices = _file_slices(
+            (row_off, col_off, height, width), self.shape, self._lat_ascending, self._col_shift
+        )
         pieces = [
             self._data.isel({self._y_dim: row_slice, self._x_dim: col_slice})
             .transpose(self._y_dim, self._x_dim)
@@ -417,6 +410,29 @@ class _GridReader(RasterReader):
 
     def close(self) -> None:
         self._dataset.close()
+
+
+def _file_slices(
+    window: tuple[int, int, int, int], shape: tuple[int, int], flip_rows: bool, col_shift: int
+) -> tuple[slice, list[slice]]:
+    """Where a presented (north-up) window lies in a NetCDF/Zarr grid's file order.
+
+    ``window`` is (row_off, col_off, height, width) of the presented (rows, cols) ``shape``.
+    Returns the file's row slice (counted from the far end when ``flip_rows``; the rows then
+    run in reverse) and its column slices: presented column ``c`` is file column
+    ``(c + col_shift) % cols``, so a window across the file's last column takes two slices,
+    to be placed side by side.
+    """
+    row_off, col_off, height, width = window
+    rows, cols = shape
+    if flip_rows:
+        row_slice = slice(rows - row_off - height, rows - row_off)
+    else:
+        row_slice = slice(row_off, row_off + height)
+    start = (col_off + col_shift) % cols
+    if start + width <= cols:
+        return row_slice, [slice(start, start + width)]
+    return row_slice, [slice(start, cols), slice(0, start + width - cols)]
 
 
 def _pick_variable(dataset: Any, variable: str | None, path: str) -> str:
@@ -895,20 +911,20 @@ class _GridPlan:
         self, row_off: int, col_off: int, block: np.ndarray
     ) -> Iterator[tuple[slice, slice, np.ndarray]]:
         """(row slice, col slice, values) writes in file order for one presented block."""
-        rows, cols = self.y_values.size, self.x_values.size
         height, width = block.shape
+        row_slice, col_slices = _file_slices(
+            (row_off, col_off, height, width),
+            (self.y_values.size, self.x_values.size),
+            self.flip_rows,
+            -self.col_rotation,
+        )
         if self.flip_rows:
-            row_slice = slice(rows - row_off - height, rows - row_off)
             block = block[::-1]
-        else:
-            row_slice = slice(row_off, row_off + height)
-        start = (col_off - self.col_rotation) % cols
-        if start + width <= cols:
-            yield row_slice, slice(start, start + width), block
-        else:
-            split = cols - start
-            yield row_slice, slice(start, cols), block[:, :split]
-            yield row_slice, slice(0, width - split), block[:, split:]
+        first = 0
+        for col_slice in col_slices:
+            last = first + col_slice.stop - col_slice.start
+            yield row_slice, col_slice, block[:, first:last]
+            first = last
 
 
 def _plan_grid(
