@@ -47,6 +47,7 @@ import rasterio
 import rasterio.shutil
 import rasterio.windows
 from affine import Affine
+from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
@@ -179,7 +180,7 @@ class RasterLayout:
     source_dtype: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-serialisable), e.g. for a resumable prediction's state file."""
+        """Plain dict (JSON-serialisable), e.g. to pass as :func:`finalise_output`'s ``layout``."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -509,8 +510,6 @@ def _grid_crs(dataset: Any, data_array: Any, x_name: str, y_name: str, path: str
                 except CRSError:
                     log.warning("%s: unreadable %s in grid mapping; trying others", path, key)
         try:
-            from pyproj import CRS as ProjCRS
-
             return CRS.from_wkt(ProjCRS.from_cf(attrs).to_wkt())
         except Exception:  # pyproj raises several types for incomplete grid mappings
             log.warning("%s: grid mapping %r not understood", path, mapping_name)
@@ -1000,8 +999,6 @@ def _coordinate_attrs(plan: _GridPlan, crs: CRS | None) -> tuple[dict[str, Any],
 def _grid_mapping_attrs(crs: CRS) -> dict[str, Any]:
     """CF grid-mapping attributes (pyproj's, with the WKT as ``crs_wkt`` and GDAL's
     ``spatial_ref``)."""
-    from pyproj import CRS as ProjCRS
-
     proj_crs = ProjCRS.from_wkt(crs.to_wkt())
     attrs: dict[str, Any] = {}
     for key, value in proj_crs.to_cf().items():
