@@ -58,6 +58,7 @@ from demsr.io import (
     GRID_TOLERANCE,
     RasterReader,
     atomic_path,
+    fill_nearest,
     integer_scale,
     locate_grid,
     open_raster,
@@ -197,8 +198,6 @@ def _shade(
     if min(values.shape) < 2:  # too small for a gradient: colour only
         rgba[valid] = cmap(norm(values[valid]))
         return rgba
-    from demsr.predict import fill_nearest
-
     dx, dy = _cell_size_m(panel, crs)
     light = LightSource(azdeg=SUN_AZIMUTH_DEG, altdeg=SUN_ALTITUDE_DEG)
     shaded = light.shade(
