@@ -81,6 +81,7 @@ def main(verbose: int, quiet: int, debug: bool) -> None:
 def _register() -> None:
     from demsr.cli import (
         config_cmd,
+        demo,
         evaluate,
         finetune,
         import_mindearth,
@@ -101,6 +102,7 @@ def _register() -> None:
         import_mindearth,
         plot,
         report,
+        demo,
     ):
         main.add_command(module.command)
     main.add_command(prepare.degrade_command)

@@ -15,7 +15,7 @@ from demsr.cli.options import (
 
 
 @click.command("evaluate")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint")
 @click.argument("data", type=RASTER_PATH)
 @click.option(
     "--lowres",
@@ -74,7 +74,8 @@ def command(
 ) -> None:
     """Score CHECKPOINT and interpolation baselines against high-res truth DATA.
 
-    DATA is an HDF5 pair file (e.g. test/test.h5), a high-res raster (degraded x scale by
+    CHECKPOINT is a checkpoint file or the name of a shipped model (lite). DATA is an HDF5
+    pair file (e.g. test/test.h5), a high-res raster (degraded x scale by
     block mean, then super-resolved), or with --lowres the high-res reference of a low-res
     raster. Metrics on cells valid for every method: RMSE, MAE, bias, max error (m), PSNR and
     SSIM (data range: the truth's max - min), slope RMSE and aspect error (degrees, Horn's
@@ -83,9 +84,10 @@ def command(
     from demsr.checkpoint import load_checkpoint
     from demsr.evaluate import evaluate, load_inputs
     from demsr.io import refuse_existing
+    from demsr.pretrained import resolve_checkpoint
 
     refuse_existing(json_path, markdown_path, overwrite=overwrite)
-    model = load_checkpoint(checkpoint)
+    model = load_checkpoint(resolve_checkpoint(checkpoint))
     inputs = load_inputs(data, model.scale, lowres_path, band=band, cell_size_m=cell_size_m)
     result = evaluate(
         model,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from demsr.cli.options import (
-    RASTER_PATH,
     band_option,
     device_option,
     overwrite_option,
@@ -17,9 +16,7 @@ from demsr.model import PRECISIONS
 
 
 @click.command("predict")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("input_path", metavar="INPUT", type=RASTER_PATH)
-@click.argument("output_path", metavar="OUTPUT", type=click.Path())
+@click.argument("paths", nargs=-1, metavar="[CHECKPOINT] INPUT OUTPUT")
 @band_option
 @click.option(
     "--format",
@@ -79,9 +76,7 @@ from demsr.model import PRECISIONS
 )
 @progress_option
 def command(
-    checkpoint: str,
-    input_path: str,
-    output_path: str,
+    paths: tuple[str, ...],
     band: int,
     fmt: str | None,
     dtype: str,
@@ -97,6 +92,8 @@ def command(
 ) -> None:
     """Super-resolve INPUT with CHECKPOINT into OUTPUT.
 
+    CHECKPOINT is a checkpoint file or the name of a shipped model; without it the shipped
+    lite model is used (trained on SRTM 3" land tiles, fine-tuned on bathymetry: MODEL_CARD.md).
     INPUT is anything GDAL opens (GeoTIFF/COG, SRTM .hgt, zipped, ESRI ASCII), a NetCDF in the
     GEBCO layout, or a Zarr store. OUTPUT keeps INPUT's CRS and bounds with the pixel size
     divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
@@ -106,6 +103,12 @@ def command(
     """
     from demsr.datum import datum_transform
     from demsr.predict import predict_raster
+    from demsr.pretrained import resolve_checkpoint
+
+    if len(paths) not in (2, 3):
+        raise click.UsageError(f"expected [CHECKPOINT] INPUT OUTPUT, got {len(paths)} argument(s)")
+    *model, input_path, output_path = paths
+    checkpoint = resolve_checkpoint(model[0] if model else None)
 
     output_datum = output_datum or input_datum
     # The network works in EGM96 orthometric heights, like the data it was trained on.
