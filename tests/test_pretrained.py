@@ -83,7 +83,9 @@ def test_resolve_checkpoint_names_and_paths(tmp_path: Path) -> None:
 def test_shipped_model_beats_bicubic_on_unseen_real_terrain(dem_test_dir: Path) -> None:
     # Colorado Front Range, SRTM 3": a region none of the training tiles covers
     inputs = inputs_from_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif", scale=5)
-    result = evaluate(pretrained_path(), inputs, baselines=["bicubic"], device="cpu", progress=False)
+    result = evaluate(
+        pretrained_path(), inputs, baselines=["bicubic"], device="cpu", progress=False
+    )
     model_rmse, bicubic_rmse = result.methods[MODEL]["rmse"], result.methods["bicubic"]["rmse"]
     assert model_rmse is not None and bicubic_rmse is not None
     assert model_rmse < 0.97 * bicubic_rmse
