@@ -7,7 +7,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
-DEMO_RASTER := src/demsr/data/srtm3_N37W004.tif
 
 .PHONY: setup demo test lint clean
 
@@ -20,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	DEMSR=$(BIN)/demsr bash scripts/demo.sh $(DEMO_RASTER) $(DEMO_DIR)
+	$(BIN)/demsr demo --output-dir $(DEMO_DIR) --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
