@@ -129,3 +129,15 @@ def test_predict_and_evaluate_argument_errors(tmp_path: Path) -> None:
     assert code == 2 and "got 4 argument(s)" in out
     code, out = run("evaluate", "no-such-model", tmp_path / "x.tif")
     assert code == 1 and "no-such-model: no such checkpoint file" in out
+
+
+def test_plot_and_report_take_the_shipped_name(dem_test_dir: Path, tmp_path: Path) -> None:
+    truth = dem_test_dir / "landlab_srtmgl3_frontrange.tif"
+    figure = tmp_path / "compare.png"
+    code, out = run("plot", "compare", "--checkpoint", "lite", "--truth", truth, "-o", figure)
+    assert code == 0, out
+    assert figure.stat().st_size > 10_000
+    page = tmp_path / "report.md"
+    code, out = run("report", "lite", "--data", truth, "--baseline", "bicubic", "-o", page)
+    assert code == 0, out
+    assert "lite" in page.read_text() and "bicubic" in page.read_text()

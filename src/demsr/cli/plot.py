@@ -97,8 +97,10 @@ def read_inputs(
 
     if Path(truth).suffix.lower() in PAIR_SUFFIXES:
         raise click.UsageError(f"{truth}: a raster is needed here (use demsr report for pairs)")
+    from demsr.pretrained import resolve_checkpoint
+
     return comparison_from_checkpoint(
-        checkpoint, truth, lowres, baselines=list(baselines), device=device
+        resolve_checkpoint(checkpoint), truth, lowres, baselines=list(baselines), device=device
     )
 
 
@@ -118,8 +120,8 @@ def read_inputs(
 )
 @click.option(
     "--checkpoint",
-    type=click.Path(dir_okay=False),
-    help="Run this model on the low-res input instead of reading --prediction.",
+    help="Run this model (a checkpoint file, or lite: the shipped model) on the low-res input "
+    "instead of reading --prediction.",
 )
 @device_option
 @click.option(

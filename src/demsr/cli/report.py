@@ -15,7 +15,7 @@ from demsr.cli.options import (
 
 
 @click.command("report")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("checkpoints", nargs=-1, required=True)
 @click.option(
     "--data",
     required=True,
@@ -63,12 +63,14 @@ def command(
     """Score one or more CHECKPOINTS and interpolation baselines on the same data and write one
     page: the metric tables (every method on the same cells), the low-res / truth / prediction /
     error figure, each run's training curves (from the metrics.csv next to a checkpoint) and
-    each checkpoint's provenance (file hash, model, training data, parent)."""
+    each checkpoint's provenance (file hash, model, training data, parent). A checkpoint is a
+    file or the name of a shipped model (lite)."""
+    from demsr.pretrained import resolve_checkpoint
     from demsr.report import build_report, check_report_path, write_report
 
     check_report_path(output_path, overwrite)
     report = build_report(
-        checkpoints,
+        [resolve_checkpoint(checkpoint) for checkpoint in checkpoints],
         data,
         lowres_path,
         baselines=baselines,
