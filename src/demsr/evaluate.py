@@ -8,6 +8,10 @@ Three kinds of input (:func:`load_inputs` picks by the arguments):
 - a low-res raster plus a high-res reference raster covering the same bounds on a grid
   ``scale`` times finer.
 
+Arrays in memory work the same way (:func:`inputs_from_arrays`). Entry points:
+:func:`evaluate_pairs`, :func:`evaluate_raster` and :func:`evaluate_array` score a checkpoint
+and the baselines; :func:`score` scores predictions made elsewhere.
+
 Baselines are GDAL's resampling kernels through rasterio (bilinear, cubic = bicubic, cubic
 spline, Lanczos), with pixel-area registration: each low-res cell is the block mean of its
 scale x scale high-res footprint, so low-res cell centres sit at high-res coordinate
@@ -271,6 +275,73 @@ def inputs_from_rasters(
         transform=transform,
         crs=crs,
     )
+
+
+def inputs_from_arrays(
+    highres_m: np.ndarray,
+    lowres_m: np.ndarray | None = None,
+    *,
+    scale: int | None = None,
+    transform: Affine | None = None,
+    crs: Any = None,
+    cell_size_m: tuple[float, float] | None = None,
+    source: str = "arrays",
+) -> EvaluationInputs:
+    """A high-res truth and its low-res input from arrays: (H, W) or (N, H, W) metres, NaN
+    nodata, north-up (row 0 in the north).
+
+    With ``lowres_m`` ((h, w) or (N, h, w), H = h * scale and W = w * scale for one integer
+    scale, which ``scale`` must match when given) both are used as they are. Without it,
+    ``highres_m`` is cropped to whole ``scale`` x ``scale`` blocks (bottom and right) and its
+    block mean is the input, as for a raster (:func:`inputs_from_raster`); ``scale`` is then
+    required. Cell sizes for slope and aspect come from ``transform`` (the affine transform of
+    the high-res grid, as :class:`demsr.io.Raster` holds it) with ``crs`` (None: the transform
+    is in metres), or from ``cell_size_m`` (x, y); with neither, slope and aspect are left out.
+    """
+    highres = np.asarray(highres_m, dtype=np.float32)
+    if highres.ndim == 2:
+        highres = highres[None]
+    if highres.ndim != 3:
+        raise ValueError(f"expected (H, W) or (N, H, W) high-res heights, got {highres.shape}")
+    if lowres_m is None:
+        if scale is None:
+            raise ValueError("give scale (the model's) to degrade the high-res heights")
+        highres = crop_to_blocks(highres, scale, source)
+        lowres = degrade(highres, scale)
+    else:
+        lowres = np.asarray(lowres_m, dtype=np.float32)
+        if lowres.ndim == 2:
+            lowres = lowres[None]
+        if lowres.ndim != 3 or lowres.shape[0] != highres.shape[0]:
+            raise ValueError(
+                f"low-res shape {lowres.shape} does not match high-res shape {highres.shape}"
+            )
+        found = highres.shape[1] // max(lowres.shape[1], 1)
+        if found < 2 or highres.shape[1:] != (lowres.shape[1] * found, lowres.shape[2] * found):
+            raise ValueError(
+                f"high-res shape {highres.shape[1:]} is not the low-res shape "
+                f"{lowres.shape[1:]} times one integer scale >= 2"
+            )
+        if scale is not None and scale != found:
+            raise ValueError(f"the arrays are x{found}, not x{scale}")
+        scale = found
+    inputs = EvaluationInputs(
+        lowres=np.ascontiguousarray(lowres),
+        highres=np.ascontiguousarray(highres),
+        scale=scale,
+        source=source,
+        kind="raster",
+        transform=transform,
+        crs=crs,
+    )
+    count, rows = highres.shape[0], highres.shape[1]
+    if transform is not None:
+        dx, dy = cell_sizes_m(transform, crs, rows)
+        inputs.dx_m, inputs.dy_m = np.tile(dx, (count, 1)), np.tile(dy, (count, 1))
+    elif cell_size_m is not None:
+        inputs.dx_m = np.full((count, rows), float(cell_size_m[0]))
+        inputs.dy_m = np.full((count, rows), float(cell_size_m[1]))
+    return inputs
 
 
 def load_inputs(
@@ -685,4 +756,61 @@ def evaluate_pairs(
         device=device,
         batch_size=batch_size,
         progress=progress,
+    )
+
+
+def evaluate_raster(
+    checkpoint: Checkpoint | str | os.PathLike[str],
+    highres_path: str | os.PathLike[str],
+    lowres_path: str | os.PathLike[str] | None = None,
+    *,
+    band: int = 1,
+    baselines: Iterable[str] = tuple(BASELINES),
+    device: str = "auto",
+    tile_px: int | None = 128,
+    progress: bool = True,
+) -> Evaluation:
+    """:func:`evaluate` on a high-res raster file: against its own block mean over the model's
+    scale (:func:`inputs_from_raster`), or against ``lowres_path``, a low-res raster on a grid
+    that many times coarser (:func:`inputs_from_rasters`). Nodata cells are not scored."""
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint)
+    if lowres_path is None:
+        inputs = inputs_from_raster(highres_path, checkpoint.scale, band=band)
+    else:
+        inputs = inputs_from_rasters(lowres_path, highres_path, band=band)
+    return evaluate(
+        checkpoint, inputs, baselines, device=device, tile_px=tile_px, progress=progress
+    )
+
+
+def evaluate_array(
+    checkpoint: Checkpoint | str | os.PathLike[str],
+    highres_m: np.ndarray,
+    lowres_m: np.ndarray | None = None,
+    *,
+    transform: Affine | None = None,
+    crs: Any = None,
+    cell_size_m: tuple[float, float] | None = None,
+    baselines: Iterable[str] = tuple(BASELINES),
+    device: str = "auto",
+    tile_px: int | None = 128,
+    progress: bool = True,
+) -> Evaluation:
+    """:func:`evaluate` on arrays in metres (NaN = nodata, not scored): the high-res truth
+    (H, W) or (N, H, W) and its low-res input, by default its block mean over the model's scale
+    (see :func:`inputs_from_arrays`, which also says how ``transform``, ``crs`` and
+    ``cell_size_m`` give the cell sizes that slope and aspect errors need)."""
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint)
+    inputs = inputs_from_arrays(
+        highres_m,
+        lowres_m,
+        scale=checkpoint.scale,
+        transform=transform,
+        crs=crs,
+        cell_size_m=cell_size_m,
+    )
+    return evaluate(
+        checkpoint, inputs, baselines, device=device, tile_px=tile_px, progress=progress
     )

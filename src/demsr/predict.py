@@ -177,7 +177,7 @@ def _predict_batches(
 
 
 def predict_array(
-    resolver: SuperResolver,
+    model: SuperResolver | Checkpoint | str | os.PathLike[str],
     lowres_m: np.ndarray,
     device: torch.device | str = "cpu",
     tile_px: int | None = None,
@@ -186,17 +186,28 @@ def predict_array(
 ) -> np.ndarray:
     """Super-resolve a (rows, cols) DEM in metres (NaN = nodata) to (rows*s, cols*s) metres.
 
-    Output cells whose low-res parent is nodata are NaN (all of them if no cell is valid).
+    ``model`` is a :class:`~demsr.model.SuperResolver` (metres in, metres out), a loaded
+    :class:`~demsr.checkpoint.Checkpoint` or a checkpoint file; s is its scale. ``lowres_m``
+    is any array of heights (converted to float32; non-finite cells are nodata and the caller's
+    array is not changed); north-up like a raster, row 0 in the north. Output cells whose
+    low-res parent is nodata are NaN (all of them if no cell is valid); the other cells are
+    predicted from the nearest valid values. ``device`` is ``cpu``, ``cuda[:N]`` or ``auto``.
     ``tile_px`` None runs the whole array at once (network memory grows with its area);
     otherwise tiles of ``tile_px`` cells with ``resolver.margin_px`` of context run in batches
     of ``batch_size`` and give the same values to float32 rounding. ``precision="bf16"`` runs
     the network under bfloat16 autocast (the elevations themselves stay float32).
     """
+    lowres_m = np.asarray(lowres_m)
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
     mode = check_precision(precision)
     rows, cols = lowres_m.shape
-    torch_device = torch.device(device)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    if isinstance(model, SuperResolver):
+        resolver = model
+    else:
+        checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+        resolver = checkpoint.build_resolver(torch_device)
     resolver = resolver.to(torch_device).eval()
     scale = resolver.scale
     if tile_px is None:

@@ -16,6 +16,9 @@ Run folder (``summary.output_dir``)::
 
 Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run sees
 the same batches as an uninterrupted one.
+
+Callbacks (:class:`TrainerCallback`) let a script or notebook follow a run (log, plot, collect
+the epochs' :class:`EpochRecord`) without touching the loop.
 """
 
 from __future__ import annotations
@@ -78,12 +81,71 @@ METRIC_FIELDS = [
 
 @dataclass
 class TrainResult:
+    """How a run ended: the last epoch and step, the best validation loss (normalised MSE) and
+    RMSE (metres), and whether early stopping ended it; ``output_dir`` holds its files."""
+
     output_dir: Path
     epochs_run: int
     global_step: int
     best_valid_loss: float
     best_valid_rmse_m: float
     stopped_early: bool
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One finished epoch, as written to ``metrics.csv`` (one row per epoch).
+
+    Losses are mean squared errors of elevations divided by the model's ``elevation_scale_m``;
+    ``valid_rmse_m`` is the validation RMSE in metres; ``learning_rate`` is the rate the epoch
+    trained at; ``is_best`` says that ``best.safetensors`` was written after it.
+    """
+
+    epoch: int
+    global_step: int
+    train_loss: float
+    valid_loss: float
+    valid_rmse_m: float
+    learning_rate: float
+    epoch_seconds: float
+    is_best: bool
+
+    def csv_row(self) -> dict[str, Any]:
+        """The record as a ``metrics.csv`` row (columns :data:`METRIC_FIELDS`, formatted)."""
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "train_loss": f"{self.train_loss:.6e}",
+            "valid_loss": f"{self.valid_loss:.6e}",
+            "valid_rmse_m": f"{self.valid_rmse_m:.4f}",
+            "learning_rate": f"{self.learning_rate:.6e}",
+            "epoch_seconds": f"{self.epoch_seconds:.2f}",
+            "is_best": int(self.is_best),
+        }
+
+
+class TrainerCallback:
+    """Hooks a :class:`Trainer` calls as it runs; subclass it and override the ones you need
+    (each does nothing here).
+
+    The trainer passes itself: ``trainer.model`` (the network being trained), ``trainer.config``,
+    ``trainer.output_dir``, ``trainer.train_set`` / ``trainer.valid_set`` are there to read.
+    A callback that raises stops the run (the checkpoints already written stay valid, and
+    ``resume=True`` continues from the last one).
+    """
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """The network is built (and its layers frozen when fine-tuning); no step has run."""
+
+    def on_step_end(self, trainer: Trainer, global_step: int, loss: float) -> None:
+        """After each optimizer step: the step's number (from 1, counting over the whole run)
+        and its training loss (normalised MSE of that batch)."""
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        """After each epoch's validation and checkpoints, with what ``metrics.csv`` records."""
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        """When the run ends normally (epochs or steps done, or early stopping)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -170,16 +232,24 @@ class Trainer:
     """Fits a DEM-SRNet to the pairs under ``config.data.root_dir``.
 
     ``fit`` trains ``config.model`` from its initialisation; ``finetune`` continues a trained
-    checkpoint with some layers frozen. The network is built when either starts.
+    checkpoint with some layers frozen. The network is built when either starts. ``progress``
+    shows a progress bar per epoch; ``callbacks`` (:class:`TrainerCallback`) are called, in
+    order, at the start and end of the run, after each step and after each epoch.
     """
 
     model: DEMSRNet
     resolver: SuperResolver
 
-    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        progress: bool = True,
+        callbacks: Sequence[TrainerCallback] = (),
+    ) -> None:
         config.validate()
         self.config = config
         self.progress = progress
+        self.callbacks = list(callbacks)
         self.output_dir = Path(config.summary.output_dir)
         self.device = resolve_device(config.train.device)
         self.precision = resolve_precision(config.train.precision, self.device)
@@ -261,14 +331,14 @@ class Trainer:
             }
         return metadata
 
-    def _write_metrics_row(self, row: dict[str, Any]) -> None:
+    def _write_metrics_row(self, record: EpochRecord) -> None:
         path = self.output_dir / METRICS
         new = not path.exists()
         with open(path, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
             if new:
                 writer.writeheader()
-            writer.writerow(row)
+            writer.writerow(record.csv_row())
 
     def _truncate_metrics(self, last_epoch: int) -> None:
         """Drop rows of epochs after the checkpoint we resume from (they will be redone)."""
@@ -338,8 +408,11 @@ class Trainer:
             optimizer.step()
             global_step += 1
             done += 1
-            total_loss += loss.item()
+            step_loss = loss.item()
+            total_loss += step_loss
             bar.update(1)
+            for callback in self.callbacks:
+                callback.on_step_end(self, global_step, step_loss)
             if global_step % cfg.summary.log_every_steps == 0:
                 bar.set_postfix(loss=f"{total_loss / done:.3e}")
                 log.debug("step %d loss %.4e", global_step, loss.item())
@@ -430,7 +503,16 @@ class Trainer:
         return self._run(resume)
 
     def _run(self, resume: bool) -> TrainResult:
-        """The training loop shared by fit and finetune (the model is built)."""
+        """The training loop shared by fit and finetune (the model is built), between the
+        callbacks' ``on_train_start`` and ``on_train_end``."""
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        result = self._loop(resume)
+        for callback in self.callbacks:
+            callback.on_train_end(self, result)
+        return result
+
+    def _loop(self, resume: bool) -> TrainResult:
         cfg = self.config
         out = self.output_dir
         # The fine-tuning record, None when training from scratch (a local: the type checker
@@ -579,18 +661,17 @@ class Trainer:
                         bad_epochs,
                     ),
                 )
-            self._write_metrics_row(
-                {
-                    "epoch": epoch,
-                    "global_step": global_step,
-                    "train_loss": f"{train_loss:.6e}",
-                    "valid_loss": f"{valid_loss:.6e}",
-                    "valid_rmse_m": f"{valid_rmse:.4f}",
-                    "learning_rate": f"{learning_rate:.6e}",
-                    "epoch_seconds": f"{seconds:.2f}",
-                    "is_best": int(is_best),
-                }
+            record = EpochRecord(
+                epoch=epoch,
+                global_step=global_step,
+                train_loss=train_loss,
+                valid_loss=valid_loss,
+                valid_rmse_m=valid_rmse,
+                learning_rate=learning_rate,
+                epoch_seconds=seconds,
+                is_best=is_best,
             )
+            self._write_metrics_row(record)
             log.info(
                 "epoch %d: train loss %.3e, valid RMSE %.2f m (best %.2f m), lr %.2e, %.1f s",
                 epoch,
@@ -600,6 +681,8 @@ class Trainer:
                 learning_rate,
                 seconds,
             )
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, record)
             if bad_epochs >= cfg.train.patience:
                 log.info("early stopping: no improvement for %d epochs", bad_epochs)
                 stopped_early = True
