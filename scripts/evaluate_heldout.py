@@ -50,7 +50,10 @@ def score_rasters(
     rows = []
     for name in names:
         inputs = inputs_from_raster(data / name, scale=5)
-        result = evaluate(checkpoint, inputs, baselines=METHODS[1:], device=device, progress=False)
+        # one 240 x 240 SRTM tile is one network tile (the margin would otherwise dominate)
+        result = evaluate(
+            checkpoint, inputs, baselines=METHODS[1:], device=device, tile_px=256, progress=False
+        )
         by_method = result.breakdown.get(group)
         if not by_method:
             continue

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from demsr.io import read_raster
 from demsr.model import (
     DEMSRNet,
     ElevationScaling,
     ModelConfig,
     SuperResolver,
+    backproject,
     count_parameters,
+    init_as_residual,
     preset,
     receptive_field_px,
+    upsample_bicubic,
     upsample_bilinear,
 )
+from demsr.prepare import crop_to_blocks, degrade
 
 
 def _tiny(scale: int, resize: str = "half_pixel", bias: bool = False) -> DEMSRNet:
@@ -191,3 +197,90 @@ def test_receptive_field_bounds_the_reach_of_one_input_cell(
         # The bound is tight to one cell. (With a trend, the input's negative side lobes stop at
         # the first ReLU, so the observed reach is shorter than the bound there.)
         assert reach >= margin - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Bicubic base and back-projection
+# --------------------------------------------------------------------------------------------
+
+
+def _real_pair(dem_test_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """Colorado Front Range, SRTM 3": its 5 x 5 block means (low-res) and the original."""
+    values = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif").data
+    highres = crop_to_blocks(values, 5, "frontrange").astype(np.float64)
+    lowres = degrade(highres.astype(np.float32), 5)
+    return torch.from_numpy(lowres)[None, None], highres
+
+
+def test_residual_init_starts_as_bicubic_and_backprojection_honours_the_block_means(
+    dem_test_dir: Path,
+) -> None:
+    lowres, truth = _real_pair(dem_test_dir)
+    torch.manual_seed(0)
+    net = init_as_residual(DEMSRNet(preset("lite", blocks=2, channels=8)))
+
+    def run(iterations: int) -> np.ndarray:
+        scaling = ElevationScaling(
+            scale_m=1000.0,
+            trend_sigma_px=4.0,
+            base="bicubic",
+            backprojection_iterations=iterations,
+        )
+        with torch.no_grad():
+            return SuperResolver(net, scaling).eval()(lowres)[0, 0].double().numpy()
+
+    plain, projected = run(0), run(8)
+    bicubic = upsample_bicubic(lowres, 5)[0, 0].double().numpy()
+    np.testing.assert_array_equal(plain, bicubic)  # a silent network: exactly the base
+    means = degrade(projected.astype(np.float32), 5)
+    # bicubic misses the block means by metres; 8 steps bring them to within 5 cm
+    assert np.abs(degrade(plain.astype(np.float32), 5) - lowres[0, 0].numpy()).max() > 5
+    assert np.abs(means - lowres[0, 0].numpy()).max() < 0.05
+    # and the consistent surface is closer to the real 3" DEM than bicubic (20.9 m RMSE here)
+    rmse = {
+        name: float(np.sqrt(np.mean((v - truth) ** 2)))
+        for name, v in (("plain", plain), ("projected", projected))
+    }
+    assert rmse["projected"] < 0.95 * rmse["plain"]
+
+
+def test_backproject_is_the_identity_on_consistent_surfaces() -> None:
+    lowres = torch.rand(1, 1, 6, 7, dtype=torch.float64) * 100
+    blocky = lowres.repeat_interleave(5, -2).repeat_interleave(5, -1)  # block means == lowres
+    torch.testing.assert_close(backproject(blocky, lowres, 3), blocky)
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_margin_covers_the_backprojection_reach(iterations: int) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(blocks=1, channels=4, scale=5, bias=False, resize="half_pixel")
+    net = DEMSRNet(config)
+    scaling = ElevationScaling(
+        scale_m=1.0, trend_sigma_px=0.0, base="bicubic", backprojection_iterations=iterations
+    )
+    resolver = SuperResolver(net, scaling).eval()
+    margin = resolver.margin_px
+    assert margin == receptive_field_px(config) + 2 * iterations
+    centre = margin + 3
+    lowres = torch.zeros(1, 1, 2 * centre + 1, 2 * centre + 1, dtype=torch.float32)
+    bumped = lowres.clone()
+    bumped[..., centre, centre] = 1.0
+    with torch.no_grad():
+        changed = (resolver(bumped) - resolver(lowres))[0, 0].abs().gt(1e-7).numpy()
+    rows, cols = np.nonzero(changed)
+    reach = max(np.abs(rows // 5 - centre).max(), np.abs(cols // 5 - centre).max())
+    assert reach <= margin
+
+
+def test_scaling_headers_old_and_invalid() -> None:
+    old = ElevationScaling.from_dict({"offset_m": 0.0, "scale_m": 1000.0, "trend_sigma_px": 4.0})
+    assert old.base == "trend" and old.backprojection_iterations == 0
+    new = ElevationScaling(scale_m=1000.0, base="bicubic", backprojection_iterations=4)
+    assert ElevationScaling.from_dict(new.to_dict()) == new
+    with pytest.raises(ValueError, match="base must be one of"):
+        ElevationScaling(base="lanczos")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="backprojection_iterations must be a whole number"):
+            ElevationScaling(backprojection_iterations=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backprojection_iterations must be a whole number"):
+        ElevationScaling.from_dict({"backprojection_iterations": "4"})

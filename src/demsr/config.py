@@ -56,6 +56,8 @@ class ModelSection:
     elevation_offset_m: float = 0.0
     elevation_scale_m: float = 1000.0
     trend_sigma_px: float = 4.0
+    base: str = "trend"
+    backprojection_iterations: int = 0
     init: str = "interpolation"
 
     def build(self) -> ModelConfig:
@@ -69,6 +71,8 @@ class ModelSection:
             offset_m=self.elevation_offset_m,
             scale_m=self.elevation_scale_m,
             trend_sigma_px=self.trend_sigma_px,
+            base=self.base,
+            backprojection_iterations=self.backprojection_iterations,
         )
 
     @classmethod
@@ -84,6 +88,8 @@ class ModelSection:
             elevation_offset_m=scaling.offset_m,
             elevation_scale_m=scaling.scale_m,
             trend_sigma_px=scaling.trend_sigma_px,
+            base=scaling.base,
+            backprojection_iterations=scaling.backprojection_iterations,
             init=init,
         )
 

@@ -58,6 +58,7 @@ from demsr.model import (
     count_parameters,
     freeze_preset_prefixes,
     init_as_interpolation,
+    init_as_residual,
     network_autocast,
     resolve_device,
 )
@@ -302,6 +303,8 @@ class Trainer:
             net = DEMSRNet(self.model_config)
             if self.config.model.init == "interpolation":
                 init_as_interpolation(net)
+            elif self.config.model.init == "residual":
+                init_as_residual(net)
         else:
             net = parent.build_model()
         self.model = net.to(self.device)

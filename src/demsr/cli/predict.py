@@ -98,8 +98,8 @@ def command(
     GEBCO layout, or a Zarr store. OUTPUT keeps INPUT's CRS and bounds with the pixel size
     divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
     each read with a margin of the model's receptive field plus the reach of its trend removal
-    (49 low-res cells for the lite preset), so memory does not grow with its size and the
-    result equals whole-raster prediction.
+    and back-projection (57 low-res cells for the shipped model), so memory does not grow with
+    its size and the result equals whole-raster prediction.
     """
     from demsr.datum import datum_transform
     from demsr.predict import predict_raster
