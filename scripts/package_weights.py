@@ -81,7 +81,7 @@ def main() -> None:
                 "cells": row["cells"],
                 **{
                     f"{method}_{key}": round(row[method][key], 4)
-                    for method in ("model", "bicubic", "lanczos")
+                    for method in ("model", "bicubic", "lanczos", "bicubic_bp")
                     for key in ("rmse", "slope_rmse_deg")
                 },
             }

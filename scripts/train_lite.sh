@@ -3,7 +3,9 @@
 #   1. land pairs from the SRTM 3" tiles of the shared training data, minus 5 whole tiles held
 #      out for the generalisation test (MODEL_CARD.md)
 #   2. train the lite preset on them
-#   3. bathymetry pairs from 4 of the 5 ocean grids (okushiri is held out)
+#   3. bathymetry pairs from the two grids nearest the target scale: the 3.6" multibeam and the
+#      271 m Cairns topobathy (okushiri is held out; the 1' and 2' grids, azores and ETOPO2,
+#      made the fine-tuned model worse on the validation pairs: MODEL_CARD.md)
 #   4. fine-tune the land model on them with frozen layers (conv1 + residual blocks 0-7)
 #   5. score it on the held-out rasters against bicubic and Lanczos, land and sea separately
 #   6. package it with a release record read from the runs (steps, wall time, metrics)
@@ -16,7 +18,7 @@ out=${1:-runs/pretrained}
 data=${DEMSR_DATA:-../shared/data/dem}
 demsr=${DEMSR:-.venv/bin/demsr}
 python=${PYTHON:-.venv/bin/python}
-land_steps=${LAND_STEPS:-4000}
+land_steps=${LAND_STEPS:-1400}
 finetune_steps=${FINETUNE_STEPS:-300}
 held_out="srtm3_N37W004 srtm3_N42E012 srtm3_N54W003 srtm3_N14E121 srtm3_N49W123"
 
@@ -36,8 +38,7 @@ resume=(); [[ -f "$out/land-lite/last.safetensors" ]] && resume=(--resume)
     --set train.device=cpu --set train.max_steps="$land_steps" "${resume[@]}"
 
 [[ -f "$out/ocean/train/train.h5" ]] ||
-    "$demsr" prepare "$data"/train/gmt_azores_bathy_1m.tif \
-        "$data"/train/gmt_france_italy_etopo2.tif "$data"/train/gmt_wahoo_multibeam_3p6s.tif \
+    "$demsr" prepare "$data"/train/gmt_wahoo_multibeam_3p6s.tif \
         "$data"/train/cairns_ga2005_270m_utm55s.tif -o "$out/ocean" --patch-px 16 \
         --stride-px 40 --min-sea-fraction 0.9 --fractions 0.9,0.1,0 --no-progress
 resume=(); [[ -f "$out/ocean-lite/last.safetensors" ]] && resume=(--resume)

@@ -42,8 +42,16 @@ def test_shipped_metadata_preset_scale_normalisation_and_lineage() -> None:
     )
     assert model.scale == 5
     assert model.metadata["training"]["model"]["preset"] == "lite"
-    # elevations go in and out in metres; the network sees (h - trend - 0 m) / 1000 m
-    assert model.scaling == ElevationScaling(offset_m=0.0, scale_m=1000.0, trend_sigma_px=4.0)
+    # elevations go in and out in metres; the network sees (h - trend - 0 m) / 1000 m, its
+    # output adds to bicubic interpolation, and 4 back-projection steps follow
+    assert model.scaling == ElevationScaling(
+        offset_m=0.0,
+        scale_m=1000.0,
+        trend_sigma_px=4.0,
+        base="bicubic",
+        backprojection_iterations=4,
+    )
+    assert model.build_resolver().margin_px == 57
     assert "training_state" not in model.metadata  # weights only, no optimizer moments
 
     # pre-trained on land, then fine-tuned on bathymetry with frozen layers
