@@ -135,6 +135,11 @@ def test_predict_and_evaluate_argument_errors(tmp_path: Path) -> None:
     assert code == 2 and "expected [CHECKPOINT] INPUT OUTPUT, got 1 argument(s)" in out
     code, out = run("predict", "a", "b", "c", "d")
     assert code == 2 and "got 4 argument(s)" in out
+    # a forgotten OUTPUT must not turn the input raster into the output path
+    raster = tmp_path / "in.tif"
+    raster.write_bytes(b"precious")
+    code, out = run("predict", "model.safetensors", raster)
+    assert code == 2 and "is a checkpoint" in out and raster.read_bytes() == b"precious"
     code, out = run("evaluate", "no-such-model", tmp_path / "x.tif")
     assert code == 1 and "no-such-model: no such checkpoint file" in out
 

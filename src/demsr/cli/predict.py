@@ -108,6 +108,10 @@ def command(
     if len(paths) not in (2, 3):
         raise click.UsageError(f"expected [CHECKPOINT] INPUT OUTPUT, got {len(paths)} argument(s)")
     *model, input_path, output_path = paths
+    if not model and input_path.lower().endswith(".safetensors"):
+        raise click.UsageError(
+            f"{input_path} is a checkpoint: give [CHECKPOINT] INPUT OUTPUT (the output is missing)"
+        )
     checkpoint = resolve_checkpoint(model[0] if model else None)
 
     output_datum = output_datum or input_datum
