@@ -140,6 +140,8 @@ def test_predict_and_evaluate_argument_errors(tmp_path: Path) -> None:
     raster.write_bytes(b"precious")
     code, out = run("predict", "model.safetensors", raster)
     assert code == 2 and "is a checkpoint" in out and raster.read_bytes() == b"precious"
+    code, out = run("predict", "lite", raster)
+    assert code == 2 and "is a checkpoint" in out and raster.read_bytes() == b"precious"
     code, out = run("evaluate", "no-such-model", tmp_path / "x.tif")
     assert code == 1 and "no-such-model: no such checkpoint file" in out
 

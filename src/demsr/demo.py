@@ -13,8 +13,9 @@ the same coarse input. The output folder receives:
   errors of the model and of bicubic against the original DEM, overall and by land/sea and slope
   class.
 
-All files are made in a temporary folder next to the output folder and moved in only when all
-are complete; other files in the output folder are left alone.
+All files are made in a temporary folder inside the output folder and moved in only when all
+are complete (an output folder the demo created is removed again if it fails before that);
+other files in the output folder are left alone.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def run_demo(
     ``checkpoint`` (default: the shipped ``lite`` model; a shipped model's name works too) and
     write the outputs listed in the module docstring into ``output_dir``.
 
-    Existing demo outputs there are refused unless ``overwrite``; on any failure none of them
-    is written.
+    Existing demo outputs there are refused unless ``overwrite``; a failure before the final
+    moves writes none of them.
     """
     from demsr.checkpoint import load_checkpoint
     from demsr.evaluate import MODEL, inputs_from_rasters, score
@@ -111,8 +112,10 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: exists and is not a directory")
     model = load_checkpoint(resolve_checkpoint(checkpoint))
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".demsr-demo.", dir=out))
+    moved = False
     try:
         with _quiet_steps():
             files = {name: work / name for name in OUTPUT_NAMES}
@@ -153,9 +156,12 @@ def run_demo(
                 dpi=FIGURE_DPI,
             )
             save_figure(figure, files[FIGURE_NAME])
+            moved = True
             for name, path in files.items():
                 os.replace(path, finals[name])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not moved:
+            shutil.rmtree(out, ignore_errors=True)
     seconds = time.perf_counter() - start
     return DemoResult(out, finals, evaluation, seconds)

@@ -184,8 +184,8 @@ class ElevationScaling:
     ``highres += bicubic_up(lowres - block_mean(highres))``, which drives the mean of each
     ``scale`` x ``scale`` block of the output towards its low-res cell (the degradation the
     training pairs are made with). It adds no parameters, is differentiable, and makes the
-    block means close to the input (on an SRTM tile, 0.13 m RMS after 4 steps, against 5.6 m
-    for bicubic interpolation alone).
+    block means close to the input (on an SRTM tile, 0.13 m RMS after 4 steps, against 4.7 m
+    for this bicubic interpolation alone).
     """
 
     offset_m: float = 0.0

@@ -35,15 +35,20 @@ def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
     return path
 
 
+def is_shipped_name(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a shipped model (and no file of that name exists)."""
+    text = os.fspath(spec)
+    return text in PRETRAINED and not Path(text).exists()
+
+
 def resolve_checkpoint(spec: str | os.PathLike[str] | None) -> Path:
     """The checkpoint file meant by ``spec``: the default shipped model for None, a shipped
     model for its name (``lite``) unless a file of that name exists, else ``spec`` as a path."""
     if spec is None:
         return pretrained_path(DEFAULT_MODEL)
-    text = os.fspath(spec)
-    if text in PRETRAINED and not Path(text).exists():
-        return pretrained_path(text)
-    return Path(text)
+    if is_shipped_name(spec):
+        return pretrained_path(os.fspath(spec))
+    return Path(os.fspath(spec))
 
 
 def write_release(

@@ -53,6 +53,7 @@ from demsr.config import ModelSection, RunConfig
 from demsr.datasets import Normalisation, PairDataset
 from demsr.io import atomic_path
 from demsr.model import (
+    INIT_SCHEMES,
     DEMSRNet,
     SuperResolver,
     count_parameters,
@@ -469,8 +470,12 @@ class Trainer:
             raise ValueError("no parent checkpoint to fine-tune (set finetune.parent)")
         self.config.validate()
         checkpoint = load_checkpoint(settings.parent)
+        # The parent's own init, for the record (fine-tuning starts from its weights).
+        parent_init = checkpoint.metadata.get("training", {}).get("model", {}).get("init")
         described = ModelSection.describing(
-            checkpoint.model_config, checkpoint.scaling, init=self.config.model.init
+            checkpoint.model_config,
+            checkpoint.scaling,
+            init=parent_init if parent_init in INIT_SCHEMES else self.config.model.init,
         )
         asked = (self.config.model.build(), self.config.model.scaling())
         if self.config.model != ModelSection() and asked != (

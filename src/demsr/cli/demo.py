@@ -37,7 +37,8 @@ def command(
     overwrite: bool,
     progress: bool,
 ) -> None:
-    """Degrade a DEM x5, super-resolve it back and compare with bicubic interpolation.
+    """Degrade a DEM by the model's scale (x5), super-resolve it back and compare with bicubic
+    interpolation.
 
     Writes lowres.tif (the coarse input), superresolved.tif (the super-resolved DEM, a
     Cloud-Optimized GeoTIFF), comparison.png (maps and errors of the model and bicubic) and
@@ -58,7 +59,7 @@ def command(
     click.echo("")
     click.echo(f"demo finished in {result.seconds:.1f} s; outputs in {result.output_dir}:")
     descriptions = {
-        "lowres.tif": "coarse input (block mean x5)",
+        "lowres.tif": f"coarse input (block mean x{result.evaluation.scale})",
         "superresolved.tif": "super-resolved DEM (GeoTIFF)",
         "comparison.png": "comparison figure (model vs bicubic)",
         "metrics.md": "metric table (Markdown)",

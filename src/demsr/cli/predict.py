@@ -103,12 +103,12 @@ def command(
     """
     from demsr.datum import datum_transform
     from demsr.predict import predict_raster
-    from demsr.pretrained import resolve_checkpoint
+    from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
     if len(paths) not in (2, 3):
         raise click.UsageError(f"expected [CHECKPOINT] INPUT OUTPUT, got {len(paths)} argument(s)")
     *model, input_path, output_path = paths
-    if not model and input_path.lower().endswith(".safetensors"):
+    if not model and (input_path.lower().endswith(".safetensors") or is_shipped_name(input_path)):
         raise click.UsageError(
             f"{input_path} is a checkpoint: give [CHECKPOINT] INPUT OUTPUT (the output is missing)"
         )
