@@ -99,7 +99,7 @@ def run_demo(
     """
     from demsr.checkpoint import load_checkpoint
     from demsr.evaluate import MODEL, inputs_from_rasters, score
-    from demsr.plot import plot_comparison, read_comparison, save_figure
+    from demsr.plot import read_comparison, save_figure
     from demsr.predict import predict_raster
     from demsr.prepare import degrade_raster
     from demsr.pretrained import resolve_checkpoint
@@ -144,13 +144,7 @@ def run_demo(
             )
             evaluation.write_markdown(files[TABLE_NAME])
             evaluation.write_json(files[JSON_NAME])
-            figure = plot_comparison(
-                comparison.lowres,
-                comparison.truth,
-                comparison.prediction,
-                baselines=comparison.baselines,
-                transform=comparison.transform,
-                crs=comparison.crs,
+            figure = comparison.plot(
                 prediction_name=f"demsr ({Path(model.path).stem})",
                 title=f"{source.name}: x{model.scale} from a block-mean input",
                 dpi=FIGURE_DPI,

@@ -437,6 +437,19 @@ class Comparison:
     crs: Any
     scale: int
 
+    def plot(self, **options: Any) -> Figure:
+        """:func:`plot_comparison` of these arrays on their grid; ``options`` are its keyword
+        options (``prediction_name``, ``title``, ``dpi``, ...)."""
+        return plot_comparison(
+            self.lowres,
+            self.truth,
+            self.prediction,
+            baselines=self.baselines,
+            transform=self.transform,
+            crs=self.crs,
+            **options,
+        )
+
 
 def _bounds_window(reader: RasterReader, bounds: Sequence[float]) -> Window:
     """The cells of ``reader`` that ``bounds`` (left, bottom, right, top) touch, clipped."""

@@ -196,7 +196,7 @@ def compare_command(
     Elevation panels share one colour scale (the truth's 1st-99th percentiles); error panels
     share symmetric limits (99th percentile of |error|); nodata is grey.
     """
-    from demsr.plot import check_output_path, plot_comparison, save_figure
+    from demsr.plot import check_output_path, save_figure
 
     check_output_path(output_path, overwrite=overwrite)
     if prediction_name in baselines:
@@ -204,13 +204,7 @@ def compare_command(
             f"baseline {prediction_name!r} has the prediction's name", param_hint="--baseline"
         )
     comparison = read_inputs(lowres, truth, prediction, checkpoint, baselines, bounds, device)
-    figure = plot_comparison(
-        comparison.lowres,
-        comparison.truth,
-        comparison.prediction,
-        baselines=comparison.baselines,
-        transform=comparison.transform,
-        crs=comparison.crs,
+    figure = comparison.plot(
         prediction_name=prediction_name,
         title=title,
         max_pixels=max_pixels,
