@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demsr.checkpoint import Checkpoint, load_checkpoint
+from demsr.checkpoint import Checkpoint, as_checkpoint
 from demsr.evaluate import MODEL, EvaluationInputs, inputs_from_raster, predict_methods, score
 from demsr.io import fill_nearest
 from demsr.model import backproject, upsample_bicubic
-from demsr.pretrained import resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # Whole tiles held out of the shipped model's training and fine-tuning (scripts/train_lite.sh).
@@ -130,7 +129,7 @@ def main() -> None:
         help="folder holding train/ and test/ (default: ../shared/data/dem)",
     )
     args = parser.parse_args()
-    checkpoint = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    checkpoint = as_checkpoint(args.checkpoint)
     start = time.perf_counter()
     results = {
         "land": score_rasters(checkpoint, args.data, LAND, "land", args.device),

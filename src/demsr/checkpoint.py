@@ -230,6 +230,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return checkpoint
 
 
+def as_checkpoint(value: Checkpoint | str | os.PathLike[str]) -> Checkpoint:
+    """``value`` if it is a loaded :class:`Checkpoint`; else the checkpoint it names: a file, or
+    a shipped model's name such as ``lite`` (:func:`demsr.pretrained.resolve_checkpoint`)."""
+    if isinstance(value, Checkpoint):
+        return value
+    from demsr.pretrained import resolve_checkpoint
+
+    return load_checkpoint(resolve_checkpoint(value))
+
+
 def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
     """The optimizer/scheduler/RNG state stored by a training checkpoint."""
     header, tensors = _open(path, ("optimizer.", "rng."))

@@ -97,12 +97,12 @@ def run_demo(
     Existing demo outputs there are refused unless ``overwrite``; a failure before the final
     moves writes none of them.
     """
-    from demsr.checkpoint import load_checkpoint
-    from demsr.evaluate import MODEL, inputs_from_rasters, score
+    from demsr.checkpoint import as_checkpoint
+    from demsr.evaluate import MODEL, inputs_from_arrays, score
     from demsr.plot import read_comparison, save_figure
     from demsr.predict import predict_raster
     from demsr.prepare import degrade_raster
-    from demsr.pretrained import resolve_checkpoint
+    from demsr.pretrained import DEFAULT_MODEL
 
     start = time.perf_counter()
     source = Path(dem) if dem is not None else bundled_dem()
@@ -111,7 +111,7 @@ def run_demo(
     refuse_existing(*finals.values(), overwrite=overwrite)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: exists and is not a directory")
-    model = load_checkpoint(resolve_checkpoint(checkpoint))
+    model = as_checkpoint(DEFAULT_MODEL if checkpoint is None else checkpoint)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".demsr-demo.", dir=out))
@@ -132,8 +132,14 @@ def run_demo(
             comparison = read_comparison(
                 files[INPUT_NAME], source, files[OUTPUT_NAME], baselines={BASELINE: None}
             )
-            inputs = inputs_from_rasters(files[INPUT_NAME], source)
-            inputs.source = f"{source} degraded x{model.scale} by block mean"
+            inputs = inputs_from_arrays(  # the arrays just read: no second read
+                comparison.truth,
+                comparison.lowres,
+                scale=model.scale,
+                transform=comparison.transform,
+                crs=comparison.crs,
+                source=f"{source} degraded x{model.scale} by block mean",
+            )
             evaluation = score(
                 inputs,
                 {

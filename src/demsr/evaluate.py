@@ -42,7 +42,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from demsr.checkpoint import Checkpoint, load_checkpoint
+from demsr.checkpoint import Checkpoint, as_checkpoint
 from demsr.datasets import dihedral, read_pair_file, undo_dihedral
 from demsr.io import (
     RasterError,
@@ -692,8 +692,7 @@ def predict_methods(
     torch_device = resolve_device(device)
     predictions: dict[str, np.ndarray] = {}
     for name, checkpoint in models.items():
-        if not isinstance(checkpoint, Checkpoint):
-            checkpoint = load_checkpoint(checkpoint)
+        checkpoint = as_checkpoint(checkpoint)
         if inputs.scale != checkpoint.scale:
             raise ValueError(
                 f"{inputs.source}: the data are x{inputs.scale}, {checkpoint.path or name} "
@@ -725,8 +724,7 @@ def evaluate(
 ) -> Evaluation:
     """Score a checkpoint (as ``model``) and the named baselines on ``inputs`` (see
     :func:`load_inputs`)."""
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
+    checkpoint = as_checkpoint(checkpoint)
     predictions = predict_methods(
         {MODEL: checkpoint},
         inputs,
@@ -773,12 +771,8 @@ def evaluate_raster(
     """:func:`evaluate` on a high-res raster file: against its own block mean over the model's
     scale (:func:`inputs_from_raster`), or against ``lowres_path``, a low-res raster on a grid
     that many times coarser (:func:`inputs_from_rasters`). Nodata cells are not scored."""
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
-    if lowres_path is None:
-        inputs = inputs_from_raster(highres_path, checkpoint.scale, band=band)
-    else:
-        inputs = inputs_from_rasters(lowres_path, highres_path, band=band)
+    checkpoint = as_checkpoint(checkpoint)
+    inputs = load_inputs(highres_path, checkpoint.scale, lowres_path, band=band)
     return evaluate(
         checkpoint, inputs, baselines, device=device, tile_px=tile_px, progress=progress
     )
@@ -801,8 +795,7 @@ def evaluate_array(
     (H, W) or (N, H, W) and its low-res input, by default its block mean over the model's scale
     (see :func:`inputs_from_arrays`, which also says how ``transform``, ``crs`` and
     ``cell_size_m`` give the cell sizes that slope and aspect errors need)."""
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
+    checkpoint = as_checkpoint(checkpoint)
     inputs = inputs_from_arrays(
         highres_m,
         lowres_m,

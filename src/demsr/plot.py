@@ -589,11 +589,11 @@ def comparison_from_checkpoint(
     a raster, not a pair file (ValueError).
     """
     # These import torch: only when a model is run.
-    from demsr.checkpoint import load_checkpoint
+    from demsr.checkpoint import as_checkpoint
     from demsr.evaluate import load_inputs, predict_inputs, upsample_baseline
     from demsr.model import resolve_device
 
-    model = load_checkpoint(checkpoint)
+    model = as_checkpoint(checkpoint)
     inputs = load_inputs(truth_path, model.scale, lowres_path)
     if inputs.kind != "raster":
         raise ValueError(f"{truth_path}: a raster is needed here (use demsr report for pairs)")

@@ -44,7 +44,7 @@ from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
 from demsr import __version__
-from demsr.checkpoint import Checkpoint, checkpoint_sha256, load_checkpoint
+from demsr.checkpoint import Checkpoint, as_checkpoint, checkpoint_sha256
 from demsr.io import (
     RasterError,
     atomic_path,
@@ -206,8 +206,7 @@ def predict_array(
     if isinstance(model, SuperResolver):
         resolver = model
     else:
-        checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
-        resolver = checkpoint.build_resolver(torch_device)
+        resolver = as_checkpoint(model).build_resolver(torch_device)
     resolver = resolver.to(torch_device).eval()
     scale = resolver.scale
     if tile_px is None:
@@ -474,8 +473,7 @@ def predict_raster(
     if not output.parent.is_dir():
         raise FileNotFoundError(f"{output.parent}: no such directory for the output")
     fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
+    checkpoint = as_checkpoint(checkpoint)
     torch_device = resolve_device(device)
     resolver = checkpoint.build_resolver(torch_device)
     scale, margin = resolver.scale, resolver.margin_px

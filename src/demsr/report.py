@@ -34,6 +34,7 @@ from demsr.evaluate import (
 )
 from demsr.io import atomic_directory, atomic_path, refuse_existing
 from demsr.plot import plot_comparison, plot_training_curves
+from demsr.pretrained import resolve_checkpoint
 from demsr.train import METRICS
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,9 @@ def build_report(
     and draw the figures. All checkpoints must have the same scale."""
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
-    names = model_names(checkpoints)
-    models = {name: load_checkpoint(path) for name, path in zip(names, checkpoints, strict=True)}
+    paths = [resolve_checkpoint(checkpoint) for checkpoint in checkpoints]  # shipped names too
+    names = model_names(paths)
+    models = {name: load_checkpoint(path) for name, path in zip(names, paths, strict=True)}
     scales = {model.scale for model in models.values()}
     if len(scales) > 1:
         raise ValueError(f"the checkpoints have different scales: {sorted(scales)}")
@@ -168,7 +170,7 @@ def build_report(
     report.figure_notes["Low-res input, truth, predictions and errors"] = (
         f"{note}; methods shown: {', '.join(shown)} (bicubic and the best baseline by RMSE)"
     )
-    for name, path in zip(names, checkpoints, strict=True):
+    for name, path in zip(names, paths, strict=True):
         csv_path = Path(path).parent / METRICS  # written by demsr.train next to the checkpoints
         if csv_path.is_file():
             report.figures[f"Training curves: {name}"] = plot_training_curves(csv_path)

@@ -81,13 +81,12 @@ def command(
     SSIM (data range: the truth's max - min), slope RMSE and aspect error (degrees, Horn's
     method on metric cell sizes), with a land/sea and slope-class breakdown.
     """
-    from demsr.checkpoint import load_checkpoint
+    from demsr.checkpoint import as_checkpoint
     from demsr.evaluate import evaluate, load_inputs
     from demsr.io import refuse_existing
-    from demsr.pretrained import resolve_checkpoint
 
     refuse_existing(json_path, markdown_path, overwrite=overwrite)
-    model = load_checkpoint(resolve_checkpoint(checkpoint))
+    model = as_checkpoint(checkpoint)
     inputs = load_inputs(data, model.scale, lowres_path, band=band, cell_size_m=cell_size_m)
     result = evaluate(
         model,

@@ -97,10 +97,8 @@ def read_inputs(
 
     if Path(truth).suffix.lower() in PAIR_SUFFIXES:
         raise click.UsageError(f"{truth}: a raster is needed here (use demsr report for pairs)")
-    from demsr.pretrained import resolve_checkpoint
-
     return comparison_from_checkpoint(
-        resolve_checkpoint(checkpoint), truth, lowres, baselines=list(baselines), device=device
+        checkpoint, truth, lowres, baselines=list(baselines), device=device
     )
 
 

@@ -65,12 +65,11 @@ def command(
     error figure, each run's training curves (from the metrics.csv next to a checkpoint) and
     each checkpoint's provenance (file hash, model, training data, parent). A checkpoint is a
     file or the name of a shipped model (lite)."""
-    from demsr.pretrained import resolve_checkpoint
     from demsr.report import build_report, check_report_path, write_report
 
     check_report_path(output_path, overwrite)
     report = build_report(
-        [resolve_checkpoint(checkpoint) for checkpoint in checkpoints],
+        checkpoints,
         data,
         lowres_path,
         baselines=baselines,
