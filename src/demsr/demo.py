@@ -44,7 +44,15 @@ OUTPUT_NAME = "superresolved.tif"
 FIGURE_NAME = "comparison.png"
 TABLE_NAME = "metrics.md"
 JSON_NAME = "metrics.json"
-OUTPUT_NAMES = (INPUT_NAME, OUTPUT_NAME, FIGURE_NAME, TABLE_NAME, JSON_NAME)
+# Each output and what it holds, in the order they are listed.
+OUTPUTS = {
+    INPUT_NAME: "coarse input (block mean)",
+    OUTPUT_NAME: "super-resolved DEM (GeoTIFF)",
+    FIGURE_NAME: "comparison figure (model vs bicubic)",
+    TABLE_NAME: "metric table (Markdown)",
+    JSON_NAME: "metrics (JSON)",
+}
+OUTPUT_NAMES = tuple(OUTPUTS)
 BASELINE = "bicubic"
 # Low-res tile side: the bundled 240 x 240 input runs as a single tile (the tile margin would
 # more than double the work at the predict default of 128).

@@ -45,7 +45,7 @@ def command(
     metrics.md / metrics.json (RMSE, slope RMSE and more, by land/sea and slope class) into
     OUTPUT_DIR, and prints the metric table. With the defaults nothing is downloaded or trained.
     """
-    from demsr.demo import run_demo
+    from demsr.demo import OUTPUTS, run_demo
 
     result = run_demo(
         output_dir,
@@ -58,12 +58,5 @@ def command(
     click.echo(result.evaluation.table())
     click.echo("")
     click.echo(f"demo finished in {result.seconds:.1f} s; outputs in {result.output_dir}:")
-    descriptions = {
-        "lowres.tif": f"coarse input (block mean x{result.evaluation.scale})",
-        "superresolved.tif": "super-resolved DEM (GeoTIFF)",
-        "comparison.png": "comparison figure (model vs bicubic)",
-        "metrics.md": "metric table (Markdown)",
-        "metrics.json": "metrics (JSON)",
-    }
     for name, path in result.files.items():
-        click.echo(f"  {path}  {descriptions[name]}")
+        click.echo(f"  {path}  {OUTPUTS[name]}")
