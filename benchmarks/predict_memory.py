@@ -15,7 +15,7 @@ tiles per side (an interior tile has the full margin on every side)::
 
 Prints a markdown table; ``--record FILE`` also writes it to FILE with the settings, keeping
 whatever FILE holds below its notes marker (``NOTES_MARKER``: the hand-written reading of the
-numbers, to be checked against the new table).
+numbers, to be checked against the new table; see ``harness.record``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness import peak_rss_mb, record
 
 log = logging.getLogger("predict_memory")
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAIN = REPO / "src" / "demsr" / "data" / "srtm3_N37W004.tif"
 TREND_SIGMA_PX = 4.0  # the training default
-NOTES_MARKER = "<!-- Hand-written notes below: --record keeps them. -->"
 
 
 def write_terrain(source: Path, size: int, path: Path) -> Path:
@@ -70,12 +69,6 @@ def write_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
     scaling = ElevationScaling(scale_m=1000.0, trend_sigma_px=TREND_SIGMA_PX)
     return save_checkpoint(path, DEMSRNet(preset("lite")), scaling)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def child(args: argparse.Namespace) -> None:
@@ -176,15 +169,6 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     return "\n".join(lines), rows[0]["margin_px"]
 
 
-def record(path: Path, table: str, settings: str) -> None:
-    """Write the table and settings to ``path``, keeping its notes below ``NOTES_MARKER``."""
-    old = path.read_text() if path.exists() else ""
-    notes = old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else f"{NOTES_MARKER}\n"
-    path.write_text(
-        f"# Tiled prediction: peak memory vs raster size\n\n{table}\n\n{settings}\n\n{notes}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
@@ -214,7 +198,9 @@ def main() -> None:
     )
     sys.stdout.write(f"{table}\n\n{settings}\n")
     if args.record is not None:
-        record(args.record, table, settings)
+        record(
+            args.record, "Tiled prediction: peak memory vs raster size", f"{table}\n\n{settings}"
+        )
 
 
 if __name__ == "__main__":

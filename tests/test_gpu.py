@@ -24,6 +24,6 @@ def test_bf16_training_on_cuda_gives_a_cpu_loadable_checkpoint(
     assert np.isfinite(result.best_valid_rmse_m)
     checkpoint = load_checkpoint(tmp_path / "run" / BEST)
     lowres = np.linspace(100, 900, 20 * 24, dtype=np.float32).reshape(20, 24)
-    on_gpu = predict_array(checkpoint.build_resolver("cuda"), lowres, "cuda")
-    on_cpu = predict_array(checkpoint.build_resolver("cpu"), lowres, "cpu")
+    on_gpu = predict_array(checkpoint.build_resolver("cuda"), lowres, "cuda", precision="fp32")
+    on_cpu = predict_array(checkpoint.build_resolver("cpu"), lowres, "cpu", precision="fp32")
     assert np.abs(on_gpu - on_cpu).max() < 0.05  # metres; TF32/cuDNN vs CPU rounding

@@ -58,7 +58,13 @@ from demsr.io import (
     refuse_existing,
     to_float32_heights,
 )
-from demsr.model import SuperResolver, check_precision, network_autocast, resolve_device
+from demsr.model import (
+    SuperResolver,
+    network_autocast,
+    prepare_for_inference,
+    resolve_device,
+    resolve_precision,
+)
 from demsr.tiling import Tile, TileTransform, batch_tiles, expand_window, scale_window, tile_grid
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,24 @@ def fill_margin_px(margin_px: int) -> int:
 
 
 @dataclass
+class _Network:
+    """The model as prediction runs it: ``run`` is ``resolver`` prepared for fast inference
+    (channels-last, maybe compiled), at ``precision`` (resolved: fp32 or bf16) on ``device``."""
+
+    resolver: SuperResolver
+    run: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+    precision: str
+
+    @classmethod
+    def prepare(
+        cls, resolver: SuperResolver, device: torch.device, precision: str, compile: bool
+    ) -> _Network:
+        mode = resolve_precision(precision, device)
+        return cls(resolver, prepare_for_inference(resolver, device, compile=compile), device, mode)
+
+
+@dataclass
 class _TileInput:
     """A tile ready for the network: filled read window (float32 metres, all finite) and the
     validity of its core cells."""
@@ -128,21 +152,16 @@ def _prepare_tile(
     return _TileInput(tile, np.ascontiguousarray(values, dtype=np.float32), core_valid)
 
 
-def _run_batch(
-    resolver: SuperResolver,
-    batch: list[_TileInput],
-    device: torch.device,
-    precision: str,
-) -> list[tuple[Tile, np.ndarray]]:
+def _run_batch(network: _Network, batch: list[_TileInput]) -> list[tuple[Tile, np.ndarray]]:
     """Run tiles of one read shape through the network; each core's (h*s, w*s) metres, NaN
     where the low-res parent is nodata."""
-    scale = resolver.scale
-    inputs = torch.from_numpy(np.stack([item.lowres_m for item in batch]))[:, None].to(device)
+    scale = network.resolver.scale
+    inputs = torch.from_numpy(np.stack([item.lowres_m for item in batch]))[:, None]
     with (
         torch.inference_mode(),
-        network_autocast(device, precision),
+        network_autocast(network.device, network.precision),
     ):
-        output = resolver(inputs)
+        output = network.run(inputs.to(network.device))
     highres = output[:, 0].float().cpu().numpy()
     results = []
     for item, tile_highres in zip(batch, highres, strict=True):
@@ -154,17 +173,15 @@ def _run_batch(
 
 
 def _predict_batches(
-    resolver: SuperResolver,
+    network: _Network,
     batches: Iterable[list[Tile]],
     read_lowres: Callable[[Window], np.ndarray],
     shape: tuple[int, int],
-    device: torch.device,
-    precision: str,
 ) -> Iterator[list[tuple[Tile, np.ndarray | None]]]:
     """Predict batches of tiles (of one read shape each, see ``batch_tiles``), yielding for
     each batch its (tile, core output) pairs; None marks a tile without valid cells, which never
     reaches the network."""
-    fill_px = fill_margin_px(resolver.margin_px)
+    fill_px = fill_margin_px(network.resolver.margin_px)
     for batch in batches:
         prepared = [_prepare_tile(tile, read_lowres, fill_px, shape) for tile in batch]
         ready = [item for item in prepared if item is not None]
@@ -172,7 +189,7 @@ def _predict_batches(
             (tile, None) for tile, item in zip(batch, prepared, strict=True) if item is None
         ]
         if ready:
-            results.extend(_run_batch(resolver, ready, device, precision))
+            results.extend(_run_batch(network, ready))
         yield results
 
 
@@ -182,7 +199,8 @@ def predict_array(
     device: torch.device | str = "cpu",
     tile_px: int | None = None,
     batch_size: int = 4,
-    precision: str = "fp32",
+    precision: str = "auto",
+    compile: bool = False,
 ) -> np.ndarray:
     """Super-resolve a (rows, cols) DEM in metres (NaN = nodata) to (rows*s, cols*s) metres.
 
@@ -194,20 +212,22 @@ def predict_array(
     predicted from the nearest valid values. ``device`` is ``cpu``, ``cuda[:N]`` or ``auto``.
     ``tile_px`` None runs the whole array at once (network memory grows with its area);
     otherwise tiles of ``tile_px`` cells with ``resolver.margin_px`` of context run in batches
-    of ``batch_size`` and give the same values to float32 rounding. ``precision="bf16"`` runs
-    the network under bfloat16 autocast (the elevations themselves stay float32).
+    of ``batch_size`` and give the same values to float32 rounding. ``precision`` ``auto``
+    (the default) runs the network's residual blocks in bf16 where the device computes bf16
+    natively (a recent GPU, a CPU with AMX or AVX512-BF16; within 0.2 m of float32 on real
+    DEMs, BENCHMARKS.md), else fp32; the elevations stay float32. ``compile`` uses
+    ``torch.compile`` (see :func:`~demsr.model.prepare_for_inference`).
     """
     lowres_m = np.asarray(lowres_m)
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
-    mode = check_precision(precision)
     rows, cols = lowres_m.shape
     torch_device = resolve_device(device) if isinstance(device, str) else device
     if isinstance(model, SuperResolver):
         resolver = model
     else:
         resolver = as_checkpoint(model).build_resolver(torch_device)
-    resolver = resolver.to(torch_device).eval()
+    network = _Network.prepare(resolver, torch_device, precision, compile)
     scale = resolver.scale
     if tile_px is None:
         tiles = tile_grid(rows, cols, max(rows, cols), 0)
@@ -218,9 +238,7 @@ def predict_array(
         return to_float32_heights(lowres_m[window.toslices()], copy=True)
 
     highres_m = np.full((rows * scale, cols * scale), np.nan, np.float32)
-    batches = _predict_batches(
-        resolver, batch_tiles(tiles, batch_size), read_lowres, (rows, cols), torch_device, mode
-    )
+    batches = _predict_batches(network, batch_tiles(tiles, batch_size), read_lowres, (rows, cols))
     for batch in batches:
         for tile, values in batch:
             if values is not None:
@@ -433,7 +451,8 @@ def predict_raster(
     device: str = "auto",
     tile_px: int = 128,
     batch_size: int = 1,
-    precision: str = "fp32",
+    precision: str = "auto",
+    compile: bool = False,
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -453,8 +472,8 @@ def predict_raster(
     :func:`demsr.io.finalise_output`, which also takes ``output_dtype`` float32 or int16).
 
     Tiles of ``tile_px`` low-res cells (plus the model's margin) run in batches of
-    ``batch_size``; memory depends on these only. ``precision="bf16"`` runs the network under
-    bfloat16 autocast. Finished tiles go to ``<output>.partial.tif`` and are recorded in
+    ``batch_size``; memory depends on these only. ``precision`` and ``compile`` as in
+    :func:`predict_array`. Finished tiles go to ``<output>.partial.tif`` and are recorded in
     ``<output>.partial.json`` after every batch. ``resume=True`` continues such a partial run
     when its settings (checkpoint, input file, band, tile size, margin, precision, hooks) match;
     without it an existing partial run is refused. An existing output is refused unless
@@ -466,7 +485,6 @@ def predict_raster(
     """
     if tile_px < 1 or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
-    mode = check_precision(precision)
     output = Path(output_path)
     partial, manifest = partial_paths(output)
     refuse_existing(output, overwrite=overwrite)
@@ -475,8 +493,11 @@ def predict_raster(
     fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
     checkpoint = as_checkpoint(checkpoint)
     torch_device = resolve_device(device)
-    resolver = checkpoint.build_resolver(torch_device)
-    scale, margin = resolver.scale, resolver.margin_px
+    network = _Network.prepare(
+        checkpoint.build_resolver(torch_device), torch_device, precision, compile
+    )
+    mode = network.precision
+    scale, margin = network.resolver.scale, network.resolver.margin_px
 
     with open_raster(input_path, band) as source:
         rows, cols = source.shape
@@ -569,12 +590,10 @@ def predict_raster(
         )
         layout = source.layout
         _run_tiles(
-            resolver,
+            network,
             [batch for batch in batches if batch],
             read_lowres,
             (rows, cols),
-            torch_device,
-            mode,
             writer,
             total=len(tiles),
             progress=progress,
@@ -601,19 +620,17 @@ def predict_raster(
 
 
 def _run_tiles(
-    resolver: SuperResolver,
+    network: _Network,
     batches: list[list[Tile]],
     read_lowres: Callable[[Window], np.ndarray],
     shape: tuple[int, int],
-    device: torch.device,
-    precision: str,
     writer: _PartialWriter,
     *,
     total: int,
     progress: bool,
 ) -> None:
     """Predict ``batches`` into ``writer``, committing after every batch, with a progress bar."""
-    scale = resolver.scale
+    scale = network.resolver.scale
     todo = sum(len(batch) for batch in batches)
     bar = tqdm(
         total=total,
@@ -626,7 +643,7 @@ def _run_tiles(
     started = time.perf_counter()
     written_px = 0
     try:
-        for batch in _predict_batches(resolver, batches, read_lowres, shape, device, precision):
+        for batch in _predict_batches(network, batches, read_lowres, shape):
             for tile, values in batch:
                 writer.write(tile, values)
                 written_px += int(tile.core.height * tile.core.width) * scale * scale

@@ -62,6 +62,8 @@ from demsr.model import (
     init_as_residual,
     network_autocast,
     resolve_device,
+    resolve_precision,
+    to_channels_last,
 )
 
 log = logging.getLogger(__name__)
@@ -163,13 +165,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return generator
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` means bf16 mixed precision on CUDA and fp32 elsewhere."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type == "cpu":
-        log.warning("bf16 on the CPU is emulated on most processors and usually slower than fp32")
-    return precision
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout (checkpoints store them
+    contiguous; the parameters may be channels-last). The fused Adam kernel walks a parameter
+    and its moments in memory order, so their layouts must agree."""
+    for parameter, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
+                state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 # Settings that may change when a run is resumed (limits, paths, where it runs); any other change
@@ -254,7 +257,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.summary.output_dir)
         self.device = resolve_device(config.train.device)
-        self.precision = resolve_precision(config.train.precision, self.device)
+        # auto: bf16 mixed precision on CUDA; float32 on the CPU, even one with native bf16
+        # (training there in bf16 is opt-in: it changes the numerics of a reproducible run).
+        self.precision = resolve_precision(config.train.precision, self.device, cpu_bf16=False)
         root = Path(config.data.root_dir)
         self.train_set = PairDataset(root / "train" / "train.h5", augment=config.data.augment)
         self.valid_set = PairDataset(root / "valid" / "valid.h5")
@@ -309,6 +314,7 @@ class Trainer:
         else:
             net = parent.build_model()
         self.model = net.to(self.device)
+        to_channels_last(self.model)
         self.resolver = SuperResolver(self.model, self.scaling)
 
     # -- state ---------------------------------------------------------------------------
@@ -538,6 +544,7 @@ class Trainer:
             lr=getattr(cfg.optimizer, learning_rate_key),
             eps=cfg.optimizer.eps,
             weight_decay=cfg.optimizer.weight_decay,
+            fused=True,  # one kernel per parameter group instead of several per tensor
         )
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.optimizer.lr_decay)
         start_epoch, global_step = 1, 0
@@ -575,6 +582,7 @@ class Trainer:
                 )
             self.model.load_state_dict(checkpoint.state_dict)
             optimizer.load_state_dict(state.optimizer)
+            match_parameter_layouts(optimizer)
             scheduler.load_state_dict(state.scheduler)
             restore_rng_state(state.rng["tensors"], state.rng["extra"])
             start_epoch, global_step = state.epoch + 1, state.global_step

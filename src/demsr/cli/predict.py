@@ -64,10 +64,19 @@ from demsr.model import PRECISIONS
 )
 @click.option(
     "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
+    type=click.Choice(("auto", *PRECISIONS)),
+    default="auto",
     show_default=True,
-    help="Network precision (elevations stay float32).",
+    help="Network precision: auto runs the residual blocks in bf16 where the device has "
+    "native bf16 (recent GPUs; CPUs with AMX or AVX512-BF16), else fp32. Elevations, the "
+    "residual stream and the output stay float32 (bf16 is within 0.2 m of fp32 on real DEMs).",
+)
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the model: faster per tile, but each tile shape compiles first "
+    "(tens of seconds); pays on large rasters.",
 )
 @device_option
 @overwrite_option
@@ -85,6 +94,7 @@ def command(
     tile_px: int,
     batch_size: int,
     precision: str,
+    compile_model: bool,
     device: str,
     overwrite: bool,
     resume: bool,
@@ -125,6 +135,7 @@ def command(
         tile_px=tile_px,
         batch_size=batch_size,
         precision=precision,
+        compile=compile_model,
         overwrite=overwrite,
         resume=resume,
         progress=progress,
