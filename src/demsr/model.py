@@ -101,7 +101,9 @@ class ResidualBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.res_scale * self.res_conv2(F.relu(self.res_conv1(x)))
+        # x + 0.1 * branch in one kernel; under autocast the branch is bf16 and x float32.
+        branch = self.res_conv2(F.relu(self.res_conv1(x), inplace=True))
+        return torch.add(x, branch, alpha=self.res_scale)
 
 
 def upsample_bilinear(x: torch.Tensor, scale: int, mode: ResizeMode) -> torch.Tensor:
@@ -131,27 +133,22 @@ def factored_conv_out(
     A 3x3 convolution to O channels is a sum of 9 shifted maps, one per tap, each a channel
     mix of its input; the bilinear resize is linear and acts on each channel alone, so it
     commutes with that mix. Hence: project the C-channel low-res ``features`` to O x 9 channels
-    (a 1x1 convolution with conv_out's taps), upsample those few channels, pad them with zeros
-    (conv_out's padding, which applies after the upsampling), and sum the 9 shifted maps.
-    Exact in exact arithmetic, gradients included; for C = 64 or 256 the high-resolution maps
-    hold 9 channels instead of C, so this stage needs about C/9 times less memory and time.
+    (a 1x1 convolution with conv_out's taps), upsample those few channels, and sum the 9 maps
+    shifted by their tap's offset, with zeros beyond the edges (conv_out's padding, applied
+    after the upsampling). The shift-and-sum is a 3x3 convolution whose weights are 0 or 1
+    (exact: each output adds the same 9 products as conv_out). Exact in exact arithmetic,
+    gradients included; for C = 64 or 256 the high-resolution maps hold 9 channels instead of
+    C, so this stage needs about C/9 times less memory and time.
     """
     weight = conv_out.weight
     out_channels, channels = weight.shape[:2]
     taps = weight.permute(0, 2, 3, 1).reshape(out_channels * 9, channels, 1, 1)
-    # Plain NCHW from here: each tap's map is then a contiguous plane.
-    projected = F.conv2d(features, taps).contiguous()
-    upsampled = F.pad(upsample_bilinear(projected, scale, mode), (1, 1, 1, 1))
-    batch, _, height, width = upsampled.shape
-    height, width = height - 2, width - 2
-    maps = upsampled.view(batch, out_channels, 9, height + 2, width + 2)
-    output = maps[:, :, 0, :height, :width].clone()
-    for tap in range(1, 9):
-        row, col = divmod(tap, 3)
-        output += maps[:, :, tap, row : row + height, col : col + width]
-    if conv_out.bias is not None:
-        output += conv_out.bias.view(1, -1, 1, 1)
-    return output
+    upsampled = upsample_bilinear(F.conv2d(features, taps), scale, mode)
+    # shift[o, o * 9 + t] is 1 at tap t's position (row t // 3, column t % 3), 0 elsewhere.
+    eye = torch.eye(9, dtype=upsampled.dtype, device=upsampled.device)
+    own = torch.eye(out_channels, dtype=upsampled.dtype, device=upsampled.device)
+    shift = (own[:, :, None, None] * eye).reshape(out_channels, out_channels * 9, 3, 3)
+    return F.conv2d(upsampled, shift, conv_out.bias, padding=1)
 
 
 class DEMSRNet(nn.Module):
@@ -456,13 +453,14 @@ def to_channels_last(module: nn.Module) -> nn.Module:
 
 
 def prepare_for_inference(
-    resolver: SuperResolver,
+    model: nn.Module,
     device: torch.device,
     *,
     channels_last: bool = True,
     compile: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``resolver`` on ``device`` in eval mode, ready for fast inference.
+    """``model`` (a ``SuperResolver`` or a ``DEMSRNet``) on ``device`` in eval mode, ready for
+    fast inference.
 
     ``channels_last``: see :func:`to_channels_last`. On CUDA, cuDNN picks the fastest
     convolution algorithm for each shape (``cudnn.benchmark``). ``compile`` returns
@@ -470,16 +468,16 @@ def prepare_for_inference(
     GPU): each new input shape compiles once (tens of seconds), so it pays on large rasters
     of many equal tiles. Call it under ``torch.inference_mode()``.
     """
-    resolver = resolver.to(device).eval()
+    model = model.to(device).eval()
     if channels_last:
-        to_channels_last(resolver.net)
+        to_channels_last(model)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if not compile:
-        return resolver
+        return model
     if device.type == "cuda":
-        return torch.compile(resolver, mode="reduce-overhead", dynamic=False)
-    return torch.compile(resolver, dynamic=False, options={"freezing": True})
+        return torch.compile(model, mode="reduce-overhead", dynamic=False)
+    return torch.compile(model, dynamic=False, options={"freezing": True})
 
 
 def flops_per_lowres_px(config: ModelConfig) -> int:
