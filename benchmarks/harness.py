@@ -23,14 +23,39 @@ def peak_rss_mb() -> float:
     it carries the parent's peak across fork and exec, so a child started by a large process
     would report the parent's peak. Elsewhere ``ru_maxrss`` (bytes on macOS).
     """
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 2**10  # kB
     except OSError:
         pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return None
+
+
+def peak_rss_above_mb(run: Callable[[], object]) -> float:
+    """How far resident memory rises above its current level while ``run()`` runs, MiB.
+
+    On Linux the peak (``VmHWM``) is first reset to the current size (``/proc/self/clear_refs``),
+    so memory freed before the call does not hide what the call uses. Elsewhere the rise of
+    the process's overall peak, which may under-report.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_mb("VmRSS")
+    except OSError:
+        before = None
+    if before is None:
+        before = peak_rss_mb()
+    run()
+    return peak_rss_mb() - before
 
 
 def time_side_by_side(

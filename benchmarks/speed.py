@@ -14,8 +14,8 @@ For the ``paper`` (42 x 256) and ``lite`` (16 x 64) presets:
   multi-tensor kernels) against the fast path (factored stage, channels-last, fused Adam) in
   float32 and bf16.
 * **peak memory** of one inference call and one training step, each in a fresh child process
-  (peak RSS above the process's level before the call on the CPU; ``max_memory_allocated`` on
-  a GPU).
+  (how far resident memory rises above its level before the call, ``harness.peak_rss_above_mb``,
+  on the CPU; ``max_memory_allocated`` above the allocated memory before the call on a GPU).
 * **the hardware's measured peak**: a large matrix product in float32 and bf16, in the same run,
   and each variant's achieved FLOP/s as a fraction of it (FLOPs counted on the reference layer
   order, ``demsr.model.flops_per_lowres_px``; a training step as 3 forward passes).
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import machine_description, median, peak_rss_mb, record, time_side_by_side
+from harness import machine_description, median, peak_rss_above_mb, record, time_side_by_side
 from torch import nn
 
 from demsr.checkpoint import as_checkpoint
@@ -277,9 +277,7 @@ def memory_child(spec: dict[str, Any]) -> None:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        before = peak_rss_mb()
-        run()
-        peak = peak_rss_mb() - before
+        peak = peak_rss_above_mb(run)
     print(json.dumps({"peak_mb": peak}))
 
 

@@ -63,7 +63,7 @@ from demsr.metrics import (
     slope_aspect_deg,
     ssim,
 )
-from demsr.model import SuperResolver, resolve_device
+from demsr.model import SuperResolver, prepare_for_inference, resolve_device
 from demsr.predict import predict_array
 from demsr.prepare import crop_to_blocks, degrade
 
@@ -394,18 +394,21 @@ def predict_inputs(
     """The model's (N, H, W) prediction in metres (NaN over nodata inputs).
 
     Pairs without nodata run in batches; rasters (and pairs with nodata) run through the tiled
-    :func:`demsr.predict.predict_array`. ``ensemble`` averages the 8 flips/rotations.
+    :func:`demsr.predict.predict_array`. ``ensemble`` averages the 8 flips/rotations. The
+    network runs in float32 (channels-last), so that scores describe the model itself and do
+    not depend on the hardware; bf16, predict's default where the hardware has it, moves
+    outputs by centimetres (BENCHMARKS.md).
     """
     torch_device = torch.device(device)
-    resolver = resolver.to(torch_device).eval()
+    model = prepare_for_inference(resolver, torch_device)
 
     def run_batch(lowres: np.ndarray) -> np.ndarray:  # (n, h, w) -> (n, H, W)
         batch = torch.from_numpy(np.ascontiguousarray(lowres, dtype=np.float32))[:, None]
         with torch.inference_mode():
-            return resolver(batch.to(torch_device))[:, 0].float().cpu().numpy()
+            return model(batch.to(torch_device))[:, 0].float().cpu().numpy()
 
     def run_tiled(lowres: np.ndarray) -> np.ndarray:  # (h, w) -> (H, W)
-        return predict_array(resolver, lowres, torch_device, tile_px=tile_px)
+        return predict_array(resolver, lowres, torch_device, tile_px=tile_px, precision="fp32")
 
     output = np.empty(inputs.highres.shape, np.float32)
     if inputs.kind == "pairs" and np.isfinite(inputs.lowres).all():
