@@ -19,6 +19,7 @@ For the ``paper`` (42 x 256) and ``lite`` (16 x 64) presets:
 * **the hardware's measured peak**: a large matrix product in float32 and bf16, in the same run,
   and each variant's achieved FLOP/s as a fraction of it (FLOPs counted on the reference layer
   order, ``demsr.model.flops_per_lowres_px``; a training step as 3 forward passes).
+* **data loading**: a batch of 64 pairs drawn as the trainer draws them (in memory, shuffled).
 * **the shipped model's accuracy** in bf16 against float32 on every real DEM of the test folder.
 
 Variants run in interleaved rounds (``harness.time_side_by_side``) after a warm-up; medians are
@@ -325,26 +326,22 @@ def bench_inference(
     ]
     for v in variants:
         seconds = median(times[v.name])
-        memory = (
-            peak_memory_mb(
-                {
-                    "device": args.device,
-                    "variant": asdict(v),
-                    "preset": name,
-                    "kind": "inference",
-                    "batch": batch,
-                    "side": side,
-                }
-            )
-            if not v.compile
-            else float("nan")
-        )
+        spec = {
+            "device": args.device,
+            "variant": asdict(v),
+            "preset": name,
+            "kind": "inference",
+            "batch": batch,
+            "side": side,
+        }
+        # Not measured for compiled variants: the child would compile for minutes first.
+        memory = "-" if v.compile else f"{peak_memory_mb(spec):.0f}"
         deviation = (outputs[v.name] - reference).abs().max().item() / spread
         achieved = flops / seconds / 1e12
         lines.append(
             f"| {v.name} | {seconds:.3f} | {out_px / seconds / 1e6:.2f} | {naive_s / seconds:.2f}x "
             f"| {achieved:.2f} | {100 * achieved / peak[v.precision]:.0f}% ({v.precision}) "
-            f"| {memory:.0f} | {deviation:.1e} of max |"
+            f"| {memory} | {deviation:.1e} of max |"
         )
         log.info("%s", lines[-1])
     return "\n".join(lines)
@@ -388,6 +385,37 @@ def bench_training(name: str, batch: int, args: argparse.Namespace, peak: dict[s
         )
         log.info("%s", lines[-1])
     return "\n".join(lines)
+
+
+def bench_loading(batch: int = 64, pairs: int = 1024) -> str:
+    """Seconds per batch drawn the way ``Trainer`` draws them: a pair file held in memory,
+    shuffled, with and without flip/rot90 augmentation, in the main process (num_workers 0)."""
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from demsr.datasets import PairDataset, PairMetadata, write_pairs
+
+    generator = np.random.default_rng(0)
+    lowres = generator.random((pairs, 1, 32, 32), dtype=np.float32)
+    highres = generator.random((pairs, 1, 160, 160), dtype=np.float32)
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="demsr-speed-") as folder:
+        path = write_pairs(Path(folder) / "pairs.h5", lowres, highres, PairMetadata(scale=5))
+        for augment in (False, True):
+            dataset = PairDataset(path, augment=augment)
+            loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
+
+            def epoch(loader: DataLoader = loader) -> None:
+                for _ in loader:
+                    pass
+
+            seconds = median(time_side_by_side({"epoch": epoch}, 3)["epoch"])
+            cells.append(f"{1000 * seconds / (pairs // batch):.1f} ms")
+    return (
+        f"Loading a batch of {batch} pairs (32 -> 160, in memory, shuffled, main process): "
+        f"{cells[0]} without augmentation, {cells[1]} with flips/rot90."
+    )
 
 
 def bench_accuracy(args: argparse.Namespace) -> str:
@@ -444,6 +472,7 @@ def run_all(args: argparse.Namespace) -> str:
     for name in args.presets:
         for batch in settings.training[name]:
             sections.append(bench_training(name, batch, args, peak))
+    sections.append(bench_loading())
     if not args.skip_accuracy:
         sections.append("## The shipped model in bf16 against float32, on real DEMs")
         sections.append(bench_accuracy(args))
