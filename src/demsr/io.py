@@ -836,9 +836,17 @@ def remove_stale_temporaries(*paths: str | os.PathLike[str]) -> list[Path]:
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:
-    """Flush a file's data to the disk, so that a crash after a rename never shows it empty."""
+    """Flush a file's data to the disk, so that a crash after a rename never shows it empty.
+
+    An OSError (a full disk reports ENOSPC here at the latest) names ``path``.
+    """
     with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+        try:
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
 
 
 def _umask() -> int:

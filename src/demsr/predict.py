@@ -518,7 +518,7 @@ def predict_raster(
         summary = source.summarise(progress)
         if summary.valid_cells == 0:
             raise RasterError(f"{source.path}: band {band} holds no valid cells")
-        log.info("input %s", summary.describe())
+        log.debug("input %s", summary.describe())
         nodata = float(np.float32(np.nan if source.nodata is None else source.nodata))
         output_transform = source.transform @ Affine.scale(1 / scale)
         sha256 = checkpoint_sha256(checkpoint)

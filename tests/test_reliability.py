@@ -1,0 +1,584 @@
+"""Bad input, clear errors: the catalogue of RELIABILITY.md, each case driven through the command
+line. Every case ends with a non-zero exit, one line on stderr naming the file (or setting) and
+the problem, no traceback, and nothing new in the output folder but what the case documents
+(a resumable partial after Ctrl-C or a full disk). Also: Ctrl-C, a full disk and a crash while
+writing leave no half-written product; files handed in are never run (pickles, zip paths,
+shell syntax in config values)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import rasterio
+import torch
+import xarray as xr
+from affine import Affine
+from click.testing import CliRunner
+from conftest import set_options, tiny_overrides, write_untrained_checkpoint
+
+from demsr.cli import main
+from demsr.io import read_raster, write_geotiff
+from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+
+SOURCE = "landlab_west_bijou_1s.tif"  # 67 x 129 cells, EPSG:4326, float32, 1690..1807 m
+TILES = ["--tile-size", "32"]  # 3 x 5 = 15 tiles of the source
+
+
+class Payload:
+    """Unpickling this touches ``marker``: the proof that a pickle was (never) run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.marker.touch, ())
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The files the cases hand to demsr (made once per module)."""
+
+    root: Path
+    checkpoint: Path
+    marker: Path  # created if any pickle were ever unpickled
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+
+def _profile(raster: Any, dtype: str = "float32") -> dict[str, Any]:
+    rows, cols = raster.shape
+    return {
+        "driver": "GTiff",
+        "width": cols,
+        "height": rows,
+        "count": 1,
+        "dtype": dtype,
+        "crs": raster.crs,
+        "transform": raster.transform,
+    }
+
+
+def _pair_file(
+    path: Path, lowres: tuple[str, tuple[int, ...]], highres: tuple[str, tuple[int, ...]]
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        for key, shape in (lowres, highres):
+            handle[key] = np.random.default_rng(0).random(shape, dtype=np.float32)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, dem_test_dir: Path) -> Inputs:
+    root = tmp_path_factory.mktemp("inputs")
+    marker = root / "PICKLE-WAS-RUN"
+    raster = read_raster(dem_test_dir / SOURCE)
+    data, transform, crs = raster.data, raster.transform, raster.crs
+    write_geotiff(root / "dem.tif", data, transform, crs)
+    write_geotiff(root / "no_crs.tif", data, transform, None)
+    write_geotiff(root / "rotated.tif", data, transform @ Affine.rotation(10), crs)
+    write_geotiff(root / "all_nodata.tif", np.full_like(data, np.nan), transform, crs, -9999.0)
+    write_geotiff(root / "tiny.tif", data[:3, :3], transform, crs)
+    (root / "notes.tif").write_text("these are not elevations\n")
+    (root / "empty.tif").write_bytes(b"")
+    whole = (root / "dem.tif").read_bytes()
+    (root / "truncated.tif").write_bytes(whole[: len(whole) // 3])
+    (root / "folder.tif").mkdir()
+    huge = data.copy()
+    huge[5:8, 5:8] = 1e30
+    with rasterio.open(root / "huge_values.tif", "w", **_profile(raster)) as dst:
+        dst.write(huge, 1)  # float32 without a nodata value
+    sentinel = np.rint(data).astype(np.int16)
+    sentinel[:, :10] = -32767
+    with rasterio.open(root / "int16_sentinel.tif", "w", **_profile(raster, "int16")) as dst:
+        dst.write(sentinel, 1)  # int16 without a nodata value
+    lat = np.arange(20) * 0.1 + 0.05
+    grids = {name: (("lat", "lon"), data[:20, :20]) for name in ("depth", "height")}
+    xr.Dataset(grids, coords={"lat": lat, "lon": lat}).to_netcdf(root / "two_grids.nc")
+    with zipfile.ZipFile(root / "escape.zip", "w") as archive:
+        archive.writestr("../evil.tif", whole)
+    with zipfile.ZipFile(root / "absolute.zip", "w") as archive:
+        archive.writestr("/tmp/evil.tif", whole)
+
+    checkpoint = write_untrained_checkpoint(root / "model.safetensors", channels=4)
+    for name in ("pickle.safetensors", "pickle.pt", "pickle.ckpt"):
+        (root / name).write_bytes(pickle.dumps({"state_dict": Payload(marker)}))
+    torch.save({"state_dict": Payload(marker)}, root / "torch_save.pt")
+    blob = checkpoint.read_bytes()
+    (root / "truncated.safetensors").write_bytes(blob[: len(blob) // 2])
+    _edit_header(checkpoint, root / "other_architecture.safetensors", blocks=2)
+    torch.manual_seed(0)
+    model_x4 = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=4))
+    from demsr.checkpoint import save_checkpoint
+
+    save_checkpoint(root / "x4.safetensors", model_x4, ElevationScaling(scale_m=1000.0))
+
+    _pair_file(root / "keys.h5", ("low", (4, 1, 8, 8)), ("high", (4, 1, 40, 40)))
+    _pair_file(root / "shapes.h5", ("8_8", (4, 1, 8, 8)), ("40_40", (4, 1, 38, 38)))
+    _pair_file(root / "counts.h5", ("8_8", (4, 1, 8, 8)), ("40_40", (3, 1, 40, 40)))
+    _pair_file(root / "ratio.h5", ("8_8", (4, 1, 8, 8)), ("30_30", (4, 1, 30, 30)))
+    (root / "bad_key.yaml").write_text("train:\n  epochs: 2\n  epochz: 3\n")
+    return Inputs(root, checkpoint, marker)
+
+
+def _edit_header(source: Path, target: Path, **model: Any) -> None:
+    """A copy of a checkpoint whose JSON header claims another architecture."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        header = json.loads((handle.metadata() or {})["demsr"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    header["model"].update(model)
+    save_file(tensors, str(target), metadata={"demsr": json.dumps(header)})
+
+
+@dataclass
+class Env:
+    """What a case builds its command from: the inputs, an empty output folder, fixtures."""
+
+    inputs: Inputs
+    out: Path
+    pairs: Path
+    monkeypatch: pytest.MonkeyPatch
+
+
+@dataclass(frozen=True)
+class Expect:
+    """A command and what it must print: one line holding ``names`` and matching ``problem``;
+    ``leaves``: the only new entries of the output folder (relative paths)."""
+
+    args: list[Any]
+    names: str
+    problem: str
+    exit_code: int = 1
+    leaves: tuple[str, ...] = ()
+
+
+CASES: dict[str, Callable[[Env], Expect]] = {}
+
+
+def case(function: Callable[[Env], Expect]) -> Callable[[Env], Expect]:
+    """Register a catalogue case under its function name (``case_`` dropped, ``_`` -> ``-``)."""
+    CASES[function.__name__.removeprefix("case_").replace("_", "-")] = function
+    return function
+
+
+def predict(env: Env, source: Path | str, *extra: Any, output: str = "out.tif") -> list[Any]:
+    return [
+        "predict",
+        env.inputs.checkpoint,
+        source,
+        env.out / output,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def predicting(env: Env, name: str, problem: str, *extra: Any) -> Expect:
+    source = env.inputs / name
+    return Expect(predict(env, source, *extra), str(source), problem)
+
+
+# -- rasters ---------------------------------------------------------------------------------
+
+
+@case
+def case_missing_file(env: Env) -> Expect:
+    return predicting(env, "missing.tif", "no such file")
+
+
+@case
+def case_directory_instead_of_file(env: Env) -> Expect:
+    return predicting(env, "folder.tif", "is a directory, not a Zarr store")
+
+
+@case
+def case_not_a_raster(env: Env) -> Expect:
+    return predicting(env, "notes.tif", "cannot be read as a raster .*not recognized")
+
+
+@case
+def case_zero_size_file(env: Env) -> Expect:
+    return predicting(env, "empty.tif", r"is empty \(0 bytes\)")
+
+
+@case
+def case_truncated_geotiff(env: Env) -> Expect:
+    return predicting(env, "truncated.tif", "cannot read rows .*truncated or corrupt")
+
+
+@case
+def case_no_crs(env: Env) -> Expect:
+    return predicting(env, "no_crs.tif", "has no CRS; give it with --crs")
+
+
+@case
+def case_invalid_crs_option(env: Env) -> Expect:
+    return predicting(env, "no_crs.tif", "'EPSG:999999', is not valid", "--crs", "EPSG:999999")
+
+
+@case
+def case_crs_option_contradicts_the_file(env: Env) -> Expect:
+    return predicting(env, "dem.tif", "has its own CRS .*differs", "--crs", "EPSG:3857")
+
+
+@case
+def case_rotated_transform(env: Env) -> Expect:
+    return predicting(env, "rotated.tif", "transform is rotated or not north-up")
+
+
+@case
+def case_all_nodata(env: Env) -> Expect:
+    return predicting(env, "all_nodata.tif", "band 1 holds no valid cells")
+
+
+@case
+def case_absurd_value_1e30_without_nodata(env: Env) -> Expect:
+    return predicting(
+        env, "huge_values.tif", r"holds 1e\+30, not an elevation in metres.*--nodata 1e\+30"
+    )
+
+
+@case
+def case_int16_minus_32767_without_nodata(env: Env) -> Expect:
+    return predicting(env, "int16_sentinel.tif", "holds -32767, not an elevation in metres")
+
+
+@case
+def case_wrong_band(env: Env) -> Expect:
+    return predicting(env, "dem.tif", r"band 2 does not exist \(the file has 1\)", "--band", "2")
+
+
+@case
+def case_netcdf_without_elevation_variable(env: Env) -> Expect:
+    return predicting(env, "two_grids.nc", "no 'elevation' variable and several gridded ones")
+
+
+@case
+def case_netcdf_named_variable_missing(env: Env) -> Expect:
+    problem = r"no variable 'elevation' \(variables: depth, height\)"
+    return predicting(env, "two_grids.nc", problem, "--variable", "elevation")
+
+
+@case
+def case_smaller_than_one_lowres_cell(env: Env) -> Expect:
+    source = env.inputs / "tiny.tif"
+    args = ["degrade", source, env.out / "coarse.tif", "--scale", "5"]
+    return Expect(args, str(source), "3x3 cells is smaller than one 5x5 block")
+
+
+@case
+def case_zip_member_escaping_its_folder(env: Env) -> Expect:
+    return predicting(env, "escape.zip", "unsafe member name '../evil.tif'")
+
+
+@case
+def case_zip_member_with_absolute_path(env: Env) -> Expect:
+    return predicting(env, "absolute.zip", "unsafe member name '/tmp/evil.tif'")
+
+
+# -- pair files (HDF5) -----------------------------------------------------------------------
+
+
+def evaluating(env: Env, data: Path, problem: str, checkpoint: Path | None = None) -> Expect:
+    model = checkpoint or env.inputs.checkpoint
+    args = ["evaluate", model, data, "--json", env.out / "scores.json", "--no-progress"]
+    return Expect(args, str(data), problem)
+
+
+@case
+def case_hdf5_wrong_keys(env: Env) -> Expect:
+    return evaluating(env, env.inputs / "keys.h5", r"expected exactly two patch datasets")
+
+
+@case
+def case_hdf5_wrong_shapes(env: Env) -> Expect:
+    return evaluating(env, env.inputs / "shapes.h5", r"'40_40' holds patches of \(38, 38\)")
+
+
+@case
+def case_hdf5_lowres_highres_counts_differ(env: Env) -> Expect:
+    return evaluating(env, env.inputs / "counts.h5", "'8_8' holds 4 patches but '40_40' holds 3")
+
+
+@case
+def case_scale_does_not_divide_the_patch_size(env: Env) -> Expect:
+    problem = "patch sizes 8x8 and 30x30 are not related by one integer scale"
+    return evaluating(env, env.inputs / "ratio.h5", problem)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+@case
+def case_checkpoint_missing(env: Env) -> Expect:
+    missing = env.inputs / "missing.safetensors"
+    args = ["predict", missing, env.inputs / "dem.tif", env.out / "out.tif"]
+    return Expect(args, str(missing), "no such checkpoint file")
+
+
+@case
+def case_checkpoint_of_another_architecture(env: Env) -> Expect:
+    other = env.inputs / "other_architecture.safetensors"
+    args = ["predict", other, env.inputs / "dem.tif", env.out / "out.tif"]
+    return Expect(args, str(other), "weights do not match the model config")
+
+
+@case
+def case_checkpoint_of_another_scale(env: Env) -> Expect:
+    data = env.pairs / "test" / "test.h5"
+    return evaluating(env, data, "the data are x5, the model is x4", env.inputs / "x4.safetensors")
+
+
+@case
+def case_checkpoint_truncated(env: Env) -> Expect:
+    truncated = env.inputs / "truncated.safetensors"
+    args = ["predict", truncated, env.inputs / "dem.tif", env.out / "out.tif"]
+    return Expect(args, str(truncated), "not a complete safetensors file")
+
+
+@case
+def case_pickle_named_safetensors(env: Env) -> Expect:
+    path = env.inputs / "pickle.safetensors"
+    args = ["predict", path, env.inputs / "dem.tif", env.out / "out.tif"]
+    return Expect(args, str(path), "it is a Python pickle .refused: demsr never unpickles")
+
+
+@case
+def case_pickle_named_pt(env: Env) -> Expect:
+    path = env.inputs / "pickle.pt"
+    expect = evaluating(env, env.pairs / "test" / "test.h5", "it is a Python pickle .refused", path)
+    return Expect(expect.args, str(path), expect.problem)
+
+
+@case
+def case_pickle_named_ckpt_as_finetuning_parent(env: Env) -> Expect:
+    path = env.inputs / "pickle.ckpt"
+    args = ["finetune", path, "--data", env.pairs, "--output-dir", env.out / "run"]
+    return Expect(args, str(path), "it is a Python pickle .refused")
+
+
+@case
+def case_torch_save_file(env: Env) -> Expect:
+    path = env.inputs / "torch_save.pt"
+    args = ["predict", path, env.inputs / "dem.tif", env.out / "out.tif"]
+    return Expect(args, str(path), r"a zip archive \(e.g. a PyTorch torch.save file")
+
+
+@case
+def case_pickle_given_to_import_mindearth(env: Env) -> Expect:
+    path = env.inputs / "pickle.ckpt"
+    args = ["import-mindearth", path, env.out / "imported.safetensors"]
+    return Expect(args, str(path), "not a MindSpore checkpoint: it is a Python pickle")
+
+
+@case
+def case_resume_from_truncated_checkpoint(env: Env) -> Expect:
+    run = env.out / "run"
+    run.mkdir()
+    last = run / "last.safetensors"
+    shutil.copyfile(env.inputs / "truncated.safetensors", last)
+    args = ["train", *set_options(tiny_overrides(env.pairs, run)), "--resume", "--no-progress"]
+    return Expect(args, str(last), "not a complete safetensors file")
+
+
+# -- configs ---------------------------------------------------------------------------------
+
+
+@case
+def case_config_unknown_key(env: Env) -> Expect:
+    config = env.inputs / "bad_key.yaml"
+    args = ["train", "--config", config, "--output-dir", env.out / "run"]
+    return Expect(args, "epochz", "unknown key")
+
+
+@case
+def case_config_ill_typed_override(env: Env) -> Expect:
+    args = ["train", "--set", "train.epochs=many", "--output-dir", env.out / "run"]
+    return Expect(args, "train.epochs", "many")
+
+
+@case
+def case_config_unknown_override_key(env: Env) -> Expect:
+    args = ["train", "--set", "train.epochz=3", "--output-dir", env.out / "run"]
+    return Expect(args, "epochz", "unknown")
+
+
+@case
+def case_config_path_with_shell_syntax(env: Env) -> Expect:
+    root = f"$(touch {env.inputs.marker}); touch {env.inputs.marker}"
+    overrides = tiny_overrides(Path(root), env.out / "run")
+    return Expect(["train", *set_options(overrides)], root, "no such pair file")
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+
+@case
+def case_output_folder_missing(env: Env) -> Expect:
+    args = predict(env, env.inputs / "dem.tif", output="missing/out.tif")
+    return Expect(args, str(env.out / "missing"), "no such folder for the output")
+
+
+@case
+def case_output_folder_not_writable(env: Env) -> Expect:
+    locked = env.out / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: simulate what the OS tells other users
+        real_mkstemp = tempfile.mkstemp
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            if Path(kwargs.get("dir") or ".") == locked:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real_mkstemp(*args, **kwargs)
+
+        env.monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    args = predict(env, env.inputs / "dem.tif", output="locked/out.tif")
+    return Expect(args, str(locked), r"cannot write in this folder \(Permission denied\)")
+
+
+@case
+def case_output_exists_without_overwrite(env: Env) -> Expect:
+    (env.out / "out.tif").write_bytes(b"precious")
+    args = predict(env, env.inputs / "dem.tif")
+    return Expect(args, str(env.out / "out.tif"), r"already exists \(use --overwrite")
+
+
+@case
+def case_output_format_unknown(env: Env) -> Expect:
+    args = predict(env, env.inputs / "dem.tif", output="out.xyz")
+    return Expect(args, str(env.out / "out.xyz"), "cannot tell the output format")
+
+
+def fail_fsync(env: Env, after: int) -> None:
+    """The disk fills up: ``os.fsync`` succeeds ``after`` times, then reports ENOSPC."""
+    calls = {"n": 0}
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    env.monkeypatch.setattr(os, "fsync", fsync)
+
+
+@case
+def case_disk_full_before_the_first_tile_is_saved(env: Env) -> Expect:
+    fail_fsync(env, after=1)  # the empty run's manifest, then the first tile
+    args = predict(env, env.inputs / "dem.tif", *TILES)
+    return Expect(args, "out.tif.partial.tif", "No space left on device$")
+
+
+@case
+def case_disk_full_while_writing(env: Env) -> Expect:
+    fail_fsync(env, after=3)  # manifest, first tile + its manifest, then the second tile
+    args = predict(env, env.inputs / "dem.tif", *TILES)
+    problem = "No space left on device; 1 of 15 tiles are kept in .*: rerun with --resume"
+    leaves = ("out.tif.partial.json", "out.tif.partial.tif")
+    return Expect(args, "out.tif.partial.tif", problem, leaves=leaves)
+
+
+def interrupt_network(env: Env, on_call: int) -> None:
+    """Ctrl-C: KeyboardInterrupt from the ``on_call``-th forward pass of the network."""
+    calls = {"n": 0}
+    real_forward = SuperResolver.forward
+
+    def forward(self: SuperResolver, lowres_m: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == on_call:
+            raise KeyboardInterrupt
+        return real_forward(self, lowres_m)
+
+    env.monkeypatch.setattr(SuperResolver, "forward", forward)
+
+
+@case
+def case_ctrl_c_before_the_first_tile_is_saved(env: Env) -> Expect:
+    interrupt_network(env, on_call=1)
+    args = predict(env, env.inputs / "dem.tif", *TILES)
+    return Expect(args, "", "^demsr: interrupted$", exit_code=130)
+
+
+@case
+def case_ctrl_c_during_prediction(env: Env) -> Expect:
+    interrupt_network(env, on_call=3)
+    args = predict(env, env.inputs / "dem.tif", *TILES)
+    problem = (
+        "^demsr: interrupted; 2 of 15 tiles are kept in .*out.tif.partial.tif: rerun with --resume"
+    )
+    leaves = ("out.tif.partial.json", "out.tif.partial.tif")
+    return Expect(args, "out.tif", problem, exit_code=130, leaves=leaves)
+
+
+# -- training data ---------------------------------------------------------------------------
+
+
+@case
+def case_empty_training_set_after_filtering(env: Env) -> Expect:
+    source = env.inputs / "dem.tif"
+    args = ["prepare", source, "-o", env.out / "pairs", "--patch-px", "4", "--min-relief-m", "1e5"]
+    args.append("--no-progress")
+    return Expect(args, str(source), "no usable patches: .*flat")
+
+
+@case
+def case_model_scale_differs_from_the_pairs(env: Env) -> Expect:
+    overrides = tiny_overrides(env.pairs, env.out / "run", "model.scale=4")
+    args = ["train", *set_options(overrides), "--no-progress"]
+    return Expect(args, "train.h5", "pairs are x5 but the model is x4")
+
+
+def snapshot(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
+def run_cli(args: list[Any]) -> tuple[int, str, str, BaseException | None]:
+    result = CliRunner().invoke(main, [str(arg) for arg in args])
+    return result.exit_code, result.stdout, result.stderr, result.exception
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_fails_in_one_line_and_leaves_nothing(
+    name: str,
+    inputs: Inputs,
+    tiny_pairs: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    expect = CASES[name](Env(inputs, out, tiny_pairs, monkeypatch))
+    before = snapshot(out)
+    code, stdout, stderr, exception = run_cli(expect.args)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == expect.exit_code, stderr
+    assert isinstance(exception, SystemExit), exception  # handled: no traceback
+    assert len(lines) == 1, stderr
+    (line,) = lines
+    assert line.startswith(("demsr: error: ", "demsr: interrupted")), line
+    assert expect.names in line, line
+    assert re.search(expect.problem, line), line
+    assert "Traceback" not in stdout + stderr
+    assert snapshot(out) - before == set(expect.leaves), sorted(snapshot(out))
+    assert not inputs.marker.exists(), "a pickle was unpickled"
