@@ -7,12 +7,15 @@ shell syntax in config values)."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -28,8 +31,9 @@ import torch
 import xarray as xr
 from affine import Affine
 from click.testing import CliRunner
-from conftest import set_options, tiny_overrides, write_untrained_checkpoint
+from conftest import REPO, set_options, tiny_overrides, write_untrained_checkpoint
 
+import demsr.io
 from demsr.cli import main
 from demsr.io import read_raster, write_geotiff
 from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
@@ -582,3 +586,267 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(
     assert "Traceback" not in stdout + stderr
     assert snapshot(out) - before == set(expect.leaves), sorted(snapshot(out))
     assert not inputs.marker.exists(), "a pickle was unpickled"
+
+
+# -- the same errors from a real process, and --debug ----------------------------------------
+
+
+def demsr_process(*args: Any, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m demsr ARGS`` in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "demsr", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+
+
+def test_a_real_process_prints_one_line_and_debug_shows_the_traceback(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    """GDAL's own report of the unreadable file stays hidden (shown with -v); --debug gives the
+    traceback."""
+    args = ["predict", inputs.checkpoint, inputs / "notes.tif", tmp_path / "out.tif"]
+    plain = demsr_process(*args)
+    assert plain.returncode == 1
+    assert plain.stderr.strip().splitlines() == [
+        f"demsr: error: {inputs / 'notes.tif'}: cannot be read as a raster "
+        f"('{inputs / 'notes.tif'}' not recognized as being in a supported file format.)"
+    ]
+    debug = demsr_process("--debug", *args)
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "demsr.io.RasterError" in debug.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- accepted as they are ----------------------------------------------------------------------
+
+
+def test_nan_without_a_nodata_flag_is_nodata(inputs: Inputs, tmp_path: Path) -> None:
+    """A float raster that marks voids with NaN but declares no nodata value is read as it
+    means: NaN cells are nodata, and so is their footprint in the output (NaN as well)."""
+    raster = read_raster(inputs / "dem.tif")
+    values = raster.data.copy()
+    values[10:20, 30:40] = np.nan
+    source = tmp_path / "nan_voids.tif"
+    with rasterio.open(source, "w", **_profile(raster)) as dst:
+        dst.write(values, 1)
+        assert dst.nodata is None
+    output = tmp_path / "out.tif"
+    code, _, stderr, _ = run_cli(predict(Env(inputs, tmp_path, tmp_path, None), source))  # type: ignore[arg-type]
+    assert code == 0, stderr
+    with rasterio.open(output) as dst:
+        result = dst.read(1)
+        assert dst.crs == raster.crs
+    assert np.isnan(result[50:100, 150:200]).all()
+    assert np.isfinite(result[:50]).all() and np.isfinite(result[100:]).all()
+
+
+# -- interrupted and failed runs leave no half-written product ----------------------------------
+
+
+def test_ctrl_c_keeps_the_tiles_done_and_resume_finishes_identically(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(inputs, tmp_path, tmp_path, monkeypatch)
+    reference = tmp_path / "reference.tif"
+    assert run_cli(predict(env, inputs / "dem.tif", *TILES, output=reference.name))[0] == 0
+
+    interrupt_network(env, on_call=5)
+    code, _, stderr, _ = run_cli(predict(env, inputs / "dem.tif", *TILES))
+    assert code == 130 and "4 of 15 tiles are kept" in stderr
+    monkeypatch.undo()
+    calls = count_network_calls(monkeypatch)
+    code, _, stderr, _ = run_cli(predict(env, inputs / "dem.tif", *TILES, "--resume"))
+    assert code == 0, stderr
+    assert calls["n"] == 11  # only the tiles not yet done
+    assert (tmp_path / "out.tif").read_bytes() == reference.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "reference.tif"]
+
+
+def count_network_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"n": 0}
+    real_forward = SuperResolver.forward
+
+    def forward(self: SuperResolver, lowres_m: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return real_forward(self, lowres_m)
+
+    monkeypatch.setattr(SuperResolver, "forward", forward)
+    return calls
+
+
+def test_disk_full_while_finalising_keeps_the_tiles_and_resume_only_finalises(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(inputs, tmp_path, tmp_path, monkeypatch)
+    real_fsync_file = demsr.io.fsync_file
+
+    def full_disk(path: str | os.PathLike[str]) -> None:
+        if re.fullmatch(r"\.out\.tif\.\w{8}\.part", Path(path).name):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+        real_fsync_file(path)
+
+    monkeypatch.setattr(demsr.io, "fsync_file", full_disk)  # the COG's temporary file
+    code, _, stderr, _ = run_cli(predict(env, inputs / "dem.tif", *TILES))
+    assert code == 1
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "No space left on device; 15 of 15 tiles are kept in "
+            f"{tmp_path / 'out.tif'}.partial.tif: rerun with --resume to continue"
+        )
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.tif.partial.json",
+        "out.tif.partial.tif",
+    ]
+    monkeypatch.undo()
+    calls = count_network_calls(monkeypatch)
+    code, _, stderr, _ = run_cli(predict(env, inputs / "dem.tif", *TILES, "--resume"))
+    assert code == 0, stderr
+    assert calls["n"] == 0  # nothing predicted again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+    with rasterio.open(tmp_path / "out.tif") as dst:
+        assert dst.width == 129 * 5 and np.isfinite(dst.read(1)).all()
+
+
+def test_checkpoints_are_written_to_a_temporary_file_synced_then_renamed(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from demsr.checkpoint import load_checkpoint, save_checkpoint
+
+    target = tmp_path / "last.safetensors"
+    shutil.copyfile(inputs.checkpoint, target)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source: Any, destination: Any) -> None:
+        events.append(("rename", f"{source} -> {destination}"))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    model = load_checkpoint(inputs.checkpoint)
+    save_checkpoint(target, model.build_model(), model.scaling)
+    (synced, temporary), (renamed, move) = events
+    assert synced == "fsync" and Path(temporary).parent == tmp_path
+    assert Path(temporary).name.startswith(".last.safetensors.")
+    assert renamed == "rename" and move == f"{temporary} -> {target}"
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a file is written, then the process dies (here: an exception): the checkpoint that
+    ``--resume`` loads is still the previous, complete one, and no temporary file is left."""
+    import demsr.checkpoint
+    from demsr.checkpoint import load_checkpoint, save_checkpoint
+
+    target = tmp_path / "last.safetensors"
+    shutil.copyfile(inputs.checkpoint, target)
+    before = target.read_bytes()
+
+    def half_then_crash(tensors: Any, filename: str, metadata: Any = None) -> None:
+        Path(filename).write_bytes(before[: len(before) // 2])
+        raise OSError(errno.EIO, "simulated crash while writing")
+
+    monkeypatch.setattr(demsr.checkpoint, "save_file", half_then_crash)
+    model = load_checkpoint(inputs.checkpoint)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_checkpoint(target, model.build_model(), model.scaling)
+    assert target.read_bytes() == before
+    load_checkpoint(target)  # still complete
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_on_resume(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(inputs, tmp_path, tmp_path, monkeypatch)
+    interrupt_network(env, on_call=2)
+    assert run_cli(predict(env, inputs / "dem.tif", *TILES))[0] == 130
+    monkeypatch.undo()
+    stale = [
+        ".out.tif.k1ll3d_0.part",
+        ".out.tif.partial.json.abcdefgh.part",
+        ".out.tif.x_y_z_12.staging.tif",
+    ]
+    for name in stale:
+        (tmp_path / name).write_bytes(b"left by a killed process")
+    (tmp_path / ".other.tif.abcdefgh.part").write_bytes(b"not ours")
+    code, _, stderr, _ = run_cli(predict(env, inputs / "dem.tif", *TILES, "--resume"))
+    assert code == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tif.abcdefgh.part", "out.tif"]
+
+
+# -- security ----------------------------------------------------------------------------------
+
+
+def test_a_zipped_raster_is_read_in_place_never_extracted(inputs: Inputs, tmp_path: Path) -> None:
+    archive = tmp_path / "dem.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.write(inputs / "dem.tif", "dem/dem.tif")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = Env(inputs, out, tmp_path, None)  # type: ignore[arg-type]
+    code, _, stderr, _ = run_cli(predict(env, archive))
+    assert code == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dem.zip", "out"]
+    assert [p.name for p in out.iterdir()] == ["out.tif"]
+
+
+def _calls(tree: ast.AST) -> list[tuple[str, ast.Call]]:
+    """(dotted name, node) of every call in ``tree`` (``os.system``, ``eval``, ...)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            parts = []
+            target: ast.expr = node.func
+            while isinstance(target, ast.Attribute):
+                parts.append(target.attr)
+                target = target.value
+            parts.append(target.id if isinstance(target, ast.Name) else "<expression>")
+            found.append((".".join(reversed(parts)), node))
+    return found
+
+
+FORBIDDEN_CALLS = {
+    "eval": "evaluates text as code",
+    "exec": "runs text as code",
+    "os.system": "runs a shell",
+    "os.popen": "runs a shell",
+    "pickle.load": "unpickles",
+    "pickle.loads": "unpickles",
+    "torch.load": "unpickles unless weights_only=True",
+}
+
+
+def test_the_package_never_runs_a_shell_evaluates_text_or_unpickles() -> None:
+    """No shell, eval/exec or unpickling anywhere in src/demsr: paths from configs and command
+    lines are only ever opened as files, and a legacy torch.load would need weights_only=True."""
+    offences = []
+    for path in sorted((REPO / "src" / "demsr").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for name, node in _calls(tree):
+            where = f"{path.relative_to(REPO)}:{node.lineno} {name}"
+            keywords = {k.arg: k.value for k in node.keywords}
+            if name == "torch.load":
+                weights_only = keywords.get("weights_only")
+                if isinstance(weights_only, ast.Constant) and weights_only.value is True:
+                    continue
+            if name in FORBIDDEN_CALLS:
+                offences.append(f"{where}: {FORBIDDEN_CALLS[name]}")
+            elif name.startswith(("subprocess.", "asyncio.create_subprocess")):
+                offences.append(f"{where}: starts a process")
+            shell = keywords.get("shell")
+            if isinstance(shell, ast.Constant) and shell.value is True:
+                offences.append(f"{where}: shell=True")
+    assert offences == []
