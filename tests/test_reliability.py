@@ -474,14 +474,16 @@ def case_output_format_unknown(env: Env) -> Expect:
 
 
 def fail_fsync(env: Env, after: int) -> None:
-    """The disk fills up: ``os.fsync`` succeeds ``after`` times, then reports ENOSPC."""
+    """The disk fills up while the partial output grows: syncing it succeeds ``after`` times,
+    then ``os.fsync`` reports ENOSPC (as it does for data the disk had no room for)."""
     calls = {"n": 0}
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] > after:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".partial.tif"):
+            calls["n"] += 1
+            if calls["n"] > after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
     env.monkeypatch.setattr(os, "fsync", fsync)
@@ -489,14 +491,14 @@ def fail_fsync(env: Env, after: int) -> None:
 
 @case
 def case_disk_full_before_the_first_tile_is_saved(env: Env) -> Expect:
-    fail_fsync(env, after=1)  # the empty run's manifest, then the first tile
+    fail_fsync(env, after=0)
     args = predict(env, env.inputs / "dem.tif", *TILES)
     return Expect(args, "out.tif.partial.tif", "No space left on device$")
 
 
 @case
 def case_disk_full_while_writing(env: Env) -> Expect:
-    fail_fsync(env, after=3)  # manifest, first tile + its manifest, then the second tile
+    fail_fsync(env, after=1)  # the first tile is saved, the second is not
     args = predict(env, env.inputs / "dem.tif", *TILES)
     problem = "No space left on device; 1 of 15 tiles are kept in .*: rerun with --resume"
     leaves = ("out.tif.partial.json", "out.tif.partial.tif")
@@ -736,10 +738,11 @@ def test_checkpoints_are_written_to_a_temporary_file_synced_then_renamed(
     monkeypatch.setattr(os, "replace", replace)
     model = load_checkpoint(inputs.checkpoint)
     save_checkpoint(target, model.build_model(), model.scaling)
-    (synced, temporary), (renamed, move) = events
+    (synced, temporary), (renamed, move), (synced_folder, folder) = events
     assert synced == "fsync" and Path(temporary).parent == tmp_path
     assert Path(temporary).name.startswith(".last.safetensors.")
     assert renamed == "rename" and move == f"{temporary} -> {target}"
+    assert synced_folder == "fsync" and folder == str(tmp_path)  # the rename is durable too
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(

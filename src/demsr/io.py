@@ -861,7 +861,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     An interrupted write never leaves a file at ``path`` that looks complete, and a failed one
-    removes its temporary file.
+    removes its temporary file. The file's data reach the disk before the rename, and the rename
+    itself after it (the folder is synced), so that not even a power cut shows a truncated file.
     """
     final = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
@@ -872,8 +873,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it owner-only; give the usual mode
         os.replace(tmp, final)
+        _fsync_folder(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable; a no-op where the file
+    system cannot sync folders."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -881,12 +896,17 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; rename it onto ``path`` only on success.
 
     For directory outputs (Zarr stores). An existing ``path`` is moved aside just before the
-    rename and deleted after it; a failed write removes the temporary directory.
+    rename and deleted after it; a failed write removes the temporary directory. Every file and
+    folder in it is synced before the rename, and the rename after it.
     """
     final = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
         yield tmp
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                fsync_file(Path(folder) / name)
+            _fsync_folder(Path(folder))
         os.chmod(tmp, 0o777 & ~_umask())
         old: Path | None = None
         if final.is_dir() and not final.is_symlink():
@@ -895,6 +915,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         elif final.exists() or final.is_symlink():
             final.unlink()
         os.replace(tmp, final)
+        _fsync_folder(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
