@@ -623,6 +623,14 @@ def test_a_real_process_prints_one_line_and_debug_shows_the_traceback(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_verbose_shows_what_gdal_said(inputs: Inputs, tmp_path: Path) -> None:
+    args = ["-v", "predict", inputs.checkpoint, inputs / "notes.tif", tmp_path / "out.tif"]
+    code, _, stderr, _ = run_cli(args)
+    assert code == 1
+    assert "GDAL signalled an error" in stderr and "not recognized" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("demsr: error: ")
+
+
 # -- accepted as they are ----------------------------------------------------------------------
 
 
