@@ -93,7 +93,7 @@ def resolvers(draw: st.DrawFn) -> SuperResolver:
     return SuperResolver(DEMSRNet(config), scaling).eval()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(resolver=resolvers(), rows=st.integers(1, 24), cols=st.integers(1, 24))
 def test_the_network_output_is_the_input_times_the_scale(
     resolver: SuperResolver, rows: int, cols: int
