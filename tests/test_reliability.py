@@ -537,6 +537,28 @@ def case_ctrl_c_during_prediction(env: Env) -> Expect:
     return Expect(args, "out.tif", problem, exit_code=130, leaves=leaves)
 
 
+@case
+def case_partial_result_without_resume(env: Env) -> Expect:
+    interrupt_network(env, on_call=3)
+    assert run_cli(predict(env, env.inputs / "dem.tif", *TILES))[0] == 130
+    env.monkeypatch.undo()
+    args = predict(env, env.inputs / "dem.tif", *TILES)
+    problem = (
+        "an earlier run left a partial result; pass --resume .* or --overwrite to start again$"
+    )
+    return Expect(args, "out.tif.partial.tif", problem)
+
+
+@case
+def case_resume_with_other_settings(env: Env) -> Expect:
+    interrupt_network(env, on_call=3)
+    assert run_cli(predict(env, env.inputs / "dem.tif", *TILES))[0] == 130
+    env.monkeypatch.undo()
+    args = predict(env, env.inputs / "dem.tif", "--tile-size", "16", "--resume")
+    problem = "cannot resume, tile_px differs from the interrupted run .was 32, now 16.; rerun"
+    return Expect(args, "out.tif.partial.tif", problem)
+
+
 # -- training data ---------------------------------------------------------------------------
 
 

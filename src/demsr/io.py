@@ -51,14 +51,14 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioIOError
+from rasterio.windows import Window
+
+from demsr.tiling import tile_grid
 
 try:  # GDAL's own errors (a failed read or write) are not RasterioError subclasses
     from rasterio._err import CPLE_BaseError
 except ImportError:  # pragma: no cover - private module moved
     from rasterio.errors import RasterioError as CPLE_BaseError
-from rasterio.windows import Window
-
-from demsr.tiling import tile_grid
 
 log = logging.getLogger(__name__)
 

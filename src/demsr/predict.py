@@ -482,10 +482,12 @@ def predict_raster(
     Tiles of ``tile_px`` low-res cells (plus the model's margin) run in batches of
     ``batch_size``; memory depends on these only. ``precision="bf16"`` runs the network under
     bfloat16 autocast. Finished tiles go to ``<output>.partial.tif`` and are recorded in
-    ``<output>.partial.json`` after every batch. ``resume=True`` continues such a partial run
-    when its settings (checkpoint, input file, band, tile size, margin, precision, hooks) match;
-    without it an existing partial run is refused. An existing output is refused unless
-    ``overwrite``, and is replaced only once the new one is complete.
+    ``<output>.partial.json`` after every batch (a run stopped before the first is recorded
+    removes both; :func:`partial_progress` says what a stopped run kept). ``resume=True``
+    continues such a partial run when its settings (checkpoint, input file, band, tile size,
+    margin, precision, hooks) match; without it an existing partial run is refused. An
+    existing output is refused unless ``overwrite``, and is replaced only once the new one is
+    complete.
 
     ``transform_input`` / ``transform_output`` (see :data:`TileTransform`) change each tile's
     low-res input before the network and its high-res output before writing (e.g. a vertical

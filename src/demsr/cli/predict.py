@@ -116,7 +116,7 @@ def command(
     OUTPUT.partial.tif: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
     """
     from demsr.datum import datum_transform
-    from demsr.predict import partial_progress, predict_raster
+    from demsr.predict import partial_paths, partial_progress, predict_raster
     from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
     if len(paths) not in (2, 3):
@@ -130,9 +130,17 @@ def command(
 
     output_datum = output_datum or input_datum
 
+    manifest = partial_paths(output_path)[1]
+
+    def stamp() -> int | None:
+        return manifest.stat().st_mtime_ns if manifest.exists() else None
+
+    before = stamp()
+
     def resume_hint() -> str | None:
+        """What this run kept for --resume (not said when it refused an earlier partial run)."""
         progress_made = partial_progress(output_path)
-        if progress_made is None:
+        if progress_made is None or (before is not None and stamp() == before):
             return None
         done, total = progress_made
         return (
