@@ -33,7 +33,9 @@ from affine import Affine
 from click.testing import CliRunner
 from conftest import REPO, set_options, tiny_overrides, write_untrained_checkpoint
 
+import demsr.checkpoint
 import demsr.io
+from demsr.checkpoint import load_checkpoint, save_checkpoint
 from demsr.cli import main
 from demsr.io import read_raster, write_geotiff
 from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
@@ -128,8 +130,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, dem_test_dir: Path) -> Inpu
     _edit_header(checkpoint, root / "other_architecture.safetensors", blocks=2)
     torch.manual_seed(0)
     model_x4 = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=4))
-    from demsr.checkpoint import save_checkpoint
-
     save_checkpoint(root / "x4.safetensors", model_x4, ElevationScaling(scale_m=1000.0))
 
     _pair_file(root / "keys.h5", ("low", (4, 1, 8, 8)), ("high", (4, 1, 40, 40)))
@@ -656,7 +656,9 @@ def test_verbose_shows_what_gdal_said(inputs: Inputs, tmp_path: Path) -> None:
 # -- accepted as they are ----------------------------------------------------------------------
 
 
-def test_nan_without_a_nodata_flag_is_nodata(inputs: Inputs, tmp_path: Path) -> None:
+def test_nan_without_a_nodata_flag_is_nodata(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A float raster that marks voids with NaN but declares no nodata value is read as it
     means: NaN cells are nodata, and so is their footprint in the output (NaN as well)."""
     raster = read_raster(inputs / "dem.tif")
@@ -667,7 +669,7 @@ def test_nan_without_a_nodata_flag_is_nodata(inputs: Inputs, tmp_path: Path) -> 
         dst.write(values, 1)
         assert dst.nodata is None
     output = tmp_path / "out.tif"
-    code, _, stderr, _ = run_cli(predict(Env(inputs, tmp_path, tmp_path, None), source))  # type: ignore[arg-type]
+    code, _, stderr, _ = run_cli(predict(Env(inputs, tmp_path, tmp_path, monkeypatch), source))
     assert code == 0, stderr
     with rasterio.open(output) as dst:
         result = dst.read(1)
@@ -749,8 +751,6 @@ def test_disk_full_while_finalising_keeps_the_tiles_and_resume_only_finalises(
 def test_checkpoints_are_written_to_a_temporary_file_synced_then_renamed(
     inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from demsr.checkpoint import load_checkpoint, save_checkpoint
-
     target = tmp_path / "last.safetensors"
     shutil.copyfile(inputs.checkpoint, target)
     events: list[tuple[str, str]] = []
@@ -780,9 +780,6 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(
 ) -> None:
     """Half a file is written, then the process dies (here: an exception): the checkpoint that
     ``--resume`` loads is still the previous, complete one, and no temporary file is left."""
-    import demsr.checkpoint
-    from demsr.checkpoint import load_checkpoint, save_checkpoint
-
     target = tmp_path / "last.safetensors"
     shutil.copyfile(inputs.checkpoint, target)
     before = target.read_bytes()
@@ -823,13 +820,15 @@ def test_stale_temporaries_of_a_killed_run_are_removed_on_resume(
 # -- security ----------------------------------------------------------------------------------
 
 
-def test_a_zipped_raster_is_read_in_place_never_extracted(inputs: Inputs, tmp_path: Path) -> None:
+def test_a_zipped_raster_is_read_in_place_never_extracted(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = tmp_path / "dem.zip"
     with zipfile.ZipFile(archive, "w") as handle:
         handle.write(inputs / "dem.tif", "dem/dem.tif")
     out = tmp_path / "out"
     out.mkdir()
-    env = Env(inputs, out, tmp_path, None)  # type: ignore[arg-type]
+    env = Env(inputs, out, tmp_path, monkeypatch)
     code, _, stderr, _ = run_cli(predict(env, archive))
     assert code == 0, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dem.zip", "out"]
