@@ -571,6 +571,13 @@ def case_empty_training_set_after_filtering(env: Env) -> Expect:
 
 
 @case
+def case_raster_smaller_than_a_training_patch(env: Env) -> Expect:
+    source = env.inputs / "dem.tif"  # 67 x 129 cells: no 160 x 160 patch fits
+    args = ["prepare", source, "-o", env.out / "pairs", "--no-progress"]
+    return Expect(args, str(source), "no patches: smaller than one 160 px patch")
+
+
+@case
 def case_model_scale_differs_from_the_pairs(env: Env) -> Expect:
     overrides = tiny_overrides(env.pairs, env.out / "run", "model.scale=4")
     args = ["train", *set_options(overrides), "--no-progress"]
