@@ -197,7 +197,7 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
         assert np.allclose(product["elevation"].values[::-1], ref.read(1), atol=1e-3)
 
 
-def test_datum_without_crs_fails_before_writing_and_overwrite_clears_a_partial(
+def test_no_crs_fails_before_writing_crs_option_and_overwrite_clears_a_partial(
     dem_test_dir: Path, tmp_path: Path
 ) -> None:
     from demsr.io import read_raster, write_geotiff
@@ -220,14 +220,14 @@ def test_datum_without_crs_fails_before_writing_and_overwrite_clears_a_partial(
     assert code == 1 and "has no CRS" in out and len(out.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "no_crs.tif"]
 
-    # A partial run left behind is refused without --resume, and cleared by --overwrite.
+    # --crs supplies it. A partial run left behind is refused without --resume, and cleared by
+    # --overwrite.
     (tmp_path / "out.tif.partial.tif").write_bytes(b"interrupted")
-    code, out = run("predict", checkpoint, no_crs, output, "--device", "cpu", "--no-progress")
+    common = ["--crs", "EPSG:4326", "--device", "cpu", "--no-progress"]
+    code, out = run("predict", checkpoint, no_crs, output, *common)
     assert code == 1 and "--resume" in out
-    code, out = run(
-        "predict", checkpoint, no_crs, output, "--device", "cpu", "--no-progress", "--overwrite"
-    )
+    code, out = run("predict", checkpoint, no_crs, output, *common, "--overwrite")
     assert code == 0, out
     with rasterio.open(output) as dst:
-        assert dst.crs is None and dst.width == raster.shape[1] * 5
+        assert dst.crs == raster.crs and dst.width == raster.shape[1] * 5
     assert not (tmp_path / "out.tif.partial.tif").exists()

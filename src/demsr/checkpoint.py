@@ -181,16 +181,34 @@ def save_checkpoint(
     return Path(path)
 
 
+def foreign_format(head: bytes) -> str | None:
+    """Name the format of a file from its first bytes when it is one that may be handed in as a
+    checkpoint but is not one (a pickle, a ``torch.save`` zip, HDF5); None otherwise."""
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "a Python pickle (refused: demsr never unpickles files)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (e.g. a PyTorch torch.save file, which holds a pickle: refused)"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file"
+    return None
+
+
 def _open(
     path: str | os.PathLike[str], prefixes: tuple[str, ...]
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The file's header and the tensors whose keys start with one of ``prefixes``.
 
-    Only those tensors are read: loading the weights leaves the optimizer moments on disk.
+    Only those tensors are read: loading the weights leaves the optimizer moments on disk. Only
+    the safetensors format is parsed (a JSON header and raw tensor bytes); nothing in the file
+    is ever executed.
     """
     path_str = os.fspath(path)
     if not Path(path_str).is_file():
         raise CheckpointError(f"{path_str}: no such checkpoint file")
+    with open(path_str, "rb") as handle:
+        foreign = foreign_format(handle.read(8))
+    if foreign is not None:
+        raise CheckpointError(f"{path_str}: not a demsr checkpoint: it is {foreign}")
     try:
         with safe_open(path_str, framework="pt", device="cpu") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)
@@ -199,8 +217,8 @@ def _open(
             }
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path_str}: not a demsr checkpoint (expected a safetensors file: {exc}); "
-            "files that need unpickling are never loaded"
+            f"{path_str}: not a demsr checkpoint: not a complete safetensors file (truncated, "
+            f"or another format: {exc}); files that need unpickling are never loaded"
         ) from None
     if raw is None:
         raise CheckpointError(f"{path_str}: safetensors file without demsr metadata")

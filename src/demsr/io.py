@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -54,6 +55,11 @@ from rasterio.windows import Window
 
 from demsr.tiling import tile_grid
 
+try:  # GDAL's own errors (a failed read or write) are not RasterioError subclasses
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - private module moved
+    from rasterio.errors import RasterioError as CPLE_BaseError
+
 log = logging.getLogger(__name__)
 
 BLOCK_PX = 512
@@ -74,6 +80,12 @@ DEFAULT_VARIABLE = "elevation"
 # A 1-D coordinate is accepted as regular when every step is within this fraction of a cell of
 # the mean step (float32 coordinates of a global 15" grid are off by up to ~0.2 % of a cell).
 _REGULAR_TOLERANCE = 0.01
+
+PLAUSIBLE_ELEVATION_M = (-12_000.0, 10_000.0)
+"""Heights (metres) an input DEM may hold: the Earth's surface spans about -10,935 m (Challenger
+Deep) to 8,849 m (Everest), or a hundred metres more either way as ellipsoidal heights. A value
+outside is an undeclared nodata marker (-32767, -32768, 1e30, ...) or a file not in metres,
+and is refused rather than fed to the network (:meth:`RasterReader.read`)."""
 
 
 class RasterError(ValueError):
@@ -208,6 +220,8 @@ class RasterReader(ABC):
     nodata: float | None
     path: str
     layout: RasterLayout
+    valid_range_m: tuple[float, float] | None = None
+    """Readers made by :func:`open_raster` refuse cells outside this range (None: any value)."""
 
     def __enter__(self) -> RasterReader:
         return self
@@ -233,10 +247,53 @@ class RasterReader(ABC):
         """Read ``window`` (the whole raster if None) as (rows, cols) float32 metres.
 
         Cells equal to the file's nodata value (or its ``_FillValue``/``missing_value``), masked
-        cells and non-finite cells are NaN. The window must lie inside the raster.
+        cells and non-finite cells are NaN. The window must lie inside the raster. A RasterError
+        names the file when the window cannot be read (a truncated or corrupt file) or holds a
+        value outside :attr:`valid_range_m` (an undeclared nodata marker such as -32767).
         """
         row_off, col_off, height, width = self._window_bounds(window)
-        return to_float32_heights(self._read(row_off, col_off, height, width))
+        values = to_float32_heights(self._read(row_off, col_off, height, width))
+        if self.valid_range_m is not None:
+            self._check_range(values, row_off, col_off)
+        return values
+
+    def _check_range(self, values: np.ndarray, row_off: int, col_off: int) -> None:
+        low, high = self.valid_range_m or (-math.inf, math.inf)
+        with np.errstate(invalid="ignore"):
+            outside = (values < low) | (values > high)
+        if not outside.any():
+            return
+        row, col = (int(i) for i in np.argwhere(outside)[0])
+        value = float(values[row, col])
+        raise RasterError(
+            f"{self.path}: cell (row {row_off + row}, col {col_off + col}) holds {value:g}, not an "
+            f"elevation in metres ({low:g}..{high:g} m); if {value:g} marks missing data, declare "
+            f"it as the file's nodata value (e.g. rio edit-info --nodata {value:g} {self.path})"
+        )
+
+    def summarise(self, progress: bool = False) -> RasterSummary:
+        """Read every cell once, in strips of at most 2**22 cells, and count the valid ones.
+
+        Reading all of a raster before a long job finds a truncated file, an implausible value or
+        an all-nodata band in seconds rather than hours in (the errors of :meth:`read`).
+        """
+        from tqdm import tqdm
+
+        rows, cols = self.shape
+        strip_rows = max(1, min(rows, (1 << 22) // cols))
+        valid, low, high = 0, math.inf, -math.inf
+        starts = range(0, rows, strip_rows)
+        # A bar only where reading takes seconds (8 strips: 32 M cells); it clears itself.
+        quiet = not progress or len(starts) <= 8
+        with tqdm(total=len(starts), desc="checking input", leave=False, disable=quiet) as bar:
+            for start in starts:
+                values = self.read(Window(0, start, cols, min(strip_rows, rows - start)))
+                finite = values[np.isfinite(values)]
+                if finite.size:
+                    valid += int(finite.size)
+                    low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+                bar.update(1)
+        return RasterSummary(self.path, self.shape, valid, low, high)
 
     @abstractmethod
     def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
@@ -262,6 +319,25 @@ class RasterReader(ABC):
                 f"{col_off}..{col_off + width}) is not inside the raster ({rows} x {cols})"
             )
         return row_off, col_off, height, width
+
+
+@dataclass(frozen=True)
+class RasterSummary:
+    """What :meth:`RasterReader.summarise` found: cell counts and the range of the valid cells
+    (metres; infinite when there are none)."""
+
+    path: str
+    shape: tuple[int, int]
+    valid_cells: int
+    min_m: float
+    max_m: float
+
+    def describe(self) -> str:
+        """One line for the log, e.g. ``a.tif: 90 x 120 cells, 3.2% nodata, -12..845 m``."""
+        rows, cols = self.shape
+        nodata = 100.0 * (1 - self.valid_cells / (rows * cols))
+        span = f"{self.min_m:.0f}..{self.max_m:.0f} m" if self.valid_cells else "no valid cell"
+        return f"{self.path}: {rows} x {cols} cells, {nodata:.1f}% nodata, {span}"
 
 
 class _GdalReader(RasterReader):
@@ -293,7 +369,14 @@ class _GdalReader(RasterReader):
 
     def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         window = Window(col_off, row_off, width, height)
-        data = self._dataset.read(self.band, window=window, masked=True)
+        try:
+            data = self._dataset.read(self.band, window=window, masked=True)
+        except (RasterioIOError, CPLE_BaseError) as exc:
+            cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+            raise RasterError(
+                f"{self.path}: cannot read rows {row_off}..{row_off + height}, cols "
+                f"{col_off}..{col_off + width}: the file is truncated or corrupt ({cause})"
+            ) from None
         return np.ma.filled(data.astype(np.float32), np.nan)
 
     def close(self) -> None:
@@ -555,7 +638,12 @@ def _zip_member(path: str) -> str:
 
 
 def open_raster(
-    path: str | os.PathLike[str], band: int = 1, variable: str | None = None
+    path: str | os.PathLike[str],
+    band: int = 1,
+    variable: str | None = None,
+    *,
+    crs: CRS | str | None = None,
+    valid_range_m: tuple[float, float] | None = PLAUSIBLE_ELEVATION_M,
 ) -> RasterReader:
     """Open one band of a raster for windowed reads; use it as a context manager.
 
@@ -563,10 +651,33 @@ def open_raster(
     ``/vsi...`` paths), a ``.zip`` holding exactly one raster, a NetCDF file, or a Zarr store (a
     directory). For NetCDF/Zarr, ``variable`` names the elevation variable (default:
     ``elevation``, or the only gridded variable) and ``band`` counts along a non-spatial dimension
-    if the variable has one. Raises :class:`RasterError` naming the file for a missing file, a
-    wrong band or variable, something that is not a raster, or a rotated / not north-up grid.
+    if the variable has one. ``crs`` (a CRS or text such as ``EPSG:4326``) supplies the CRS of a
+    file that declares none; a file whose own CRS differs is refused. Reads refuse values outside
+    ``valid_range_m`` (default :data:`PLAUSIBLE_ELEVATION_M`; None accepts any). Raises
+    :class:`RasterError` naming the file for a missing or empty file, a wrong band or variable,
+    something that is not a raster, a rotated / not north-up grid or a conflicting CRS.
     """
-    path_str = os.fspath(path)
+    reader = _open_reader(os.fspath(path), band, variable)
+    reader.valid_range_m = valid_range_m
+    if crs is not None:
+        try:
+            given = CRS.from_user_input(crs)
+        except CRSError as exc:
+            reader.close()
+            raise RasterError(
+                f"{reader.path}: the CRS given for it, {str(crs)!r}, is not valid ({exc})"
+            ) from None
+        if reader.crs is not None and not same_crs(reader.crs, given):
+            reader.close()
+            raise RasterError(
+                f"{reader.path}: has its own CRS ({reader.crs}), which differs from the one "
+                f"given ({crs}); a CRS is only given for files without one"
+            )
+        reader.crs = given
+    return reader
+
+
+def _open_reader(path_str: str, band: int, variable: str | None) -> RasterReader:
     local = Path(path_str)
     if not local.exists():
         if _GDAL_NAME.match(path_str):
@@ -577,6 +688,8 @@ def open_raster(
         if suffix == ZARR_SUFFIX or (local / ".zgroup").exists() or (local / "zarr.json").exists():
             return _GridReader(path_str, "zarr", band, variable)
         raise RasterError(f"{path_str}: is a directory, not a Zarr store")
+    if local.stat().st_size == 0:
+        raise RasterError(f"{path_str}: is empty (0 bytes), not a raster")
     if suffix in NETCDF_SUFFIXES or _sniff_netcdf(local):
         return _GridReader(path_str, "netcdf", band, variable)
     if suffix == ".zip":
@@ -680,10 +793,60 @@ def refuse_existing(*paths: str | os.PathLike[str] | None, overwrite: bool = Fal
             raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
 
 
+def require_writable_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise FileNotFoundError / PermissionError naming ``folder`` unless a file can be created
+    in it (a probe file, removed at once): a job that will write there fails before it starts."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder for the output", str(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".demsr-probe.", dir=path)
+    except OSError as exc:
+        raise type(exc)(
+            exc.errno, f"cannot write in this folder ({exc.strerror})", str(path)
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+_TEMPORARY_SUFFIXES = ("part", "staging\\.tif", "old")
+
+
+def remove_stale_temporaries(*paths: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files and folders that writes to ``paths`` left when their process
+    was killed (``.NAME.XXXXXXXX.part`` of :func:`atomic_path` and :func:`atomic_directory`,
+    ``.staging.tif`` and ``.old``); returns them. For a run that resumes its own outputs."""
+    removed = []
+    for path in map(Path, paths):
+        pattern = re.compile(
+            rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.({'|'.join(_TEMPORARY_SUFFIXES)})"
+        )
+        if not path.parent.is_dir():
+            continue
+        for candidate in path.parent.iterdir():
+            if pattern.fullmatch(candidate.name):
+                if candidate.is_dir() and not candidate.is_symlink():
+                    shutil.rmtree(candidate, ignore_errors=True)
+                else:
+                    candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
+    return removed
+
+
 def fsync_file(path: str | os.PathLike[str]) -> None:
-    """Flush a file's data to the disk, so that a crash after a rename never shows it empty."""
+    """Flush a file's data to the disk, so that a crash after a rename never shows it empty.
+
+    An OSError (a full disk reports ENOSPC here at the latest) names ``path``.
+    """
     with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+        try:
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
 
 
 def _umask() -> int:
@@ -698,7 +861,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     An interrupted write never leaves a file at ``path`` that looks complete, and a failed one
-    removes its temporary file.
+    removes its temporary file. The file's data reach the disk before the rename, and the rename
+    itself after it (the folder is synced), so that not even a power cut shows a truncated file.
     """
     final = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
@@ -709,8 +873,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it owner-only; give the usual mode
         os.replace(tmp, final)
+        _fsync_folder(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable; a no-op where the file
+    system cannot sync folders."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -718,12 +896,17 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; rename it onto ``path`` only on success.
 
     For directory outputs (Zarr stores). An existing ``path`` is moved aside just before the
-    rename and deleted after it; a failed write removes the temporary directory.
+    rename and deleted after it; a failed write removes the temporary directory. Every file and
+    folder in it is synced before the rename, and the rename after it.
     """
     final = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
         yield tmp
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                fsync_file(Path(folder) / name)
+            _fsync_folder(Path(folder))
         os.chmod(tmp, 0o777 & ~_umask())
         old: Path | None = None
         if final.is_dir() and not final.is_symlink():
@@ -732,6 +915,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         elif final.exists() or final.is_symlink():
             final.unlink()
         os.replace(tmp, final)
+        _fsync_folder(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

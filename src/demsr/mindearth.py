@@ -37,6 +37,7 @@ from os import PathLike
 import numpy as np
 import torch
 
+from demsr.checkpoint import foreign_format
 from demsr.model import DEMSRNet, ModelConfig, ResizeMode
 
 log = logging.getLogger(__name__)
@@ -281,17 +282,6 @@ def _to_array(chunks: list[_TensorEntry]) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
 
-def _foreign_format(head: bytes) -> str | None:
-    """Name the format of a file that is obviously not a protobuf, for a helpful error."""
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "a Python pickle (refused: demsr never unpickles files)"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive (e.g. a PyTorch torch.save file)"
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "an HDF5 file"
-    return None
-
-
 def read_mindspore_checkpoint(path: str | PathLike[str]) -> dict[str, np.ndarray]:
     """Read every tensor of a MindSpore checkpoint, without MindSpore and without unpickling.
 
@@ -304,7 +294,7 @@ def read_mindspore_checkpoint(path: str | PathLike[str]) -> dict[str, np.ndarray
     """
     with open(path, "rb") as file:
         raw = file.read()
-    foreign = _foreign_format(raw[:8])
+    foreign = foreign_format(raw[:8])
     if foreign is not None:
         raise ValueError(f"{path}: not a MindSpore checkpoint: it is {foreign}")
     data = memoryview(raw)

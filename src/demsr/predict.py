@@ -56,6 +56,8 @@ from demsr.io import (
     open_raster,
     output_format,
     refuse_existing,
+    remove_stale_temporaries,
+    require_writable_folder,
     to_float32_heights,
 )
 from demsr.model import (
@@ -65,7 +67,15 @@ from demsr.model import (
     resolve_device,
     resolve_precision,
 )
-from demsr.tiling import Tile, TileTransform, batch_tiles, expand_window, scale_window, tile_grid
+from demsr.tiling import (
+    Tile,
+    TileTransform,
+    batch_tiles,
+    expand_window,
+    scale_window,
+    tile_count,
+    tile_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +313,21 @@ def partial_paths(output_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     )
 
 
+def partial_progress(output_path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(finished tiles, all tiles) of the interrupted run that a prediction into ``output_path``
+    left to ``--resume``; None when it left none (or an unreadable manifest)."""
+    partial, manifest = partial_paths(output_path)
+    if not (partial.exists() and manifest.exists()):
+        return None
+    try:
+        document = json.loads(manifest.read_text())
+        rows, cols = document["settings"]["shape"]
+        total = tile_count(int(rows), int(cols), int(document["settings"]["tile_px"]))
+        return len(document["finished"]), total
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _write_manifest(
     path: Path, settings: dict[str, Any], finished: set[int], empty: set[int]
 ) -> None:
@@ -461,6 +486,8 @@ def predict_raster(
     fmt: str | None = None,
     output_dtype: str = "float32",
     tags: Mapping[str, str] | None = None,
+    variable: str | None = None,
+    crs: CRS | str | None = None,
 ) -> Path:
     """Super-resolve one band of a raster of any size into a georeferenced product, tile by tile.
 
@@ -474,22 +501,27 @@ def predict_raster(
     Tiles of ``tile_px`` low-res cells (plus the model's margin) run in batches of
     ``batch_size``; memory depends on these only. ``precision`` and ``compile`` as in
     :func:`predict_array`. Finished tiles go to ``<output>.partial.tif`` and are recorded in
-    ``<output>.partial.json`` after every batch. ``resume=True`` continues such a partial run
-    when its settings (checkpoint, input file, band, tile size, margin, precision, hooks) match;
-    without it an existing partial run is refused. An existing output is refused unless
-    ``overwrite``, and is replaced only once the new one is complete.
+    ``<output>.partial.json`` after every batch (a run stopped before the first is recorded
+    removes both; :func:`partial_progress` says what a stopped run kept). ``resume=True``
+    continues such a partial run when its settings (checkpoint, input file, band, tile size,
+    margin, precision, hooks) match; without it an existing partial run is refused. An
+    existing output is refused unless ``overwrite``, and is replaced only once the new one is
+    complete.
 
     ``transform_input`` / ``transform_output`` (see :data:`TileTransform`) change each tile's
     low-res input before the network and its high-res output before writing (e.g. a vertical
-    datum shift). Raises RasterError when the band holds no valid cell.
+    datum shift). ``variable`` names a NetCDF/Zarr input's elevation variable and ``crs`` gives
+    the CRS of an input without one (see :func:`demsr.io.open_raster`); an input without a CRS
+    is refused otherwise. Every input cell is read once before the first tile
+    (:meth:`~demsr.io.RasterReader.summarise`), so that a truncated file, an undeclared nodata
+    value or a band without valid cells fails at once, leaving nothing behind.
     """
     if tile_px < 1 or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
     output = Path(output_path)
     partial, manifest = partial_paths(output)
     refuse_existing(output, overwrite=overwrite)
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"{output.parent}: no such directory for the output")
+    require_writable_folder(output.parent)
     fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
     checkpoint = as_checkpoint(checkpoint)
     torch_device = resolve_device(device)
@@ -499,14 +531,17 @@ def predict_raster(
     mode = network.precision
     scale, margin = network.resolver.scale, network.resolver.margin_px
 
-    with open_raster(input_path, band) as source:
+    with open_raster(input_path, band, variable, crs=crs) as source:
         rows, cols = source.shape
-        if (transform_input or transform_output) and source.crs is None:
-            raise RasterError(
-                f"{source.path}: has no CRS; the per-tile conversions (vertical datum) need it"
-            )
         if source.crs is None:
-            log.warning("%s has no CRS; the output will have none either", source.path)
+            raise RasterError(
+                f"{source.path}: has no CRS; give it with --crs (crs=), e.g. --crs EPSG:4326, so "
+                "that the output is georeferenced"
+            )
+        summary = source.summarise(progress)
+        if summary.valid_cells == 0:
+            raise RasterError(f"{source.path}: band {band} holds no valid cells")
+        log.debug("input %s", summary.describe())
         nodata = float(np.float32(np.nan if source.nodata is None else source.nodata))
         output_transform = source.transform @ Affine.scale(1 / scale)
         sha256 = checkpoint_sha256(checkpoint)
@@ -514,6 +549,8 @@ def predict_raster(
             "checkpoint_sha256": sha256,
             "input": _input_identity(input_path),
             "band": band,
+            "variable": variable,
+            "crs": None if crs is None else source.crs.to_string(),
             "shape": [rows, cols],
             "scale": scale,
             "tile_px": tile_px,
@@ -538,6 +575,7 @@ def predict_raster(
             "margin_px": str(margin),
             "precision": mode,
         }
+        remove_stale_temporaries(output, manifest)
         if overwrite and not resume:
             partial.unlink(missing_ok=True)
             manifest.unlink(missing_ok=True)
@@ -653,13 +691,11 @@ def _run_tiles(
             bar.set_postfix_str(f"{written_px / elapsed / 1e6:.2f} Mpx/s out")
     except BaseException:
         writer.close()
-        log.warning(
-            "stopped with %d of %d tiles done; the partial result %s can be continued with "
-            "--resume",
-            writer.committed,
-            total,
-            writer.partial,
-        )
+        if writer.committed == 0:  # nothing worth resuming: leave nothing behind
+            writer.partial.unlink(missing_ok=True)
+            writer.manifest.unlink(missing_ok=True)
+        # Not a warning: the CLI reports it in its one-line error (partial_progress).
+        log.debug("stopped with %d of %d tiles done", writer.committed, total)
         raise
     finally:
         bar.close()

@@ -628,6 +628,7 @@ def plan_pairs(
     _refuse_duplicates(paths)
     reports: list[FileReport] = []
     units_by_file: list[list[_Unit]] = []
+    skipped: list[str] = []  # files too small for a patch, warned about when others give pairs
     for path in tqdm(paths, desc="scanning", unit="file", disable=not progress):
         raster = read_raster(path, band=options.band)
         valid = raster.valid
@@ -640,11 +641,10 @@ def plan_pairs(
         )
         file_units = _scan_file(raster, valid, options, report)
         if report.candidates == 0:
-            _log.warning(
-                "%s (%dx%d) is smaller than one %d px patch (or split block): no pairs from it",
-                path,
-                *raster.shape,
-                options.highres_patch_px,
+            rows, cols = raster.shape
+            skipped.append(
+                f"{path} ({rows}x{cols}) is smaller than one {options.highres_patch_px} px patch "
+                "(or split block): no pairs from it"
             )
         units_by_file.append(file_units)
         reports.append(report)
@@ -662,6 +662,7 @@ def plan_pairs(
         _deal(units, fractions, rng, at_least_one=True)
 
     windows: list[dict[str, np.ndarray]] = []
+    lines: list[str] = []  # what each file gave, logged when there is something to write
     for path, report, file_units in zip(paths, reports, units_by_file, strict=True):
         by_split: dict[str, np.ndarray] = {}
         for split in SPLITS:
@@ -680,21 +681,20 @@ def plan_pairs(
         for split in SPLITS:
             report.patches[split] = len(by_split[split])
         windows.append(by_split)
-        _log.info(
-            "%s: %d candidate patches, %d with nodata, %d flat (< %g m), %d with too little sea, "
-            "%d with too much sea, %d over the limit; train/valid/test %d/%d/%d",
-            path.name,
-            report.candidates,
-            report.dropped_nodata,
-            report.dropped_flat,
-            options.min_relief_m,
-            report.dropped_land,
-            report.dropped_sea,
-            report.dropped_limit,
-            *(report.patches[s] for s in SPLITS),
+        lines.append(
+            f"{path.name}: {report.candidates} candidate patches, {report.dropped_nodata} with "
+            f"nodata, {report.dropped_flat} flat (< {options.min_relief_m:g} m), "
+            f"{report.dropped_land} with too little sea, {report.dropped_sea} with too much sea, "
+            f"{report.dropped_limit} over the limit; train/valid/test "
+            + "/".join(str(report.patches[split]) for split in SPLITS)
         )
 
     report_all = PrepareReport(options=options, files=reports)
+    if report_all.total > 0:  # else the caller's one-line error says it all
+        for line in skipped:
+            _log.warning(line)
+        for line in lines:
+            _log.info(line)
     for split, fraction, count in zip(SPLITS, fractions, report_all.counts.values(), strict=True):
         if count == 0 and report_all.total > 0:
             why = (
@@ -730,6 +730,12 @@ def _pairs_from(
     )
 
 
+def _first_of(items: Sequence[str | os.PathLike[str]]) -> str:
+    """``a.tif``, or ``a.tif (and 2 more)``: files named in a one-line error."""
+    more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+    return f"{os.fspath(items[0])}{more}"
+
+
 def prepare_pairs(
     rasters: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -753,14 +759,21 @@ def prepare_pairs(
     outputs = output_paths(out_dir)
     existing = [str(p) for p in outputs.values() if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"output exists: {', '.join(existing)}; pass overwrite=True")
+        raise FileExistsError(
+            f"{_first_of(existing)}: already exists; use --overwrite (overwrite=True) to replace"
+        )
 
     plan = plan_pairs(rasters, options, progress=progress)
     report = plan.report
+    if report.candidates == 0:
+        raise ValueError(
+            f"{_first_of(rasters)}: no patches: smaller than one {options.highres_patch_px} px "
+            "patch (or split block); lower --patch-px"
+        )
     if report.total == 0:
         raise ValueError(
-            "no usable patches: every candidate window has nodata, is flat or is outside "
-            f"the sea-fraction range (candidates {report.candidates}, nodata "
+            f"{_first_of(rasters)}: no usable patches: every candidate window has nodata, is flat "
+            f"or is outside the sea-fraction range (candidates {report.candidates}, nodata "
             f"{report.dropped_nodata}, flat {report.dropped_flat}, land {report.dropped_land}, "
             f"sea {report.dropped_sea}); lower min_relief_m or the patch size, or widen the "
             "sea-fraction range\n" + report.summary()

@@ -51,7 +51,7 @@ from demsr.checkpoint import (
 )
 from demsr.config import ModelSection, RunConfig
 from demsr.datasets import Normalisation, PairDataset
-from demsr.io import atomic_path
+from demsr.io import atomic_path, remove_stale_temporaries
 from demsr.model import (
     INIT_SCHEMES,
     DEMSRNet,
@@ -570,6 +570,7 @@ class Trainer:
             best_rmse = float(
                 checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m", math.inf)
             )
+            remove_stale_temporaries(*(out / name for name in (LAST, BEST, METRICS, "config.yaml")))
             if state.bad_epochs >= cfg.train.patience:
                 log.info("%s stopped early after epoch %d; nothing to resume", out, state.epoch)
                 return TrainResult(
@@ -653,6 +654,19 @@ class Trainer:
                 "best_valid_loss": best_loss,
                 "best_valid_rmse_m": best_rmse,
             }
+            record = EpochRecord(
+                epoch=epoch,
+                global_step=global_step,
+                train_loss=train_loss,
+                valid_loss=valid_loss,
+                valid_rmse_m=valid_rmse,
+                learning_rate=learning_rate,
+                epoch_seconds=seconds,
+                is_best=is_best,
+            )
+            # The row first: a crash before last.safetensors lands makes --resume redo (and
+            # rewrite) it; a crash after, keeps it.
+            self._write_metrics_row(record)
             if is_best:
                 save_checkpoint(
                     out / BEST, self.model, self.scaling, self._metadata(epoch, metrics)
@@ -677,17 +691,6 @@ class Trainer:
                         bad_epochs,
                     ),
                 )
-            record = EpochRecord(
-                epoch=epoch,
-                global_step=global_step,
-                train_loss=train_loss,
-                valid_loss=valid_loss,
-                valid_rmse_m=valid_rmse,
-                learning_rate=learning_rate,
-                epoch_seconds=seconds,
-                is_best=is_best,
-            )
-            self._write_metrics_row(record)
             log.info(
                 "epoch %d: train loss %.3e, valid RMSE %.2f m (best %.2f m), lr %.2e, %.1f s",
                 epoch,

@@ -2,7 +2,7 @@
 
 Every subcommand is a thin layer over a library function. Errors a user can act on (bad input,
 a missing file, an existing output) end in a one-line message and exit status 1; ``--debug``
-shows the traceback instead.
+shows the traceback instead (:mod:`demsr.cli.errors`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,9 @@ import sys
 from typing import Any
 
 import click
-from rasterio.errors import RasterioError
-
-try:  # GDAL's own errors (e.g. a failed write) are not RasterioError subclasses
-    from rasterio._err import CPLE_BaseError
-except ImportError:  # pragma: no cover - private module moved
-    CPLE_BaseError = RasterioError
 
 from demsr import __version__
+from demsr.cli.errors import EXPECTED_ERRORS, error_message, with_hint
 
 log = logging.getLogger("demsr")
 
@@ -37,7 +32,9 @@ class _TqdmFriendlyHandler(logging.Handler):
 
 
 def configure_logging(verbose: int, quiet: int) -> None:
-    level = logging.INFO - 10 * verbose + 10 * quiet
+    """demsr's own messages from INFO (``-v``: DEBUG); other libraries' from WARNING (``-v``:
+    INFO, which shows the GDAL errors that rasterio logs before demsr reports them in one line)."""
+    shift = 10 * (quiet - verbose)
     handler = _TqdmFriendlyHandler()
     handler.setFormatter(
         logging.Formatter(
@@ -46,7 +43,8 @@ def configure_logging(verbose: int, quiet: int) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(max(level, logging.DEBUG))
+    root.setLevel(max(logging.WARNING + shift, logging.DEBUG))
+    logging.getLogger("demsr").setLevel(max(logging.INFO + shift, logging.DEBUG))
 
 
 class DemsrGroup(click.Group):
@@ -58,13 +56,12 @@ class DemsrGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("demsr: interrupted", err=True)
+            click.echo(with_hint(ctx, "demsr: interrupted"), err=True)
             sys.exit(130)
-        except (ValueError, OSError, RuntimeError, KeyError, RasterioError, CPLE_BaseError) as exc:
+        except EXPECTED_ERRORS as exc:
             if ctx.params.get("debug"):
                 raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            click.echo(f"demsr: error: {message}", err=True)
+            click.echo(with_hint(ctx, f"demsr: error: {error_message(exc)}"), err=True)
             sys.exit(1)
 
 

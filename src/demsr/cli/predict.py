@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from demsr.cli.errors import ERROR_HINT
 from demsr.cli.options import (
     band_option,
     device_option,
@@ -18,6 +19,16 @@ from demsr.model import PRECISIONS
 @click.command("predict")
 @click.argument("paths", nargs=-1, metavar="[CHECKPOINT] INPUT OUTPUT")
 @band_option
+@click.option(
+    "--variable",
+    help="Elevation variable of a NetCDF/Zarr INPUT [default: elevation, or the only gridded "
+    "variable].",
+)
+@click.option(
+    "--crs",
+    help="CRS of an INPUT that declares none (e.g. EPSG:4326, or WKT); such an input is refused "
+    "without it.",
+)
 @click.option(
     "--format",
     "fmt",
@@ -87,6 +98,8 @@ from demsr.model import PRECISIONS
 def command(
     paths: tuple[str, ...],
     band: int,
+    variable: str | None,
+    crs: str | None,
     fmt: str | None,
     dtype: str,
     input_datum: str,
@@ -109,10 +122,11 @@ def command(
     divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
     each read with a margin of the model's receptive field plus the reach of its trend removal
     and back-projection (57 low-res cells for the shipped model), so memory does not grow with
-    its size and the result equals whole-raster prediction.
+    its size and the result equals whole-raster prediction. Finished tiles are kept in
+    OUTPUT.partial.tif: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
     """
     from demsr.datum import datum_transform
-    from demsr.predict import predict_raster
+    from demsr.predict import partial_paths, partial_progress, predict_raster
     from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
     if len(paths) not in (2, 3):
@@ -125,6 +139,26 @@ def command(
     checkpoint = resolve_checkpoint(model[0] if model else None)
 
     output_datum = output_datum or input_datum
+
+    manifest = partial_paths(output_path)[1]
+
+    def stamp() -> int | None:
+        return manifest.stat().st_mtime_ns if manifest.exists() else None
+
+    before = stamp()
+
+    def resume_hint() -> str | None:
+        """What this run kept for --resume (not said when it refused an earlier partial run)."""
+        progress_made = partial_progress(output_path)
+        if progress_made is None or (before is not None and stamp() == before):
+            return None
+        done, total = progress_made
+        return (
+            f"{done} of {total} tiles are kept in {output_path}.partial.tif: rerun with --resume "
+            "to continue"
+        )
+
+    click.get_current_context().meta[ERROR_HINT] = resume_hint
     # The network works in EGM96 orthometric heights, like the data it was trained on.
     path = predict_raster(
         checkpoint,
@@ -144,5 +178,7 @@ def command(
         fmt=fmt,
         output_dtype=dtype,
         tags={"vertical_datum": output_datum},
+        variable=variable,
+        crs=crs,
     )
     click.echo(str(path))
