@@ -11,8 +11,8 @@ For the ``paper`` (42 x 256) and ``lite`` (16 x 64) presets:
   real terrain (the bundled SRTM tile, degraded to 15").
 * **training steps** (forward, MSE, backward, Adam) at batch 64 of 32 -> 160 patches (and
   smaller batches on the CPU): naive (reference order, float32, NCHW, Adam's default
-  multi-tensor kernels) against the fast path (factored stage, channels-last, fused Adam) in
-  float32 and bf16.
+  implementation: one tensor at a time on the CPU, multi-tensor on CUDA) against the fast path
+  (factored stage, channels-last, fused Adam) in float32 and bf16.
 * **peak memory** of one inference call and one training step, each in a fresh child process
   (how far resident memory rises above its level before the call, ``harness.peak_rss_above_mb``,
   on the CPU; ``max_memory_allocated`` above the allocated memory before the call on a GPU).
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -63,6 +64,7 @@ from demsr.model import (
     prepare_for_inference,
     preset,
     resolve_device,
+    to_channels_last,
     upsample_bilinear,
 )
 from demsr.prepare import crop_to_blocks, degrade
@@ -71,7 +73,9 @@ log = logging.getLogger("speed")
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAIN = REPO / "src" / "demsr" / "data" / "srtm3_N37W004.tif"
-TEST_DEMS = Path("/work/shared/data/dem/test")
+# The shared data folder next to the repository (as the tests find it), or DEMSR_SHARED_DIR.
+SHARED = Path(os.environ.get("DEMSR_SHARED_DIR", REPO.parent / "shared"))
+TEST_DEMS = SHARED / "data" / "dem" / "test"
 
 
 class NaivePort(nn.Module):
@@ -167,8 +171,8 @@ GPU_SETTINGS = Settings(
 def build_network(name: str, variant: Variant, device: torch.device) -> nn.Module:
     """The preset's network (lite: the shipped weights; paper: untrained, seed 0)."""
     if name == "lite":
-        state = as_checkpoint("lite").state_dict
-        config = as_checkpoint("lite").model_config
+        shipped = as_checkpoint("lite")
+        state, config = shipped.state_dict, shipped.model_config
     else:
         torch.manual_seed(0)
         config = preset(name)
@@ -179,9 +183,7 @@ def build_network(name: str, variant: Variant, device: torch.device) -> nn.Modul
         net = DEMSRNet(config, output_stage=variant.output_stage)  # type: ignore[arg-type]
     net.load_state_dict(state)
     net = net.to(device)
-    if variant.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return net
+    return to_channels_last(net) if variant.channels_last else net
 
 
 def terrain_inputs(batch: int, side: int, device: torch.device) -> torch.Tensor:
@@ -243,14 +245,15 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 def measured_peak_tflops(device: torch.device, repeats: int) -> dict[str, float]:
-    """TFLOP/s of a large square matrix product in float32 and bf16 on ``device``."""
+    """TFLOP/s of a large square matrix product in float32 and bf16 on ``device``: the best
+    of ``repeats`` calls (a peak is what the hardware can reach, not its typical pace)."""
     size = 8192 if device.type == "cuda" else 4096
     result = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(size, size, device=device).to(dtype)
         b = torch.randn(size, size, device=device).to(dtype)
         times = time_side_by_side({"mm": lambda a=a, b=b: a @ b}, repeats, 2, synchronizer(device))
-        result[precision] = 2 * size**3 / median(times["mm"]) / 1e12
+        result[precision] = 2 * size**3 / min(times["mm"]) / 1e12
     return result
 
 
@@ -436,7 +439,10 @@ def bench_accuracy(args: argparse.Namespace) -> str:
         "| DEM (low-res cells) | " + " | ".join(f"{v.name}: max / RMS m" for v in variants) + " |",
         "|---|" + "---|" * len(variants),
     ]
-    for path in sorted(TEST_DEMS.glob("*.tif")):
+    paths = sorted(TEST_DEMS.glob("*.tif"))
+    if not paths:
+        raise SystemExit(f"{TEST_DEMS}: no DEMs found (set DEMSR_SHARED_DIR)")
+    for path in paths:
         data = read_raster(path).data[:400, :400]
         lowres = degrade(crop_to_blocks(data, 5, path), 5)
         reference = run(NAIVE, lowres)
@@ -453,13 +459,12 @@ def bench_accuracy(args: argparse.Namespace) -> str:
 def run_all(args: argparse.Namespace) -> str:
     device = resolve_device(args.device)
     settings = GPU_SETTINGS if device.type == "cuda" else CPU_SETTINGS
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    peak = measured_peak_tflops(device, args.repeats)
+    peak = measured_peak_tflops(device, 2 * args.repeats)
     log.info("measured peak: %s TFLOP/s", peak)
     sections = [
         f"Machine: {machine_description(args.device)}.",
-        f"Measured peak (a {8192 if device.type == 'cuda' else 4096}-square matrix product): "
+        f"Measured peak (a {8192 if device.type == 'cuda' else 4096}-square matrix product, "
+        f"best of {2 * args.repeats}): "
         f"fp32 {peak['fp32']:.2f} TFLOP/s, bf16 {peak['bf16']:.2f} TFLOP/s. "
         f"Medians of {args.repeats} interleaved rounds after a warm-up.",
         "## Inference (the network alone)",

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import torch
 
+import demsr.model
 from demsr.io import read_raster
 from demsr.model import (
     DEMSRNet,
@@ -18,10 +19,12 @@ from demsr.model import (
     ModelConfig,
     SuperResolver,
     bf16_supported,
+    factored_conv_out,
     flops_per_lowres_px,
     prepare_for_inference,
     preset,
     resolve_precision,
+    upsample_bilinear,
 )
 from demsr.predict import predict_array, predict_raster
 from demsr.prepare import crop_to_blocks, degrade
@@ -67,15 +70,26 @@ def test_factored_output_stage_equals_the_reference_layer_order(config: ModelCon
         assert (g_f - g_d).abs().max() <= 1e-4 * g_d.abs().max(), name
 
 
+@pytest.mark.parametrize("resize", ["legacy", "half_pixel"])
+def test_factored_stage_with_several_output_channels(resize: str) -> None:
+    torch.manual_seed(0)
+    conv_out = torch.nn.Conv2d(6, 3, 3, padding=1, bias=True)
+    features = torch.randn(2, 6, 9, 11)
+    expected = conv_out(upsample_bilinear(features, 4, resize))  # type: ignore[arg-type]
+    factored = factored_conv_out(features, conv_out, 4, resize)  # type: ignore[arg-type]
+    assert factored.shape == (2, 3, 36, 44)
+    torch.testing.assert_close(factored, expected, rtol=0, atol=1e-5)
+
+
 def test_unknown_output_stage_is_refused() -> None:
     with pytest.raises(ValueError, match="output_stage"):
         DEMSRNet(ModelConfig(blocks=1, channels=4), output_stage="fast")  # type: ignore[arg-type]
 
 
 def test_bf16_keeps_the_global_residual_in_float32() -> None:
-    """Raw metres in (as imported reference weights take them): rounding the input to bf16, as
-    plain autocast of the reference layer order does, costs metres; the factored layout keeps
-    the residual in float32."""
+    """Raw metres in (as imported reference weights take them): plain autocast of the reference
+    layer order runs conv1 on bf16-rounded elevations and conv_up (which carries the global
+    residual) and conv_out in bf16, which costs metres; the factored layout keeps them float32."""
     config = ModelConfig(blocks=2, channels=16, scale=5, resize="legacy")
     x = 3000 + 200 * torch.rand(1, 1, 24, 24).cumsum(-1) / 24
     errors = {}
@@ -102,10 +116,25 @@ def test_channels_last_gives_the_same_values() -> None:
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-6, atol=1e-3)
 
 
-def test_auto_precision_follows_the_hardware() -> None:
-    native = bf16_supported(CPU)
-    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
-    assert resolve_precision("auto", CPU, cpu_bf16=False) == "fp32"  # training's default
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, native in (((7, 0), False), ((8, 0), True), ((9, 0), True)):  # V100, A100, H100
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert bf16_supported(cuda) is native
+        assert resolve_precision("auto", cuda) == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", cuda, cpu_bf16=False) == ("bf16" if native else "fp32")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))  # T4
+    warnings: list[str] = []
+    monkeypatch.setattr(demsr.model.log, "warning", lambda msg, *a: warnings.append(msg % a))
+    assert resolve_precision("bf16", cuda) == "bf16"  # kept, but it is emulated there
+    assert len(warnings) == 1 and "emulated" in warnings[0]
+    for flags, native in (((False, False), False), ((True, False), True), ((False, True), True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda f=flags: f[0])
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda f=flags: f[1])
+        assert bf16_supported(CPU) is native
+        assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", CPU, cpu_bf16=False) == "fp32"  # training's default
     assert resolve_precision("fp32", CPU) == "fp32"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", CPU)
@@ -132,7 +161,7 @@ def _degraded(path: Path, side: int = 400) -> np.ndarray:
         "pysheds_hydrosheds_3s.tif",
     ],
 )
-def test_shipped_model_in_bf16_is_within_half_a_metre_on_real_dems(
+def test_shipped_model_in_bf16_is_within_twenty_centimetres_on_real_dems(
     dem_test_dir: Path, name: str
 ) -> None:
     lowres = _degraded(dem_test_dir / name)
@@ -140,7 +169,7 @@ def test_shipped_model_in_bf16_is_within_half_a_metre_on_real_dems(
     bf16 = predict_array("lite", lowres, tile_px=None, precision="bf16")
     difference = np.abs(bf16 - fp32)
     assert np.isfinite(difference).all()
-    assert 0 < difference.max() < 0.5
+    assert 0 < difference.max() < 0.2  # 0.17 m at most on the test folder's DEMs
     assert np.sqrt(np.mean(difference**2)) < 0.05
 
 
@@ -157,7 +186,7 @@ def test_predict_runs_bf16_by_default_where_the_cpu_has_it(
         assert fast.tags()["precision"] == "bf16" and reference.tags()["precision"] == "fp32"
         assert json.loads(fast.tags()["model_config"])["channels"] == 64
         difference = np.abs(fast.read(1) - reference.read(1))
-    assert 0 < np.nanmax(difference) < 0.5
+    assert 0 < np.nanmax(difference) < 0.2
 
 
 @pytest.mark.slow

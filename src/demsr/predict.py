@@ -222,7 +222,8 @@ def predict_array(
     predicted from the nearest valid values. ``device`` is ``cpu``, ``cuda[:N]`` or ``auto``.
     ``tile_px`` None runs the whole array at once (network memory grows with its area);
     otherwise tiles of ``tile_px`` cells with ``resolver.margin_px`` of context run in batches
-    of ``batch_size`` and give the same values to float32 rounding. ``precision`` ``auto``
+    of ``batch_size`` and give the same values to float32 rounding in fp32 (to millimetres in
+    bf16, whose rounding depends on the tile's shape). ``precision`` ``auto``
     (the default) runs the network's residual blocks in bf16 where the device computes bf16
     natively (a recent GPU, a CPU with AMX or AVX512-BF16; within 0.2 m of float32 on real
     DEMs, BENCHMARKS.md), else fp32; the elevations stay float32. ``compile`` uses
@@ -556,6 +557,7 @@ def predict_raster(
             "tile_px": tile_px,
             "margin_px": margin,
             "precision": mode,
+            "compile": compile,  # compiled kernels round differently from eager ones
             # Batch composition and the device change float32 rounding: keep them for resume.
             "batch_size": batch_size,
             "device": torch_device.type,

@@ -64,7 +64,7 @@ from demsr.model import PRECISIONS
     default=128,
     show_default=True,
     help="Tile side in input (low-res) cells, before the margin. At the defaults the lite "
-    "preset peaks at about 1 GB of memory; raise both on a GPU.",
+    "preset peaks at about 0.5 GB of memory; raise both on a GPU.",
 )
 @click.option(
     "--batch-size",
@@ -122,7 +122,8 @@ def command(
     divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
     each read with a margin of the model's receptive field plus the reach of its trend removal
     and back-projection (57 low-res cells for the shipped model), so memory does not grow with
-    its size and the result equals whole-raster prediction. Finished tiles are kept in
+    its size and the result equals whole-raster prediction (to float32 rounding with
+    --precision fp32, to millimetres in bf16). Finished tiles are kept in
     OUTPUT.partial.tif: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
     """
     from demsr.datum import datum_transform
