@@ -41,11 +41,23 @@ def demsr_command(*args: Any) -> list[str]:
     return [sys.executable, "-m", "demsr", *map(str, args)]
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then never turns Ctrl-C
+    # into KeyboardInterrupt: give the child the terminal's default, as a user's shell does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     """Start ``command`` with its stderr in ``log`` (read after it ends)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     with open(log, "wb") as handle:
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle, env=env)
+        return subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            env=env,
+            preexec_fn=_default_sigint,  # noqa: PLW1509 - no threads start before it runs
+        )
 
 
 def finish(process: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> str:
