@@ -314,6 +314,16 @@ def partial_paths(output_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     )
 
 
+def _read_manifest(manifest: Path) -> tuple[dict[str, Any], set[int], set[int]]:
+    """A manifest's settings and its finished and empty tile indices. Raises OSError, or
+    ValueError / KeyError / TypeError (json.JSONDecodeError is a ValueError) when it cannot be
+    read or is not a manifest."""
+    document = json.loads(manifest.read_text())
+    finished = {int(i) for i in document["finished"]}
+    empty = {int(i) for i in document["empty"]}
+    return document["settings"], finished, empty
+
+
 def partial_progress(output_path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """(finished tiles, all tiles) of the interrupted run that a prediction into ``output_path``
     left to ``--resume``; None when it left none (or an unreadable manifest)."""
@@ -321,11 +331,10 @@ def partial_progress(output_path: str | os.PathLike[str]) -> tuple[int, int] | N
     if not (partial.exists() and manifest.exists()):
         return None
     try:
-        document = json.loads(manifest.read_text())
-        rows, cols = document["settings"]["shape"]
-        total = tile_count(int(rows), int(cols), int(document["settings"]["tile_px"]))
-        return len(document["finished"]), total
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        settings, finished, _ = _read_manifest(manifest)
+        rows, cols = settings["shape"]
+        return len(finished), tile_count(int(rows), int(cols), int(settings["tile_px"]))
+    except (OSError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -368,11 +377,8 @@ def _resume_state(
             f"{partial.name} to start again"
         )
     try:
-        document = json.loads(manifest.read_text())
-        recorded = document["settings"]
-        finished = {int(i) for i in document["finished"]}
-        empty = {int(i) for i in document["empty"]}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        recorded, finished, empty = _read_manifest(manifest)
+    except (KeyError, TypeError, ValueError) as exc:
         raise RasterError(
             f"{manifest}: unreadable manifest ({exc}); delete {partial.name} and "
             f"{manifest.name} to start again"
