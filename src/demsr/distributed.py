@@ -93,8 +93,9 @@ def process_group(
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    kwargs = {} if timeout is None else {"timeout": timeout}
-    dist.init_process_group(backend=backend, rank=ctx.rank, world_size=ctx.world_size, **kwargs)
+    dist.init_process_group(
+        backend=backend, rank=ctx.rank, world_size=ctx.world_size, timeout=timeout
+    )
     log.debug("%s joined the %s process group", ctx.describe(), backend)
     try:
         yield
