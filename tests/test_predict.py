@@ -28,12 +28,13 @@ from demsr.model import RESIZE_MODES, DEMSRNet, ModelConfig, SuperResolver
 from demsr.predict import (
     TileTransform,
     fill_nearest,
-    partial_paths,
+    partial_path,
     predict_array,
     predict_raster,
     upscale_mask,
 )
 from demsr.predict import _describe_hook as describe_hook
+from demsr.tilestore import read_done
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +325,7 @@ def test_interrupted_run_resumes_to_the_same_values(
     reference = predict_raster(checkpoint_path, holes_raster, tmp_path / "ref.tif", **options)
 
     output = tmp_path / "out.tif"
-    partial, manifest = partial_paths(output)
+    partial = partial_path(output)
     real_run_batch = demsr.predict._run_batch
     calls = {"batches": 0, "tiles": 0}
 
@@ -339,9 +340,9 @@ def test_interrupted_run_resumes_to_the_same_values(
     with pytest.raises(SimulatedCrash):
         predict_raster(checkpoint_path, holes_raster, output, **options)
     assert not output.exists() and partial.exists()
-    done = json.loads(manifest.read_text())
+    finished, empty = read_done(partial)
     ran_before_crash = calls["tiles"]
-    assert len(done["finished"]) - len(done["empty"]) == ran_before_crash > 0
+    assert len(finished) - len(empty) == ran_before_crash > 0
 
     monkeypatch.setattr(demsr.predict, "_run_batch", real_run_batch)
     with pytest.raises(FileExistsError, match="--resume"):
@@ -350,7 +351,7 @@ def test_interrupted_run_resumes_to_the_same_values(
         predict_raster(
             checkpoint_path, holes_raster, output, **{**options, "tile_px": 64}, resume=True
         )
-    assert partial.exists() and manifest.exists()  # refusals leave the partial run alone
+    assert read_done(partial) == (finished, empty)  # refusals leave the partial run alone
 
     calls["tiles"] = 0
     monkeypatch.setattr(demsr.predict, "_run_batch", crash_on_third_batch)

@@ -14,13 +14,21 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class PeerFailed(RuntimeError):
+    """Raised on the other ranks when rank 0 failed at a step they wait for (rank 0 reports
+    the reason)."""
 
 
 @dataclass(frozen=True)
@@ -80,17 +88,21 @@ def rank_device(name: str, ctx: RankContext) -> str:
 
 @contextlib.contextmanager
 def process_group(
-    ctx: RankContext, device: torch.device, timeout: datetime.timedelta | None = None
+    ctx: RankContext,
+    device: torch.device,
+    timeout: datetime.timedelta | None = None,
+    backend: str | None = None,
 ) -> Iterator[None]:
     """Join the ranks' process group for the duration of the block (nothing when run alone).
 
     The backend is NCCL for a CUDA ``device`` (which becomes this process's current device)
-    and gloo otherwise. A group that is already initialised (a caller's own) is used as is.
+    and gloo otherwise, unless ``backend`` says (gloo suits ranks that only synchronise, not
+    exchange tensors). A group that is already initialised (a caller's own) is used as is.
     """
     if not ctx.distributed or dist.is_initialized():
         yield
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(
@@ -107,3 +119,28 @@ def barrier() -> None:
     """Wait for every rank (nothing when run alone)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def main_first(step: Callable[[], T]) -> T | None:
+    """Run ``step`` on rank 0 while the other ranks wait; their result is None.
+
+    When ``step`` fails on rank 0 its exception propagates there and the other ranks raise
+    :class:`PeerFailed`, so that every rank stops rather than waits for one that is gone.
+    Alone (no process group), ``step`` simply runs.
+    """
+    if not dist.is_initialized():
+        return step()
+    result: T | None = None
+    failure: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            result = step()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the others
+            failure = exc
+    status: list[str | None] = [None if failure is None else type(failure).__name__]
+    dist.broadcast_object_list(status, src=0)
+    if failure is not None:
+        raise failure
+    if status[0] is not None:
+        raise PeerFailed(f"rank 0 stopped ({status[0]}); its message says why")
+    return result

@@ -1237,7 +1237,7 @@ def _read_blocks(
 
 
 def finalise_output(
-    partial_tif: str | os.PathLike[str],
+    partial_tif: str | os.PathLike[str] | RasterReader,
     output_path: str | os.PathLike[str],
     fmt: str | None = None,
     *,
@@ -1248,7 +1248,9 @@ def finalise_output(
 ) -> Path:
     """Convert a complete single-band GeoTIFF (tiled prediction's output) into the final product.
 
-    ``partial_tif`` holds float elevations with NaN or its nodata value for nodata. ``fmt`` is one
+    ``partial_tif`` holds float elevations with NaN or its nodata value for nodata; it may also
+    be an open single-band reader (e.g. a partial Zarr store's), which the caller closes and
+    deletes. ``fmt`` is one
     of :data:`FORMATS` (or an alias; default: from the extension ``.tif``/``.tiff``, ``.nc``,
     ``.zarr``):
 
@@ -1273,7 +1275,6 @@ def finalise_output(
     ``output_path`` under a temporary name and renamed into place when complete (a failure leaves
     neither it nor temporary files, and keeps the partial); then the partial is deleted.
     """
-    partial = Path(partial_tif)
     output = Path(output_path)
     kind = output_format(output, fmt)
     if dtype not in OUTPUT_DTYPES:
@@ -1283,30 +1284,47 @@ def finalise_output(
     if isinstance(layout, Mapping):
         layout = RasterLayout.from_mapping(layout)
     metadata = {str(key): str(value) for key, value in (metadata or {}).items()}
-    if not partial.is_file():
-        raise RasterError(f"{partial}: no such file (the partial prediction to finalise)")
     if not output.parent.is_dir():
         raise RasterError(f"{output}: the folder {output.parent} does not exist")
-    src = _GdalReader(str(partial), str(partial), band=1)
-    with src:
-        if src.band_count != 1:
-            raise RasterError(f"{partial}: expected one band, found {src.band_count}")
-        if dtype == "float32" and src.nodata is not None and math.isfinite(src.nodata):
-            fill = float(np.float32(src.nodata))
-        else:
-            fill = float("nan") if dtype == "float32" else float(INT16_NODATA)
-        encode = _Encoder(dtype=dtype, fill=fill, source=str(partial))
-        log.info("finalising %s -> %s (%s, %s)", partial, output, kind, dtype)
-        if kind == "cog":
-            _write_cog(src, output, encode, metadata, progress)
-        elif kind == "netcdf":
-            _write_netcdf(src, output, encode, metadata, layout, progress)
-        else:
-            _write_zarr(src, output, encode, metadata, layout, progress)
+    if isinstance(partial_tif, RasterReader):
+        _finalise(partial_tif, output, kind, dtype, metadata, layout, progress)
+        return output
+    partial = Path(partial_tif)
+    if not partial.is_file():
+        raise RasterError(f"{partial}: no such file (the partial prediction to finalise)")
+    with _GdalReader(str(partial), str(partial), band=1) as src:
+        _finalise(src, output, kind, dtype, metadata, layout, progress)
     if partial.resolve() != output.resolve():
         partial.unlink()
-    log.info("wrote %s", output)
     return output
+
+
+def _finalise(
+    src: RasterReader,
+    output: Path,
+    kind: str,
+    dtype: str,
+    metadata: Mapping[str, str],
+    layout: RasterLayout | None,
+    progress: bool,
+) -> None:
+    partial = src.path
+    bands = getattr(src, "band_count", 1)
+    if bands != 1:
+        raise RasterError(f"{partial}: expected one band, found {bands}")
+    if dtype == "float32" and src.nodata is not None and math.isfinite(src.nodata):
+        fill = float(np.float32(src.nodata))
+    else:
+        fill = float("nan") if dtype == "float32" else float(INT16_NODATA)
+    encode = _Encoder(dtype=dtype, fill=fill, source=str(partial))
+    log.info("finalising %s -> %s (%s, %s)", partial, output, kind, dtype)
+    if kind == "cog":
+        _write_cog(src, output, encode, metadata, progress)
+    elif kind == "netcdf":
+        _write_netcdf(src, output, encode, metadata, layout, progress)
+    else:
+        _write_zarr(src, output, encode, metadata, layout, progress)
+    log.info("wrote %s", output)
 
 
 def _write_cog(

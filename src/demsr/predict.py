@@ -23,11 +23,13 @@ into the product (COG, CF NetCDF or Zarr) and deletes it.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 from affine import Affine
 from rasterio.crs import CRS
@@ -43,16 +44,14 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
-from demsr import __version__
+from demsr import __version__, distributed
 from demsr.checkpoint import Checkpoint, as_checkpoint, checkpoint_sha256
+from demsr.distributed import RankContext
 from demsr.io import (
     RasterError,
-    atomic_path,
+    RasterReader,
     fill_nearest,
-    fill_nodata,
     finalise_output,
-    fsync_file,
-    gtiff_profile,
     open_raster,
     output_format,
     refuse_existing,
@@ -67,31 +66,20 @@ from demsr.model import (
     resolve_device,
     resolve_precision,
 )
+from demsr.tilestore import OutputGrid, TileStore
 from demsr.tiling import (
     Tile,
     TileTransform,
     batch_tiles,
     expand_window,
+    global_period,
     scale_window,
     tile_count,
     tile_grid,
+    wrapped_segments,
 )
 
 log = logging.getLogger(__name__)
-
-
-MANIFEST_FORMAT = "demsr-partial-prediction"
-MANIFEST_VERSION = 1
-
-
-def partial_block_px(tile_out_px: int) -> int:
-    """Block edge of the partial GeoTIFF: the largest of 512..16 dividing a tile's output side,
-    so that each tile writes whole blocks and never rewrites a block a finished tile wrote
-    (256 when none divides it)."""
-    for block_px in (512, 256, 128, 64, 32, 16):
-        if tile_out_px % block_px == 0:
-            return block_px
-    return 256
 
 
 def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
@@ -106,6 +94,37 @@ def fill_margin_px(margin_px: int) -> int:
     Euclidean distance ``|p - q| <= sqrt(2) * m``, hence within that many cells along each axis.
     """
     return math.isqrt(2 * margin_px * margin_px)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The low-res raster tiles are cut from: its size, and its period when it wraps east-west
+    (see :func:`demsr.tiling.global_period`)."""
+
+    rows: int
+    cols: int
+    wrap_cols: int | None = None
+
+    def expand(self, window: Window, margin_px: int) -> Window:
+        return expand_window(window, margin_px, self.rows, self.cols, wrap_cols=self.wrap_cols)
+
+
+def wrapping(
+    read: Callable[[Window], np.ndarray], wrap_cols: int | None
+) -> Callable[[Window], np.ndarray]:
+    """``read`` extended to windows past a global grid's western or eastern edge, whose
+    columns continue across the antimeridian (every ``wrap_cols`` columns); ``read`` itself
+    when the grid does not wrap."""
+    if wrap_cols is None:
+        return read
+
+    def read_wrapped(window: Window) -> np.ndarray:
+        row, height = int(window.row_off), int(window.height)
+        segments = wrapped_segments(int(window.col_off), int(window.width), wrap_cols)
+        parts = [read(Window(start, row, stop - start, height)) for start, stop in segments]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    return read_wrapped
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +164,7 @@ def _prepare_tile(
     tile: Tile,
     read_lowres: Callable[[Window], np.ndarray],
     fill_px: int,
-    shape: tuple[int, int],
+    grid: _Grid,
 ) -> _TileInput | None:
     """Read and fill one tile; None when its core holds no valid cell."""
     values = read_lowres(tile.read)
@@ -154,7 +173,7 @@ def _prepare_tile(
     if not core_valid.any():
         return None
     if not valid.all():
-        wide = expand_window(tile.read, fill_px, *shape)
+        wide = grid.expand(tile.read, fill_px)
         filled = fill_nearest(read_lowres(wide) if wide != tile.read else values)
         row = int(tile.read.row_off - wide.row_off)
         col = int(tile.read.col_off - wide.col_off)
@@ -186,14 +205,14 @@ def _predict_batches(
     network: _Network,
     batches: Iterable[list[Tile]],
     read_lowres: Callable[[Window], np.ndarray],
-    shape: tuple[int, int],
+    grid: _Grid,
 ) -> Iterator[list[tuple[Tile, np.ndarray | None]]]:
     """Predict batches of tiles (of one read shape each, see ``batch_tiles``), yielding for
     each batch its (tile, core output) pairs; None marks a tile without valid cells, which never
     reaches the network."""
     fill_px = fill_margin_px(network.resolver.margin_px)
     for batch in batches:
-        prepared = [_prepare_tile(tile, read_lowres, fill_px, shape) for tile in batch]
+        prepared = [_prepare_tile(tile, read_lowres, fill_px, grid) for tile in batch]
         ready = [item for item in prepared if item is not None]
         results: list[tuple[Tile, np.ndarray | None]] = [
             (tile, None) for tile, item in zip(batch, prepared, strict=True) if item is None
@@ -249,7 +268,9 @@ def predict_array(
         return to_float32_heights(lowres_m[window.toslices()], copy=True)
 
     highres_m = np.full((rows * scale, cols * scale), np.nan, np.float32)
-    batches = _predict_batches(network, batch_tiles(tiles, batch_size), read_lowres, (rows, cols))
+    batches = _predict_batches(
+        network, batch_tiles(tiles, batch_size), read_lowres, _Grid(rows, cols)
+    )
     for batch in batches:
         for tile, values in batch:
             if values is not None:
@@ -258,7 +279,7 @@ def predict_array(
 
 
 # --------------------------------------------------------------------------------------------
-# Rasters: partial GeoTIFF + manifest, resumable
+# Rasters: a partial Zarr store any number of ranks write into, resumable
 # --------------------------------------------------------------------------------------------
 
 
@@ -305,149 +326,83 @@ def _input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(local.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def partial_paths(output_path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(partial GeoTIFF, manifest) of a prediction into ``output_path``, next to it."""
+def partial_path(output_path: str | os.PathLike[str]) -> Path:
+    """The partial store of a prediction into ``output_path``, next to it:
+    ``<output>.partial.zarr`` (see :mod:`demsr.tilestore`)."""
     output = Path(output_path)
-    return (
-        output.with_name(output.name + ".partial.tif"),
-        output.with_name(output.name + ".partial.json"),
-    )
-
-
-def _read_manifest(manifest: Path) -> tuple[dict[str, Any], set[int], set[int]]:
-    """A manifest's settings and its finished and empty tile indices. Raises OSError, or
-    ValueError / KeyError / TypeError (json.JSONDecodeError is a ValueError) when it cannot be
-    read or is not a manifest."""
-    document = json.loads(manifest.read_text())
-    finished = {int(i) for i in document["finished"]}
-    empty = {int(i) for i in document["empty"]}
-    return document["settings"], finished, empty
+    return output.with_name(output.name + ".partial.zarr")
 
 
 def partial_progress(output_path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """(finished tiles, all tiles) of the interrupted run that a prediction into ``output_path``
-    left to ``--resume``; None when it left none (or an unreadable manifest)."""
-    partial, manifest = partial_paths(output_path)
-    if not (partial.exists() and manifest.exists()):
+    left to ``--resume``; None when it left none (or an unreadable one)."""
+    path = partial_path(output_path)
+    if not path.is_dir():
         return None
     try:
-        settings, finished, _ = _read_manifest(manifest)
-        rows, cols = settings["shape"]
-        return len(finished), tile_count(int(rows), int(cols), int(settings["tile_px"]))
+        store = TileStore.open(path)
+        rows, cols = store.settings["shape"]
+        total = tile_count(int(rows), int(cols), int(store.settings["tile_px"]))
+        return len(store.finished()[0]), total
     except (OSError, KeyError, TypeError, ValueError):
         return None
 
 
-def _write_manifest(
-    path: Path, settings: dict[str, Any], finished: set[int], empty: set[int]
-) -> None:
-    document = {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "settings": settings,
-        "finished": sorted(finished),
-        "empty": sorted(empty),
-    }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(document, separators=(",", ":")) + "\n")
-
-
-def _resume_state(
-    partial: Path, manifest: Path, settings: dict[str, Any], resume: bool
-) -> tuple[set[int], set[int]] | None:
-    """Finished and empty tile indices of a partial run to continue; None to start afresh.
+def _open_for_resume(path: Path, settings: dict[str, Any], resume: bool) -> TileStore | None:
+    """The partial store of an interrupted run to continue; None to start afresh.
 
     Refuses a partial run unless ``resume``, and one whose settings differ from ``settings``.
     """
-    if manifest.exists() and not partial.exists():
-        log.warning("%s: removing a stale manifest (its partial output is gone)", manifest)
-        manifest.unlink()
-    if not partial.exists():
+    if not path.exists():
         if resume:
-            log.info("no partial result at %s; starting from the first tile", partial)
+            log.info("no partial result at %s; starting from the first tile", path)
         return None
     if not resume:
         raise FileExistsError(
-            f"{partial}: an earlier run left a partial result; pass --resume (resume=True) to "
+            f"{path}: an earlier run left a partial result; pass --resume (resume=True) to "
             f"continue it, or --overwrite to start again"
         )
-    if not manifest.exists():
-        raise RasterError(
-            f"{partial}: cannot resume, its manifest {manifest.name} is missing; delete "
-            f"{partial.name} to start again"
-        )
-    try:
-        recorded, finished, empty = _read_manifest(manifest)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RasterError(
-            f"{manifest}: unreadable manifest ({exc}); delete {partial.name} and "
-            f"{manifest.name} to start again"
-        ) from None
+    store = TileStore.open(path)
+    recorded = store.settings
     expected = json.loads(json.dumps(settings))
     for key in sorted(set(expected) | set(recorded)):
         if recorded.get(key) != expected.get(key):
             raise RasterError(
-                f"{partial}: cannot resume, {key} differs from the interrupted run "
+                f"{path}: cannot resume, {key} differs from the interrupted run "
                 f"(was {recorded.get(key)!r}, now {expected.get(key)!r}); rerun with the same "
-                f"settings or delete {partial.name} and {manifest.name} to start again"
+                f"settings or delete {path.name} to start again"
             )
-    return finished, empty
+    return store
 
 
-def _create_partial(
-    path: Path,
-    shape: tuple[int, int],
-    transform: Affine,
-    crs: CRS | None,
-    nodata: float,
-    tags: Mapping[str, str],
-    block_px: int,
-) -> None:
-    """An empty tiled float32 GeoTIFF; unwritten blocks stay absent (sparse) until written."""
-    profile = gtiff_profile(
-        shape, transform, crs, nodata, block_px=block_px, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE"
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.update_tags(**tags)
-        dst.set_band_unit(1, "metre")
-
-
-class _PartialWriter:
-    """Writes tiles' outputs into the partial GeoTIFF; :meth:`commit` makes them durable.
-
-    The dataset is reopened after each commit: closing it is what flushes GDAL's blocks.
-    """
+class _StoreWriter:
+    """Writes one rank's tiles into the partial store; :meth:`commit` makes them durable and
+    records them as finished (chunks flushed first, then the rank's log line)."""
 
     def __init__(
         self,
-        partial: Path,
-        manifest: Path,
-        settings: dict[str, Any],
-        finished: set[int],
-        empty: set[int],
+        store: TileStore,
+        rank: int,
         scale: int,
-        transform: Affine,
-        crs: CRS | None,
-        nodata: float,
         transform_output: TileTransform | None,
     ) -> None:
-        self.partial, self.manifest, self.settings = partial, manifest, settings
-        self.finished, self.empty = finished, empty
-        self.scale, self.transform, self.crs, self.nodata = scale, transform, crs, nodata
-        self.transform_output = transform_output
-        self.committed = len(finished)
-        self._dataset: Any = None
+        self.store, self.scale, self.transform_output = store, scale, transform_output
+        self.log = store.log_for(rank)
+        self.committed = 0
+        self._pending: list[tuple[int, bool]] = []
+        self._chunks: list[Path] = []
 
     def write(self, tile: Tile, values: np.ndarray | None) -> None:
         """Write one tile's core output ((h*s, w*s) metres, NaN = nodata; None: all nodata)."""
         window = scale_window(tile.core, self.scale)
         shape = (int(window.height), int(window.width))
         if values is None:
-            values = np.full(shape, np.nan, np.float32)
-            self.empty.add(tile.index)
-        elif self.transform_output is not None:
+            self._pending.append((tile.index, True))
+            return
+        if self.transform_output is not None:
+            grid = self.store.grid
             changed = self.transform_output(
-                values, window, window_transform(window, self.transform), self.crs
+                values, window, window_transform(window, grid.transform), grid.crs
             )
             changed = np.asarray(changed, dtype=np.float32)
             if changed.shape != shape:
@@ -455,23 +410,35 @@ class _PartialWriter:
                     f"transform_output returned shape {changed.shape} for a {shape} tile"
                 )
             values = np.where(np.isnan(values), np.float32(np.nan), changed)
-        values = fill_nodata(values, self.nodata)
-        if self._dataset is None:
-            self._dataset = rasterio.open(self.partial, "r+")
-        self._dataset.write(values, 1, window=window)
-        self.finished.add(tile.index)
+        chunk = self.store.write(window, values)
+        if chunk is not None:
+            self._chunks.append(chunk)
+        self._pending.append((tile.index, False))
 
     def commit(self) -> None:
-        """Flush the written tiles to disk, then record them in the manifest."""
-        self.close()
-        fsync_file(self.partial)
-        _write_manifest(self.manifest, self.settings, self.finished, self.empty)
-        self.committed = len(self.finished)
+        self.log.record(self._pending, self._chunks)
+        self.committed += len(self._pending)
+        self._pending, self._chunks = [], []
 
     def close(self) -> None:
-        if self._dataset is not None:
-            self._dataset.close()
-            self._dataset = None
+        self.log.close()
+
+
+def _global_period(source: RasterReader, wrap: bool | None) -> int | None:
+    """Columns around the globe when the input wraps east-west (``wrap`` None: when it covers
+    all longitudes), else None."""
+    if wrap is False:
+        return None
+    crs = source.crs
+    period = global_period(
+        source.transform, source.shape, bool(crs is not None and crs.is_geographic)
+    )
+    if wrap and period is None:
+        raise RasterError(
+            f"{source.path}: cannot wrap east-west: it is not a geographic grid covering 360 "
+            "degrees of longitude"
+        )
+    return period
 
 
 def predict_raster(
@@ -495,6 +462,9 @@ def predict_raster(
     tags: Mapping[str, str] | None = None,
     variable: str | None = None,
     crs: CRS | str | None = None,
+    wrap: bool | None = None,
+    ranks: RankContext | None = None,
+    report_every_s: float = 60.0,
 ) -> Path:
     """Super-resolve one band of a raster of any size into a georeferenced product, tile by tile.
 
@@ -507,31 +477,101 @@ def predict_raster(
 
     Tiles of ``tile_px`` low-res cells (plus the model's margin) run in batches of
     ``batch_size``; memory depends on these only. ``precision`` and ``compile`` as in
-    :func:`predict_array`. Finished tiles go to ``<output>.partial.tif`` and are recorded in
-    ``<output>.partial.json`` after every batch (a run stopped before the first is recorded
-    removes both; :func:`partial_progress` says what a stopped run kept). ``resume=True``
-    continues such a partial run when its settings (checkpoint, input file, band, tile size,
-    margin, precision, hooks) match; without it an existing partial run is refused. An
-    existing output is refused unless ``overwrite``, and is replaced only once the new one is
-    complete.
+    :func:`predict_array`. A geographic input covering all longitudes wraps east-west (``wrap``
+    None; True insists, False never wraps): tiles by the antimeridian read their context across
+    it, so the output has no seam there.
+
+    Several ranks (``ranks``, default: torchrun's environment, see :mod:`demsr.distributed`)
+    share the tiles: batches go round-robin to the ranks, and each writes its tiles into one
+    partial Zarr store, ``<output>.partial.zarr``, whose chunks are single tiles' outputs, and
+    records them in its own log there after every batch (:mod:`demsr.tilestore`). Rank 0
+    creates the store, waits for the others and writes the product. A batch's values do not
+    depend on the rank that runs it, so the product equals a single process's bit for bit.
+
+    ``resume=True`` continues a partial run (after any rank stopped) when its settings
+    (checkpoint, input file, band, tile size, margin, precision, hooks, wrap) match, predicting
+    only the tiles no log records; without it an existing partial run is refused. A run that
+    stops before recording a tile removes the store again (alone; with several ranks the store
+    stays). :func:`partial_progress` says what a stopped run kept. An existing output is
+    refused unless ``overwrite``, and is replaced only once the new one is complete. Progress:
+    a bar alone; with several ranks, every ``report_every_s`` seconds each rank logs its own
+    throughput and ETA and rank 0 those of the whole run.
 
     ``transform_input`` / ``transform_output`` (see :data:`TileTransform`) change each tile's
     low-res input before the network and its high-res output before writing (e.g. a vertical
     datum shift). ``variable`` names a NetCDF/Zarr input's elevation variable and ``crs`` gives
     the CRS of an input without one (see :func:`demsr.io.open_raster`); an input without a CRS
-    is refused otherwise. Every input cell is read once before the first tile
+    is refused otherwise. Rank 0 reads every input cell once before the first tile
     (:meth:`~demsr.io.RasterReader.summarise`), so that a truncated file, an undeclared nodata
     value or a band without valid cells fails at once, leaving nothing behind.
     """
     if tile_px < 1 or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
+    ctx = ranks if ranks is not None else distributed.context()
     output = Path(output_path)
-    partial, manifest = partial_paths(output)
-    refuse_existing(output, overwrite=overwrite)
-    require_writable_folder(output.parent)
+    partial = partial_path(output)
     fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
     checkpoint = as_checkpoint(checkpoint)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(distributed.rank_device(device, ctx))
+    # Ranks only synchronise (no tensors travel): gloo, with time for the slowest rank.
+    with distributed.process_group(ctx, torch_device, timeout=RANK_WAIT, backend="gloo"):
+        return _predict_raster(
+            ctx,
+            checkpoint,
+            input_path,
+            output,
+            partial,
+            fmt,
+            torch_device,
+            band=band,
+            tile_px=tile_px,
+            batch_size=batch_size,
+            precision=precision,
+            compile=compile,
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+            transform_input=transform_input,
+            transform_output=transform_output,
+            output_dtype=output_dtype,
+            tags=tags,
+            variable=variable,
+            crs=crs,
+            wrap=wrap,
+            report_every_s=report_every_s,
+        )
+
+
+RANK_WAIT = datetime.timedelta(hours=24)
+"""How long ranks wait for each other (rank 0 for the slowest to finish its tiles)."""
+
+
+def _predict_raster(
+    ctx: RankContext,
+    checkpoint: Checkpoint,
+    input_path: str | os.PathLike[str],
+    output: Path,
+    partial: Path,
+    fmt: str,
+    torch_device: torch.device,
+    *,
+    band: int,
+    tile_px: int,
+    batch_size: int,
+    precision: str,
+    compile: bool,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    transform_input: TileTransform | None,
+    transform_output: TileTransform | None,
+    output_dtype: str,
+    tags: Mapping[str, str] | None,
+    variable: str | None,
+    crs: CRS | str | None,
+    wrap: bool | None,
+    report_every_s: float,
+) -> Path:
     network = _Network.prepare(
         checkpoint.build_resolver(torch_device), torch_device, precision, compile
     )
@@ -545,12 +585,9 @@ def predict_raster(
                 f"{source.path}: has no CRS; give it with --crs (crs=), e.g. --crs EPSG:4326, so "
                 "that the output is georeferenced"
             )
-        summary = source.summarise(progress)
-        if summary.valid_cells == 0:
-            raise RasterError(f"{source.path}: band {band} holds no valid cells")
-        log.debug("input %s", summary.describe())
-        nodata = float(np.float32(np.nan if source.nodata is None else source.nodata))
-        output_transform = source.transform @ Affine.scale(1 / scale)
+        period = _global_period(source, wrap)
+        if period is not None:
+            log.info("%s covers all longitudes: tiles wrap across the antimeridian", source.path)
         sha256 = checkpoint_sha256(checkpoint)
         settings: dict[str, Any] = {
             "checkpoint_sha256": sha256,
@@ -562,6 +599,7 @@ def predict_raster(
             "scale": scale,
             "tile_px": tile_px,
             "margin_px": margin,
+            "wrap_cols": period,
             "precision": mode,
             "compile": compile,  # compiled kernels round differently from eager ones
             # Batch composition and the device change float32 rounding: keep them for resume.
@@ -583,31 +621,42 @@ def predict_raster(
             "margin_px": str(margin),
             "precision": mode,
         }
-        remove_stale_temporaries(output, manifest)
-        if overwrite and not resume:
-            partial.unlink(missing_ok=True)
-            manifest.unlink(missing_ok=True)
-        state = _resume_state(partial, manifest, settings, resume)
-        if state is None:
-            _create_partial(
-                partial,
-                (rows * scale, cols * scale),
-                output_transform,
-                source.crs,
-                nodata,
-                provenance,
-                partial_block_px(tile_px * scale),
-            )
-            state = (set(), set())
-            _write_manifest(manifest, settings, *state)
-        finished, empty = state
-        tiles = tile_grid(rows, cols, tile_px, margin)
-        # Batches come from the whole grid, so that a resumed run batches as the first did.
-        batches = [
-            [tile for tile in batch if tile.index not in finished]
+        grid = OutputGrid(
+            shape=(rows * scale, cols * scale),
+            transform=source.transform @ Affine.scale(1 / scale),
+            crs=source.crs,
+            nodata=None if source.nodata is None else float(np.float32(source.nodata)),
+            chunk_px=tile_px * scale,
+            tags=provenance,
+        )
+
+        def open_store() -> TileStore:
+            """Rank 0: check the input and the paths, then continue or create the store."""
+            refuse_existing(output, overwrite=overwrite)
+            require_writable_folder(output.parent)
+            summary = source.summarise(progress)
+            if summary.valid_cells == 0:
+                raise RasterError(f"{source.path}: band {band} holds no valid cells")
+            log.debug("input %s", summary.describe())
+            remove_stale_temporaries(output, partial)
+            if overwrite and not resume and partial.exists():
+                shutil.rmtree(partial)
+            store = _open_for_resume(partial, settings, resume)
+            return store if store is not None else TileStore.create(partial, settings, grid)
+
+        created = distributed.main_first(open_store)
+        store = created if created is not None else TileStore.open(partial)
+        finished, _ = store.finished()
+        tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)
+        # Batches come from the whole grid, so that a resumed run (on any number of ranks)
+        # batches its tiles exactly as the first did; the remaining ones go round-robin.
+        remaining = [
+            batch
             for batch in batch_tiles(tiles, batch_size)
+            if not all(tile.index in finished for tile in batch)
         ]
-        if finished:
+        mine = remaining[ctx.rank :: ctx.world_size]
+        if finished and ctx.is_main:
             log.info("resuming %s: %d of %d tiles already done", partial, len(finished), len(tiles))
 
         def read_lowres(window: Window) -> np.ndarray:
@@ -622,90 +671,172 @@ def predict_raster(
                 )
             return changed
 
-        writer = _PartialWriter(
-            partial,
-            manifest,
-            settings,
-            finished,
-            empty,
-            scale,
-            output_transform,
-            source.crs,
-            nodata,
-            transform_output,
-        )
+        writer = _StoreWriter(store, ctx.rank, scale, transform_output)
         layout = source.layout
-        _run_tiles(
-            network,
-            [batch for batch in batches if batch],
-            read_lowres,
-            (rows, cols),
-            writer,
-            total=len(tiles),
+        try:
+            _run_tiles(
+                network,
+                mine,
+                wrapping(read_lowres, period),
+                _Grid(rows, cols, period),
+                writer,
+                _Progress(ctx, store, len(tiles), len(finished), progress, report_every_s),
+            )
+        except BaseException:
+            writer.close()
+            if not ctx.distributed and not finished and writer.committed == 0:
+                store.remove()  # nothing worth resuming: leave nothing behind
+            # Not a warning: the CLI reports it in its one-line error (partial_progress).
+            log.debug("stopped with %d tiles of this rank recorded", writer.committed)
+            raise
+        writer.close()
+
+    if ctx.distributed:
+        log.info("%s: waiting for the other ranks to finish their tiles", ctx.describe())
+        distributed.barrier()
+        if not ctx.is_main:
+            return output
+    finished, empty = store.finished()
+    missing = len(tiles) - len(finished)
+    if missing:
+        raise RasterError(
+            f"{partial}: {missing} of {len(tiles)} tiles are missing after every rank finished; "
+            "rerun with --resume to predict them"
+        )
+    if len(empty) == len(tiles):
+        store.remove()
+        raise RasterError(f"{os.fspath(input_path)}: band {band} holds no valid cells")
+    # The product appears only when complete; if this fails the store stays, and a rerun
+    # with resume finalises it again without predicting anything.
+    with store.reader() as reader:
+        result = finalise_output(
+            reader,
+            output,
+            fmt,
+            dtype=output_dtype,
+            metadata=provenance,
+            layout=layout,
             progress=progress,
         )
-
-    if len(empty) == len(tiles):
-        partial.unlink()
-        manifest.unlink()
-        raise RasterError(f"{os.fspath(input_path)}: band {band} holds no valid cells")
-    # The product appears only when complete; if this fails the partial stays, and a rerun
-    # with resume finalises it again without predicting anything.
-    result = finalise_output(
-        partial,
-        output,
-        fmt,
-        dtype=output_dtype,
-        metadata=provenance,
-        layout=layout,
-        progress=progress,
-    )
-    manifest.unlink()
+    store.remove()
     log.info("wrote %s (%d x %d, x%d)", result, cols * scale, rows * scale, scale)
     return result
+
+
+class _Progress:
+    """Progress of one rank's tiles: a bar when alone; with several ranks, a log line every
+    ``every_s`` seconds with this rank's throughput and ETA, and on rank 0 the whole run's
+    (read from every rank's log in the store)."""
+
+    def __init__(
+        self,
+        ctx: RankContext,
+        store: TileStore,
+        total: int,
+        done_before: int,
+        bar: bool,
+        every_s: float,
+    ) -> None:
+        self.ctx, self.store, self.total, self.done_before = ctx, store, total, done_before
+        self.every_s = every_s
+        self.started = self.last_report = time.perf_counter()
+        self.tiles = 0
+        self.pixels = 0
+        self.assigned = 0
+        self.bar = tqdm(
+            total=total,
+            initial=done_before,
+            unit="tile",
+            desc="predict",
+            disable=not bar or ctx.distributed,
+            dynamic_ncols=True,
+        )
+
+    def update(self, tiles: int, pixels: int) -> None:
+        self.tiles += tiles
+        self.pixels += pixels
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.bar.update(tiles)
+        self.bar.set_postfix_str(f"{self.pixels / elapsed / 1e6:.2f} Mpx/s out")
+        now = time.perf_counter()
+        if self.ctx.distributed and now - self.last_report >= self.every_s:
+            self.last_report = now
+            self.report()
+
+    def report(self) -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.tiles / elapsed
+        left = self.assigned - self.tiles
+        log.info(
+            "%s: %d of %d tiles, %.2f Mpx/s out, ETA %s",
+            self.ctx.describe(),
+            self.tiles,
+            self.assigned,
+            self.pixels / elapsed / 1e6,
+            _duration(left / rate) if rate > 0 else "unknown",
+        )
+        if self.ctx.is_main:
+            done = len(self.store.finished()[0])
+            overall = (done - self.done_before) / elapsed
+            log.info(
+                "all %d ranks: %d of %d tiles (%.0f%%), %.2f tiles/s, ETA %s",
+                self.ctx.world_size,
+                done,
+                self.total,
+                100.0 * done / max(self.total, 1),
+                overall,
+                _duration((self.total - done) / overall) if overall > 0 else "unknown",
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """``1 h 02 min``, ``3 min 05 s`` or ``12 s``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
 
 
 def _run_tiles(
     network: _Network,
     batches: list[list[Tile]],
     read_lowres: Callable[[Window], np.ndarray],
-    shape: tuple[int, int],
-    writer: _PartialWriter,
-    *,
-    total: int,
-    progress: bool,
+    grid: _Grid,
+    writer: _StoreWriter,
+    progress: _Progress,
 ) -> None:
-    """Predict ``batches`` into ``writer``, committing after every batch, with a progress bar."""
+    """Predict ``batches`` into ``writer``, committing after every batch."""
     scale = network.resolver.scale
-    todo = sum(len(batch) for batch in batches)
-    bar = tqdm(
-        total=total,
-        initial=total - todo,
-        unit="tile",
-        desc="predict",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    finished = writer.store.finished()[0]
+    todo = [[tile for tile in batch if tile.index not in finished] for batch in batches]
+    progress.assigned = sum(len(batch) for batch in todo)
     started = time.perf_counter()
     written_px = 0
     try:
-        for batch in _predict_batches(network, batches, read_lowres, shape):
+        for batch in _predict_batches(network, todo, read_lowres, grid):
+            batch_px = 0
             for tile, values in batch:
                 writer.write(tile, values)
-                written_px += int(tile.core.height * tile.core.width) * scale * scale
+                batch_px += int(tile.core.height * tile.core.width) * scale * scale
             writer.commit()
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.update(len(batch))
-            bar.set_postfix_str(f"{written_px / elapsed / 1e6:.2f} Mpx/s out")
-    except BaseException:
-        writer.close()
-        if writer.committed == 0:  # nothing worth resuming: leave nothing behind
-            writer.partial.unlink(missing_ok=True)
-            writer.manifest.unlink(missing_ok=True)
-        # Not a warning: the CLI reports it in its one-line error (partial_progress).
-        log.debug("stopped with %d of %d tiles done", writer.committed, total)
-        raise
+            written_px += batch_px
+            progress.update(len(batch), batch_px)
     finally:
-        bar.close()
+        progress.close()
+    if progress.ctx.distributed:
+        progress.report()
     elapsed = time.perf_counter() - started
-    log.info("predicted %d tiles (%.1f output Mpx) in %.1f s", todo, written_px / 1e6, elapsed)
+    log.info(
+        "%spredicted %d tiles (%.1f output Mpx) in %.1f s",
+        f"{progress.ctx.describe()}: " if progress.ctx.distributed else "",
+        progress.assigned,
+        written_px / 1e6,
+        elapsed,
+    )

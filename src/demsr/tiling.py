@@ -15,6 +15,13 @@ that they read as much context as the others and their read windows mostly share
 tile covers. Trimming rather than writing the shifted block twice keeps writes disjoint, which a
 resumable writer needs (a tile's cells never belong to a second tile).
 
+A global grid wraps east-west (``wrap_cols``, the number of distinct columns around the
+globe, see :func:`global_period`): read windows then run past its western and eastern edges
+(negative ``col_off``, or beyond the last column) onto the columns across the antimeridian, and
+the last column of tiles keeps its block rather than shifting it back, so a tile by the
+antimeridian sees the same context as any other and the output has no seam there. Rows never
+wrap (over a pole the neighbour is 180 degrees away).
+
 Windows are ``rasterio.windows.Window`` in low-res cells (``col_off, row_off, width, height``).
 """
 
@@ -78,13 +85,48 @@ def tile_count(rows: int, cols: int, tile_px: int) -> int:
     return math.ceil(rows / tile_px) * math.ceil(cols / tile_px)
 
 
-def expand_window(window: Window, margin_px: int, rows: int, cols: int) -> Window:
-    """``window`` grown by ``margin_px`` cells on each side, clipped to a rows x cols raster."""
+def expand_window(
+    window: Window, margin_px: int, rows: int, cols: int, *, wrap_cols: int | None = None
+) -> Window:
+    """``window`` grown by ``margin_px`` cells on each side, clipped to a rows x cols raster
+    (its columns not clipped when they wrap: ``wrap_cols`` set)."""
     row_start = max(0, int(window.row_off) - margin_px)
-    col_start = max(0, int(window.col_off) - margin_px)
     row_stop = min(rows, int(window.row_off + window.height) + margin_px)
-    col_stop = min(cols, int(window.col_off + window.width) + margin_px)
+    col_start = int(window.col_off) - margin_px
+    col_stop = int(window.col_off + window.width) + margin_px
+    if wrap_cols is None:
+        col_start, col_stop = max(0, col_start), min(cols, col_stop)
     return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
+
+
+def global_period(transform: Affine, shape: tuple[int, int], geographic: bool) -> int | None:
+    """Columns around the globe of a north-up grid that covers all longitudes, else None.
+
+    A geographic grid whose columns span 360 degrees (to half a cell) wraps with a period of
+    all its columns; one spanning 360 degrees plus a cell (a grid-registered global grid whose
+    last column repeats the first meridian) wraps with a period of one column fewer.
+    """
+    if not geographic or transform.b != 0 or transform.a <= 0:
+        return None
+    cell = transform.a
+    cols = shape[1]
+    for period in (cols, cols - 1):
+        if period > 0 and abs(period * cell - 360.0) < cell / 2:
+            return period
+    return None
+
+
+def wrapped_segments(col_off: int, width: int, period: int) -> list[tuple[int, int]]:
+    """The column ranges ``[start, stop)`` of a grid that wraps every ``period`` columns which,
+    read one after the other, give columns ``col_off .. col_off + width`` (any integers)."""
+    segments: list[tuple[int, int]] = []
+    col, stop = col_off, col_off + width
+    while col < stop:
+        start = col % period
+        length = min(stop - col, period - start)
+        segments.append((start, start + length))
+        col += length
+    return segments
 
 
 def scale_window(window: Window, factor: int) -> Window:
@@ -97,11 +139,19 @@ def scale_window(window: Window, factor: int) -> Window:
     )
 
 
-def _axis_spans(length: int, tile_px: int, margin_px: int) -> list[tuple[int, int, int, int]]:
+def _axis_spans(
+    length: int, tile_px: int, margin_px: int, wrap: bool = False
+) -> list[tuple[int, int, int, int]]:
     """(core_start, core_stop, read_start, read_stop) of each tile along one axis."""
     spans = []
     for core_start in range(0, length, tile_px):
         core_stop = min(length, core_start + tile_px)
+        if wrap:
+            # Past the edge lie the columns across the antimeridian: nothing to clip.
+            block_start = core_start
+            block_stop = core_start + min(tile_px, length)
+            spans.append((core_start, core_stop, block_start - margin_px, block_stop + margin_px))
+            continue
         # The block is the tile's full tile_px extent, shifted back inside the raster at the end.
         block_start = max(0, min(core_start, length - tile_px))
         block_stop = min(length, block_start + tile_px)
@@ -111,7 +161,9 @@ def _axis_spans(length: int, tile_px: int, margin_px: int) -> list[tuple[int, in
     return spans
 
 
-def tile_grid(rows: int, cols: int, tile_px: int, margin_px: int) -> list[Tile]:
+def tile_grid(
+    rows: int, cols: int, tile_px: int, margin_px: int, *, wrap_cols: int | None = None
+) -> list[Tile]:
     """Cut a rows x cols raster into tiles of ``tile_px`` cells with ``margin_px`` of context.
 
     There are ``ceil(rows / tile_px) * ceil(cols / tile_px)`` tiles (see :func:`tile_count`);
@@ -120,6 +172,8 @@ def tile_grid(rows: int, cols: int, tile_px: int, margin_px: int) -> list[Tile]:
     cells ending on the raster's edge) grown by ``margin_px`` on each side and clipped to the
     raster, so it always contains the core grown by ``margin_px`` (clipped). Read windows of
     interior tiles are ``tile_px + 2 * margin_px`` square; those at the edges are smaller.
+    With ``wrap_cols`` (a global grid's period, :func:`global_period`) columns are not clipped:
+    every read window is ``tile_px + 2 * margin_px`` wide and may reach past either edge.
     """
     if rows < 1 or cols < 1:
         raise ValueError(f"raster must have at least one cell, got {rows} x {cols}")
@@ -128,7 +182,7 @@ def tile_grid(rows: int, cols: int, tile_px: int, margin_px: int) -> list[Tile]:
     if margin_px < 0:
         raise ValueError(f"margin_px must be >= 0, got {margin_px}")
     row_spans = _axis_spans(rows, tile_px, margin_px)
-    col_spans = _axis_spans(cols, tile_px, margin_px)
+    col_spans = _axis_spans(cols, tile_px, margin_px, wrap=wrap_cols is not None)
     tiles: list[Tile] = []
     for row_core_start, row_core_stop, row_read_start, row_read_stop in row_spans:
         for col_core_start, col_core_stop, col_read_start, col_read_stop in col_spans:

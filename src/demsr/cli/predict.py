@@ -89,10 +89,18 @@ from demsr.model import PRECISIONS
     help="torch.compile the model: faster per tile, but each tile shape compiles first "
     "(tens of seconds); pays on large rasters.",
 )
+@click.option(
+    "--wrap/--no-wrap",
+    default=None,
+    help="Wrap east-west across the antimeridian [default: when INPUT is a geographic grid "
+    "covering 360 degrees of longitude, so that a global output has no seam at +/-180].",
+)
 @device_option
 @overwrite_option
 @click.option(
-    "--resume", is_flag=True, help="Continue an interrupted run from the tiles already written."
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run (after any rank stopped) from the tiles already written.",
 )
 @progress_option
 def command(
@@ -108,6 +116,7 @@ def command(
     batch_size: int,
     precision: str,
     compile_model: bool,
+    wrap: bool | None,
     device: str,
     overwrite: bool,
     resume: bool,
@@ -124,10 +133,15 @@ def command(
     and back-projection (57 low-res cells for the shipped model), so memory does not grow with
     its size and the result equals whole-raster prediction (to float32 rounding with
     --precision fp32, to millimetres in bf16). Finished tiles are kept in
-    OUTPUT.partial.tif: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
+    OUTPUT.partial.zarr: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
+
+    Under torchrun (torchrun --nproc_per_node N -m demsr predict ...) the N ranks share the
+    tiles, each on its own GPU (or CPU process), writing into the one partial store; rank 0
+    writes the product. A rerun with --resume predicts only what no rank finished.
     """
     from demsr.datum import datum_transform
-    from demsr.predict import partial_paths, partial_progress, predict_raster
+    from demsr.distributed import context
+    from demsr.predict import partial_path, partial_progress, predict_raster
     from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
     if len(paths) not in (2, 3):
@@ -141,22 +155,17 @@ def command(
 
     output_datum = output_datum or input_datum
 
-    manifest = partial_paths(output_path)[1]
-
-    def stamp() -> int | None:
-        return manifest.stat().st_mtime_ns if manifest.exists() else None
-
-    before = stamp()
+    before = partial_progress(output_path)
 
     def resume_hint() -> str | None:
         """What this run kept for --resume (not said when it refused an earlier partial run)."""
         progress_made = partial_progress(output_path)
-        if progress_made is None or (before is not None and stamp() == before):
+        if progress_made is None or progress_made == before:
             return None
         done, total = progress_made
         return (
-            f"{done} of {total} tiles are kept in {output_path}.partial.tif: rerun with --resume "
-            "to continue"
+            f"{done} of {total} tiles are kept in {partial_path(output_path)}: rerun with "
+            "--resume to continue"
         )
 
     click.get_current_context().meta[ERROR_HINT] = resume_hint
@@ -181,5 +190,7 @@ def command(
         tags={"vertical_datum": output_datum},
         variable=variable,
         crs=crs,
+        wrap=wrap,
     )
-    click.echo(str(path))
+    if context().is_main:
+        click.echo(str(path))
