@@ -222,7 +222,7 @@ def test_no_crs_fails_before_writing_crs_option_and_overwrite_clears_a_partial(
 
     # --crs supplies it. A partial run left behind is refused without --resume, and cleared by
     # --overwrite.
-    (tmp_path / "out.tif.partial.tif").write_bytes(b"interrupted")
+    (tmp_path / "out.tif.partial.zarr" / "done").mkdir(parents=True)
     common = ["--crs", "EPSG:4326", "--device", "cpu", "--no-progress"]
     code, out = run("predict", checkpoint, no_crs, output, *common)
     assert code == 1 and "--resume" in out
@@ -230,4 +230,4 @@ def test_no_crs_fails_before_writing_crs_option_and_overwrite_clears_a_partial(
     assert code == 0, out
     with rasterio.open(output) as dst:
         assert dst.crs == raster.crs and dst.width == raster.shape[1] * 5
-    assert not (tmp_path / "out.tif.partial.tif").exists()
+    assert not (tmp_path / "out.tif.partial.zarr").exists()

@@ -7,7 +7,6 @@ that a failing draw can be replayed. Slow (a minute and a half on 2 CPU cores): 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -29,7 +28,8 @@ from conftest import (
 )
 
 from demsr.checkpoint import load_checkpoint, load_training_state
-from demsr.predict import partial_paths
+from demsr.predict import partial_path
+from demsr.tilestore import read_done
 from demsr.train import BEST, LAST
 
 pytestmark = pytest.mark.slow
@@ -163,11 +163,7 @@ def predict_setup(tmp_path_factory: pytest.TempPathFactory, dem_test_dir: Path) 
 
 
 def finished_tiles(output: Path) -> int:
-    manifest = partial_paths(output)[1]
-    try:
-        return len(json.loads(manifest.read_text())["finished"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    return len(read_done(partial_path(output))[0])
 
 
 def test_prediction_killed_at_a_random_point_resumes_to_identical_bytes(
@@ -201,7 +197,7 @@ def test_ctrl_c_stops_prediction_in_one_line_and_resume_finishes_it(
     lines = (tmp_path / "interrupted.log").read_text().strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("demsr: interrupted; ") and lines[0].endswith(
-        f"of 60 tiles are kept in {output}.partial.tif: rerun with --resume to continue"
+        f"of 60 tiles are kept in {output}.partial.zarr: rerun with --resume to continue"
     )
     kept = finished_tiles(output)
     assert f"; {kept} of 60" in lines[0] and not output.exists()
