@@ -673,6 +673,7 @@ def _predict_raster(
 
         writer = _StoreWriter(store, ctx.rank, scale, transform_output)
         layout = source.layout
+        started = time.perf_counter()
         try:
             _run_tiles(
                 network,
@@ -696,7 +697,21 @@ def _predict_raster(
         distributed.barrier()
         if not ctx.is_main:
             return output
+    done_before = finished
     finished, empty = store.finished()
+    if ctx.distributed:
+        new_px = sum(int(t.core.width * t.core.height) for t in tiles if t.index not in done_before)
+        seconds = time.perf_counter() - started
+        log.info(
+            "all %d ranks: %d of %d tiles done, %d in this run: %.1f output Mpx in %s (%.2f Mpx/s)",
+            ctx.world_size,
+            len(finished),
+            len(tiles),
+            len(finished) - len(done_before),
+            new_px * scale * scale / 1e6,
+            _duration(seconds),
+            new_px * scale * scale / 1e6 / max(seconds, 1e-9),
+        )
     missing = len(tiles) - len(finished)
     if missing:
         raise RasterError(
@@ -830,13 +845,12 @@ def _run_tiles(
             progress.update(len(batch), batch_px)
     finally:
         progress.close()
-    if progress.ctx.distributed:
-        progress.report()
     elapsed = time.perf_counter() - started
     log.info(
-        "%spredicted %d tiles (%.1f output Mpx) in %.1f s",
+        "%spredicted %d tiles (%.1f output Mpx) in %.1f s, %.2f Mpx/s",
         f"{progress.ctx.describe()}: " if progress.ctx.distributed else "",
         progress.assigned,
         written_px / 1e6,
         elapsed,
+        written_px / 1e6 / max(elapsed, 1e-9),
     )
