@@ -230,6 +230,7 @@ def predict_array(
     batch_size: int = 4,
     precision: str = "auto",
     compile: bool = False,
+    wrap_cols: int | None = None,
 ) -> np.ndarray:
     """Super-resolve a (rows, cols) DEM in metres (NaN = nodata) to (rows*s, cols*s) metres.
 
@@ -246,7 +247,10 @@ def predict_array(
     (the default) runs the network's residual blocks in bf16 where the device computes bf16
     natively (a recent GPU, a CPU with AMX or AVX512-BF16; within 0.2 m of float32 on real
     DEMs, BENCHMARKS.md), else fp32; the elevations stay float32. ``compile`` uses
-    ``torch.compile`` (see :func:`~demsr.model.prepare_for_inference`).
+    ``torch.compile`` (see :func:`~demsr.model.prepare_for_inference`). ``wrap_cols`` makes
+    the array wrap east-west every that many columns (a global grid, see
+    :func:`demsr.tiling.global_period`): cells by its western and eastern edges see their
+    neighbours across the antimeridian.
     """
     lowres_m = np.asarray(lowres_m)
     if lowres_m.ndim != 2:
@@ -260,16 +264,19 @@ def predict_array(
     network = _Network.prepare(resolver, torch_device, precision, compile)
     scale = resolver.scale
     if tile_px is None:
-        tiles = tile_grid(rows, cols, max(rows, cols), 0)
+        # One tile; a wrapping array still needs its context across the edges.
+        margin = 0 if wrap_cols is None else resolver.margin_px
+        tiles = tile_grid(rows, cols, max(rows, cols), margin, wrap_cols=wrap_cols)
     else:
-        tiles = tile_grid(rows, cols, tile_px, resolver.margin_px)
+        tiles = tile_grid(rows, cols, tile_px, resolver.margin_px, wrap_cols=wrap_cols)
 
     def read_lowres(window: Window) -> np.ndarray:
         return to_float32_heights(lowres_m[window.toslices()], copy=True)
 
     highres_m = np.full((rows * scale, cols * scale), np.nan, np.float32)
+    grid = _Grid(rows, cols, wrap_cols)
     batches = _predict_batches(
-        network, batch_tiles(tiles, batch_size), read_lowres, _Grid(rows, cols)
+        network, batch_tiles(tiles, batch_size), wrapping(read_lowres, wrap_cols), grid
     )
     for batch in batches:
         for tile, values in batch:
