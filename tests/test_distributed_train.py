@@ -106,6 +106,19 @@ class _Fit:
         Trainer(config, progress=False, callbacks=[DumpWeights(folder)]).fit(resume=self.resume)
 
 
+class _Finetune(_Fit):
+    """A picklable job: fine-tune ``parent`` with the default freeze, dumping the weights."""
+
+    def __init__(self, overrides: list[str], parent: Path) -> None:
+        super().__init__(overrides)
+        self.parent = parent
+
+    def __call__(self, rank: int, folder: Path) -> None:
+        config = load_config(None, self.overrides)
+        trainer = Trainer(config, progress=False, callbacks=[DumpWeights(folder)])
+        trainer.finetune(self.parent)
+
+
 def run_ranks(job: Callable[[int, Path], None], folder: Path, world_size: int = WORLD) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     mp.spawn(_as_rank, args=(world_size, free_port(), folder, job), nprocs=world_size)
@@ -398,3 +411,41 @@ def test_torchrun_command_line(tiny_pairs: Path, tmp_path: Path) -> None:
     assert "[rank 1/2] demsr: error: " in again.stderr
     assert again.stderr.count("already holds a training run; use --resume") == 2
     assert [r["epoch"] for r in read_metrics_rows(run)] == ["1"]
+
+
+@pytest.mark.slow
+def test_finetuning_on_ranks_keeps_frozen_layers_and_matches_one_process(
+    tiny_pairs: Path, tmp_path: Path
+) -> None:
+    parent_run = tmp_path / "parent"
+    Trainer(
+        load_config(None, tiny_overrides(tiny_pairs, parent_run, "train.epochs=1")),
+        progress=False,
+    ).fit()
+    parent = parent_run / BEST
+    settings = (*RUN_SETTINGS, "optimizer.finetune_lr=0.002")
+    ranks = tmp_path / "ranks"
+    run_ranks(
+        _Finetune(
+            tiny_overrides(tiny_pairs, ranks / "run", f"data.batch_size={RANK_BATCH}", *settings),
+            parent,
+        ),
+        ranks,
+    )
+    assert not errors(ranks), (ranks / "traceback0.txt").read_text()
+    single = tmp_path / "single"
+    config = load_config(
+        None, tiny_overrides(tiny_pairs, single, f"data.batch_size={WORLD * RANK_BATCH}", *settings)
+    )
+    Trainer(config, progress=False).finetune(parent)
+    before = load_checkpoint(parent).state_dict
+    after = load_checkpoint(ranks / "run" / LAST)
+    assert after.metadata["frozen"]["prefixes"] == ["conv1", "body.0"]
+    for rank in range(WORLD):
+        weights = load_file(ranks / f"rank{rank}.safetensors")
+        for name, tensor in before.items():
+            if name.startswith(("conv1.", "body.0.")):
+                assert torch.equal(weights[name], tensor), name
+            else:
+                assert not torch.equal(weights[name], tensor), name
+    assert_close_weights(after.state_dict, load_checkpoint(single / LAST).state_dict)

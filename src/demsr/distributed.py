@@ -6,6 +6,10 @@ environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` 
 the variables are the same). :func:`context` reads them; :func:`process_group` joins the
 ranks through torch.distributed's ``env://`` rendezvous and leaves again on exit. Without
 these variables a command runs as rank 0 of 1 and nothing is initialised.
+
+The few collectives the rest of demsr needs (each does nothing, or the obvious thing, alone):
+:func:`barrier`, :func:`sum_over_ranks`, :func:`agreed` (every rank stops when a check fails on
+one) and :func:`check_replicas_agree` (the ranks' copies of a model are still equal).
 """
 
 from __future__ import annotations
