@@ -3,7 +3,7 @@ process with batches of N*b, rank 0 alone writes the run folder, resume continue
 ``torchrun -m demsr train`` works.
 
 The ranks are processes started here with torchrun's environment variables (RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR, MASTER_PORT); the last test starts the real torchrun.
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT); test_torchrun_command_line starts the real torchrun.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from demsr.train import (
     BEST,
     LAST,
     METRICS,
+    EpochRecord,
     Trainer,
     TrainerCallback,
     TrainResult,
@@ -117,6 +118,21 @@ class _Finetune(_Fit):
         config = load_config(None, self.overrides)
         trainer = Trainer(config, progress=False, callbacks=[DumpWeights(folder)])
         trainer.finetune(self.parent)
+
+
+class _Drift(TrainerCallback):
+    """Nudges rank 1's weights after epoch 1, as a bug or a hardware fault might."""
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        if trainer.rank == 1 and record.epoch == 1:
+            with torch.no_grad():
+                trainer.model.conv_out.weight.add_(1e-6)
+
+
+class _FitDrifting(_Fit):
+    def __call__(self, rank: int, folder: Path) -> None:
+        config = load_config(None, self.overrides)
+        Trainer(config, progress=False, callbacks=[_Drift()]).fit()
 
 
 def run_ranks(job: Callable[[int, Path], None], folder: Path, world_size: int = WORLD) -> None:
@@ -224,6 +240,7 @@ def test_resuming_on_another_number_of_ranks_warns(
 
 def test_sampler_deals_the_single_process_batches_to_the_ranks() -> None:
     pairs, batch, world = 23, 3, 4  # 23 = 4 x 5 + 3: the last 3 of each epoch's order left out
+    left_out = []
     for epoch in (0, 1):
         single = ShuffledShardSampler(range(pairs), seed=5)
         single.set_epoch(epoch)
@@ -245,7 +262,10 @@ def test_sampler_deals_the_single_process_batches_to_the_ranks() -> None:
             # The union is the single-process batch (the last one short of the left-out tail).
             assert together == set(global_batch[: len(together)])
             assert len(together) == min(world * batch, world * (pairs // world) - k * world * batch)
-        assert len({i for shard in shards for i in shard}) == world * (pairs // world)
+        dealt = {i for shard in shards for i in shard}
+        assert len(dealt) == world * (pairs // world)  # no pair twice
+        left_out.append(set(range(pairs)) - dealt)
+    assert left_out[0] != left_out[1]  # other pairs left out each epoch
     orders = []
     for epoch in (0, 1):
         sampler = ShuffledShardSampler(range(pairs), seed=5)
@@ -449,3 +469,15 @@ def test_finetuning_on_ranks_keeps_frozen_layers_and_matches_one_process(
             else:
                 assert not torch.equal(weights[name], tensor), name
     assert_close_weights(after.state_dict, load_checkpoint(single / LAST).state_dict)
+
+
+@pytest.mark.slow
+def test_ranks_whose_weights_differ_stop_the_run(tiny_pairs: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(tiny_pairs, tmp_path / "run", "train.epochs=3")
+    run_ranks(_FitDrifting(overrides), tmp_path)
+    expected = (
+        "RuntimeError: epoch 2: the ranks' parameters diverged (conv_out.weight differs "
+        "between rank 0 and rank 1)"
+    )
+    assert errors(tmp_path) == [expected, expected]
+    assert [r["epoch"] for r in read_metrics_rows(tmp_path / "run")] == ["1"]
