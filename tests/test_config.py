@@ -94,6 +94,7 @@ def test_finetune_recipe_takes_the_model_from_the_parent() -> None:
         ("finetune.freeze_prefixes=conv1", "expected a list"),
         ("finetune.freeze_prefixes=[conv1, .]", "must be module names"),
         ("optimizer.finetune_lr=0", "finetune_lr must be > 0"),
+        ("optimizer.lr_scaling=cubic", "lr_scaling must be one of none, linear, sqrt"),
     ],
 )
 def test_bad_overrides_are_refused(override: str, message: str) -> None:

@@ -249,16 +249,39 @@ def test_dihedral_gives_eight_distinct_variants() -> None:
 def test_augmentation_keeps_pairs_consistent(tmp_path: Path) -> None:
     lowres, highres = consistent_pairs(4, lowres_px=3)
     write_pairs(tmp_path / "pairs.h5", lowres, highres, PairMetadata(scale=5))
-    dataset = PairDataset(
-        tmp_path / "pairs.h5", augment=True, generator=torch.Generator().manual_seed(0)
-    )
+    dataset = PairDataset(tmp_path / "pairs.h5", augment=True, seed=0)
     seen = set()
-    for _ in range(40):
+    for epoch in range(100):
+        dataset.set_epoch(epoch)
         aug_lowres, aug_highres = dataset[1]
         np.testing.assert_allclose(degrade(aug_highres.numpy(), 5), aug_lowres.numpy(), atol=1e-6)
         seen.add(aug_highres.numpy().tobytes())
         assert aug_highres.is_contiguous()
-    assert len(seen) == 8  # every dihedral variant drawn
+    assert len(seen) == 8  # every dihedral variant drawn, over the epochs
     plain_lowres, plain_highres = PairDataset(tmp_path / "pairs.h5")[1]
     np.testing.assert_array_equal(plain_highres.numpy(), highres[1])
     np.testing.assert_array_equal(plain_lowres.numpy(), lowres[1])
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only(tmp_path: Path) -> None:
+    # What DataLoader workers and torchrun ranks rely on: a pair's flip/rotation does not depend
+    # on the order pairs are read in, on the process reading it or on any random state.
+    lowres, highres = consistent_pairs(6, lowres_px=3)
+    write_pairs(tmp_path / "pairs.h5", lowres, highres, PairMetadata(scale=5))
+    dataset = PairDataset(tmp_path / "pairs.h5", augment=True, seed=7)
+    dataset.set_epoch(3)
+    forwards = [dataset[index][1] for index in range(6)]
+    torch.manual_seed(123)  # the global random state plays no part
+    backwards = [dataset[index][1] for index in reversed(range(6))][::-1]
+    copy = pickle.loads(pickle.dumps(dataset))  # a DataLoader worker's copy
+    for index in range(6):
+        torch.testing.assert_close(forwards[index], backwards[index])
+        torch.testing.assert_close(copy[index][1], forwards[index])
+        expected = dihedral(torch.from_numpy(highres[index]), dataset.variant(index))
+        torch.testing.assert_close(forwards[index], expected)
+    variants = [dataset.variant(index) for index in range(6)]
+    other_seed = PairDataset(tmp_path / "pairs.h5", augment=True, seed=8)
+    other_seed.set_epoch(3)
+    assert [other_seed.variant(index) for index in range(6)] != variants
+    dataset.set_epoch(4)
+    assert [dataset.variant(index) for index in range(6)] != variants

@@ -41,6 +41,10 @@ class ConfigError(ValueError):
 
 _ARCHITECTURE = ("blocks", "channels", "scale", "bias", "resize")
 
+# How optimizer.lr_scaling adapts the learning rate to the number of ranks of a torchrun run
+# (demsr.train.scaled_learning_rate).
+LR_SCALINGS = ("none", "linear", "sqrt")
+
 
 @dataclass
 class ModelSection:
@@ -96,7 +100,11 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """Where the training pairs are (``train/train.h5``, ``valid/valid.h5`` under ``root_dir``)."""
+    """Where the training pairs are (``train/train.h5``, ``valid/valid.h5`` under ``root_dir``).
+
+    ``batch_size`` is per rank: under torchrun each step trains on ``batch_size`` x world size
+    pairs in all (the global batch).
+    """
 
     root_dir: str = "data"
     batch_size: int = 64
@@ -108,7 +116,12 @@ class DataSection:
 
 @dataclass
 class OptimizerSection:
-    """Adam with an exponential learning-rate decay applied once per epoch."""
+    """Adam with an exponential learning-rate decay applied once per epoch.
+
+    ``lr_scaling`` adapts ``learning_rate`` and ``finetune_lr`` to the number of ranks of a
+    torchrun run, whose global batch is ``data.batch_size`` x world size: ``none`` keeps them,
+    ``linear`` multiplies them by the world size, ``sqrt`` by its square root.
+    """
 
     name: str = "adam"
     learning_rate: float = 1e-4
@@ -117,6 +130,7 @@ class OptimizerSection:
     lr_decay: float = 0.98
     # The learning rate of fine-tuning runs (``demsr finetune``), in place of learning_rate.
     finetune_lr: float = 1e-5
+    lr_scaling: str = "none"
 
 
 @dataclass
@@ -190,6 +204,10 @@ class RunConfig:
             (self.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0"),
             (self.optimizer.finetune_lr > 0, "optimizer.finetune_lr must be > 0"),
             (0 < self.optimizer.lr_decay <= 1, "optimizer.lr_decay must be in (0, 1]"),
+            (
+                self.optimizer.lr_scaling in LR_SCALINGS,
+                f"optimizer.lr_scaling must be one of {', '.join(LR_SCALINGS)}",
+            ),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (self.train.patience >= 1, "train.patience must be >= 1"),
             (

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from demsr import __version__
 from demsr.io import atomic_path
@@ -553,14 +554,52 @@ def undo_dihedral(x: torch.Tensor, variant: int) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if variant >= 4 else x
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffling (depends on nothing else)."""
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1_000_003 + epoch)
+    return generator
+
+
+class ShuffledShardSampler(DistributedSampler[int]):
+    """One epoch's shuffled order of a dataset, dealt out to the ranks of a run.
+
+    The order is ``torch.randperm(n, generator=epoch_generator(seed, epoch))``; call
+    :meth:`set_epoch` before each epoch. Rank r of N takes its positions r, r+N, r+2N, ...
+    (as ``DistributedSampler`` does), so the ranks' k-th batches of b pairs together are
+    positions k*N*b .. (k+1)*N*b - 1: the k-th batch of N*b pairs that a single process draws
+    from the same order. The last ``n mod N`` positions (at most N-1 pairs) are left out so that
+    every rank gets ``n // N`` pairs, hence the same number of steps; the order changes every
+    epoch, so other pairs are left out each time. Alone (N = 1) nothing is left out.
+    """
+
+    def __init__(self, dataset: Sized, *, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        count = len(self.dataset)  # type: ignore[arg-type]
+        order = torch.randperm(count, generator=epoch_generator(self.seed, self.epoch)).tolist()
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
 class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """(low-res, high-res) float32 tensors (1,h,w) and (1,H,W), normalised, from a pair file.
 
     The file may be ours or a published one (see :func:`read_pair_file`). By default the whole
     file is loaded into memory (a split of the published size is a few GiB at most); with
     ``in_memory=False`` patches are read on demand (the file is opened lazily in each
-    DataLoader worker). ``augment=True`` applies the same random flip/rot90 (one of the 8
-    dihedral variants, drawn from torch's RNG or ``generator``) to both members of a pair.
+    DataLoader worker). ``augment=True`` applies the same flip/rot90 (one of the 8 dihedral
+    variants, :meth:`variant`) to both members of a pair; the variant is a function of
+    ``seed``, the epoch (:meth:`set_epoch`) and the pair's index only, so it does not depend on
+    the order pairs are read in, on which DataLoader worker or torchrun rank reads them, or on
+    any global random state.
     """
 
     def __init__(
@@ -569,10 +608,13 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
         *,
         augment: bool = False,
         in_memory: bool = True,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> None:
         self.augment = augment
-        self.generator = generator
+        self.seed = seed
+        self.epoch = 0
+        # The variants of every pair for one (seed, epoch), drawn when first needed.
+        self._variants: tuple[tuple[int, int], np.ndarray] | None = None
         self._lowres: np.ndarray | None = None
         self._highres: np.ndarray | None = None
         self._handle: h5py.File | None = None
@@ -587,6 +629,25 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def source_files(self) -> list[str]:
         """Paths of the rasters the patches come from (empty for published files)."""
         return list(self.metadata.source_files)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentation of epoch ``epoch`` from now on (set it before making the
+        epoch's DataLoader: its workers get a copy of the dataset)."""
+        self.epoch = epoch
+
+    def variant(self, index: int) -> int:
+        """The dihedral variant (0..7, see :func:`dihedral`) that augmentation applies to pair
+        ``index`` in the current epoch: element ``index`` of
+        ``numpy.random.default_rng([seed, epoch]).integers(8, size=len(self))``, drawn once
+        per epoch (a byte per pair)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} pairs")
+        key = (self.seed, self.epoch)
+        if self._variants is None or self._variants[0] != key:
+            # SeedSequence takes non-negative integers; a negative seed maps to its own value.
+            rng = np.random.default_rng([self.seed % 2**64, self.epoch % 2**64])
+            self._variants = key, rng.integers(8, size=len(self), dtype=np.uint8)
+        return int(self._variants[1][index])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -611,11 +672,12 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} pairs")
-        lowres_np, highres_np, shared = self._read(index % len(self))
+        index %= len(self)
+        lowres_np, highres_np, shared = self._read(index)
         lowres, highres = torch.from_numpy(lowres_np), torch.from_numpy(highres_np)
         if self.augment:
             # dihedral returns new tensors, so the loaded patches are never handed out
-            variant = int(torch.randint(8, (1,), generator=self.generator).item())
+            variant = self.variant(index)
             lowres = dihedral(lowres, variant).contiguous()
             highres = dihedral(highres, variant).contiguous()
         elif shared:

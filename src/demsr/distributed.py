@@ -6,6 +6,10 @@ environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` 
 the variables are the same). :func:`context` reads them; :func:`process_group` joins the
 ranks through torch.distributed's ``env://`` rendezvous and leaves again on exit. Without
 these variables a command runs as rank 0 of 1 and nothing is initialised.
+
+The few collectives the rest of demsr needs (each does nothing, or the obvious thing, alone):
+:func:`barrier`, :func:`sum_over_ranks`, :func:`agreed` (every rank stops when a check fails on
+one) and :func:`check_replicas_agree` (the ranks' copies of a model are still equal).
 """
 
 from __future__ import annotations
@@ -14,21 +18,14 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-class PeerFailed(RuntimeError):
-    """Raised on the other ranks when rank 0 failed at a step they wait for (rank 0 reports
-    the reason)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,12 @@ class RankContext:
 
     def describe(self) -> str:
         return f"rank {self.rank}/{self.world_size}"
+
+    @property
+    def log_prefix(self) -> str:
+        """What the ranks other than rank 0 put before their log lines and errors: ``[rank
+        1/4] ``; nothing on rank 0 or alone."""
+        return "" if self.is_main else f"[{self.describe()}] "
 
 
 def _env_int(name: str, default: int) -> int:
@@ -115,32 +118,89 @@ def process_group(
         dist.destroy_process_group()
 
 
+def joined() -> bool:
+    """Whether this process is in a process group (:func:`process_group`, or its caller's)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
     """Wait for every rank (nothing when run alone)."""
     if dist.is_initialized():
         dist.barrier()
 
 
-def main_first(step: Callable[[], T]) -> T | None:
-    """Run ``step`` on rank 0 while the other ranks wait; their result is None.
+def _collective_device() -> torch.device:
+    """Where this rank's tensors for collectives live: its GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    When ``step`` fails on rank 0 its exception propagates there and the other ranks raise
-    :class:`PeerFailed`, so that every rank stops rather than waits for one that is gone.
-    Alone (no process group), ``step`` simply runs.
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    """``values`` summed element-wise over the ranks in float64; every rank gets the same
+    sums (``values`` as they are when alone)."""
+    if not dist.is_initialized():
+        return [float(value) for value in values]
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return [float(value) for value in tensor.tolist()]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def agreed() -> Iterator[None]:
+    """Run a block on every rank and agree on how it ended; leaving it is a barrier.
+
+    If the block raised on some ranks, every rank raises on leaving it: a rank that failed, its
+    own exception; the others, a RuntimeError quoting the lowest failed rank's message. Checks
+    that all ranks make (is there a run to resume, do its settings match) then stop every rank
+    with the same message instead of leaving some waiting for the others. Alone, a plain block.
     """
     if not dist.is_initialized():
-        return step()
-    result: T | None = None
-    failure: BaseException | None = None
-    if dist.get_rank() == 0:
-        try:
-            result = step()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the others
-            failure = exc
-    status: list[str | None] = [None if failure is None else type(failure).__name__]
-    dist.broadcast_object_list(status, src=0)
-    if failure is not None:
-        raise failure
-    if status[0] is not None:
-        raise PeerFailed(f"rank 0 stopped ({status[0]}); its message says why")
-    return result
+        yield
+        return
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised below, once the ranks have agreed
+        error = exc
+    outcomes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, None if error is None else _first_line(error))
+    if error is not None:
+        raise error
+    for rank, message in enumerate(outcomes):
+        if message is not None:
+            raise RuntimeError(f"rank {rank} failed: {message}")
+
+
+def check_replicas_agree(module: nn.Module, when: str) -> None:
+    """Raise RuntimeError on every rank if the ranks' copies of ``module`` differ.
+
+    Compares a float64 fingerprint gathered from every rank: the sum and the sum of squares of
+    each parameter (two numbers per tensor cross the network). DistributedDataParallel keeps the
+    replicas bitwise equal, so any difference means they diverged. ``when`` starts the message
+    (e.g. ``"after epoch 3"``). Nothing happens alone.
+    """
+    if not dist.is_initialized():
+        return
+    names, parameters = zip(*module.named_parameters(), strict=True)
+    with torch.no_grad():
+        local = torch.stack(
+            [torch.stack([p.double().sum(), p.double().square().sum()]) for p in parameters]
+        ).to(_collective_device())
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    reference = gathered[0]
+    for rank, other in enumerate(gathered[1:], start=1):
+        same = (other == reference) | (other.isnan() & reference.isnan())
+        differing = (~same).any(dim=1).nonzero()
+        if len(differing):
+            name = names[int(differing[0, 0])]
+            raise RuntimeError(
+                f"{when}: the ranks' parameters diverged ({name} differs between rank 0 and "
+                f"rank {rank})"
+            )

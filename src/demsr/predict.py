@@ -651,7 +651,10 @@ def _predict_raster(
             store = _open_for_resume(partial, settings, resume)
             return store if store is not None else TileStore.create(partial, settings, grid)
 
-        created = distributed.main_first(open_store)
+        created: TileStore | None = None
+        with distributed.agreed():  # the others wait for rank 0, and stop if it fails
+            if ctx.is_main:
+                created = open_store()
         store = created if created is not None else TileStore.open(partial)
         finished, _ = store.finished()
         tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)

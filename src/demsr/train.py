@@ -14,8 +14,18 @@ Run folder (``summary.output_dir``)::
     last.safetensors   weights + optimizer/scheduler/RNG state (what --resume loads)
     best.safetensors   weights at the best validation loss (what predict/evaluate use)
 
-Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run sees
-the same batches as an uninterrupted one.
+Shuffling draws from a generator seeded by (seed, epoch) and augmentation from (seed, epoch, pair
+index), so a resumed run sees the same batches as an uninterrupted one.
+
+Under ``torchrun`` each process trains one rank of a DistributedDataParallel run (NCCL on GPUs,
+gloo on the CPU; see :mod:`demsr.distributed`). ``data.batch_size`` is per rank: the ranks share
+each epoch's shuffled order (:class:`~demsr.datasets.ShuffledShardSampler`), so N ranks with
+batches of b train on the same global batches as one process with batches of N*b (up to the at
+most N-1 pairs an epoch leaves out so that the ranks get equal shares), and
+``optimizer.lr_scaling`` may scale the learning rate with N. Each rank validates its share of the
+valid pairs and the sums are added, so all ranks take the same early-stopping decision. Rank 0
+alone logs progress and writes the run folder, which multi-node runs must keep on a shared
+filesystem (every rank reads ``last.safetensors`` on ``--resume``).
 
 Callbacks (:class:`TrainerCallback`) let a script or notebook follow a run (log, plot, collect
 the epochs' :class:`EpochRecord`) without touching the loop.
@@ -37,9 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from demsr import distributed
 from demsr.checkpoint import (
     Checkpoint,
     TrainingState,
@@ -49,8 +62,8 @@ from demsr.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from demsr.config import ModelSection, RunConfig
-from demsr.datasets import Normalisation, PairDataset
+from demsr.config import LR_SCALINGS, ModelSection, RunConfig
+from demsr.datasets import Normalisation, PairDataset, ShuffledShardSampler
 from demsr.io import atomic_path, remove_stale_temporaries
 from demsr.model import (
     INIT_SCHEMES,
@@ -136,6 +149,11 @@ class TrainerCallback:
     ``trainer.output_dir``, ``trainer.train_set`` / ``trainer.valid_set`` are there to read.
     A callback that raises stops the run (the checkpoints already written stay valid, and
     ``resume=True`` continues from the last one).
+
+    Under torchrun the hooks run on every rank, at the same points: ``trainer.rank``,
+    ``trainer.world_size`` and ``trainer.is_main`` say where. Write files or print on rank 0
+    only (``if trainer.is_main``), and raise on all ranks or none: a rank that stops alone
+    leaves the others waiting until torchrun ends them.
     """
 
     def on_train_start(self, trainer: Trainer) -> None:
@@ -143,7 +161,8 @@ class TrainerCallback:
 
     def on_step_end(self, trainer: Trainer, global_step: int, loss: float) -> None:
         """After each optimizer step: the step's number (from 1, counting over the whole run)
-        and its training loss (normalised MSE of that batch)."""
+        and its training loss (normalised MSE of that batch; under torchrun, of this rank's
+        share of it)."""
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         """After each epoch's validation and checkpoints, with what ``metrics.csv`` records."""
@@ -158,11 +177,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator for one epoch's shuffling and augmentation (depends on nothing else)."""
-    generator = torch.Generator()
-    generator.manual_seed(seed * 1_000_003 + epoch)
-    return generator
+def scaled_learning_rate(learning_rate: float, lr_scaling: str, world_size: int) -> float:
+    """The learning rate of a run on ``world_size`` ranks (``optimizer.lr_scaling``): ``none``
+    keeps ``learning_rate``, ``linear`` multiplies it by ``world_size``, ``sqrt`` by its square
+    root (the global batch grows with the world size)."""
+    factors = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}
+    if lr_scaling not in LR_SCALINGS:
+        raise ValueError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {lr_scaling!r}")
+    return learning_rate * factors[lr_scaling]
 
 
 def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -240,10 +262,16 @@ class Trainer:
     checkpoint with some layers frozen. The network is built when either starts. ``progress``
     shows a progress bar per epoch; ``callbacks`` (:class:`TrainerCallback`) are called, in
     order, at the start and end of the run, after each step and after each epoch.
+
+    Started by torchrun (``RANK``, ``WORLD_SIZE``, ... in the environment), ``fit`` and
+    ``finetune`` join the ranks' process group (unless the caller already has) and train with
+    DistributedDataParallel on this rank's device (``cuda:LOCAL_RANK`` for ``train.device``
+    auto or cuda); see the module's docstring.
     """
 
     model: DEMSRNet
     resolver: SuperResolver
+    learning_rate: float  # at the start of the run, after lr_scaling
 
     def __init__(
         self,
@@ -256,12 +284,15 @@ class Trainer:
         self.progress = progress
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.summary.output_dir)
-        self.device = resolve_device(config.train.device)
+        self.ranks = distributed.context()
+        self.device = resolve_device(distributed.rank_device(config.train.device, self.ranks))
         # auto: bf16 mixed precision on CUDA; float32 on the CPU, even one with native bf16
         # (training there in bf16 is opt-in: it changes the numerics of a reproducible run).
         self.precision = resolve_precision(config.train.precision, self.device, cpu_bf16=False)
         root = Path(config.data.root_dir)
-        self.train_set = PairDataset(root / "train" / "train.h5", augment=config.data.augment)
+        self.train_set = PairDataset(
+            root / "train" / "train.h5", augment=config.data.augment, seed=config.train.seed
+        )
         self.valid_set = PairDataset(root / "valid" / "valid.h5")
         # The pair files store elevations in their own units; the model sees metres through
         # its elevation scaling.
@@ -272,10 +303,34 @@ class Trainer:
         self.frozen_prefixes: list[str] = []
         self.frozen_parameters = 0  # counted when the loop starts
 
+    @property
+    def rank(self) -> int:
+        """This process's rank under torchrun (0 when alone)."""
+        return self.ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks training together (1 when alone)."""
+        return self.ranks.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that logs progress and writes the run folder."""
+        return self.ranks.is_main
+
+    def _info(self, message: str, *args: Any) -> None:
+        """Log at INFO on rank 0; the other ranks, which would repeat it, at DEBUG."""
+        log.log(logging.INFO if self.is_main else logging.DEBUG, message, *args)
+
     def _check_data(self) -> None:
         for name, dataset in (("train", self.train_set), ("valid", self.valid_set)):
             if len(dataset) == 0:
                 raise ValueError(f"{dataset.path}: the {name} split holds no pairs")
+        if len(self.train_set) < self.world_size:
+            raise ValueError(
+                f"{self.train_set.path}: {len(self.train_set)} train pairs for "
+                f"{self.world_size} ranks; every rank needs at least one"
+            )
         if self.valid_set.normalisation != self.storage:
             raise ValueError("train and valid files use different normalisations")
         if self.train_set.units != "m":
@@ -333,6 +388,11 @@ class Trainer:
                 },
                 "parent": self.parent_record,
             },
+            "distributed": {
+                "world_size": self.world_size,
+                "global_batch_size": self.config.data.batch_size * self.world_size,
+                "effective_learning_rate": self.learning_rate,
+            },
         }
         if self.parent_record is not None:
             metadata["frozen"] = {
@@ -364,43 +424,65 @@ class Trainer:
 
     # -- loops ---------------------------------------------------------------------------
 
-    def _batches(self, dataset: PairDataset, generator: torch.Generator | None) -> DataLoader:
+    def _batches(
+        self, dataset: PairDataset, sampler: Sequence[int] | ShuffledShardSampler
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.config.data.batch_size,
-            shuffle=generator is not None,
-            generator=generator,
+            sampler=sampler,
             num_workers=self.config.data.num_workers,
             pin_memory=self.device.type == "cuda",
             drop_last=False,
         )
 
-    def _loss(self, lowres: torch.Tensor, highres: torch.Tensor) -> torch.Tensor:
-        """Mean squared error in units of ``elevation_scale_m`` for a batch of stored pairs."""
+    def _loss(
+        self, lowres: torch.Tensor, highres: torch.Tensor, network: nn.Module
+    ) -> torch.Tensor:
+        """Mean squared error in units of ``elevation_scale_m`` for a batch of stored pairs;
+        ``network`` is the resolver or, in training under torchrun, its DDP wrapper."""
         lowres_m = self.storage.denormalise(lowres.to(self.device, non_blocking=True))
         highres_m = self.storage.denormalise(highres.to(self.device, non_blocking=True))
         with network_autocast(self.device, self.precision):
-            prediction_m = self.resolver(lowres_m)
+            prediction_m = network(lowres_m)
         return F.mse_loss(prediction_m / self.scaling.scale_m, highres_m / self.scaling.scale_m)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Validation loss (as the training loss) and RMSE in metres over all valid pairs."""
+        """Validation loss (as the training loss) and RMSE in metres over all valid pairs.
+
+        Inside a run under torchrun every rank calls it: each scores its share of the pairs
+        (rank r of N: pairs r, r+N, ...; none twice, none left out) and the sums are added over
+        the ranks, so all get the same values.
+        """
         self.model.eval()
-        total, count = 0.0, 0
-        for lowres, highres in self._batches(self.valid_set, None):
-            total += self._loss(lowres, highres).item() * highres.numel()
+        ranks = self.ranks if distributed.joined() else distributed.RankContext()
+        shard = range(ranks.rank, len(self.valid_set), ranks.world_size)
+        squared_error, count = 0.0, 0
+        for lowres, highres in self._batches(self.valid_set, shard):
+            squared_error += self._loss(lowres, highres, self.resolver).item() * highres.numel()
             count += highres.numel()
-        mse = total / count
+        squared_error, cells = distributed.sum_over_ranks([squared_error, count])
+        mse = squared_error / cells
         return mse, math.sqrt(mse) * self.scaling.scale_m
 
     def _train_epoch(
-        self, epoch: int, optimizer: torch.optim.Optimizer, global_step: int
+        self,
+        epoch: int,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        global_step: int,
     ) -> tuple[float, int]:
-        self.model.train()
+        """One epoch of steps on this rank's share of the shuffled pairs; returns the mean
+        training loss over the epoch's (global) batches and the new step count."""
+        network.train()
         cfg = self.config
-        loader = self._batches(self.train_set, epoch_generator(cfg.train.seed, epoch))
-        self.train_set.generator = epoch_generator(cfg.train.seed + 1, epoch)  # augmentation
+        sampler = ShuffledShardSampler(
+            self.train_set, seed=cfg.train.seed, num_replicas=self.world_size, rank=self.rank
+        )
+        sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)  # augmentation; before the loader copies it to workers
+        loader = self._batches(self.train_set, sampler)
         steps = len(loader)
         if cfg.train.max_steps_per_epoch is not None:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -408,11 +490,15 @@ class Trainer:
             steps = min(steps, max(cfg.train.max_steps - global_step, 0))
         total_loss, done = 0.0, 0
         bar = tqdm(
-            total=steps, desc=f"epoch {epoch}", unit="step", disable=not self.progress, leave=False
+            total=steps,
+            desc=f"epoch {epoch}",
+            unit="step",
+            disable=not (self.progress and self.is_main),
+            leave=False,
         )
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
         for _ in range(steps):
-            loss = self._loss(*next(batches))
+            loss = self._loss(*next(batches), network)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -427,7 +513,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{total_loss / done:.3e}")
                 log.debug("step %d loss %.4e", global_step, loss.item())
         bar.close()
-        return (total_loss / done if done else float("nan")), global_step
+        # Every rank ran `done` steps; the mean of the ranks' losses is the global batch's.
+        total_loss, steps_done = distributed.sum_over_ranks([total_loss, done])
+        return (total_loss / steps_done if steps_done else float("nan")), global_step
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train ``config.model`` from its initialisation at ``optimizer.learning_rate``.
@@ -519,11 +607,12 @@ class Trainer:
     def _run(self, resume: bool) -> TrainResult:
         """The training loop shared by fit and finetune (the model is built), between the
         callbacks' ``on_train_start`` and ``on_train_end``."""
-        for callback in self.callbacks:
-            callback.on_train_start(self)
-        result = self._loop(resume)
-        for callback in self.callbacks:
-            callback.on_train_end(self, result)
+        with distributed.process_group(self.ranks, self.device):
+            for callback in self.callbacks:
+                callback.on_train_start(self)
+            result = self._loop(resume)
+            for callback in self.callbacks:
+                callback.on_train_end(self, result)
         return result
 
     def _loop(self, resume: bool) -> TrainResult:
@@ -539,9 +628,12 @@ class Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         trainable_count = count_parameters(self.model, trainable_only=True)
         self.frozen_parameters = count_parameters(self.model) - trainable_count
+        self.learning_rate = scaled_learning_rate(
+            getattr(cfg.optimizer, learning_rate_key), cfg.optimizer.lr_scaling, self.world_size
+        )
         optimizer = torch.optim.Adam(
             trainable,
-            lr=getattr(cfg.optimizer, learning_rate_key),
+            lr=self.learning_rate,
             eps=cfg.optimizer.eps,
             weight_decay=cfg.optimizer.weight_decay,
             fused=True,  # one kernel per parameter group instead of several per tensor
@@ -549,30 +641,30 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.optimizer.lr_decay)
         start_epoch, global_step = 1, 0
         best_loss, best_rmse, bad_epochs = math.inf, math.inf, 0
-        if resume:
-            last = out / LAST
-            if not last.exists():
-                raise FileNotFoundError(f"{last}: nothing to resume from")
-            checkpoint = load_checkpoint(last)
-            stored_parent = checkpoint.metadata.get("provenance", {}).get("parent")
-            self._check_same_parent(last, stored_parent)
-            if (checkpoint.model_config, checkpoint.scaling) != (self.model_config, self.scaling):
-                raise ValueError(f"{last}: model config differs from this run's config")
-            changed = _changed_settings(checkpoint.metadata.get("training", {}), cfg.to_dict())
-            if changed:
-                raise ValueError(
-                    f"{last}: cannot resume with different settings ({', '.join(changed)}); "
-                    "only the epoch and step limits may change"
+        # Every rank makes the same checks, and all stop if one fails, before rank 0 writes.
+        resumed: tuple[Checkpoint, TrainingState] | None = None
+        with distributed.agreed():
+            if resume:
+                resumed = self._resume_state(out / LAST)
+            elif (out / LAST).exists():
+                raise FileExistsError(
+                    f"{out} already holds a training run; use --resume to continue it "
+                    "or choose another output folder"
                 )
+        if resumed is not None:
+            checkpoint, state = resumed
+            stored_parent = checkpoint.metadata.get("provenance", {}).get("parent")
             if parent is not None and stored_parent is not None:
                 parent["valid_rmse_m"] = stored_parent.get("valid_rmse_m")
-            state = load_training_state(last)
             best_rmse = float(
                 checkpoint.metadata.get("metrics", {}).get("best_valid_rmse_m", math.inf)
             )
-            remove_stale_temporaries(*(out / name for name in (LAST, BEST, METRICS, "config.yaml")))
+            if self.is_main:
+                remove_stale_temporaries(
+                    *(out / name for name in (LAST, BEST, METRICS, "config.yaml"))
+                )
             if state.bad_epochs >= cfg.train.patience:
-                log.info("%s stopped early after epoch %d; nothing to resume", out, state.epoch)
+                self._info("%s stopped early after epoch %d; nothing to resume", out, state.epoch)
                 return TrainResult(
                     out,
                     state.epoch,
@@ -588,35 +680,41 @@ class Trainer:
             restore_rng_state(state.rng["tensors"], state.rng["extra"])
             start_epoch, global_step = state.epoch + 1, state.global_step
             best_loss, bad_epochs = state.best_valid_loss, state.bad_epochs
-            self._truncate_metrics(state.epoch)
-            log.info("resuming %s after epoch %d (step %d)", out, state.epoch, global_step)
+            if self.is_main:
+                self._truncate_metrics(state.epoch)
+            self._info("resuming %s after epoch %d (step %d)", out, state.epoch, global_step)
         else:
-            if (out / LAST).exists():
-                raise FileExistsError(
-                    f"{out} already holds a training run; use --resume to continue it "
-                    "or choose another output folder"
-                )
-            (out / METRICS).unlink(missing_ok=True)
+            if self.is_main:
+                (out / METRICS).unlink(missing_ok=True)
             if parent is not None:
                 _, parent_rmse = self.validate()
                 parent["valid_rmse_m"] = parent_rmse
-                log.info(
+                self._info(
                     "parent %s: validation RMSE %.2f m on these pairs before fine-tuning",
                     cfg.finetune.parent,
                     parent_rmse,
                 )
-        with atomic_path(out / "config.yaml") as tmp:
-            tmp.write_text(cfg.to_yaml())
+        if self.is_main:
+            with atomic_path(out / "config.yaml") as tmp:
+                tmp.write_text(cfg.to_yaml())
+        # Training steps go through DDP, which averages the ranks' gradients (its constructor
+        # gives every rank rank 0's weights); validation uses the resolver itself.
+        network: nn.Module = self.resolver
+        if self.ranks.distributed:
+            network = DistributedDataParallel(
+                self.resolver,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+            )
         if parent is not None:
-            log.info(
+            self._info(
                 "fine-tuning %s with %s frozen, at learning rate %.2e",
                 cfg.finetune.parent,
                 ", ".join(self.frozen_prefixes) or "nothing",
-                optimizer.param_groups[0]["lr"],
+                self.learning_rate,
             )
-        log.info(
+        self._info(
             "training %s on %s (%s): %d trainable, %d frozen parameters; %d train / %d valid "
-            "pairs; batch %d",
+            "pairs; %s",
             self.model_config,
             self.device,
             self.precision,
@@ -624,7 +722,7 @@ class Trainer:
             self.frozen_parameters,
             len(self.train_set),
             len(self.valid_set),
-            cfg.data.batch_size,
+            self._describe_batch(learning_rate_key),
         )
         stopped_early, epoch = False, start_epoch - 1
         for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -633,8 +731,9 @@ class Trainer:
                 break
             started = time.perf_counter()
             learning_rate = optimizer.param_groups[0]["lr"]
-            train_loss, global_step = self._train_epoch(epoch, optimizer, global_step)
+            train_loss, global_step = self._train_epoch(epoch, network, optimizer, global_step)
             scheduler.step()
+            distributed.check_replicas_agree(self.model, f"epoch {epoch}")
             valid_loss, valid_rmse = self.validate()
             if not math.isfinite(valid_loss):
                 raise RuntimeError(
@@ -664,25 +763,17 @@ class Trainer:
                 epoch_seconds=seconds,
                 is_best=is_best,
             )
-            # The row first: a crash before last.safetensors lands makes --resume redo (and
-            # rewrite) it; a crash after, keeps it.
-            self._write_metrics_row(record)
-            if is_best:
-                save_checkpoint(
-                    out / BEST, self.model, self.scaling, self._metadata(epoch, metrics)
-                )
             last_epoch = (
                 epoch == cfg.train.epochs
                 or bad_epochs >= cfg.train.patience
                 or (cfg.train.max_steps is not None and global_step >= cfg.train.max_steps)
             )
-            if epoch % cfg.summary.save_checkpoint_epochs == 0 or last_epoch:
-                save_checkpoint(
-                    out / LAST,
-                    self.model,
-                    self.scaling,
-                    self._metadata(epoch, metrics),
-                    TrainingState(
+            if self.is_main:
+                self._save_epoch(
+                    record,
+                    metrics,
+                    save_last=epoch % cfg.summary.save_checkpoint_epochs == 0 or last_epoch,
+                    state=TrainingState(
                         optimizer.state_dict(),
                         scheduler.state_dict(),
                         epoch,
@@ -691,7 +782,10 @@ class Trainer:
                         bad_epochs,
                     ),
                 )
-            log.info(
+            # The other ranks wait for the files: whatever happens next, a resume finds them
+            # complete.
+            distributed.barrier()
+            self._info(
                 "epoch %d: train loss %.3e, valid RMSE %.2f m (best %.2f m), lr %.2e, %.1f s",
                 epoch,
                 train_loss,
@@ -703,10 +797,85 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record)
             if bad_epochs >= cfg.train.patience:
-                log.info("early stopping: no improvement for %d epochs", bad_epochs)
+                self._info("early stopping: no improvement for %d epochs", bad_epochs)
                 stopped_early = True
                 break
         return TrainResult(out, epoch, global_step, best_loss, best_rmse, stopped_early)
+
+    def _save_epoch(
+        self,
+        record: EpochRecord,
+        metrics: dict[str, float],
+        save_last: bool,
+        state: TrainingState,
+    ) -> None:
+        """Rank 0's files after an epoch: the metrics row, best.safetensors if it is the best
+        epoch, last.safetensors if ``save_last``."""
+        out = self.output_dir
+        # The row first: a crash before last.safetensors lands makes --resume redo (and
+        # rewrite) it; a crash after, keeps it.
+        self._write_metrics_row(record)
+        metadata = self._metadata(record.epoch, metrics)
+        if record.is_best:
+            save_checkpoint(out / BEST, self.model, self.scaling, metadata)
+        if save_last:
+            save_checkpoint(out / LAST, self.model, self.scaling, metadata, state)
+
+    def _describe_batch(self, learning_rate_key: str) -> str:
+        """The batch and learning rate for the start of the log: per rank and global under
+        torchrun, with the learning rate's scaling."""
+        cfg = self.config
+        if not self.ranks.distributed:
+            return f"batch {cfg.data.batch_size}, learning rate {self.learning_rate:.2e}"
+        text = (
+            f"batch {cfg.data.batch_size} per rank x {self.world_size} ranks = global batch "
+            f"{cfg.data.batch_size * self.world_size}, learning rate {self.learning_rate:.2e}"
+        )
+        if cfg.optimizer.lr_scaling != "none":
+            base = getattr(cfg.optimizer, learning_rate_key)
+            scaling = cfg.optimizer.lr_scaling
+            text += f" (optimizer.{learning_rate_key} {base:.2e}, lr_scaling {scaling})"
+        return text
+
+    def _resume_state(self, last: Path) -> tuple[Checkpoint, TrainingState]:
+        """The checkpoint and training state to resume from, once checked against this run:
+        the same starting point, model, settings and (where lr_scaling ties the learning rate
+        to it) world size."""
+        cfg = self.config
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: nothing to resume from")
+        checkpoint = load_checkpoint(last)
+        stored_parent = checkpoint.metadata.get("provenance", {}).get("parent")
+        self._check_same_parent(last, stored_parent)
+        if (checkpoint.model_config, checkpoint.scaling) != (self.model_config, self.scaling):
+            raise ValueError(f"{last}: model config differs from this run's config")
+        changed = _changed_settings(checkpoint.metadata.get("training", {}), cfg.to_dict())
+        if changed:
+            raise ValueError(
+                f"{last}: cannot resume with different settings ({', '.join(changed)}); "
+                "only the epoch and step limits may change"
+            )
+        stored_world = int(checkpoint.metadata.get("distributed", {}).get("world_size", 1))
+        if stored_world != self.world_size:
+            if cfg.optimizer.lr_scaling != "none":
+                raise ValueError(
+                    f"{last}: this run trained on {stored_world} rank(s); resume it on as many, "
+                    f"not {self.world_size} (optimizer.lr_scaling={cfg.optimizer.lr_scaling} "
+                    "ties its learning rate to their number)"
+                )
+            if self.is_main:
+                batch = cfg.data.batch_size
+                log.warning(
+                    "%s: this run trained on %d rank(s) and resumes on %d: its global batch "
+                    "changes from %d to %d pairs (and the run from what an uninterrupted one "
+                    "would do)",
+                    last,
+                    stored_world,
+                    self.world_size,
+                    batch * stored_world,
+                    batch * self.world_size,
+                )
+        return checkpoint, load_training_state(last)
 
     def _check_same_parent(self, last: Path, stored: dict[str, Any] | None) -> None:
         """Refuse to resume a run from another starting point than the one it began from."""

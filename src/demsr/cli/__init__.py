@@ -3,6 +3,9 @@
 Every subcommand is a thin layer over a library function. Errors a user can act on (bad input,
 a missing file, an existing output) end in a one-line message and exit status 1; ``--debug``
 shows the traceback instead (:mod:`demsr.cli.errors`).
+
+Under torchrun (``torchrun --nproc_per_node N -m demsr ...``) rank 0 logs as usual; the other
+ranks log warnings and errors only, and start their lines (error lines too) with ``[rank r/N]``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import click
 
-from demsr import __version__
+from demsr import __version__, distributed
 from demsr.cli.errors import EXPECTED_ERRORS, error_message, with_hint
 
 log = logging.getLogger("demsr")
@@ -31,20 +34,36 @@ class _TqdmFriendlyHandler(logging.Handler):
             self.handleError(record)
 
 
+def _rank_prefix() -> str:
+    """``[rank r/N] `` on the ranks other than rank 0 of a torchrun run; nothing otherwise."""
+    try:
+        return distributed.context().log_prefix
+    except ValueError:  # a broken torchrun environment: the command reports it
+        return ""
+
+
 def configure_logging(verbose: int, quiet: int) -> None:
     """demsr's own messages from INFO (``-v``: DEBUG); other libraries' from WARNING (``-v``:
-    INFO, which shows the GDAL errors that rasterio logs before demsr reports them in one line)."""
+    INFO, which shows the GDAL errors that rasterio logs before demsr reports them in one line).
+    Ranks other than rank 0 of a torchrun run log from WARNING, their lines marked with the
+    rank."""
     shift = 10 * (quiet - verbose)
+    prefix = _rank_prefix()
     handler = _TqdmFriendlyHandler()
     handler.setFormatter(
         logging.Formatter(
-            "%(message)s" if verbose == 0 else "%(asctime)s %(name)s %(levelname)s: %(message)s"
+            prefix + "%(message)s"
+            if verbose == 0
+            else prefix + "%(asctime)s %(name)s %(levelname)s: %(message)s"
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    own_level = max(logging.INFO + shift, logging.DEBUG)
+    if prefix:
+        own_level = max(own_level, logging.WARNING)
     root.setLevel(max(logging.WARNING + shift, logging.DEBUG))
-    logging.getLogger("demsr").setLevel(max(logging.INFO + shift, logging.DEBUG))
+    logging.getLogger("demsr").setLevel(own_level)
 
 
 class DemsrGroup(click.Group):
@@ -61,7 +80,8 @@ class DemsrGroup(click.Group):
         except EXPECTED_ERRORS as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(with_hint(ctx, f"demsr: error: {error_message(exc)}"), err=True)
+            line = f"{_rank_prefix()}demsr: error: {error_message(exc)}"
+            click.echo(with_hint(ctx, line), err=True)
             sys.exit(1)
 
 

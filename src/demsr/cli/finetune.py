@@ -63,16 +63,18 @@ def command(
     optimizer.finetune_lr. Frozen parameters keep the parent's values exactly. The run folder
     holds the same files as `demsr train`'s; the checkpoints record the parent (path, SHA-256,
     epoch, metrics, provenance). --resume refuses another parent or other freeze settings.
+    Runs under torchrun as `demsr train` does.
     """
     from demsr.train import Trainer
 
     shortcuts = [f"optimizer.finetune_lr={learning_rate!r}"] if learning_rate is not None else []
     config = run_config(config_path, overrides, data_dir, output_dir, shortcuts)
-    result = Trainer(config, progress=progress).finetune(
+    trainer = Trainer(config, progress=progress)
+    result = trainer.finetune(
         parent,
         freeze=freeze,
         freeze_blocks=freeze_blocks,
         freeze_prefixes=freeze_prefixes or None,
         resume=resume,
     )
-    echo_result(result)
+    echo_result(trainer, result)

@@ -12,7 +12,7 @@ from demsr.model import PRESETS
 
 if TYPE_CHECKING:
     from demsr.config import RunConfig
-    from demsr.train import TrainResult
+    from demsr.train import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,11 @@ def run_config(
     return load_config(config_path, shortcuts + list(overrides))
 
 
-def echo_result(result: TrainResult) -> None:
-    """One line on stdout: the best validation RMSE, the epochs and steps run, the run folder."""
+def echo_result(trainer: Trainer, result: TrainResult) -> None:
+    """One line on stdout (from rank 0 alone under torchrun): the best validation RMSE, the
+    epochs and steps run, the run folder."""
+    if not trainer.is_main:
+        return
     click.echo(
         f"best validation RMSE {result.best_valid_rmse_m:.3f} m after {result.epochs_run} "
         f"epochs ({result.global_step} steps); checkpoints in {result.output_dir}"
@@ -60,9 +63,13 @@ def command(
 
     MSE loss, Adam with exponential learning-rate decay, early stopping on the validation loss.
     Writes config.yaml, metrics.csv, last.safetensors (resumable) and best.safetensors.
+    Under torchrun (torchrun --nproc_per_node N -m demsr train ...) the N processes train
+    together with DistributedDataParallel, data.batch_size pairs per process and step, and
+    only rank 0 writes the run folder.
     """
     from demsr.train import Trainer
 
     shortcuts = [f"model.preset={preset}"] if preset else []
     config = run_config(config_path, overrides, data_dir, output_dir, shortcuts)
-    echo_result(Trainer(config, progress=progress).fit(resume=resume))
+    trainer = Trainer(config, progress=progress)
+    echo_result(trainer, trainer.fit(resume=resume))
