@@ -98,7 +98,7 @@ def test_two_ranks_write_the_product_of_one_process(setup: dict[str, Any], tmp_p
     log = run(torchrun(2, *args), tmp_path / "log")
     assert_same_product(output, setup["reference"])
     # Each rank reports its own share and throughput; rank 0 the whole run's.
-    assert "rank 0/2: predicted" in log and "rank 1/2: predicted" in log
+    assert "[rank 0/2] predicted 30 tiles" in log and "[rank 1/2] predicted 30 tiles" in log
     assert "all 2 ranks: 60 of 60 tiles done, 60 in this run: 0.9 output Mpx in " in log
     assert log.count(str(output)) >= 1  # rank 0 prints the product's path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "out.tif"]

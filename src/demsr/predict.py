@@ -80,6 +80,9 @@ from demsr.tiling import (
 )
 
 log = logging.getLogger(__name__)
+# Each rank's own progress (throughput, ETA): logged by every rank, where other messages are
+# left to rank 0 (see demsr.cli.configure_logging).
+progress_log = logging.getLogger("demsr.progress")
 
 
 def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
@@ -703,7 +706,7 @@ def _predict_raster(
         writer.close()
 
     if ctx.distributed:
-        log.info("%s: waiting for the other ranks to finish their tiles", ctx.describe())
+        log.info("waiting for the other ranks to finish their tiles")
         distributed.barrier()
         if not ctx.is_main:
             return output
@@ -792,8 +795,8 @@ class _Progress:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = self.tiles / elapsed
         left = self.assigned - self.tiles
-        log.info(
-            "%s: %d of %d tiles, %.2f Mpx/s out, ETA %s",
+        progress_log.info(
+            "[%s] %d of %d tiles, %.2f Mpx/s out, ETA %s",
             self.ctx.describe(),
             self.tiles,
             self.assigned,
@@ -856,9 +859,9 @@ def _run_tiles(
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
-    log.info(
+    (progress_log if progress.ctx.distributed else log).info(
         "%spredicted %d tiles (%.1f output Mpx) in %.1f s, %.2f Mpx/s",
-        f"{progress.ctx.describe()}: " if progress.ctx.distributed else "",
+        f"[{progress.ctx.describe()}] " if progress.ctx.distributed else "",
         progress.assigned,
         written_px / 1e6,
         elapsed,

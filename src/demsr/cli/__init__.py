@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from demsr import __version__, distributed
+from demsr import __version__, ranks
 from demsr.cli.errors import EXPECTED_ERRORS, error_message, with_hint
 
 log = logging.getLogger("demsr")
@@ -37,29 +37,45 @@ class _TqdmFriendlyHandler(logging.Handler):
 def _rank_prefix() -> str:
     """``[rank r/N] `` on the ranks other than rank 0 of a torchrun run; nothing otherwise."""
     try:
-        return distributed.context().log_prefix
+        return ranks.context().log_prefix
     except ValueError:  # a broken torchrun environment: the command reports it
         return ""
+
+
+class _RankFormatter(logging.Formatter):
+    """Puts ``prefix`` (the rank) before each line, unless the message names its rank."""
+
+    def __init__(self, fmt: str, prefix: str) -> None:
+        super().__init__(fmt)
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.getMessage().startswith("[rank ") else self.prefix + text
+
+
+PROGRESS_LOGGER = "demsr.progress"
+"""Progress reports every rank logs at INFO (each rank's throughput and ETA under torchrun)."""
 
 
 def configure_logging(verbose: int, quiet: int) -> None:
     """demsr's own messages from INFO (``-v``: DEBUG); other libraries' from WARNING (``-v``:
     INFO, which shows the GDAL errors that rasterio logs before demsr reports them in one line).
-    Ranks other than rank 0 of a torchrun run log from WARNING, their lines marked with the
-    rank."""
+    Ranks other than rank 0 of a torchrun run log from WARNING (but their progress reports,
+    :data:`PROGRESS_LOGGER`, from INFO), their lines marked with the rank."""
     shift = 10 * (quiet - verbose)
     prefix = _rank_prefix()
     handler = _TqdmFriendlyHandler()
     handler.setFormatter(
-        logging.Formatter(
-            prefix + "%(message)s"
-            if verbose == 0
-            else prefix + "%(asctime)s %(name)s %(levelname)s: %(message)s"
+        _RankFormatter(
+            "%(message)s" if verbose == 0 else "%(asctime)s %(name)s %(levelname)s: %(message)s",
+            prefix,
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     own_level = max(logging.INFO + shift, logging.DEBUG)
+    logging.getLogger(PROGRESS_LOGGER).setLevel(own_level)
     if prefix:
         own_level = max(own_level, logging.WARNING)
     root.setLevel(max(logging.WARNING + shift, logging.DEBUG))
