@@ -95,6 +95,12 @@ from demsr.model import PRECISIONS
     "--resume", is_flag=True, help="Continue an interrupted run from the tiles already written."
 )
 @progress_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan of this run (tiles, per rank under torchrun, output size, memory, "
+    "time: see demsr plan) and exit without writing anything.",
+)
 def command(
     paths: tuple[str, ...],
     band: int,
@@ -112,6 +118,7 @@ def command(
     overwrite: bool,
     resume: bool,
     progress: bool,
+    dry_run: bool,
 ) -> None:
     """Super-resolve INPUT with CHECKPOINT into OUTPUT.
 
@@ -138,6 +145,11 @@ def command(
             f"{input_path} is a checkpoint: give [CHECKPOINT] INPUT OUTPUT (the output is missing)"
         )
     checkpoint = resolve_checkpoint(model[0] if model else None)
+    if dry_run:
+        from demsr.cli.plan import print_dry_run
+
+        print_dry_run(checkpoint, input_path, output_path, click.get_current_context().params)
+        return
 
     output_datum = output_datum or input_datum
 
