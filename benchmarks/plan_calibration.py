@@ -3,9 +3,10 @@
 Each case runs ``demsr.predict.predict_raster`` (its defaults: channels-last, bf16 residual blocks
 where the CPU has native bf16) in a fresh child process on a GeoTIFF of real terrain and records:
 
-* the process's resident memory after its imports (the runtime baseline) and its peak during the
-  tile loop (``harness.peak_rss_mb`` when the partial store is handed to
-  ``demsr.io.finalise_output``), against :func:`demsr.plan.estimate_memory`;
+* the process's resident memory after its imports, its peak while loading the weights, and its
+  peak during the tile loop (``harness.peak_rss_mb`` when the partial store is handed to
+  ``demsr.io.finalise_output``, the peak reset after the warm-up), against
+  :func:`demsr.plan.estimate_memory`;
 * the tile loop's wall time, after one warm-up call per read shape (oneDNN picks its kernels per
   shape; a large raster has a handful of shapes), as output Mpx/s and as the network's work rate
   (read-window Mpx/s, :class:`demsr.plan.SpeedFigure`), against the plan's estimate from the
@@ -18,8 +19,8 @@ Cases: the shipped lite model at tiles 64, 128 and 256 (bf16) and 128 (fp32) on 
 of the bundled SRTM tile (Sierra Nevada, land; mirrored as in ``predict_memory.py``); lite at 128
 on a continental-shelf bathymetry grid (``examples/data/cairns_ga2005_270m_shelf.tif``); an
 untrained paper-shaped model (trend scaling, margin 101) at tiles 48 and 96. Then the memory
-formula's constants are fitted to all cases (least squares on the maps per tile, with the
-measured baseline) and printed beside the ones :data:`demsr.plan.MEMORY_CALIBRATION` holds. The
+formula's constants (baseline, maps per tile) are fitted to all cases by least squares and
+printed beside the ones :data:`demsr.plan.MEMORY_CALIBRATION` holds. The
 input check's rate (every cell read once) is measured on a 4096 x 4096 NetCDF in the GEBCO
 layout::
 
@@ -33,8 +34,10 @@ The figures in ``demsr/plan.py`` are copied from that record by hand.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -109,12 +112,17 @@ def child(spec: dict[str, Any]) -> None:
     ):
         predict_array(resolver, terrain[: shape[0], : shape[1]], "cpu", precision=spec["precision"])
     del resolver
+    gc.collect()
+    load_peak_mb = peak_rss_mb()  # loading a checkpoint holds its weights three times over
+    # From here the peak is the tile loop's (the warm-up's own network is gone).
+    Path("/proc/self/clear_refs").write_text("5")
     times: dict[str, float] = {}
     formats: dict[str, dict[str, float]] = {}
 
     def finalise_hook(partial: Any, output: Any, *args: Any, **kwargs: Any) -> Any:
         times["tiles_done"] = time.perf_counter()
         times["tiles_peak_mb"] = peak_rss_mb()
+        times["load"] = os.getloadavg()[0]
         if spec["formats"]:
             for fmt, suffix in FORMATS.items():
                 for dtype in ("float32", "int16"):
@@ -147,8 +155,10 @@ def child(spec: dict[str, Any]) -> None:
         "margin_px": margin,
         "precision": resolve_precision(spec["precision"], torch.device("cpu")),
         "baseline_mb": baseline_mb,
+        "load_peak_mb": load_peak_mb,
         "tiles_peak_mb": times["tiles_peak_mb"],
         "tile_loop_s": times["tiles_done"] - begun,
+        "load": times["load"],
         "startup_s": loaded - started,
         "import_s": imported - started,
         "formats": formats,
@@ -234,21 +244,23 @@ def run_case(case: Case, checkpoint: Path, raster: Path, tmp: Path) -> dict[str,
 
 
 def fit_memory(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
-    """(baseline MiB, lowres maps, highres maps) fitted to the measured peaks: the baseline is
-    the mean measured one; the maps by least squares on what the weights leave."""
-    baseline = float(np.mean([r["baseline_mb"] for r in rows]))
+    """(baseline MiB, lowres maps, highres maps) fitted by least squares to the measured tile-loop
+    peaks less the weights (counted as the plan counts them)."""
     design, target = [], []
     for r in rows:
-        plan = r["plan"]
         window_cells = r["window_cells"]
         design.append(
-            [4 * r["channels"] * window_cells / 2**20, 4 * window_cells * r["scale"] ** 2 / 2**20]
+            [
+                1.0,
+                4 * r["channels"] * window_cells / 2**20,
+                4 * window_cells * r["scale"] ** 2 / 2**20,
+            ]
         )
-        target.append(r["tiles_peak_mb"] - baseline - plan.memory.weights / 2**20)
-    (lowres_maps, highres_maps), *_ = np.linalg.lstsq(
+        target.append(r["tiles_peak_mb"] - r["plan"].memory.weights / 2**20)
+    (baseline, lowres_maps, highres_maps), *_ = np.linalg.lstsq(
         np.array(design), np.array(target), rcond=None
     )
-    return baseline, float(lowres_maps), float(highres_maps)
+    return float(baseline), float(lowres_maps), float(highres_maps)
 
 
 def run(args: argparse.Namespace) -> str:
@@ -295,8 +307,8 @@ def run(args: argparse.Namespace) -> str:
     lines = [
         "| model | precision | raster | tile | margin | tiles | window | tile loop s "
         "| output Mpx/s | window Mpx/s | plan: time s | baseline MiB | peak MiB "
-        "| plan: peak MiB | plan / measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| load peak MiB | plan: peak MiB | plan / measured | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         case, plan = r["case"], r["plan"]
@@ -308,14 +320,16 @@ def run(args: argparse.Namespace) -> str:
             f"| {r['tile_loop_s']:.1f} | {r['output_mpx'] / r['tile_loop_s']:.3f} "
             f"| {r['window_mpx'] / r['tile_loop_s']:.3f} "
             f"| {'-' if planned_s is None else f'{planned_s:.1f}'} "
-            f"| {r['baseline_mb']:.0f} | {r['tiles_peak_mb']:.0f} | {estimate_mb:.0f} "
-            f"| {estimate_mb / r['tiles_peak_mb']:.2f} |"
+            f"| {r['baseline_mb']:.0f} | {r['tiles_peak_mb']:.0f} | {r['load_peak_mb']:.0f} "
+            f"| {estimate_mb:.0f} "
+            f"| {estimate_mb / r['tiles_peak_mb']:.2f} | {r['load']:.1f} |"
         )
     baseline, lowres_maps, highres_maps = fit_memory(results)
     recorded = MEMORY_CALIBRATION["cpu"]
     fit = (
         f"Memory fit of this run (peak = baseline + weights + per tile lowres_maps x C x window "
-        f"+ highres_maps x window x scale^2, float32): baseline {baseline:.0f} MiB, lowres_maps "
+        f"+ highres_maps x window x scale^2, float32 maps; least squares over the cases above): "
+        f"baseline {baseline:.0f} MiB, lowres_maps "
         f"{lowres_maps:.2f}, highres_maps {highres_maps:.2f} (demsr.plan holds "
         f"{recorded.baseline_mib:.0f} MiB, {recorded.lowres_maps:g}, {recorded.highres_maps:g})."
     )

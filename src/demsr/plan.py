@@ -62,7 +62,7 @@ FLOAT32_BYTES = 4
 # Recorded figures
 # --------------------------------------------------------------------------------------------
 
-THIS_CPU = "Intel(R) Xeon(R) Processor, 2 CPUs (AVX512, AMX)"
+THIS_CPU = "Intel(R) Xeon(R) Processor, 2 CPUs"  # with AVX512 and AMX (native bf16)
 CALIBRATION = "benchmarks/plan_calibration.md"
 
 
@@ -119,11 +119,11 @@ SPEED_FIGURES: tuple[SpeedFigure, ...] = (
 class MemoryCalibration:
     """Constants of the memory formula (:func:`estimate_memory`) for one kind of device.
 
-    Peak bytes = ``baseline_mib`` (the process before the model: Python, torch, GDAL, demsr;
-    None where not measured) + ``weight_copies`` x the float32 weights (+ a bf16 copy of the
-    residual blocks' weights under bf16) + per tile of a batch ``lowres_maps`` float32 maps of
-    C channels at low resolution and ``highres_maps`` one-channel float32 maps at high
-    resolution, over the largest read window.
+    Peak bytes = ``baseline_mib`` (the process and what does not grow with the tiles: Python,
+    torch, GDAL, demsr, kernels' scratch; None where not measured) + ``weight_copies`` x the
+    float32 weights + per tile of the largest batch ``lowres_maps`` float32 maps of C channels
+    at low resolution and ``highres_maps`` one-channel float32 maps at high resolution, over
+    the tile's read window.
     """
 
     baseline_mib: float | None
@@ -134,9 +134,9 @@ class MemoryCalibration:
 
 
 MEMORY_CALIBRATION = {
-    # Fitted by benchmarks/plan_calibration.py to `demsr predict`'s peak resident memory (the
-    # tile loop) with lite at tiles 64/128/256 and paper at 48/96. Two copies of the weights:
-    # the loaded checkpoint's and the network's.
+    # Fitted by benchmarks/plan_calibration.py to `demsr predict`'s peak resident memory during
+    # the tile loop (lite at tiles 64/128/256, paper at 48/96). Two copies of the weights: the
+    # loaded checkpoint's and the network's.
     "cpu": MemoryCalibration(
         baseline_mib=258.0,
         weight_copies=2.0,
@@ -144,8 +144,9 @@ MEMORY_CALIBRATION = {
         highres_maps=40.0,
         source=CALIBRATION,
     ),
-    # Not measured on a GPU: the same maps per tile, one copy of the weights on the device; the
-    # CUDA context and cuDNN's workspaces come on top.
+    # Not measured on a GPU: the same maps per tile (which include host-side arrays, so this
+    # errs high), one copy of the weights on the device; the CUDA context and cuDNN's
+    # workspaces come on top.
     "cuda": MemoryCalibration(
         baseline_mib=None,
         weight_copies=1.0,
@@ -194,17 +195,20 @@ class CompressionFigure:
 COMPRESSION_FIGURES: tuple[CompressionFigure, ...] = ()
 
 
-def cpu_name() -> str:
-    """This machine's CPU model and core count, e.g. ``Intel(R) Xeon(R) Processor, 2 CPUs``."""
-    name = ""
+def cpu_model() -> str:
+    """This machine's CPU model, e.g. ``Intel(R) Xeon(R) Processor``."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name or platform.processor() or 'unknown CPU'}, {os.cpu_count()} CPUs"
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_name() -> str:
+    """This machine's CPU model and core count, as :class:`SpeedFigure` names machines."""
+    return f"{cpu_model()}, {os.cpu_count()} CPUs"
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,24 +338,13 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    config: ModelConfig,
-    parameters: int,
-    block_parameters: int,
-    batch: tuple[int, int],
-    precision: str,
-    device_type: str,
+    config: ModelConfig, parameters: int, batch: tuple[int, int], device_type: str
 ) -> MemoryEstimate:
-    """Peak memory of one rank whose largest batch ``batch`` is (tiles, read-window cells per
-    tile, low-res), by the formula of :class:`MemoryCalibration` with the device's constants
-    (:data:`MEMORY_CALIBRATION`; a device without its own uses the GPU's, uncalibrated).
-
-    ``parameters`` counts the network's weights, ``block_parameters`` those of its residual
-    blocks (held once more in bf16 under ``precision`` bf16).
-    """
+    """Peak memory of one rank running a model of ``config``'s shape with ``parameters``
+    weights, whose largest batch ``batch`` is (tiles, read-window cells per tile, low-res), by
+    the formula of :class:`MemoryCalibration` with the device's constants
+    (:data:`MEMORY_CALIBRATION`; a device without its own uses the GPU's, uncalibrated)."""
     calibration = MEMORY_CALIBRATION.get(device_type, MEMORY_CALIBRATION["cuda"])
-    weights = calibration.weight_copies * parameters * FLOAT32_BYTES
-    if precision == "bf16":
-        weights += block_parameters * 2
     tiles, lowres_cells = batch
     highres_cells = lowres_cells * config.scale**2
     per_tile = FLOAT32_BYTES * (
@@ -362,7 +355,7 @@ def estimate_memory(
     return MemoryEstimate(
         kind="host RAM" if device_type == "cpu" else "GPU memory",
         baseline=baseline,
-        weights=int(weights),
+        weights=int(calibration.weight_copies * parameters * FLOAT32_BYTES),
         activations=int(tiles * per_tile),
         calibration=calibration,
     )
@@ -640,7 +633,7 @@ class PredictionPlan:
             lines.append(
                 f"measured {m.tiles} tiles on {m.device} ({m.precision}) in {m.seconds:.1f} s: "
                 f"{m.window_mpx_s:.3g} Mpx/s of read window, {m.output_mpx_s:.3g} Mpx/s output "
-                f"there; {m.memory_kind} {_size(m.peak_memory)}"
+                f"there; {m.memory_kind} {_memory(m.peak_memory)}"
             )
         lines.append(self._time_line())
         command = self.command(output or _placeholder(self.fmt), checkpoint, extra)
@@ -668,11 +661,11 @@ class PredictionPlan:
 
     def _memory_line(self) -> str:
         m = self.memory
-        parts = [f"weights {_size(m.weights)}", f"tiles {_size(m.activations)}"]
+        parts = [f"weights {_memory(m.weights)}", f"tiles {_memory(m.activations)}"]
         if m.baseline is not None:
-            parts.insert(0, f"runtime {_size(m.baseline)}")
+            parts.insert(0, f"base {_memory(m.baseline)}")
         source = m.calibration.source
-        return f"memory   ~{_size(m.total)} {m.kind} per rank ({' + '.join(parts)}; {source})"
+        return f"memory   ~{_memory(m.total)} {m.kind} per rank ({' + '.join(parts)}; {source})"
 
     def _time_line(self) -> str:
         t = self.time
@@ -702,7 +695,16 @@ def _count(value: float) -> str:
 
 
 def _size(value: float) -> str:
+    """Bytes on disk, in decimal units (as disks are sold)."""
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def _memory(value: float) -> str:
+    """Bytes of memory, in binary units (as memory is sold and GPUs report it)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if value >= size:
             return f"{value / size:.3g} {unit}"
     return f"{value:.0f} B"
@@ -791,6 +793,7 @@ def plan_prediction(
 
     from demsr.checkpoint import as_checkpoint
     from demsr.model import DEMSRNet, SuperResolver
+    from demsr.pretrained import pretrained_path
 
     if tile_px < 1 or batch_size < 1 or ranks < 1:
         raise ValueError(
@@ -820,13 +823,12 @@ def plan_prediction(
         cell_size = (reader.transform.a, -reader.transform.e)
         path_text = reader.path
 
-    loaded = as_checkpoint(checkpoint if checkpoint is not None else "lite")
+    loaded = as_checkpoint(checkpoint if checkpoint is not None else pretrained_path())
     config = loaded.model_config
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         resolver = SuperResolver(DEMSRNet(config), loaded.scaling)
     margin, scale = resolver.margin_px, resolver.scale
     parameters = sum(p.numel() for p in resolver.parameters())
-    block_parameters = sum(p.numel() for p in resolver.net.body.parameters())
     model_name = preset_name(config)
     label = (
         f"{model_name or 'custom'} ({config.blocks} blocks x {config.channels} channels, "
@@ -841,14 +843,7 @@ def plan_prediction(
     out_rows, out_cols = rows * scale, cols * scale
     itemsize = 2 if dtype == "int16" else FLOAT32_BYTES
     product = out_rows * out_cols * itemsize
-    memory = estimate_memory(
-        config,
-        parameters,
-        block_parameters,
-        sharding.largest_batch,
-        mode,
-        device_type,
-    )
+    memory = estimate_memory(config, parameters, sharding.largest_batch, device_type)
 
     measurement = None
     if measure:
@@ -884,7 +879,7 @@ def plan_prediction(
         throughput_mpx_s is None
         and measurement is None
         and figure is not None
-        and figure.machine.split(" (")[0] != cpu_name()
+        and figure.machine != cpu_name()
         and device_type == "cpu"
     ):
         notes.append(
