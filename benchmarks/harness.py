@@ -89,19 +89,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine_description(device: str) -> str:
     """One line: date, CPU, cores, torch and (on CUDA) the GPU."""
     import torch
+
+    from demsr.plan import cpu_model
 
     parts = [
         datetime.date.today().isoformat(),

@@ -103,6 +103,12 @@ from demsr.model import PRECISIONS
     help="Continue an interrupted run (after any rank stopped) from the tiles already written.",
 )
 @progress_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan of this run (tiles, per rank under torchrun, output size, memory, "
+    "time: see demsr plan) and exit without writing anything.",
+)
 def command(
     paths: tuple[str, ...],
     band: int,
@@ -121,6 +127,7 @@ def command(
     overwrite: bool,
     resume: bool,
     progress: bool,
+    dry_run: bool,
 ) -> None:
     """Super-resolve INPUT with CHECKPOINT into OUTPUT.
 
@@ -152,6 +159,11 @@ def command(
             f"{input_path} is a checkpoint: give [CHECKPOINT] INPUT OUTPUT (the output is missing)"
         )
     checkpoint = resolve_checkpoint(model[0] if model else None)
+    if dry_run:
+        from demsr.cli.plan import print_dry_run
+
+        print_dry_run(checkpoint, input_path, output_path, click.get_current_context().params)
+        return
 
     output_datum = output_datum or input_datum
 

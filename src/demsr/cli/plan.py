@@ -1,0 +1,181 @@
+"""``demsr plan``: what ``demsr predict`` will take (tiles, ranks, disk, memory, time), without
+running it; ``demsr predict --dry-run`` prints the same for its own settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from demsr.cli.options import RASTER_PATH, band_option, device_option
+from demsr.io import FORMATS, OUTPUT_DTYPES
+from demsr.model import PRECISIONS
+
+
+@click.command("plan")
+@click.argument("input_path", metavar="INPUT", type=RASTER_PATH)
+@click.option(
+    "--checkpoint",
+    metavar="CKPT",
+    help="Checkpoint file or shipped model name [default: the shipped lite model].",
+)
+@click.option(
+    "--ranks",
+    type=click.IntRange(min=1),
+    envvar="WORLD_SIZE",
+    default=1,
+    show_default=True,
+    help="Ranks (GPUs, or processes) the run will use under torchrun [default: $WORLD_SIZE "
+    "when set].",
+)
+@device_option
+@click.option(
+    "--tile-size",
+    "tile_px",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Tile side in input (low-res) cells, before the margin, as for demsr predict.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Tiles per forward pass, as for demsr predict.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(("auto", *PRECISIONS)),
+    default="auto",
+    show_default=True,
+    help="Network precision, as for demsr predict (auto: bf16 where the device has native "
+    "bf16, else fp32).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="cog",
+    show_default=True,
+    help="Output format (sets the size of the overviews: a COG's add a third).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(OUTPUT_DTYPES),
+    default="float32",
+    show_default=True,
+    help="Output data type (int16 halves the product).",
+)
+@band_option
+@click.option("--variable", help="Elevation variable of a NetCDF/Zarr INPUT.")
+@click.option("--crs", help="CRS of an INPUT that declares none (e.g. EPSG:4326).")
+@click.option(
+    "--throughput",
+    "throughput_mpx_s",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="MPX_S",
+    help="Output Mpx/s per rank on the target machine (as demsr predict's progress bar shows "
+    "it); replaces the recorded figures.",
+)
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Time a few tiles of INPUT on --device after a warm-up (seconds on a GPU, up to a "
+    "minute on a CPU) and use that throughput; reads those tiles only.",
+)
+def command(
+    input_path: str,
+    checkpoint: str | None,
+    ranks: int,
+    device: str,
+    tile_px: int,
+    batch_size: int,
+    precision: str,
+    fmt: str,
+    dtype: str,
+    band: int,
+    variable: str | None,
+    crs: str | None,
+    throughput_mpx_s: float | None,
+    measure: bool,
+) -> None:
+    """Plan the super-resolution of INPUT: tiles, tiles per rank, output size on disk, memory
+    per rank and wall time, and the command line that runs it.
+
+    Reads INPUT's metadata only (its shape, transform and CRS; --measure also reads a few
+    tiles), so a global grid is planned in seconds. The time comes from the throughput
+    recorded for the model, device and precision (benchmarks/plan_calibration.md: this
+    project's 2-core CPU; no GPU figure is recorded yet), scaled to the tile size, or from
+    --throughput or --measure; without any of them the time is reported as unknown.
+    Memory is an estimate from the model's shapes, calibrated on the CPU.
+    """
+    from demsr.plan import plan_prediction
+
+    plan = plan_prediction(
+        input_path,
+        checkpoint,
+        ranks=ranks,
+        device=device,
+        tile_px=tile_px,
+        batch_size=batch_size,
+        precision=precision,
+        fmt=fmt,
+        dtype=dtype,
+        band=band,
+        variable=variable,
+        crs=crs,
+        throughput_mpx_s=throughput_mpx_s,
+        measure=measure,
+    )
+    click.echo(plan.describe(checkpoint=checkpoint))
+
+
+def print_dry_run(
+    checkpoint: Path, input_path: str, output_path: str, params: dict[str, Any]
+) -> None:
+    """``demsr predict --dry-run``: print the plan of the run ``params`` (the predict command's
+    parameters) describe, with ``checkpoint`` resolved; write nothing. Under torchrun only
+    rank 0 prints, and the ranks are torchrun's."""
+    from demsr.distributed import context
+    from demsr.plan import plan_prediction
+    from demsr.predict import partial_progress
+
+    ranks = context()
+    if not ranks.is_main:
+        return
+    plan = plan_prediction(
+        input_path,
+        checkpoint,
+        ranks=ranks.world_size,
+        device=params["device"],
+        tile_px=params["tile_px"],
+        batch_size=params["batch_size"],
+        precision=params["precision"],
+        fmt=params["fmt"],
+        output_path=output_path,
+        dtype=params["dtype"],
+        band=params["band"],
+        variable=params["variable"],
+        crs=params["crs"],
+    )
+    extra = []
+    if params["input_datum"] != "egm96":
+        extra += ["--input-datum", params["input_datum"]]
+    if params["output_datum"] is not None:
+        extra += ["--output-datum", params["output_datum"]]
+    flags = {"compile_model": "--compile", "overwrite": "--overwrite", "resume": "--resume"}
+    extra += [flag for name, flag in flags.items() if params[name]]
+    if not params["progress"]:
+        extra.append("--no-progress")
+    model = params["paths"][0] if len(params["paths"]) == 3 else None
+    click.echo(plan.describe(output_path, model, extra))
+    if Path(output_path).exists() and not params["overwrite"]:
+        click.echo(f"note     {output_path} exists: demsr predict refuses it without --overwrite")
+    progress = partial_progress(output_path)
+    if progress is not None and not params["resume"]:
+        done, total = progress
+        click.echo(
+            f"note     an interrupted run kept {done} of {total} tiles: --resume continues it"
+        )
