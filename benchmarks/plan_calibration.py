@@ -1,28 +1,33 @@
 """Calibrate ``demsr plan``: memory and speed of ``demsr predict`` against the plan's estimates.
 
 Each case runs ``demsr.predict.predict_raster`` (its defaults: channels-last, bf16 residual blocks
-where the CPU has native bf16) in a fresh child process on a GeoTIFF of real terrain and records:
+where the CPU has native bf16) in a fresh child process on a GeoTIFF of real terrain, as
+``demsr predict`` runs it, and records:
 
-* the process's resident memory after its imports, its peak while loading the weights, and its
-  peak during the tile loop (``harness.peak_rss_mb`` when the partial store is handed to
-  ``demsr.io.finalise_output``, the peak reset after the warm-up), against
-  :func:`demsr.plan.estimate_memory`;
-* the tile loop's wall time, after one warm-up call per read shape (oneDNN picks its kernels per
-  shape; a large raster has a handful of shapes), as output Mpx/s and as the network's work rate
-  (read-window Mpx/s, :class:`demsr.plan.SpeedFigure`), against the plan's estimate from the
-  recorded figures;
+* the process's resident memory after its imports and its peak up to the end of the tile loop
+  (``harness.peak_rss_mb`` when the partial store is handed to ``demsr.io.finalise_output``),
+  against :func:`demsr.plan.estimate_memory`;
+* the wall time from the call to the end of the tile loop (building the network and the input
+  check included; no warm-up: oneDNN's first call of a shape costs no more than the next ones
+  on this CPU), as output Mpx/s and as the network's work rate (read-window Mpx/s,
+  :class:`demsr.plan.SpeedFigure`), against the plan's estimate from the recorded figures;
 * start-up (imports and loading the weights), and for some cases the conversion of the partial
   store into each product format and dtype (time, and size on disk against the uncompressed
   bytes: the compression ratio on a real DEM).
 
-Cases: the shipped lite model at tiles 64, 128 and 256 (bf16) and 128 (fp32) on 512 x 512 cells
-of the bundled SRTM tile (Sierra Nevada, land; mirrored as in ``predict_memory.py``); lite at 128
-on a continental-shelf bathymetry grid (``examples/data/cairns_ga2005_270m_shelf.tif``); an
-untrained paper-shaped model (trend scaling, margin 101) at tiles 48 and 96. Then the memory
-formula's constants (baseline, maps per tile) are fitted to all cases by least squares and
-printed beside the ones :data:`demsr.plan.MEMORY_CALIBRATION` holds. The
-input check's rate (every cell read once) is measured on a 4096 x 4096 NetCDF in the GEBCO
-layout::
+The machine may be shared, with other processes or, for a virtual machine, with other guests of
+its host (steal time): the child's CPU seconds and the share of steal time are recorded beside
+the wall time, and a case whose process had its threads' cores less than 80% of the time, or
+lost more than 10% to steal, runs again (three runs at most; the fastest is kept).
+
+Cases: the shipped lite model at tiles 64, 128 and 256 (bf16) on 6 x 6, 6 x 6 and 4 x 4 tiles of
+the bundled SRTM tile (Sierra Nevada, land; mirrored as in ``predict_memory.py``), and at 128 in
+fp32 on 512 x 512 cells; lite at 128 on a continental-shelf bathymetry grid
+(``examples/data/cairns_ga2005_270m_shelf.tif``); an untrained paper-shaped model (trend scaling,
+margin 101) at tiles 48 and 96 on 2 x 2 tiles. Then the memory formula's constants (base, maps
+per tile) are fitted to all cases by least squares and printed beside the ones
+:data:`demsr.plan.MEMORY_CALIBRATION` holds. The input check's rate (every cell read once) is
+measured on a 4096 x 4096 NetCDF in the GEBCO layout::
 
     .venv/bin/python benchmarks/plan_calibration.py                  # ~4 min on 2 CPU cores
     .venv/bin/python benchmarks/plan_calibration.py --record benchmarks/plan_calibration.md
@@ -34,10 +39,8 @@ The figures in ``demsr/plan.py`` are copied from that record by hand.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -57,6 +60,9 @@ REPO = Path(__file__).resolve().parents[1]
 TERRAIN = REPO / "src" / "demsr" / "data" / "srtm3_N37W004.tif"
 SHELF = REPO / "examples" / "data" / "cairns_ga2005_270m_shelf.tif"
 FORMATS = {"cog": ".tif", "netcdf": ".nc", "zarr": ".zarr"}
+RUNS = 3  # at most, per case
+BUSY = 0.8  # CPU s / (wall s x threads) of an unshared run is about 0.9 here
+STEAL = 0.1  # at most this share of the CPUs' time taken by the host (a virtual machine)
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,12 @@ class Case:
 
 
 CASES = (
-    Case("lite", 64, "terrain:512"),
-    Case("lite", 128, "terrain:512", formats=True),
-    Case("lite", 256, "terrain:512"),
-    Case("lite", 128, "terrain:512", precision="fp32"),
+    # lite at three tile sizes, on rasters of 6 x 6, 6 x 6 and 4 x 4 tiles (interior tiles read
+    # full windows, as most tiles of a large raster do)
+    Case("lite", 64, "terrain:384"),
+    Case("lite", 128, "terrain:768"),
+    Case("lite", 256, "terrain:1024"),
+    Case("lite", 128, "terrain:512", precision="fp32", formats=True),
     Case("lite", 128, "shelf", formats=True),
     Case("paper", 48, "terrain:96"),
     Case("paper", 96, "terrain:192"),
@@ -95,34 +103,22 @@ def child(spec: dict[str, Any]) -> None:
     from demsr.checkpoint import load_checkpoint
     from demsr.io import finalise_output
     from demsr.model import resolve_precision
-    from demsr.predict import predict_array
-    from demsr.tiling import tile_grid
 
     imported = time.perf_counter()
     baseline_mb = _current_rss_mb()
     checkpoint = load_checkpoint(spec["checkpoint"])
-    resolver = checkpoint.build_resolver("cpu")
     loaded = time.perf_counter()
     with rasterio.open(spec["input"]) as src:
         rows, cols = src.shape
-        terrain = src.read(1).astype(np.float32)
-    margin = resolver.margin_px
-    for shape in sorted(
-        {tile.read_shape for tile in tile_grid(rows, cols, spec["tile_px"], margin)}
-    ):
-        predict_array(resolver, terrain[: shape[0], : shape[1]], "cpu", precision=spec["precision"])
-    del resolver
-    gc.collect()
-    load_peak_mb = peak_rss_mb()  # loading a checkpoint holds its weights three times over
-    # From here the peak is the tile loop's (the warm-up's own network is gone).
-    Path("/proc/self/clear_refs").write_text("5")
     times: dict[str, float] = {}
     formats: dict[str, dict[str, float]] = {}
 
     def finalise_hook(partial: Any, output: Any, *args: Any, **kwargs: Any) -> Any:
         times["tiles_done"] = time.perf_counter()
+        times["tiles_cpu"] = time.process_time()
+        steal, total = cpu_ticks()
+        times["steal"] = (steal - ticks_begun[0]) / max(1, total - ticks_begun[1])
         times["tiles_peak_mb"] = peak_rss_mb()
-        times["load"] = os.getloadavg()[0]
         if spec["formats"]:
             for fmt, suffix in FORMATS.items():
                 for dtype in ("float32", "int16"):
@@ -139,6 +135,8 @@ def child(spec: dict[str, Any]) -> None:
 
     demsr.predict.finalise_output = finalise_hook  # type: ignore[assignment]
     begun = time.perf_counter()
+    cpu_begun = time.process_time()
+    ticks_begun = cpu_ticks()
     demsr.predict.predict_raster(
         checkpoint,
         spec["input"],
@@ -152,18 +150,25 @@ def child(spec: dict[str, Any]) -> None:
         "rows": rows,
         "cols": cols,
         "scale": checkpoint.scale,
-        "margin_px": margin,
         "precision": resolve_precision(spec["precision"], torch.device("cpu")),
         "baseline_mb": baseline_mb,
-        "load_peak_mb": load_peak_mb,
         "tiles_peak_mb": times["tiles_peak_mb"],
         "tile_loop_s": times["tiles_done"] - begun,
-        "load": times["load"],
+        "cpu_s": times["tiles_cpu"] - cpu_begun,
+        "threads": torch.get_num_threads(),
+        "steal": times["steal"],
         "startup_s": loaded - started,
         "import_s": imported - started,
         "formats": formats,
     }
     print(json.dumps(result))
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of this machine's CPUs so far (``/proc/stat``): the time a
+    virtual machine's CPUs waited for the host is steal time."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
 
 
 def _current_rss_mb() -> float:
@@ -227,20 +232,38 @@ def raster_for(case: Case, tmp: Path) -> Path:
 
 
 def run_case(case: Case, checkpoint: Path, raster: Path, tmp: Path) -> dict[str, Any]:
-    work = tmp / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    """Run a case in a child process; again (at most ``RUNS`` in all) while its process had its
+    threads' cores less than ``BUSY`` of the time (the machine was shared), keeping the fastest.
+    """
     spec = {
         "checkpoint": str(checkpoint),
         "input": str(raster),
-        "output": str(work / "out.tif"),
         "tile_px": case.tile_px,
         "precision": case.precision,
         "formats": case.formats,
     }
-    command = [sys.executable, __file__, "--child", json.dumps(spec)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    best: dict[str, Any] | None = None
+    runs = 0
+    while True:
+        runs += 1
+        work = tmp / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        spec["output"] = str(work / "out.tif")
+        command = [sys.executable, __file__, "--child", json.dumps(spec)]
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        if best is None or result["tile_loop_s"] < best["tile_loop_s"]:
+            best = result
+        busy = result["cpu_s"] / result["tile_loop_s"] / result["threads"]
+        if (busy >= BUSY and result["steal"] <= STEAL) or runs == RUNS:
+            break
+        log.info(
+            "the machine was shared (cores busy %.0f%%, steal %.0f%% of the time): again",
+            100 * busy,
+            100 * result["steal"],
+        )
+    return {**best, "runs": runs}
 
 
 def fit_memory(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
@@ -287,6 +310,7 @@ def run(args: argparse.Namespace) -> str:
             plan = plan_prediction(
                 raster, loaded, device="cpu", tile_px=case.tile_px, precision=case.precision
             )
+            result["margin_px"] = plan.margin_px
             geometry = grid_geometry(result["rows"], result["cols"], case.tile_px, plan.margin_px)
             window_cells = geometry.largest_window[0] * geometry.largest_window[1]
             result.update(
@@ -305,10 +329,10 @@ def run(args: argparse.Namespace) -> str:
         check_mcells_s, check_side = check_rate(tmp)
 
     lines = [
-        "| model | precision | raster | tile | margin | tiles | window | tile loop s "
+        "| model | precision | raster | tile | margin | tiles | window | tile loop s | CPU s "
         "| output Mpx/s | window Mpx/s | plan: time s | baseline MiB | peak MiB "
-        "| load peak MiB | plan: peak MiB | plan / measured | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| plan: peak MiB | plan / measured | steal | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         case, plan = r["case"], r["plan"]
@@ -317,12 +341,12 @@ def run(args: argparse.Namespace) -> str:
         lines.append(
             f"| {case.model} | {r['precision']} | {r['raster_name']} | {case.tile_px} "
             f"| {r['margin_px']} | {r['tiles']} | {r['window'][0]} x {r['window'][1]} "
-            f"| {r['tile_loop_s']:.1f} | {r['output_mpx'] / r['tile_loop_s']:.3f} "
+            f"| {r['tile_loop_s']:.1f} | {r['cpu_s']:.1f} "
+            f"| {r['output_mpx'] / r['tile_loop_s']:.3f} "
             f"| {r['window_mpx'] / r['tile_loop_s']:.3f} "
             f"| {'-' if planned_s is None else f'{planned_s:.1f}'} "
-            f"| {r['baseline_mb']:.0f} | {r['tiles_peak_mb']:.0f} | {r['load_peak_mb']:.0f} "
-            f"| {estimate_mb:.0f} "
-            f"| {estimate_mb / r['tiles_peak_mb']:.2f} | {r['load']:.1f} |"
+            f"| {r['baseline_mb']:.0f} | {r['tiles_peak_mb']:.0f} | {estimate_mb:.0f} "
+            f"| {estimate_mb / r['tiles_peak_mb']:.2f} | {r['steal']:.0%} | {r['runs']} |"
         )
     baseline, lowres_maps, highres_maps = fit_memory(results)
     recorded = MEMORY_CALIBRATION["cpu"]

@@ -22,8 +22,9 @@ Throughput is kept as the network's work rate: megapixels of *read window* at ou
 per second. A tile reads its core plus a margin on each side, so the output rate at a tile size
 is that rate times the share of the windows' cells that are cores (0.28 for the shipped model at
 tile 128: a 242-cell window around a 128-cell core), which this module computes exactly from the
-tile grid. One figure then serves every tile size (smaller tiles only add per-tile overheads,
-which the figures measured at several tile sizes show).
+tile grid. The rate itself still depends on the window's shape (kernels run faster on some
+shapes than others, and small tiles add per-tile overheads), so figures are kept per tile size
+and the one measured nearest the planned tile size is used.
 
 Nothing here invents a figure for hardware that has none recorded: the time is then unknown and
 the plan says how to get it (``--measure`` on the target machine, or ``--throughput``).
@@ -71,43 +72,38 @@ class SpeedFigure:
     """A measured speed of ``demsr predict``'s tile loop (reading, filling, the network, writing).
 
     ``window_mpx_s`` is the network's work rate: read-window cells x scale**2 per second, in
-    millions; ``output_mpx_s`` the output rate of the measurement itself (at ``tile_px`` with
-    ``margin_px`` on a ``raster_px``-square raster). ``model`` names the preset whose shape
-    (blocks x channels) ran, ``device`` the device type, ``precision`` the network's precision.
+    millions, measured at ``tile_px`` (with ``margin_px``). ``model`` names the preset whose
+    shape (blocks x channels) ran, ``device`` the device type, ``precision`` the network's.
     """
 
     model: str
     device: str
     precision: str
     window_mpx_s: float
-    output_mpx_s: float
     tile_px: int
     margin_px: int
-    raster_px: int
     machine: str
     source: str
 
 
 SPEED_FIGURES: tuple[SpeedFigure, ...] = (
-    # benchmarks/plan_calibration.py on this project's CPU: the shipped lite model (margin 57)
-    # and an untrained paper-shaped model (trend scaling, margin 101), `demsr predict`'s tile
-    # loop after a warm-up of each read shape.
-    SpeedFigure("lite", "cpu", "bf16", 2.05, 0.43, 64, 57, 512, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "bf16", 2.20, 0.69, 128, 57, 512, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "bf16", 2.30, 1.05, 256, 57, 512, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "fp32", 1.10, 0.35, 128, 57, 512, THIS_CPU, CALIBRATION),
-    SpeedFigure("paper", "cpu", "bf16", 0.13, 0.03, 48, 101, 96, THIS_CPU, CALIBRATION),
-    SpeedFigure("paper", "cpu", "bf16", 0.13, 0.03, 96, 101, 192, THIS_CPU, CALIBRATION),
+    # benchmarks/plan_calibration.py: the shipped lite model (margin 57) and an untrained
+    # paper-shaped model (trend scaling, margin 101), `demsr predict` run as is.
+    SpeedFigure("lite", "cpu", "bf16", 1.98, 64, 57, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 2.20, 128, 57, THIS_CPU, CALIBRATION),
+    # 370-cell windows: this CPU's kernels are slower per cell at that shape than at 242.
+    SpeedFigure("lite", "cpu", "bf16", 1.13, 256, 57, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "fp32", 1.21, 128, 57, THIS_CPU, CALIBRATION),
+    SpeedFigure("paper", "cpu", "bf16", 0.120, 48, 101, THIS_CPU, CALIBRATION),
+    SpeedFigure("paper", "cpu", "bf16", 0.122, 96, 101, THIS_CPU, CALIBRATION),
     # The network alone (no tile loop): 5.003 s per 96 x 96 call, channels-last float32.
     SpeedFigure(
         "paper",
         "cpu",
         "fp32",
         0.046,
-        0.046,
         96,
         0,
-        96,
         THIS_CPU,
         "benchmarks/speed_cpu.md (the network alone: tile-loop overheads not included)",
     ),
@@ -138,10 +134,10 @@ MEMORY_CALIBRATION = {
     # the tile loop (lite at tiles 64/128/256, paper at 48/96). Two copies of the weights: the
     # loaded checkpoint's and the network's.
     "cpu": MemoryCalibration(
-        baseline_mib=258.0,
+        baseline_mib=330.0,
         weight_copies=2.0,
-        lowres_maps=4.0,
-        highres_maps=40.0,
+        lowres_maps=3.0,
+        highres_maps=18.0,
         source=CALIBRATION,
     ),
     # Not measured on a GPU: the same maps per tile (which include host-side arrays, so this
@@ -150,8 +146,8 @@ MEMORY_CALIBRATION = {
     "cuda": MemoryCalibration(
         baseline_mib=None,
         weight_copies=1.0,
-        lowres_maps=4.0,
-        highres_maps=40.0,
+        lowres_maps=3.0,
+        highres_maps=18.0,
         source="not calibrated on a GPU: tensors counted with the CPU's constants",
     ),
 }
@@ -160,21 +156,30 @@ MEMORY_CALIBRATION = {
 @dataclass(frozen=True)
 class HostFigures:
     """One-time costs measured on this project's machine (host side, whatever the device):
-    ``check_mcells_s`` the input check (every input cell read once before the first tile),
-    ``finalise_mpx_s`` the conversion of the partial store into each product format (output
-    megapixels per second, one process), ``startup_s`` per model: imports and loading weights."""
+    ``check_mcells_s`` the input check (every input cell read once before the first tile; on a
+    NetCDF in the GEBCO layout), ``finalise_mpx_s`` the conversion of the partial store into
+    the product by (format, dtype) (output megapixels per second, one process), ``startup_s``
+    per model: imports and loading the weights."""
 
     check_mcells_s: float
-    finalise_mpx_s: dict[str, float]
+    finalise_mpx_s: dict[tuple[str, str], float]
     startup_s: dict[str, float]
     machine: str
     source: str
 
 
 HOST_FIGURES = HostFigures(
-    check_mcells_s=60.0,
-    finalise_mpx_s={"cog": 20.0, "netcdf": 30.0, "zarr": 30.0},
-    startup_s={"lite": 3.0, "paper": 5.0},
+    check_mcells_s=40.0,
+    # The slower of the land and shelf DEMs' figures, rounded down.
+    finalise_mpx_s={
+        ("cog", "float32"): 2.6,
+        ("cog", "int16"): 3.5,
+        ("netcdf", "float32"): 4.8,
+        ("netcdf", "int16"): 9.6,
+        ("zarr", "float32"): 4.6,
+        ("zarr", "int16"): 8.2,
+    },
+    startup_s={"lite": 2.2, "paper": 2.8},
     machine=THIS_CPU,
     source=CALIBRATION,
 )
@@ -182,17 +187,26 @@ HOST_FIGURES = HostFigures(
 
 @dataclass(frozen=True)
 class CompressionFigure:
-    """How much a product shrinks on disk: uncompressed bytes / bytes on disk, measured on the
-    prediction of a real DEM (``dem``)."""
+    """How much a product shrinks on disk (uncompressed bytes / bytes on disk), measured on the
+    predictions of two real DEMs: ``land`` (SRTM 3", Sierra Nevada) and ``shelf`` (continental-
+    shelf bathymetry off Cairns)."""
 
     fmt: str
     dtype: str
-    ratio: float
-    dem: str
-    source: str
+    land: float
+    shelf: float
 
 
-COMPRESSION_FIGURES: tuple[CompressionFigure, ...] = ()
+COMPRESSION_FIGURES: tuple[CompressionFigure, ...] = (
+    # benchmarks/plan_calibration.py. float32 elevations keep noisy low bits (little to
+    # compress); int16 metres compress 3-4x.
+    CompressionFigure("cog", "float32", 1.3, 1.2),
+    CompressionFigure("cog", "int16", 3.7, 4.2),
+    CompressionFigure("netcdf", "float32", 1.7, 1.5),
+    CompressionFigure("netcdf", "int16", 3.8, 4.4),
+    CompressionFigure("zarr", "float32", 1.6, 1.4),
+    CompressionFigure("zarr", "int16", 2.3, 2.8),
+)
 
 
 def cpu_model() -> str:
@@ -649,15 +663,15 @@ class PredictionPlan:
             f"disk     {product}; partial store {_size(self.partial_bytes)} (float32, "
             f"uncompressed) during the run, both while finalising"
         )
-        if self.compression is not None:
-            c = self.compression
-            text += (
-                f"; compression shrinks them ({c.fmt} {c.dtype}: {c.ratio:.1f}x on {c.dem}, "
-                f"{c.source})"
-            )
-        else:
-            text += "; compression usually shrinks them"
-        return text
+        c = self.compression
+        if c is None:
+            return text + "; compression usually shrinks them"
+        low, high = sorted((c.land, c.shelf))
+        whole = self.product_bytes + self.overview_bytes
+        return text + (
+            f"; compressed {_size(whole / high)}-{_size(whole / low)} ({c.fmt} {c.dtype} shrank "
+            f"{low:g}-{high:g}x on a land and a shelf DEM, {CALIBRATION})"
+        )
 
     def _memory_line(self) -> str:
         m = self.memory
@@ -670,10 +684,10 @@ class PredictionPlan:
     def _time_line(self) -> str:
         t = self.time
         one_time = ", ".join(f"{name} {_duration(s)}" for name, s in t.one_time.items())
+        if one_time:
+            one_time = f"one-time {one_time} (at {HOST_FIGURES.machine}'s rates)"
         if t.tile_loop is None or t.output_mpx_s is None:
-            return f"time     unknown: {t.source}" + (
-                f" (one-time: {one_time})" if one_time else ""
-            )
+            return f"time     unknown: {t.source}" + (f"; {one_time}" if one_time else "")
         per_rank = " per rank" if self.ranks > 1 else ""
         total = t.total if t.total is not None else t.tile_loop
         return (
@@ -866,6 +880,7 @@ def plan_prediction(
         device_type,
         mode,
         fmt,
+        dtype,
         throughput_mpx_s,
         measurement,
     )
@@ -981,6 +996,7 @@ def _estimate_time(
     device_type: str,
     precision: str,
     fmt: str,
+    dtype: str,
     throughput_mpx_s: float | None,
     measurement: Measurement | None,
 ) -> TimeEstimate:
@@ -1020,6 +1036,6 @@ def _estimate_time(
     if device_type == "cpu" and model_name in host.startup_s:
         one_time["start-up"] = host.startup_s[model_name]
     one_time["input check"] = geometry.rows * geometry.cols / 1e6 / host.check_mcells_s
-    if fmt in host.finalise_mpx_s:
-        one_time["finalise"] = output_mpx / host.finalise_mpx_s[fmt]
+    if (fmt, dtype) in host.finalise_mpx_s:
+        one_time["finalise"] = output_mpx / host.finalise_mpx_s[fmt, dtype]
     return TimeEstimate(rate, window_rate, source, tile_loop, one_time)
