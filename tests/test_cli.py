@@ -231,3 +231,14 @@ def test_no_crs_fails_before_writing_crs_option_and_overwrite_clears_a_partial(
     with rasterio.open(output) as dst:
         assert dst.crs == raster.crs and dst.width == raster.shape[1] * 5
     assert not (tmp_path / "out.tif.partial.zarr").exists()
+
+
+def test_precision_choices_are_the_models() -> None:
+    from demsr.cli.options import precision_option
+    from demsr.model import PRECISIONS
+
+    @precision_option
+    def command(precision: str) -> None: ...
+
+    (param,) = command.__click_params__  # type: ignore[attr-defined]
+    assert tuple(param.type.choices) == ("auto", *PRECISIONS)

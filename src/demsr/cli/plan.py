@@ -8,9 +8,15 @@ from typing import Any
 
 import click
 
-from demsr.cli.options import RASTER_PATH, band_option, device_option
+from demsr.cli.options import (
+    RASTER_PATH,
+    band_option,
+    batch_size_option,
+    device_option,
+    precision_option,
+    tile_size_option,
+)
 from demsr.io import FORMATS, OUTPUT_DTYPES
-from demsr.model import PRECISIONS
 
 
 @click.command("plan")
@@ -30,29 +36,9 @@ from demsr.model import PRECISIONS
     "when set].",
 )
 @device_option
-@click.option(
-    "--tile-size",
-    "tile_px",
-    type=click.IntRange(min=1),
-    default=128,
-    show_default=True,
-    help="Tile side in input (low-res) cells, before the margin, as for demsr predict.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Tiles per forward pass, as for demsr predict.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(("auto", *PRECISIONS)),
-    default="auto",
-    show_default=True,
-    help="Network precision, as for demsr predict (auto: bf16 where the device has native "
-    "bf16, else fp32).",
-)
+@tile_size_option
+@batch_size_option
+@precision_option
 @click.option(
     "--format",
     "fmt",

@@ -7,13 +7,15 @@ import click
 from demsr.cli.errors import ERROR_HINT
 from demsr.cli.options import (
     band_option,
+    batch_size_option,
     device_option,
     overwrite_option,
+    precision_option,
     progress_option,
+    tile_size_option,
 )
 from demsr.datum import DATUMS
 from demsr.io import FORMATS, OUTPUT_DTYPES
-from demsr.model import PRECISIONS
 
 
 @click.command("predict")
@@ -57,31 +59,9 @@ from demsr.model import PRECISIONS
     help="Vertical datum of the output heights [default: the input's]. Conversions use "
     "the bundled EGM96 15' geoid grid.",
 )
-@click.option(
-    "--tile-size",
-    "tile_px",
-    type=click.IntRange(min=1),
-    default=128,
-    show_default=True,
-    help="Tile side in input (low-res) cells, before the margin. At the defaults the lite "
-    "preset peaks at about 0.5 GB of memory; raise both on a GPU.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Tiles per forward pass.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(("auto", *PRECISIONS)),
-    default="auto",
-    show_default=True,
-    help="Network precision: auto runs the residual blocks in bf16 where the device has "
-    "native bf16 (recent GPUs; CPUs with AMX or AVX512-BF16), else fp32. Elevations, the "
-    "residual stream and the output stay float32 (bf16 is within 0.2 m of fp32 on real DEMs).",
-)
+@tile_size_option
+@batch_size_option
+@precision_option
 @click.option(
     "--compile",
     "compile_model",
