@@ -29,7 +29,7 @@ per tile) are fitted to all cases by least squares and printed beside the ones
 :data:`demsr.plan.MEMORY_CALIBRATION` holds. The input check's rate (every cell read once) is
 measured on a 4096 x 4096 NetCDF in the GEBCO layout::
 
-    .venv/bin/python benchmarks/plan_calibration.py                  # ~4 min on 2 CPU cores
+    .venv/bin/python benchmarks/plan_calibration.py                  # 3 min on 2 quiet CPU cores
     .venv/bin/python benchmarks/plan_calibration.py --record benchmarks/plan_calibration.md
 
 ``--record FILE`` writes the tables to FILE, keeping its hand-written notes (``harness.record``).

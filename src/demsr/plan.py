@@ -41,13 +41,14 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import numpy as np
 from rasterio.windows import Window
 
-from demsr.io import OUTPUT_DTYPES, RasterError, open_raster, output_format
+from demsr.io import OUTPUT_DTYPES, RasterError, RasterReader, open_raster, output_format
 from demsr.tiling import Tile, batch_tiles, tile_count, tile_grid
 
 if TYPE_CHECKING:
@@ -89,13 +90,13 @@ class SpeedFigure:
 SPEED_FIGURES: tuple[SpeedFigure, ...] = (
     # benchmarks/plan_calibration.py: the shipped lite model (margin 57) and an untrained
     # paper-shaped model (trend scaling, margin 101), `demsr predict` run as is.
-    SpeedFigure("lite", "cpu", "bf16", 1.98, 64, 57, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "bf16", 2.20, 128, 57, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 3.10, 64, 57, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 2.59, 128, 57, THIS_CPU, CALIBRATION),
     # 370-cell windows: this CPU's kernels are slower per cell at that shape than at 242.
-    SpeedFigure("lite", "cpu", "bf16", 1.13, 256, 57, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "fp32", 1.21, 128, 57, THIS_CPU, CALIBRATION),
-    SpeedFigure("paper", "cpu", "bf16", 0.120, 48, 101, THIS_CPU, CALIBRATION),
-    SpeedFigure("paper", "cpu", "bf16", 0.122, 96, 101, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 1.31, 256, 57, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "fp32", 1.41, 128, 57, THIS_CPU, CALIBRATION),
+    SpeedFigure("paper", "cpu", "bf16", 0.119, 48, 101, THIS_CPU, CALIBRATION),
+    SpeedFigure("paper", "cpu", "bf16", 0.131, 96, 101, THIS_CPU, CALIBRATION),
     # The network alone (no tile loop): 5.003 s per 96 x 96 call, channels-last float32.
     SpeedFigure(
         "paper",
@@ -169,17 +170,17 @@ class HostFigures:
 
 
 HOST_FIGURES = HostFigures(
-    check_mcells_s=40.0,
-    # The slower of the land and shelf DEMs' figures, rounded down.
+    check_mcells_s=50.0,
+    # The slower of the land and shelf DEMs' figures.
     finalise_mpx_s={
-        ("cog", "float32"): 2.6,
-        ("cog", "int16"): 3.5,
-        ("netcdf", "float32"): 4.8,
-        ("netcdf", "int16"): 9.6,
-        ("zarr", "float32"): 4.6,
-        ("zarr", "int16"): 8.2,
+        ("cog", "float32"): 2.8,
+        ("cog", "int16"): 3.8,
+        ("netcdf", "float32"): 5.1,
+        ("netcdf", "int16"): 10.4,
+        ("zarr", "float32"): 4.9,
+        ("zarr", "int16"): 10.2,
     },
-    startup_s={"lite": 2.2, "paper": 2.8},
+    startup_s={"lite": 2.2, "paper": 2.1},
     machine=THIS_CPU,
     source=CALIBRATION,
 )
@@ -418,6 +419,7 @@ class Measurement:
     window_mpx_s: float
     output_mpx_s: float
     tiles: int
+    largest_window: tuple[int, int]
     seconds: float
     peak_memory: int
     memory_kind: str
@@ -437,15 +439,11 @@ def _peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _busiest_region(
-    reader: Any, height: int, width: int
-) -> tuple[Window, Any]:  # (window, float32 values)
-    """Of five candidate regions (the centre and the centres of the four quarters), the one with
-    the most valid cells, and its values."""
-    import numpy as np
-
+def _busiest_region(reader: RasterReader, height: int, width: int) -> tuple[Window, np.ndarray]:
+    """Of five candidate regions of ``height x width`` cells (the centre and the centres of the
+    four quarters), the one with the most valid cells, and its values (float32 metres)."""
     rows, cols = reader.shape
-    best: tuple[int, Window, Any] | None = None
+    best: tuple[int, Window, np.ndarray] | None = None
     for row_frac, col_frac in ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)):
         row_off = min(max(0, round(rows * row_frac - height / 2)), rows - height)
         col_off = min(max(0, round(cols * col_frac - width / 2)), cols - width)
@@ -522,6 +520,7 @@ def measure_throughput(
         window_mpx_s=geometry.window_cells * scale**2 / seconds / 1e6,
         output_mpx_s=height * width * scale**2 / seconds / 1e6,
         tiles=geometry.tiles,
+        largest_window=geometry.largest_window,
         seconds=seconds,
         peak_memory=int(peak),
         memory_kind=kind,
@@ -587,7 +586,7 @@ class PredictionPlan:
     time: TimeEstimate
     measurement: Measurement | None = None
     notes: tuple[str, ...] = ()
-    options: tuple[str, ...] = field(default=())
+    options: tuple[str, ...] = ()
 
     @property
     def tiles(self) -> int:
@@ -645,9 +644,10 @@ class PredictionPlan:
         if self.measurement is not None:
             m = self.measurement
             lines.append(
-                f"measured {m.tiles} tiles on {m.device} ({m.precision}) in {m.seconds:.1f} s: "
-                f"{m.window_mpx_s:.3g} Mpx/s of read window, {m.output_mpx_s:.3g} Mpx/s output "
-                f"there; {m.memory_kind} {_memory(m.peak_memory)}"
+                f"measured {m.tiles} tiles (read windows up to {m.largest_window[0]} x "
+                f"{m.largest_window[1]}) on {m.device} ({m.precision}) in {m.seconds:.1f} s: "
+                f"{m.window_mpx_s:.3g} Mpx/s of read window; {m.memory_kind} "
+                f"{_memory(m.peak_memory)}"
             )
         lines.append(self._time_line())
         command = self.command(output or _placeholder(self.fmt), checkpoint, extra)
@@ -669,7 +669,7 @@ class PredictionPlan:
         low, high = sorted((c.land, c.shelf))
         whole = self.product_bytes + self.overview_bytes
         return text + (
-            f"; compressed {_size(whole / high)}-{_size(whole / low)} ({c.fmt} {c.dtype} shrank "
+            f"; compressed {_size_range(whole / high, whole / low)} ({c.fmt} {c.dtype} shrank "
             f"{low:g}-{high:g}x on a land and a shelf DEM, {CALIBRATION})"
         )
 
@@ -685,7 +685,7 @@ class PredictionPlan:
         t = self.time
         one_time = ", ".join(f"{name} {_duration(s)}" for name, s in t.one_time.items())
         if one_time:
-            one_time = f"one-time {one_time} (at {HOST_FIGURES.machine}'s rates)"
+            one_time = f"one-time {one_time} (rates measured on {HOST_FIGURES.machine})"
         if t.tile_loop is None or t.output_mpx_s is None:
             return f"time     unknown: {t.source}" + (f"; {one_time}" if one_time else "")
         per_rank = " per rank" if self.ranks > 1 else ""
@@ -714,6 +714,14 @@ def _size(value: float) -> str:
         if value >= size:
             return f"{value / size:.3g} {unit}"
     return f"{value:.0f} B"
+
+
+def _size_range(low: float, high: float) -> str:
+    """``low``-``high`` bytes, the unit written once where both share it."""
+    first, second = _size(low), _size(high)
+    if first.split()[-1] == second.split()[-1]:
+        return f"{first.split()[0]}-{second}"
+    return f"{first}-{second}"
 
 
 def _memory(value: float) -> str:
