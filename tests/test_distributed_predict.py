@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import psutil
 import pytest
 import rasterio
 from affine import Affine
-from conftest import write_untrained_checkpoint
+from conftest import free_port, write_untrained_checkpoint
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy.ndimage import gaussian_filter
@@ -30,12 +29,6 @@ from demsr.tiling import global_period, tile_grid, wrapped_segments
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "landlab_srtmgl3_frontrange.tif"  # 144 x 240 cells: 60 tiles of 24
 OPTIONS = ("--tile-size", "24", "--batch-size", "2", "--device", "cpu", "--no-progress")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def environment() -> dict[str, str]:

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import traceback
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import read_metrics_rows, set_options, tiny_overrides
+from conftest import free_port, read_metrics_rows, set_options, tiny_overrides
 from safetensors.torch import load_file, save_file
 
 from demsr import distributed
@@ -49,12 +48,6 @@ RUN_SETTINGS = (
     "train.epochs=2",
     "train.max_steps_per_epoch=null",
 )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def torchrun_environment(rank: int, world_size: int, port: int) -> dict[str, str]:

@@ -793,6 +793,17 @@ def refuse_existing(*paths: str | os.PathLike[str] | None, overwrite: bool = Fal
             raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
 
 
+def require_crs(reader: RasterReader) -> CRS:
+    """The raster's CRS; a RasterError for one without (its output could not be
+    georeferenced)."""
+    if reader.crs is None:
+        raise RasterError(
+            f"{reader.path}: has no CRS; give it with --crs (crs=), e.g. --crs EPSG:4326, so "
+            "that the output is georeferenced"
+        )
+    return reader.crs
+
+
 def require_writable_folder(folder: str | os.PathLike[str]) -> None:
     """Raise FileNotFoundError / PermissionError naming ``folder`` unless a file can be created
     in it (a probe file, removed at once): a job that will write there fails before it starts."""

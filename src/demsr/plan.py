@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rasterio.windows import Window
 
-from demsr.io import OUTPUT_DTYPES, RasterError, RasterReader, open_raster, output_format
+from demsr.io import (
+    OUTPUT_DTYPES,
+    RasterError,
+    RasterReader,
+    open_raster,
+    output_format,
+    require_crs,
+)
 from demsr.tiling import Tile, batch_tiles, tile_count, tile_grid
 
 if TYPE_CHECKING:
@@ -836,12 +843,7 @@ def plan_prediction(
 
     with open_raster(input_path, band, variable, crs=crs) as reader:
         rows, cols = reader.shape
-        if reader.crs is None:
-            raise RasterError(
-                f"{reader.path}: has no CRS; give it with --crs (crs=), e.g. --crs EPSG:4326, so "
-                "that the output is georeferenced"
-            )
-        crs_text = reader.crs.to_string()
+        crs_text = require_crs(reader).to_string()
         cell_size = (reader.transform.a, -reader.transform.e)
         path_text = reader.path
 

@@ -56,6 +56,7 @@ from demsr.io import (
     output_format,
     refuse_existing,
     remove_stale_temporaries,
+    require_crs,
     require_writable_folder,
     to_float32_heights,
 )
@@ -590,11 +591,7 @@ def _predict_raster(
 
     with open_raster(input_path, band, variable, crs=crs) as source:
         rows, cols = source.shape
-        if source.crs is None:
-            raise RasterError(
-                f"{source.path}: has no CRS; give it with --crs (crs=), e.g. --crs EPSG:4326, so "
-                "that the output is georeferenced"
-            )
+        source_crs = require_crs(source)
         period = _global_period(source, wrap)
         if period is not None:
             log.info("%s covers all longitudes: tiles wrap across the antimeridian", source.path)
@@ -604,7 +601,7 @@ def _predict_raster(
             "input": _input_identity(input_path),
             "band": band,
             "variable": variable,
-            "crs": None if crs is None else source.crs.to_string(),
+            "crs": None if crs is None else source_crs.to_string(),
             "shape": [rows, cols],
             "scale": scale,
             "tile_px": tile_px,
@@ -695,6 +692,7 @@ def _predict_raster(
                 _Grid(rows, cols, period),
                 writer,
                 _Progress(ctx, store, len(tiles), len(finished), progress, report_every_s),
+                finished,
             )
         except BaseException:
             writer.close()
@@ -839,10 +837,11 @@ def _run_tiles(
     grid: _Grid,
     writer: _StoreWriter,
     progress: _Progress,
+    finished: set[int],
 ) -> None:
-    """Predict ``batches`` into ``writer``, committing after every batch."""
+    """Predict ``batches`` into ``writer``, committing after every batch; tiles in ``finished``
+    (recorded by an earlier run) are left out."""
     scale = network.resolver.scale
-    finished = writer.store.finished()[0]
     todo = [[tile for tile in batch if tile.index not in finished] for batch in batches]
     progress.assigned = sum(len(batch) for batch in todo)
     started = time.perf_counter()
