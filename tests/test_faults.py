@@ -1,8 +1,12 @@
-"""Faults in real processes: training and prediction killed (SIGKILL) at a random point and
-resumed end exactly where uninterrupted runs end; Ctrl-C (SIGINT) says what it kept.
+"""Faults in real processes: training killed (SIGKILL) at random points, and prediction killed
+in each phase of its run (the tile loop, the finished store, the COG's staging file, overviews
+and copy, the NetCDF and Zarr writes), resume exactly where uninterrupted runs end and leave no
+temporary file; Ctrl-C (SIGINT) says what it kept.
 
-The kill times are drawn from ``DEMSR_FAULT_SEED`` (default 8), printed in failure messages so
-that a failing draw can be replayed. Slow (a minute and a half on 2 CPU cores): ``-m slow``.
+Prediction is stopped at named points (:mod:`demsr.stops`, ``DEMSR_STOP_AT``), not after a
+delay, so each test reaches its phase on any machine. Training's kill times are drawn from
+``DEMSR_FAULT_SEED`` (default 8), printed in failure messages so that a failing draw can be
+replayed. Slow (about two minutes on 2 CPU cores): ``-m slow``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from conftest import (
 
 from demsr.checkpoint import load_checkpoint, load_training_state
 from demsr.predict import partial_path
+from demsr.stops import SIGNAL_ENV, STOP_ENV
 from demsr.tilestore import read_done
 from demsr.train import BEST, LAST
 
@@ -47,9 +52,14 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """Start ``command`` with its stderr in ``log`` (read after it ends)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+def start(
+    command: list[str], log: Path, **environment: str
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its stderr in ``log`` (read after it ends), ``environment`` added
+    to the environment."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **environment}
+    env.pop(STOP_ENV, None)
+    env.update(environment)
     with open(log, "wb") as handle:
         return subprocess.Popen(
             command,
@@ -143,64 +153,121 @@ def test_training_killed_at_random_points_resumes_to_the_same_weights(
 
 # -- prediction --------------------------------------------------------------------------------
 
-SOURCE = "landlab_srtmgl3_frontrange.tif"  # 144 x 240 cells: 60 tiles of 24
+SOURCE = "landlab_srtmgl3_frontrange.tif"  # 144 x 240 cells: 60 tiles of 24, 8 batches of 8
+SUFFIXES = {"cog": ".tif", "netcdf": ".nc", "zarr": ".zarr"}
 
 
 @pytest.fixture(scope="module")
 def predict_setup(tmp_path_factory: pytest.TempPathFactory, dem_test_dir: Path) -> dict[str, Any]:
-    """An untrained checkpoint, the command line, and the uninterrupted run's output."""
+    """An untrained checkpoint, the command line, and the uninterrupted runs' outputs."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     checkpoint = write_untrained_checkpoint(folder / "model.safetensors", channels=4)
 
     def command(output: Path, *extra: str) -> list[str]:
         source = dem_test_dir / SOURCE
-        options = ("--tile-size", "24", "--device", "cpu", "--no-progress")
+        options = ("--tile-size", "24", "--batch-size", "8", "--device", "cpu", "--no-progress")
         return demsr_command("predict", checkpoint, source, output, *options, *extra)
 
-    reference = folder / "out.tif"
-    finish(start(command(reference), folder / "log"), folder / "log")
-    return {"command": command, "reference": reference.read_bytes()}
+    references = {}
+    for fmt, suffix in SUFFIXES.items():
+        reference = folder / f"out{suffix}"
+        finish(start(command(reference), folder / "log"), folder / "log")
+        references[fmt] = reference
+    return {"command": command, "references": references}
 
 
 def finished_tiles(output: Path) -> int:
     return len(read_done(partial_path(output))[0])
 
 
-def test_prediction_killed_at_a_random_point_resumes_to_identical_bytes(
-    predict_setup: dict[str, Any], tmp_path: Path
+def product_values(path: Path) -> tuple[Any, ...]:
+    """What a user reads from a NetCDF or Zarr product: the grid's values, coordinates and
+    attributes, without the time of writing."""
+    import xarray as xr
+
+    with (xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path)) as dataset:
+        attributes = {k: v for k, v in dataset.attrs.items() if k != "history"}
+        return (
+            dataset["elevation"].values.tobytes(),
+            {name: dataset[name].values.tobytes() for name in dataset.coords},
+            sorted((k, str(v)) for k, v in attributes.items()),
+            sorted((k, str(v)) for k, v in dataset["elevation"].attrs.items()),
+        )
+
+
+def same_product(fmt: str, made: Path, reference: Path) -> bool:
+    if fmt == "cog":
+        return made.read_bytes() == reference.read_bytes()
+    return product_values(made) == product_values(reference)
+
+
+PHASES = [
+    ("cog", "tiles:3"),
+    ("cog", "store-complete"),
+    ("cog", "cog-staging"),
+    ("cog", "cog-overviews"),
+    ("cog", "cog-copy"),
+    ("netcdf", "netcdf-blocks"),
+    ("zarr", "zarr-blocks"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "point"), PHASES)
+def test_prediction_killed_in_each_phase_resumes_to_the_same_product_and_leaves_nothing(
+    predict_setup: dict[str, Any], tmp_path: Path, fmt: str, point: str
 ) -> None:
-    rng = random.Random(SEED)
-    command, output = predict_setup["command"], tmp_path / "out.tif"
-    victim = start(command(output), tmp_path / "killed.log")
-    wait_until(lambda: finished_tiles(output) >= 3, victim, "three finished tiles")
-    delay = rng.uniform(0.0, 2.0)
-    draw = f"DEMSR_FAULT_SEED={SEED}, killed {delay:.2f} s after the third tile"
-    assert kill_after(victim, delay, signal.SIGKILL), f"finished before the kill ({draw})"
-    assert not output.exists(), draw  # never a half-written product
+    command, output = predict_setup["command"], tmp_path / f"out{SUFFIXES[fmt]}"
+    victim = start(command(output), tmp_path / "killed.log", **{STOP_ENV: point})
+    assert victim.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+    assert not output.exists()  # never a half-written product
+    assert partial_path(output).is_dir()
+    if point == "tiles:3":
+        assert finished_tiles(output) == 24  # three batches of 8
+    else:
+        assert finished_tiles(output) == 60
+    if point == "cog-overviews":  # what GDAL's COG driver leaves when it builds them itself
+        (tmp_path / f".{output.name}.k1ll3d0v.part.ovr.tmp").write_bytes(b"II*\0")
 
     log = finish(
         start(command(output, "--resume"), tmp_path / "resumed.log"), tmp_path / "resumed.log"
     )
-    assert "resuming" in log, draw
-    assert output.read_bytes() == predict_setup["reference"], draw
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.log", "out.tif", "resumed.log"]
+    assert "resuming" in log
+    assert same_product(fmt, output, predict_setup["references"][fmt])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["killed.log", output.name, "resumed.log"]
+    )
+
+
+def test_an_overwrite_killed_while_swapping_zarr_products_leaves_nothing_behind(
+    predict_setup: dict[str, Any], tmp_path: Path
+) -> None:
+    command, output = predict_setup["command"], tmp_path / "out.zarr"
+    finish(start(command(output), tmp_path / "first.log"), tmp_path / "first.log")
+    victim = start(
+        command(output, "--overwrite"), tmp_path / "killed.log", **{STOP_ENV: "zarr-swap"}
+    )
+    assert victim.wait(timeout=300) == -signal.SIGKILL
+    finish(start(command(output, "--resume"), tmp_path / "resumed.log"), tmp_path / "resumed.log")
+    assert same_product("zarr", output, predict_setup["references"]["zarr"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["first.log", "killed.log", "out.zarr", "resumed.log"]
+    )
 
 
 def test_ctrl_c_stops_prediction_in_one_line_and_resume_finishes_it(
     predict_setup: dict[str, Any], tmp_path: Path
 ) -> None:
     command, output = predict_setup["command"], tmp_path / "out.tif"
-    victim = start(command(output), tmp_path / "interrupted.log")
-    wait_until(lambda: finished_tiles(output) >= 3, victim, "three finished tiles")
-    assert kill_after(victim, 0.0, signal.SIGINT)
-    assert victim.returncode == 130
-    lines = (tmp_path / "interrupted.log").read_text().strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("demsr: interrupted; ") and lines[0].endswith(
-        f"of 60 tiles are kept in {output}.partial.zarr: rerun with --resume to continue"
+    victim = start(
+        command(output), tmp_path / "interrupted.log", **{STOP_ENV: "tiles:3", SIGNAL_ENV: "INT"}
     )
-    kept = finished_tiles(output)
-    assert f"; {kept} of 60" in lines[0] and not output.exists()
+    assert victim.wait(timeout=300) == 130
+    lines = (tmp_path / "interrupted.log").read_text().strip().splitlines()
+    assert lines == [
+        f"demsr: interrupted; 24 of 60 tiles are kept in {output}.partial.zarr: rerun with "
+        "--resume to continue"
+    ]
+    assert finished_tiles(output) == 24 and not output.exists()
 
     finish(start(command(output, "--resume"), tmp_path / "resumed.log"), tmp_path / "resumed.log")
-    assert output.read_bytes() == predict_setup["reference"]
+    assert output.read_bytes() == predict_setup["references"]["cog"].read_bytes()

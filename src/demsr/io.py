@@ -50,9 +50,11 @@ import rasterio.windows
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
 
+from demsr.stops import stop_point
 from demsr.tiling import tile_grid
 
 try:  # GDAL's own errors (a failed read or write) are not RasterioError subclasses
@@ -821,16 +823,21 @@ def require_writable_folder(folder: str | os.PathLike[str]) -> None:
 
 
 _TEMPORARY_SUFFIXES = ("part", "staging\\.tif", "old")
+# What GDAL itself may put next to a file it writes: the COG driver's overview temporaries
+# (``NAME.ovr.tmp``, ``NAME.msk.ovr.tmp``), external overviews and PAM side-cars.
+_GDAL_SIDECARS = r"(\.(ovr\.tmp|msk\.ovr\.tmp|msk|ovr|aux\.xml|warped\.tif\.tmp))?"
 
 
 def remove_stale_temporaries(*paths: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files and folders that writes to ``paths`` left when their process
     was killed (``.NAME.XXXXXXXX.part`` of :func:`atomic_path` and :func:`atomic_directory`,
-    ``.staging.tif`` and ``.old``); returns them. For a run that resumes its own outputs."""
+    ``.staging.tif`` and ``.old``, and what GDAL writes beside them: ``.ovr.tmp``,
+    ``.msk.ovr.tmp``, ``.aux.xml``, ...); returns them. For a run that resumes its own outputs."""
     removed = []
     for path in map(Path, paths):
         pattern = re.compile(
             rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.({'|'.join(_TEMPORARY_SUFFIXES)})"
+            + _GDAL_SIDECARS
         )
         if not path.parent.is_dir():
             continue
@@ -887,6 +894,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_folder(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
+        remove_gdal_sidecars(tmp)
+
+
+def remove_gdal_sidecars(path: Path) -> None:
+    """Delete what GDAL may have written beside ``path`` (a temporary of ours) on its own:
+    overview temporaries, external overviews, PAM side-cars."""
+    for suffix in (".ovr.tmp", ".msk.ovr.tmp", ".msk", ".ovr", ".aux.xml", ".warped.tif.tmp"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -923,6 +938,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
             os.replace(final, old)
+            stop_point("zarr-swap")
         elif final.exists() or final.is_symlink():
             final.unlink()
         os.replace(tmp, final)
@@ -1237,14 +1253,32 @@ def _elevation_attrs(metadata: Mapping[str, str], has_crs: bool) -> dict[str, An
 
 
 def _read_blocks(
-    src: RasterReader, progress: bool, description: str
+    src: RasterReader, progress: bool, description: str, stop_at: str
 ) -> Iterator[tuple[Window, np.ndarray]]:
-    """(window, float32 block with NaN nodata) for each 512 x 512 block of ``src``."""
+    """(window, float32 block with NaN nodata) for each 512 x 512 block of ``src``; the stop
+    point ``stop_at`` (:mod:`demsr.stops`) once the caller has used the first block."""
     from tqdm import tqdm
 
     blocks = tile_grid(*src.shape, BLOCK_PX, 0)
-    for tile in tqdm(blocks, desc=description, unit="block", disable=not progress):
+    for index, tile in enumerate(
+        tqdm(blocks, desc=description, unit="block", disable=not progress)
+    ):
         yield tile.core, src.read(tile.core)
+        if index == 0:
+            stop_point(stop_at)
+
+
+def _overview_factors(shape: tuple[int, int]) -> list[int]:
+    """Overview decimation factors as GDAL's COG driver picks them: halve until both sides
+    fit in one block."""
+    factors: list[int] = []
+    rows, cols = shape
+    factor = 1
+    while rows > BLOCK_PX or cols > BLOCK_PX:
+        factor *= 2
+        rows, cols = max(rows // 2, 1), max(cols // 2, 1)
+        factors.append(factor)
+    return factors
 
 
 def finalise_output(
@@ -1359,12 +1393,21 @@ def _write_cog(
             zlevel=1,
             bigtiff="if_safer",
         )
-        with rasterio.open(staging, "w", **profile) as dst:
-            for window, block in _read_blocks(src, progress, f"writing {output.name}"):
-                dst.write(encode(block), 1, window=window)
-            dst.update_tags(**metadata)
-            dst.units = (metadata.get("units", "m"),)
-            dst.descriptions = ("elevation",)
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+            with rasterio.open(staging, "w", **profile) as dst:
+                blocks = _read_blocks(src, progress, f"writing {output.name}", "cog-staging")
+                for window, block in blocks:
+                    dst.write(encode(block), 1, window=window)
+                dst.update_tags(**metadata)
+                dst.units = (metadata.get("units", "m"),)
+                dst.descriptions = ("elevation",)
+            # The overviews go into the staging file itself, so that the COG driver copies them
+            # instead of building them in a ``.ovr.tmp`` file of its own beside the output.
+            stop_point("cog-overviews")
+            factors = _overview_factors(src.shape)
+            if factors:
+                with rasterio.open(staging, "r+") as dst:
+                    dst.build_overviews(factors, Resampling.average)
         with atomic_path(output) as tmp:
             rasterio.shutil.copy(
                 staging,
@@ -1377,8 +1420,10 @@ def _write_cog(
                 RESAMPLING="AVERAGE",
                 BIGTIFF="IF_SAFER",
             )
+            stop_point("cog-copy")
     finally:
         staging.unlink(missing_ok=True)
+        remove_gdal_sidecars(staging)
 
 
 def _write_netcdf(
@@ -1421,7 +1466,9 @@ def _write_netcdf(
             )
             elevation.setncatts(_elevation_attrs(metadata, crs is not None))
             elevation.set_auto_maskandscale(False)
-            _write_blocks(src, plan, encode, elevation.__setitem__, progress, output.name)
+            _write_blocks(
+                src, plan, encode, elevation.__setitem__, progress, output.name, "netcdf-blocks"
+            )
             nc.setncatts(_global_attrs(metadata, Path(src.path)))
 
 
@@ -1477,7 +1524,9 @@ def _write_zarr(
                 "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
             }
         )
-        _write_blocks(src, plan, encode, elevation.__setitem__, progress, output.name)
+        _write_blocks(
+            src, plan, encode, elevation.__setitem__, progress, output.name, "zarr-blocks"
+        )
         root.attrs.update(_global_attrs(metadata, Path(src.path)))
         zarr.consolidate_metadata(str(tmp))
 
@@ -1489,8 +1538,9 @@ def _write_blocks(
     setitem: Callable[[tuple[slice, slice], np.ndarray], None],
     progress: bool,
     name: str,
+    stop_at: str,
 ) -> None:
-    for window, block in _read_blocks(src, progress, f"writing {name}"):
+    for window, block in _read_blocks(src, progress, f"writing {name}", stop_at):
         encoded = encode(block)
         for row_slice, col_slice, values in plan.place(
             int(window.row_off), int(window.col_off), encoded

@@ -67,6 +67,7 @@ from demsr.model import (
     resolve_device,
     resolve_precision,
 )
+from demsr.stops import stop_point
 from demsr.tilestore import OutputGrid, TileStore
 from demsr.tiling import (
     Tile,
@@ -734,6 +735,7 @@ def _predict_raster(
         raise RasterError(f"{os.fspath(input_path)}: band {band} holds no valid cells")
     # The product appears only when complete; if this fails the store stays, and a rerun
     # with resume finalises it again without predicting anything.
+    stop_point("store-complete")
     with store.reader() as reader:
         result = finalise_output(
             reader,
@@ -853,6 +855,7 @@ def _run_tiles(
                 writer.write(tile, values)
                 batch_px += int(tile.core.height * tile.core.width) * scale * scale
             writer.commit()
+            stop_point("tiles")
             written_px += batch_px
             progress.update(len(batch), batch_px)
     finally:
