@@ -891,3 +891,82 @@ def test_the_package_never_runs_a_shell_evaluates_text_or_unpickles() -> None:
             if isinstance(shell, ast.Constant) and shell.value is True:
                 offences.append(f"{where}: shell=True")
     assert offences == []
+
+
+# -- an output never replaces an input -----------------------------------------------------------
+
+
+def _spellings(folder: Path, source: Path) -> dict[str, Path]:
+    """Other names of ``source`` (which lies in ``folder``): a detour through a subfolder, a
+    symlink, a hard link."""
+    (folder / "x").mkdir(exist_ok=True)
+    (folder / "link.tif").symlink_to(source)
+    os.link(source, folder / "hard.tif")
+    return {
+        "same path": source,
+        "detour": folder / "x" / ".." / source.name,
+        "symlink": folder / "link.tif",
+        "hard link": folder / "hard.tif",
+    }
+
+
+@pytest.mark.parametrize("spelling", ["same path", "detour", "symlink", "hard link"])
+@pytest.mark.parametrize("command", ["predict", "degrade"])
+def test_an_output_that_is_the_input_is_refused_even_with_overwrite(
+    inputs: Inputs, tmp_path: Path, command: str, spelling: str
+) -> None:
+    source = tmp_path / "in.tif"
+    shutil.copy(inputs / "dem.tif", source)
+    before = source.read_bytes()
+    output = _spellings(tmp_path, source)[spelling]
+    if command == "predict":
+        args = ["predict", inputs.checkpoint, source, output, "--device", "cpu", "--overwrite"]
+        args.append("--no-progress")
+    else:
+        args = ["degrade", source, output, "--scale", "5", "--overwrite"]
+    code, _, stderr, exception = run_cli(args)
+    assert code == 1 and isinstance(exception, SystemExit), stderr
+    assert stderr.strip().splitlines() == [
+        f"demsr: error: {output}: is the input {source}; write the output to another path "
+        "(an input is never overwritten)"
+    ]
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.tif", "in.tif", "link.tif", "x"]
+
+
+def test_no_command_writes_over_its_inputs(
+    inputs: Inputs, tiny_pairs: Path, tmp_path: Path
+) -> None:
+    """evaluate, report, plot, prepare, import-mindearth, train and finetune refuse an output (or
+    a run folder, or one of its files) that is one of their inputs, even with --overwrite, and
+    leave every input as it was."""
+    dem = tmp_path / "dem.tif"
+    shutil.copy(inputs / "dem.tif", dem)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "page.html").symlink_to(dem)  # a raster under the name of the output
+    figure = tmp_path / "figure.png"
+    figure.symlink_to(dem)
+    pairs = tmp_path / "pairs"
+    shutil.copytree(tiny_pairs, pairs)
+    run = tmp_path / "run"
+    run.mkdir()
+    parent = run / "best.safetensors"  # fine-tuning would write its best epoch over it
+    shutil.copy(inputs.checkpoint, parent)
+    model = inputs.checkpoint
+    commands = {
+        "evaluate": ["evaluate", model, dem, "--json", tmp_path / "x" / ".." / "dem.tif"],
+        "report": ["report", model, "--data", tmp_path / "page.html", "-o", tmp_path / "page.html"],
+        "plot": ["plot", "compare", "--truth", figure, "-o", figure],
+        "prepare": ["prepare", pairs / "train" / "train.h5", "-o", pairs],
+        "import-mindearth": ["import-mindearth", model, model],
+    }
+    commands = {name: [*args, "--overwrite"] for name, args in commands.items()}
+    commands["train"] = ["train", *set_options(tiny_overrides(pairs, pairs))]
+    commands["finetune"] = ["finetune", parent, *set_options(tiny_overrides(pairs, run))]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for name, args in commands.items():
+        code, _, stderr, exception = run_cli(args)
+        assert code == 1 and isinstance(exception, SystemExit), (name, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and "is the input" in lines[0], (name, stderr)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

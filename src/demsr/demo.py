@@ -116,7 +116,7 @@ def run_demo(
     source = Path(dem) if dem is not None else bundled_dem()
     out = Path(output_dir)
     finals = {name: out / name for name in OUTPUT_NAMES}
-    refuse_existing(*finals.values(), overwrite=overwrite)
+    refuse_existing(*finals.values(), overwrite=overwrite, inputs=[source, checkpoint])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: exists and is not a directory")
     model = as_checkpoint(DEFAULT_MODEL if checkpoint is None else checkpoint)

@@ -36,7 +36,7 @@ import tempfile
 import warnings
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -785,11 +785,48 @@ def locate_grid(
 # --------------------------------------------------------------------------------------------
 
 
-def refuse_existing(*paths: str | os.PathLike[str] | None, overwrite: bool = False) -> None:
-    """Raise FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``.
+def _same_file(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file or folder: equal once resolved (``..``, symlinks), or the
+    same inode (a hard link)."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def refuse_output_over_input(
+    outputs: Iterable[str | os.PathLike[str] | None],
+    inputs: Iterable[str | os.PathLike[str] | None],
+) -> None:
+    """Raise ValueError when an output would be written over one of the inputs: the same path,
+    another spelling of it (``./x/../in.tif``), a symlink or a hard link to it. ``--overwrite``
+    never allows it (as GDAL's tools refuse a destination that is the source)."""
+    sources = [source for source in inputs if source is not None]
+    for output in outputs:
+        if output is None:
+            continue
+        for source in sources:
+            if _same_file(output, source):
+                raise ValueError(
+                    f"{output}: is the input {source}; write the output to another path "
+                    "(an input is never overwritten)"
+                )
+
+
+def refuse_existing(
+    *paths: str | os.PathLike[str] | None,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+) -> None:
+    """Raise FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``;
+    a ValueError, whatever ``overwrite``, for a path that is one of ``inputs``
+    (:func:`refuse_output_over_input`).
 
     Called before any work, so that a refused run costs nothing and writes nothing.
     """
+    refuse_output_over_input(paths, inputs)
     for path in paths:
         if path is not None and not overwrite and Path(path).exists():
             raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")

@@ -55,6 +55,7 @@ from demsr.io import (
     open_raster,
     output_format,
     refuse_existing,
+    refuse_output_over_input,
     remove_stale_temporaries,
     require_crs,
     require_writable_folder,
@@ -523,6 +524,8 @@ def predict_raster(
     output = Path(output_path)
     partial = partial_path(output)
     fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
+    checkpoint_path = None if isinstance(checkpoint, Checkpoint) else checkpoint
+    refuse_output_over_input([output, partial], [input_path, checkpoint_path])
     checkpoint = as_checkpoint(checkpoint)
     torch_device = resolve_device(distributed.rank_device(device, ctx))
     # Ranks only synchronise (no tensors travel): gloo, with time for the slowest rank.

@@ -44,7 +44,13 @@ from affine import Affine
 from tqdm import tqdm
 
 from demsr.datasets import Normalisation, PairMetadata, PairWriter
-from demsr.io import Raster, read_raster, refuse_existing, write_geotiff
+from demsr.io import (
+    Raster,
+    read_raster,
+    refuse_existing,
+    refuse_output_over_input,
+    write_geotiff,
+)
 from demsr.model import check_known_keys
 
 _log = logging.getLogger(__name__)
@@ -757,6 +763,7 @@ def prepare_pairs(
     start = time.perf_counter()
     options = options or PrepareOptions()
     outputs = output_paths(out_dir)
+    refuse_output_over_input(outputs.values(), rasters)
     existing = [str(p) for p in outputs.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -853,7 +860,7 @@ def degrade_raster(
     A coarse cell is nodata if any of its fine cells is.
     """
     output = Path(output_path)
-    refuse_existing(output, overwrite=overwrite)
+    refuse_existing(output, overwrite=overwrite, inputs=[input_path])
     raster = read_raster(input_path, band=band)
     lowres = degrade(crop_to_blocks(raster.data, scale, raster.path), scale)
     transform = raster.transform @ Affine.scale(scale)

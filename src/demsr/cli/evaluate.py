@@ -85,7 +85,9 @@ def command(
     from demsr.evaluate import evaluate, load_inputs
     from demsr.io import refuse_existing
 
-    refuse_existing(json_path, markdown_path, overwrite=overwrite)
+    refuse_existing(
+        json_path, markdown_path, overwrite=overwrite, inputs=[checkpoint, data, lowres_path]
+    )
     model = as_checkpoint(checkpoint)
     inputs = load_inputs(data, model.scale, lowres_path, band=band, cell_size_m=cell_size_m)
     result = evaluate(

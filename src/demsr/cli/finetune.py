@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from demsr.cli.options import with_run_options
-from demsr.cli.train import echo_result, run_config
+from demsr.cli.train import echo_result, refuse_run_over_inputs, run_config
 from demsr.model import FREEZE_PRESETS
 
 
@@ -69,6 +69,7 @@ def command(
 
     shortcuts = [f"optimizer.finetune_lr={learning_rate!r}"] if learning_rate is not None else []
     config = run_config(config_path, overrides, data_dir, output_dir, shortcuts)
+    refuse_run_over_inputs(config, parent)
     trainer = Trainer(config, progress=progress)
     result = trainer.finetune(
         parent,

@@ -60,7 +60,7 @@ def command(
     from demsr.io import refuse_existing
     from demsr.mindearth import model_from_mindearth
 
-    refuse_existing(output, overwrite=overwrite)
+    refuse_existing(output, overwrite=overwrite, inputs=[ckpt])
     model = model_from_mindearth(ckpt, scale=scale, resize=resize)  # type: ignore[arg-type]
     scaling = ElevationScaling(offset_m=norm_offset_m, scale_m=norm_scale_m)
     metadata = {"provenance": {"parent": str(Path(ckpt).resolve()), "imported_from": "mindearth"}}

@@ -47,8 +47,14 @@ def command() -> None:
 def curves_command(run: str, output_path: str, dpi: int, overwrite: bool) -> None:
     """Training and validation loss, validation RMSE (best epoch marked) and learning rate
     against epoch, from a run folder's metrics.csv (or from the CSV itself)."""
+    from demsr.io import refuse_output_over_input
     from demsr.plot import check_output_path, plot_training_curves, save_figure
 
+    run_path = Path(run)
+    refuse_output_over_input(
+        [check_output_path(output_path, overwrite=True)],
+        [run_path, *(run_path / name for name in ("metrics.csv", "best.safetensors"))],
+    )
     check_output_path(output_path, overwrite=overwrite)
     figure = plot_training_curves(run)
     click.echo(str(save_figure(figure, output_path, dpi=dpi, overwrite=overwrite)))
@@ -194,8 +200,11 @@ def compare_command(
     Elevation panels share one colour scale (the truth's 1st-99th percentiles); error panels
     share symmetric limits (99th percentile of |error|); nodata is grey.
     """
+    from demsr.io import refuse_output_over_input
     from demsr.plot import check_output_path, save_figure
 
+    inputs = [lowres, truth, checkpoint, prediction, *baselines.values()]
+    refuse_output_over_input([check_output_path(output_path, overwrite=True)], inputs)
     check_output_path(output_path, overwrite=overwrite)
     if prediction_name in baselines:
         raise click.BadParameter(

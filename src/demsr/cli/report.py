@@ -65,8 +65,10 @@ def command(
     error figure, each run's training curves (from the metrics.csv next to a checkpoint) and
     each checkpoint's provenance (file hash, model, training data, parent). A checkpoint is a
     file or the name of a shipped model (lite)."""
+    from demsr.io import refuse_output_over_input
     from demsr.report import build_report, check_report_path, write_report
 
+    refuse_output_over_input([output_path], [*checkpoints, data, lowres_path])
     check_report_path(output_path, overwrite)
     report = build_report(
         checkpoints,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -32,6 +33,20 @@ def run_config(
     shortcuts += [f"data.root_dir={data_dir}"] if data_dir else []
     shortcuts += [f"summary.output_dir={output_dir}"] if output_dir else []
     return load_config(config_path, shortcuts + list(overrides))
+
+
+def refuse_run_over_inputs(config: RunConfig, parent: str | None = None) -> None:
+    """A ValueError when the run folder is the training data's folder, or when one of the files
+    it writes would replace an input (the pairs, the parent checkpoint of a fine-tuning)."""
+    from demsr.io import refuse_output_over_input
+    from demsr.train import BEST, LAST, METRICS
+
+    out = Path(config.summary.output_dir)
+    root = Path(config.data.root_dir)
+    data = [root, root / "train" / "train.h5", root / "valid" / "valid.h5"]
+    refuse_output_over_input([out], data)
+    run_files = [out / name for name in (BEST, LAST, METRICS, "config.yaml")]
+    refuse_output_over_input(run_files, [*data, parent])
 
 
 def echo_result(trainer: Trainer, result: TrainResult) -> None:
@@ -71,5 +86,6 @@ def command(
 
     shortcuts = [f"model.preset={preset}"] if preset else []
     config = run_config(config_path, overrides, data_dir, output_dir, shortcuts)
+    refuse_run_over_inputs(config)
     trainer = Trainer(config, progress=progress)
     echo_result(trainer, trainer.fit(resume=resume))
