@@ -454,6 +454,9 @@ def test_output_carries_provenance_tags(
     assert tags["checkpoint_sha256"] == hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
     assert json.loads(tags["model_config"])["channels"] == 8
     assert tags["demsr_version"] == demsr.__version__
+    # The input's name, never where it lies on the user's machine.
+    assert tags["source"] == "geoclaw_kahului_1s.tif"
+    assert not any(str(dem_test_dir) in value or str(tmp_path) in value for value in tags.values())
 
 
 def test_hook_descriptions_tell_settings_apart() -> None:

@@ -970,3 +970,50 @@ def test_no_command_writes_over_its_inputs(
         lines = stderr.strip().splitlines()
         assert len(lines) == 1 and "is the input" in lines[0], (name, stderr)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+def _predict_stderr(inputs: Inputs, output: Path, *options: str, tty: bool = False) -> str:
+    """``demsr [options] predict`` in a real process; its stderr (a pseudo-terminal if ``tty``)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    args = [sys.executable, "-m", "demsr", *options, "predict", inputs.checkpoint]
+    args += [inputs / "dem.tif", output, "--device", "cpu", *TILES]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    if not tty:
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_quiet(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    logged = _predict_stderr(inputs, tmp_path / "a.tif")
+    assert "tile/s" not in logged and "\r" not in logged and "block/s" not in logged
+    summary = [line for line in logged.splitlines() if line.startswith("predicted 15 tiles")]
+    assert len(summary) == 1, logged
+    on_terminal = _predict_stderr(inputs, tmp_path / "c.tif", tty=True)
+    assert "predict:" in on_terminal and "tile" in on_terminal  # the bar, where it is watched
+    assert _predict_stderr(inputs, tmp_path / "d.tif", "-q", tty=True) == ""

@@ -626,7 +626,7 @@ def _predict_raster(
             "checkpoint_sha256": sha256,
             "model_config": json.dumps(checkpoint.model_config.to_dict(), sort_keys=True),
             "elevation_scaling": json.dumps(checkpoint.scaling.to_dict(), sort_keys=True),
-            "source": source.path,
+            "source": Path(source.path).name,  # the name only: not where it lies on this machine
             "source_band": str(band),
             "tile_px": str(tile_px),
             "margin_px": str(margin),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,8 +88,21 @@ def stacked(options: Sequence[Decorator]) -> Decorator:
 with_config_options = stacked(config_options)
 
 
+def _resolve_progress(ctx: click.Context, _param: click.Parameter, value: bool | None) -> bool:
+    """Bars where someone watches them (tqdm's convention): on a terminal, unless -q. Off a
+    terminal (a log file, a batch job) their frames would flood the log; the commands log one
+    summary line instead."""
+    if value is not None:
+        return value
+    quiet = ctx.find_root().params.get("quiet", 0)
+    return bool(sys.stderr.isatty()) and not quiet
+
+
 progress_option = click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
+    "--progress/--no-progress",
+    default=None,
+    callback=_resolve_progress,
+    help="Show progress bars [default: when stderr is a terminal and -q is not given].",
 )
 # The options of the commands that train (train, finetune), after --config and --set.
 run_options = [
