@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -271,3 +272,44 @@ def test_ctrl_c_stops_prediction_in_one_line_and_resume_finishes_it(
 
     finish(start(command(output, "--resume"), tmp_path / "resumed.log"), tmp_path / "resumed.log")
     assert output.read_bytes() == predict_setup["references"]["cog"].read_bytes()
+
+
+def wait_stopped(process: subprocess.Popen[bytes]) -> None:
+    """Wait until ``process`` has stopped itself (SIGSTOP at a stop point)."""
+    deadline = time.monotonic() + 240
+    while Path(f"/proc/{process.pid}/stat").read_text().split(") ")[-1][0] != "T":
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(
+    predict_setup: dict[str, Any], tmp_path: Path
+) -> None:
+    command, reference = predict_setup["command"], predict_setup["references"]["cog"]
+    paused = {STOP_ENV: "tiles:1", SIGNAL_ENV: "STOP"}  # the first run halts, holding the lock
+    for ending in ("continues", "is killed"):
+        output = tmp_path / ending / "out.tif"
+        output.parent.mkdir()
+        first = start(command(output), tmp_path / f"first-{ending}.log", **paused)
+        wait_stopped(first)
+        host = socket.gethostname()
+        for extra in ((), ("--resume",), ("--overwrite",)):
+            log = tmp_path / "second.log"
+            second = start(command(output, *extra), log)
+            assert second.wait(timeout=120) == 1, log.read_text()
+            assert log.read_text().splitlines() == [
+                f"demsr: error: {partial_path(output)}: another run (process {first.pid} on "
+                f"{host}) is writing this partial result; wait for it to finish or stop it, "
+                "then rerun with --resume"
+            ]
+        assert finished_tiles(output) == 8  # the refused runs touched nothing
+        if ending == "continues":
+            first.send_signal(signal.SIGCONT)
+            finish(first, tmp_path / f"first-{ending}.log")
+        else:  # the system releases a dead process's lock: a rerun takes the store over
+            first.kill()
+            assert first.wait(timeout=60) == -signal.SIGKILL
+            log = tmp_path / "resumed.log"
+            assert "resuming" in finish(start(command(output, "--resume"), log), log)
+        assert output.read_bytes() == reference.read_bytes()
+        assert [p.name for p in output.parent.iterdir()] == ["out.tif"]

@@ -69,7 +69,7 @@ from demsr.model import (
     resolve_precision,
 )
 from demsr.stops import stop_point
-from demsr.tilestore import OutputGrid, TileStore
+from demsr.tilestore import OutputGrid, TileStore, check_not_busy
 from demsr.tiling import (
     Tile,
     TileTransform,
@@ -649,6 +649,8 @@ def _predict_raster(
             if summary.valid_cells == 0:
                 raise RasterError(f"{source.path}: band {band} holds no valid cells")
             log.debug("input %s", summary.describe())
+            if partial.exists():
+                check_not_busy(partial)  # before any advice to resume, or an --overwrite
             remove_stale_temporaries(output, partial)
             if overwrite and not resume and partial.exists():
                 shutil.rmtree(partial)
@@ -660,6 +662,7 @@ def _predict_raster(
             if ctx.is_main:
                 created = open_store()
         store = created if created is not None else TileStore.open(partial)
+        lock = store.lock(ctx.rank)
         finished, _ = store.finished()
         tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)
         # Batches come from the whole grid, so that a resumed run (on any number of ranks)
@@ -704,54 +707,61 @@ def _predict_raster(
                 store.remove()  # nothing worth resuming: leave nothing behind
             # Not a warning: the CLI reports it in its one-line error (partial_progress).
             log.debug("stopped with %d tiles of this rank recorded", writer.committed)
+            lock.release()
             raise
         writer.close()
 
-    if ctx.distributed:
-        log.info("waiting for the other ranks to finish their tiles")
-        distributed.barrier()
-        if not ctx.is_main:
-            return output
-    done_before = finished
-    finished, empty = store.finished()
-    if ctx.distributed:
-        new_px = sum(int(t.core.width * t.core.height) for t in tiles if t.index not in done_before)
-        seconds = time.perf_counter() - started
-        log.info(
-            "all %d ranks: %d of %d tiles done, %d in this run: %.1f output Mpx in %s (%.2f Mpx/s)",
-            ctx.world_size,
-            len(finished),
-            len(tiles),
-            len(finished) - len(done_before),
-            new_px * scale * scale / 1e6,
-            _duration(seconds),
-            new_px * scale * scale / 1e6 / max(seconds, 1e-9),
-        )
-    missing = len(tiles) - len(finished)
-    if missing:
-        raise RasterError(
-            f"{partial}: {missing} of {len(tiles)} tiles are missing after every rank finished; "
-            "rerun with --resume to predict them"
-        )
-    if len(empty) == len(tiles):
+    try:  # the lock is held until the product is written (or this fails)
+        if ctx.distributed:
+            log.info("waiting for the other ranks to finish their tiles")
+            distributed.barrier()
+            if not ctx.is_main:
+                return output
+        done_before = finished
+        finished, empty = store.finished()
+        if ctx.distributed:
+            new_px = sum(
+                int(t.core.width * t.core.height) for t in tiles if t.index not in done_before
+            )
+            seconds = time.perf_counter() - started
+            log.info(
+                "all %d ranks: %d of %d tiles done, %d in this run: %.1f output Mpx in %s "
+                "(%.2f Mpx/s)",
+                ctx.world_size,
+                len(finished),
+                len(tiles),
+                len(finished) - len(done_before),
+                new_px * scale * scale / 1e6,
+                _duration(seconds),
+                new_px * scale * scale / 1e6 / max(seconds, 1e-9),
+            )
+        missing = len(tiles) - len(finished)
+        if missing:
+            raise RasterError(
+                f"{partial}: {missing} of {len(tiles)} tiles are missing after every rank "
+                "finished; rerun with --resume to predict them"
+            )
+        if len(empty) == len(tiles):
+            store.remove()
+            raise RasterError(f"{os.fspath(input_path)}: band {band} holds no valid cells")
+        # The product appears only when complete; if this fails the store stays, and a rerun
+        # with resume finalises it again without predicting anything.
+        stop_point("store-complete")
+        with store.reader() as reader:
+            result = finalise_output(
+                reader,
+                output,
+                fmt,
+                dtype=output_dtype,
+                metadata=provenance,
+                layout=layout,
+                progress=progress,
+            )
         store.remove()
-        raise RasterError(f"{os.fspath(input_path)}: band {band} holds no valid cells")
-    # The product appears only when complete; if this fails the store stays, and a rerun
-    # with resume finalises it again without predicting anything.
-    stop_point("store-complete")
-    with store.reader() as reader:
-        result = finalise_output(
-            reader,
-            output,
-            fmt,
-            dtype=output_dtype,
-            metadata=provenance,
-            layout=layout,
-            progress=progress,
-        )
-    store.remove()
-    log.info("wrote %s (%d x %d, x%d)", result, cols * scale, rows * scale, scale)
-    return result
+        log.info("wrote %s (%d x %d, x%d)", result, cols * scale, rows * scale, scale)
+        return result
+    finally:
+        lock.release()
 
 
 class _Progress:

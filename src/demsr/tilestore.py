@@ -12,6 +12,10 @@ Layout of ``<output>.partial.zarr``::
     done/rank-00000.log        the finished tiles, one line ``<tile index> d`` (``e``: a tile
     done/rank-00001.log ...    without valid cells), appended by each rank once the tile's
                                chunk is on disk
+    locks/rank-00000.lock ...  each rank's advisory lock (flock), held while it writes: a second
+                               run on the same output is refused, naming the process that holds
+                               it; a killed process's lock is released by the system, so a
+                               rerun takes it over
 
 A tile is finished when a log says so, whichever rank wrote it and in whichever run: a rerun
 reads all the logs and predicts only the other tiles. A log line is only appended after its
@@ -26,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +43,11 @@ from rasterio.windows import Window
 
 from demsr.io import RasterLayout, RasterReader, atomic_directory, fsync_file
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "demsr-partial-prediction"
@@ -45,6 +55,7 @@ STORE_VERSION = 2
 ARRAY = "elevation"
 RUN_FILE = "demsr-run.json"
 DONE_DIR = "done"
+LOCK_DIR = "locks"
 _DONE_LINE = re.compile(r"^(\d+) ([de])$")
 
 
@@ -85,6 +96,49 @@ class OutputGrid:
 
 class StoreError(ValueError):
     """A partial store that cannot be used (unreadable, or not a demsr partial prediction)."""
+
+
+class StoreBusy(StoreError):
+    """Another process is writing the partial store."""
+
+
+class RankLock:
+    """Rank ``rank``'s advisory lock on the store at ``path`` (``locks/rank-NNNNN.lock``):
+    taken at once or a :class:`StoreBusy` naming the holder (its process id and host, which the
+    holder writes into the file). The system releases it when the holder dies, however it dies.
+    Where the platform has no ``flock`` (Windows) it does nothing."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        self.path = path / LOCK_DIR / f"rank-{rank:05d}.lock"
+        self._fd: int | None = None
+        if fcntl is None:
+            return
+        self.path.parent.mkdir(exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 256).decode(errors="replace").split()
+            os.close(fd)
+            who = f"process {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+            raise StoreBusy(
+                f"{path}: another run ({who}) is writing this partial result; wait for it to "
+                "finish or stop it, then rerun with --resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def check_not_busy(path: str | os.PathLike[str]) -> None:
+    """A :class:`StoreBusy` if a run holds rank 0's lock on the store at ``path``."""
+    RankLock(Path(path), 0).release()
 
 
 class TileStore:
@@ -148,6 +202,10 @@ class TileStore:
     def finished(self) -> tuple[set[int], set[int]]:
         """(finished, empty) tile indices over every rank's log; empty ones are finished too."""
         return read_done(self.path)
+
+    def lock(self, rank: int) -> RankLock:
+        """Rank ``rank``'s lock on this store, held until released (:class:`RankLock`)."""
+        return RankLock(self.path, rank)
 
     def log_for(self, rank: int) -> DoneLog:
         return DoneLog(self.path / DONE_DIR / f"rank-{rank:05d}.log")
