@@ -488,11 +488,12 @@ def measure_throughput(
     """
     import torch
 
-    from demsr.model import resolve_device, resolve_precision
+    from demsr.model import resolve_device
+    from demsr.precision import choose_precision, recorded_bf16_bound
     from demsr.predict import predict_array
 
     torch_device = resolve_device(device)
-    mode = resolve_precision(precision, torch_device)
+    mode = choose_precision(precision, torch_device, recorded_bf16_bound(checkpoint)).precision
     log.info("measuring the throughput on a few tiles of %s ...", os.fspath(input_path))
     resolver = checkpoint.build_resolver(torch_device)
     scale, margin = resolver.scale, resolver.margin_px
@@ -767,19 +768,25 @@ def _target_device(device: str) -> str:
         raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
 
 
-def _planned_precision(precision: str, device_type: str, notes: list[str]) -> str:
-    """What ``auto`` resolves to on the target: this machine's answer for a device present
-    here; bf16 for an absent GPU (Ampere and newer), with a note."""
+def _planned_precision(
+    precision: str, device_type: str, bf16_bound_m: float | None, notes: list[str]
+) -> str:
+    """What ``auto`` resolves to on the target (:func:`demsr.precision.choose_precision`):
+    fp32 for a model without a recorded bf16 error; otherwise this machine's answer for a
+    device present here, and bf16 for an absent GPU (Ampere and newer), with a note."""
     import torch
 
-    from demsr.model import check_precision, resolve_precision
+    from demsr.model import check_precision
+    from demsr.precision import choose_precision
 
     if precision != "auto":
         return check_precision(precision)
+    if bf16_bound_m is None:
+        return "fp32"
     if device_type == "cpu":
-        return resolve_precision("auto", torch.device("cpu"))
+        return choose_precision("auto", torch.device("cpu"), bf16_bound_m).precision
     if device_type == "cuda" and torch.cuda.is_available():
-        return resolve_precision("auto", torch.device("cuda"))
+        return choose_precision("auto", torch.device("cuda"), bf16_bound_m).precision
     notes.append(
         "precision auto taken as bf16: what it gives on Ampere and newer GPUs (fp32 on older)"
     )
@@ -822,6 +829,7 @@ def plan_prediction(
 
     from demsr.checkpoint import as_checkpoint
     from demsr.model import DEMSRNet, SuperResolver
+    from demsr.precision import recorded_bf16_bound
     from demsr.pretrained import pretrained_path
 
     if tile_px < 1 or batch_size < 1 or ranks < 1:
@@ -839,7 +847,6 @@ def plan_prediction(
         fmt = "cog"
     notes: list[str] = []
     device_type = _target_device(device)
-    mode = _planned_precision(precision, device_type, notes)
 
     with open_raster(input_path, band, variable, crs=crs) as reader:
         rows, cols = reader.shape
@@ -848,6 +855,7 @@ def plan_prediction(
         path_text = reader.path
 
     loaded = as_checkpoint(checkpoint if checkpoint is not None else pretrained_path())
+    mode = _planned_precision(precision, device_type, recorded_bf16_bound(loaded), notes)
     config = loaded.model_config
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         resolver = SuperResolver(DEMSRNet(config), loaded.scaling)

@@ -66,8 +66,8 @@ from demsr.model import (
     network_autocast,
     prepare_for_inference,
     resolve_device,
-    resolve_precision,
 )
+from demsr.precision import PrecisionChoice, choose_precision, recorded_bf16_bound
 from demsr.stops import stop_point
 from demsr.tilestore import OutputGrid, TileStore, check_not_busy
 from demsr.tiling import (
@@ -146,14 +146,26 @@ class _Network:
     resolver: SuperResolver
     run: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
-    precision: str
+    choice: PrecisionChoice
+
+    @property
+    def precision(self) -> str:
+        return self.choice.precision
 
     @classmethod
     def prepare(
-        cls, resolver: SuperResolver, device: torch.device, precision: str, compile: bool
+        cls,
+        resolver: SuperResolver,
+        device: torch.device,
+        precision: str,
+        compile: bool,
+        bf16_bound_m: float | None = None,
     ) -> _Network:
-        mode = resolve_precision(precision, device)
-        return cls(resolver, prepare_for_inference(resolver, device, compile=compile), device, mode)
+        """``precision`` ``auto`` is bf16 only with a recorded ``bf16_bound_m`` on a device
+        with native bf16 (:func:`demsr.precision.choose_precision`)."""
+        choice = choose_precision(precision, device, bf16_bound_m)
+        prepared = prepare_for_inference(resolver, device, compile=compile)
+        return cls(resolver, prepared, device, choice)
 
 
 @dataclass
@@ -263,11 +275,14 @@ def predict_array(
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
     rows, cols = lowres_m.shape
     torch_device = resolve_device(device) if isinstance(device, str) else device
+    bound = None
     if isinstance(model, SuperResolver):
         resolver = model
     else:
-        resolver = as_checkpoint(model).build_resolver(torch_device)
-    network = _Network.prepare(resolver, torch_device, precision, compile)
+        checkpoint = as_checkpoint(model)
+        resolver = checkpoint.build_resolver(torch_device)
+        bound = recorded_bf16_bound(checkpoint)
+    network = _Network.prepare(resolver, torch_device, precision, compile, bound)
     scale = resolver.scale
     if tile_px is None:
         # One tile; a wrapping array still needs its context across the edges.
@@ -588,9 +603,14 @@ def _predict_raster(
     report_every_s: float,
 ) -> Path:
     network = _Network.prepare(
-        checkpoint.build_resolver(torch_device), torch_device, precision, compile
+        checkpoint.build_resolver(torch_device),
+        torch_device,
+        precision,
+        compile,
+        recorded_bf16_bound(checkpoint),
     )
     mode = network.precision
+    log.info("%s", network.choice.describe())
     scale, margin = network.resolver.scale, network.resolver.margin_px
 
     with open_raster(input_path, band, variable, crs=crs) as source:
@@ -630,7 +650,7 @@ def _predict_raster(
             "source_band": str(band),
             "tile_px": str(tile_px),
             "margin_px": str(margin),
-            "precision": mode,
+            **network.choice.tags(),
         }
         grid = OutputGrid(
             shape=(rows * scale, cols * scale),

@@ -1,0 +1,100 @@
+"""--precision auto picks bf16 only for a model whose bf16 error is recorded in its checkpoint
+(on a device with native bf16); the choice and the bound are logged and tagged in the output."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import demsr.precision
+from demsr.checkpoint import as_checkpoint, load_checkpoint
+from demsr.cli import main
+from demsr.precision import choose_precision, recorded_bf16_bound
+from demsr.predict import predict_array, predict_raster
+
+FIXTURE_CKPT = "mindearth_demnet_b2.ckpt"
+FIXTURE_IO = "mindearth_demnet_b2_io.npz"
+
+
+@pytest.fixture
+def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Act as a device with native bf16 (as this project's CPU, AMX, is; CI's may not be)."""
+    monkeypatch.setattr(demsr.precision, "bf16_supported", lambda device: True)
+
+
+@pytest.fixture(scope="module")
+def imported_reference(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MindEarth fixture imported as a user does, with the defaults."""
+    output = tmp_path_factory.mktemp("imported") / "demnet_b2.safetensors"
+    source = reference_dir / FIXTURE_CKPT
+    result = CliRunner().invoke(main, ["import-mindearth", str(source), str(output)])
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_auto_runs_an_unmeasured_model_in_float32_and_matches_the_reference(
+    native_bf16: None, imported_reference: Path, reference_dir: Path
+) -> None:
+    io = np.load(reference_dir / FIXTURE_IO)
+    reference = io["y"][0, 0]
+    assert recorded_bf16_bound(load_checkpoint(imported_reference)) is None
+    auto = predict_array(imported_reference, io["x"][0, 0], "cpu")
+    assert float(np.abs(auto - reference).max()) < 1e-4  # float32: 1.3e-5 measured
+    # What auto used to pick on such a device: bf16 is off by far more for this model.
+    bf16 = predict_array(imported_reference, io["x"][0, 0], "cpu", precision="bf16")
+    assert float(np.abs(bf16 - reference).max()) > 1e-3
+
+
+def test_auto_runs_the_shipped_model_in_bf16_only_where_bf16_is_native(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    shipped = as_checkpoint("lite")
+    bound = recorded_bf16_bound(shipped)
+    assert bound is not None and 0 < bound < 0.2  # measured on 9 real DEMs
+    assert shipped.metadata["bf16_error"]["dems"]  # on which DEMs, with their own figures
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(demsr.precision, "bf16_supported", lambda device: True)
+    assert choose_precision("auto", cpu, bound).precision == "bf16"
+    assert choose_precision("auto", cpu, None).precision == "fp32"
+    assert choose_precision("fp32", cpu, bound).precision == "fp32"
+    monkeypatch.setattr(demsr.precision, "bf16_supported", lambda device: False)
+    assert choose_precision("auto", cpu, bound).precision == "fp32"
+
+
+@pytest.mark.parametrize("model", ["lite", "imported"])
+def test_the_precision_and_its_bound_are_logged_and_tagged(
+    native_bf16: None,
+    imported_reference: Path,
+    dem_test_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    model: str,
+) -> None:
+    checkpoint = "lite" if model == "lite" else imported_reference
+    caplog.set_level(logging.INFO, logger="demsr")
+    source = dem_test_dir / "landlab_west_bijou_1s.tif"
+    output = predict_raster(checkpoint, source, tmp_path / "out.tif", device="cpu", progress=False)
+    with rasterio.open(output) as dst:
+        tags = dst.tags()
+    if model == "lite":
+        assert tags["precision"] == "bf16"
+        assert tags["bf16_error_bound_m"] == "0.1692"
+        expected = (
+            "precision bf16 (auto: native bf16 on cpu; recorded bf16 error of this model "
+            "<= 0.169 m)"
+        )
+    else:
+        assert tags["precision"] == "fp32"
+        assert tags["bf16_error_bound_m"] == "not measured"
+        expected = (
+            "precision fp32 (auto: bf16 not measured for this model; no bf16 error recorded "
+            "for this model)"
+        )
+    assert expected in caplog.messages
