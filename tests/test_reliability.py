@@ -100,6 +100,13 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, dem_test_dir: Path) -> Inpu
     write_geotiff(root / "rotated.tif", data, transform @ Affine.rotation(10), crs)
     write_geotiff(root / "all_nodata.tif", np.full_like(data, np.nan), transform, crs, -9999.0)
     write_geotiff(root / "tiny.tif", data[:3, :3], transform, crs)
+    write_geotiff(root / "one_cell.tif", np.full((1, 1), 5.0), transform, crs)
+    beyond = Affine(transform.a, 0.0, transform.c, 0.0, transform.e, 95.0)  # north of the pole
+    write_geotiff(root / "beyond_pole.tif", data, beyond, crs)
+    with rasterio.open(root / "three_bands.tif", "w", **{**_profile(raster), "count": 3}) as dst:
+        dst.write(np.stack([data, data + 100, data + 200]))
+    with rasterio.open(root / "uint8.tif", "w", **_profile(raster, "uint8")) as dst:
+        dst.write(np.clip(data - 1650, 0, 255).astype(np.uint8), 1)  # an image, not a DEM
     (root / "notes.tif").write_text("these are not elevations\n")
     (root / "empty.tif").write_bytes(b"")
     whole = (root / "dem.tif").read_bytes()
@@ -228,6 +235,16 @@ def case_zero_size_file(env: Env) -> Expect:
 @case
 def case_truncated_geotiff(env: Env) -> Expect:
     return predicting(env, "truncated.tif", "cannot read rows .*truncated or corrupt")
+
+
+@case
+def case_one_cell_raster(env: Env) -> Expect:
+    return predicting(env, "one_cell.tif", r"1 x 1 cells is too small to super-resolve")
+
+
+@case
+def case_latitudes_beyond_the_pole(env: Env) -> Expect:
+    return predicting(env, "beyond_pole.tif", r"latitudes run from .* to 95 degrees, beyond \+-90")
 
 
 @case
@@ -1017,3 +1034,20 @@ def test_progress_bars_only_on_a_terminal_and_never_with_quiet(
     on_terminal = _predict_stderr(inputs, tmp_path / "c.tif", tty=True)
     assert "predict:" in on_terminal and "tile" in on_terminal  # the bar, where it is watched
     assert _predict_stderr(inputs, tmp_path / "d.tif", "-q", tty=True) == ""
+
+
+def test_a_multiband_raster_says_which_band_is_read_and_a_byte_raster_warns(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    for name, band, expected in (
+        ("three_bands.tif", "2", "three_bands.tif: 3 bands; reading band 2 (choose with --band)"),
+        ("uint8.tif", "1", "uint8.tif: band 1 is uint8, a type that holds images or masks"),
+    ):
+        output = tmp_path / f"{name}.out.tif"
+        args = ["predict", inputs.checkpoint, inputs / name, output, "--band", band, *TILES]
+        done = demsr_process(*args, "--device", "cpu", "--no-progress")
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stderr
+        assert output.exists()
+    with rasterio.open(tmp_path / "three_bands.tif.out.tif") as dst:
+        assert dst.tags()["source_band"] == "2"

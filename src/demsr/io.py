@@ -90,6 +90,53 @@ outside is an undeclared nodata marker (-32767, -32768, 1e30, ...) or a file not
 and is refused rather than fed to the network (:meth:`RasterReader.read`)."""
 
 
+# Vertical units a DEM may declare (GDAL's band unit type, CF ``units``), lower-cased, and their
+# length in metres. Undeclared units are taken as metres.
+_METRE_NAMES = ("m", "metre", "meter", "metres", "meters", "m above sea level")
+_FOOT_NAMES = ("ft", "foot", "feet", "international foot", "international feet", "ft_intl")
+_US_FOOT_NAMES = (
+    "us survey foot",
+    "us survey feet",
+    "us_survey_foot",
+    "us_survey_feet",
+    "us-ft",
+    "ftus",
+    "ft_us",
+    "foot_us",
+    "us foot",
+    "survey foot",
+)
+VERTICAL_UNITS: dict[str, float] = {
+    **dict.fromkeys(_METRE_NAMES, 1.0),
+    **dict.fromkeys(_FOOT_NAMES, 0.3048),
+    **dict.fromkeys(_US_FOOT_NAMES, 1200.0 / 3937.0),
+    "km": 1000.0,
+    "kilometre": 1000.0,
+    "kilometer": 1000.0,
+    "cm": 0.01,
+    "dm": 0.1,
+    "mm": 0.001,
+}
+"""Metres per unit of each vertical unit a DEM may declare."""
+
+CANONICAL_UNITS = {0.3048: "ft", 1200.0 / 3937.0: "US_survey_foot"}
+"""How an output in feet declares its unit (UDUNITS names, which CF checkers and GDAL accept)."""
+
+
+def metres_per_unit(unit: str | None, path: str) -> float:
+    """Metres per ``unit`` (a vertical unit a file declares; None or empty: metres); a
+    RasterError naming the unit for one that is not a known length."""
+    if unit is None or not str(unit).strip():
+        return 1.0
+    key = " ".join(str(unit).strip().lower().split())
+    if key in VERTICAL_UNITS:
+        return VERTICAL_UNITS[key]
+    raise RasterError(
+        f"{path}: elevations are declared in {unit!r}, not a vertical unit demsr converts "
+        "(metres, feet, US survey feet, km, cm, mm)"
+    )
+
+
 class RasterError(ValueError):
     """A raster that cannot be used, with a message naming the file and the problem."""
 
@@ -224,6 +271,10 @@ class RasterReader(ABC):
     layout: RasterLayout
     valid_range_m: tuple[float, float] | None = None
     """Readers made by :func:`open_raster` refuse cells outside this range (None: any value)."""
+    units: str | None = None
+    """The vertical unit the file declares (None: none, taken as metres)."""
+    metres_per_unit: float = 1.0
+    """What :meth:`read` multiplies the file's values by: it always returns metres."""
 
     def __enter__(self) -> RasterReader:
         return self
@@ -255,6 +306,8 @@ class RasterReader(ABC):
         """
         row_off, col_off, height, width = self._window_bounds(window)
         values = to_float32_heights(self._read(row_off, col_off, height, width))
+        if self.metres_per_unit != 1.0:
+            values *= np.float32(self.metres_per_unit)
         if self.valid_range_m is not None:
             self._check_range(values, row_off, col_off)
         return values
@@ -267,6 +320,12 @@ class RasterReader(ABC):
             return
         row, col = (int(i) for i in np.argwhere(outside)[0])
         value = float(values[row, col])
+        if self.metres_per_unit != 1.0:  # a marker would not be read in metres: no advice on it
+            raise RasterError(
+                f"{self.path}: cell (row {row_off + row}, col {col_off + col}) holds "
+                f"{value / self.metres_per_unit:g} {self.units} = {value:g} m, not an elevation "
+                f"({low:g}..{high:g} m)"
+            )
         raise RasterError(
             f"{self.path}: cell (row {row_off + row}, col {col_off + col}) holds {value:g}, not an "
             f"elevation in metres ({low:g}..{high:g} m); if {value:g} marks missing data, declare "
@@ -368,6 +427,13 @@ class _GdalReader(RasterReader):
         self.layout = RasterLayout(
             kind="gdal", driver=src.driver, source_dtype=str(src.dtypes[band - 1])
         )
+        try:
+            self.units = src.units[band - 1] or None
+            self.metres_per_unit = metres_per_unit(self.units, path)
+        except BaseException:
+            self._dataset.close()
+            raise
+        _describe_band_choice(path, band, self.band_count, str(src.dtypes[band - 1]))
 
     def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         window = Window(col_off, row_off, width, height)
@@ -438,6 +504,9 @@ class _GridReader(RasterReader):
             selection[dim] = band - 1 if dim in big_extra else 0
         self._data = data_array.isel(selection) if selection else data_array
         self._y_dim, self._x_dim = y_dim, x_dim
+        self.units = data_array.attrs.get("units") or None
+        self.metres_per_unit = metres_per_unit(self.units, path)
+        _describe_band_choice(path, band, bands, str(data_array.dtype), str(name))
 
         ys = _coordinate(dataset, y_dim, path)
         xs = _coordinate(dataset, x_dim, path)
@@ -569,6 +638,28 @@ def _regular_step(values: np.ndarray, name: str, path: str) -> float:
     return float(abs(step))
 
 
+def _describe_band_choice(
+    path: str, band: int, bands: int, dtype: str, variable: str | None = None
+) -> None:
+    """Say which band of a multi-band raster is read, and warn about a data type that does not
+    hold elevations (8-bit integers, booleans, complex numbers: an image, a mask)."""
+    where = f"variable {variable!r}, " if variable else ""
+    if bands > 1:
+        log.info("%s: %s%d bands; reading band %d (choose with --band)", path, where, bands, band)
+    try:
+        data_type = np.dtype(dtype)
+    except TypeError:
+        return
+    if data_type.itemsize == 1 or data_type.kind in ("b", "c"):
+        log.warning(
+            "%s: band %d is %s, a type that holds images or masks rather than elevations; "
+            "its values are read as elevations",
+            path,
+            band,
+            dtype,
+        )
+
+
 def _grid_nodata(data_array: Any) -> float | None:
     for key in ("_FillValue", "missing_value"):
         value = data_array.encoding.get(key, data_array.attrs.get(key))
@@ -676,7 +767,26 @@ def open_raster(
                 f"given ({crs}); a CRS is only given for files without one"
             )
         reader.crs = given
+    try:
+        _check_latitudes(reader)
+    except BaseException:
+        reader.close()
+        raise
     return reader
+
+
+def _check_latitudes(reader: RasterReader) -> None:
+    """A RasterError for a geographic grid whose cells run beyond the poles (more than half a
+    cell: grid-registered global grids have their edge cells centred on +-90 degrees)."""
+    if reader.crs is None or not reader.crs.is_geographic:
+        return
+    _, south, _, north = reader.bounds
+    slack = abs(reader.transform.e) / 2 + 1e-9
+    if north > 90.0 + slack or south < -90.0 - slack:
+        raise RasterError(
+            f"{reader.path}: latitudes run from {south:g} to {north:g} degrees, beyond +-90: "
+            "not a valid geographic grid (a wrong CRS, or a projected grid without its CRS?)"
+        )
 
 
 def _open_reader(path_str: str, band: int, variable: str | None) -> RasterReader:

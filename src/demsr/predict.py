@@ -48,6 +48,7 @@ from demsr import __version__, distributed
 from demsr.checkpoint import Checkpoint, as_checkpoint, checkpoint_sha256
 from demsr.distributed import RankContext
 from demsr.io import (
+    CANONICAL_UNITS,
     RasterError,
     RasterReader,
     fill_nearest,
@@ -86,6 +87,15 @@ log = logging.getLogger(__name__)
 # Each rank's own progress (throughput, ETA): logged by every rank, where other messages are
 # left to rank 0 (see demsr.cli.configure_logging).
 progress_log = logging.getLogger("demsr.progress")
+
+
+def require_two_cells(rows: int, cols: int, name: str) -> None:
+    """A RasterError for an input less than 2 cells wide or high: one cell says nothing about
+    the relief inside it, and the network would invent some."""
+    if rows < 2 or cols < 2:
+        raise RasterError(
+            f"{name}: {rows} x {cols} cells is too small to super-resolve (at least 2 x 2 needed)"
+        )
 
 
 def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
@@ -274,6 +284,7 @@ def predict_array(
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
     rows, cols = lowres_m.shape
+    require_two_cells(rows, cols, "the array")
     torch_device = resolve_device(device) if isinstance(device, str) else device
     bound = None
     if isinstance(model, SuperResolver):
@@ -413,8 +424,10 @@ class _StoreWriter:
         rank: int,
         scale: int,
         transform_output: TileTransform | None,
+        metres_per_unit: float = 1.0,
     ) -> None:
         self.store, self.scale, self.transform_output = store, scale, transform_output
+        self.metres_per_unit = metres_per_unit
         self.log = store.log_for(rank)
         self.committed = 0
         self._pending: list[tuple[int, bool]] = []
@@ -438,6 +451,8 @@ class _StoreWriter:
                     f"transform_output returned shape {changed.shape} for a {shape} tile"
                 )
             values = np.where(np.isnan(values), np.float32(np.nan), changed)
+        if self.metres_per_unit != 1.0:  # back into the input's vertical unit
+            values = values / np.float32(self.metres_per_unit)
         chunk = self.store.write(window, values)
         if chunk is not None:
             self._chunks.append(chunk)
@@ -610,12 +625,17 @@ def _predict_raster(
         recorded_bf16_bound(checkpoint),
     )
     mode = network.precision
-    log.info("%s", network.choice.describe())
     scale, margin = network.resolver.scale, network.resolver.margin_px
 
     with open_raster(input_path, band, variable, crs=crs) as source:
         rows, cols = source.shape
+        require_two_cells(rows, cols, source.path)
         source_crs = require_crs(source)
+        # The network works in metres (the reader converts); the product is in the input's unit.
+        units = "metre"
+        if source.metres_per_unit != 1.0:
+            units = CANONICAL_UNITS.get(source.metres_per_unit, str(source.units))
+            log.info("%s: elevations in %s, converted to metres and back", source.path, units)
         period = _global_period(source, wrap)
         if period is not None:
             log.info("%s covers all longitudes: tiles wrap across the antimeridian", source.path)
@@ -638,10 +658,11 @@ def _predict_raster(
             "device": torch_device.type,
             "transform_input": _describe_hook(transform_input),
             "transform_output": _describe_hook(transform_output),
+            "units": units,
         }
         provenance = {
             **dict(tags or {}),
-            "units": "metre",
+            "units": units,
             "demsr_version": __version__,
             "checkpoint_sha256": sha256,
             "model_config": json.dumps(checkpoint.model_config.to_dict(), sort_keys=True),
@@ -683,6 +704,8 @@ def _predict_raster(
                 created = open_store()
         store = created if created is not None else TileStore.open(partial)
         lock = store.lock(ctx.rank)
+        if ctx.is_main:
+            log.info("%s", network.choice.describe())
         finished, _ = store.finished()
         tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)
         # Batches come from the whole grid, so that a resumed run (on any number of ranks)
@@ -708,7 +731,7 @@ def _predict_raster(
                 )
             return changed
 
-        writer = _StoreWriter(store, ctx.rank, scale, transform_output)
+        writer = _StoreWriter(store, ctx.rank, scale, transform_output, source.metres_per_unit)
         layout = source.layout
         started = time.perf_counter()
         try:
