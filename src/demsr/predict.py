@@ -284,7 +284,6 @@ def predict_array(
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
     rows, cols = lowres_m.shape
-    require_two_cells(rows, cols, "the array")
     torch_device = resolve_device(device) if isinstance(device, str) else device
     bound = None
     if isinstance(model, SuperResolver):
@@ -704,8 +703,6 @@ def _predict_raster(
                 created = open_store()
         store = created if created is not None else TileStore.open(partial)
         lock = store.lock(ctx.rank)
-        if ctx.is_main:
-            log.info("%s", network.choice.describe())
         finished, _ = store.finished()
         tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)
         # Batches come from the whole grid, so that a resumed run (on any number of ranks)
@@ -918,10 +915,11 @@ def _run_tiles(
         progress.close()
     elapsed = time.perf_counter() - started
     (progress_log if progress.ctx.distributed else log).info(
-        "%spredicted %d tiles (%.1f output Mpx) in %.1f s, %.2f Mpx/s",
+        "%spredicted %d tiles (%.1f output Mpx) in %.1f s, %.2f Mpx/s; %s",
         f"[{progress.ctx.describe()}] " if progress.ctx.distributed else "",
         progress.assigned,
         written_px / 1e6,
         elapsed,
         written_px / 1e6 / max(elapsed, 1e-9),
+        network.choice.describe(),
     )

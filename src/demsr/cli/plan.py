@@ -153,8 +153,9 @@ def print_dry_run(
         extra += ["--output-datum", params["output_datum"]]
     flags = {"compile_model": "--compile", "overwrite": "--overwrite", "resume": "--resume"}
     extra += [flag for name, flag in flags.items() if params[name]]
-    if not params["progress"]:
-        extra.append("--no-progress")
+    given = click.get_current_context().get_parameter_source("progress")
+    if given is click.core.ParameterSource.COMMANDLINE:  # else: the run decides for itself
+        extra.append("--progress" if params["progress"] else "--no-progress")
     model = params["paths"][0] if len(params["paths"]) == 3 else None
     click.echo(plan.describe(output_path, model, extra))
     if Path(output_path).exists() and not params["overwrite"]:
