@@ -273,8 +273,9 @@ def predict_array(
     of ``batch_size`` and give the same values to float32 rounding in fp32 (to millimetres in
     bf16, whose rounding depends on the tile's shape). ``precision`` ``auto``
     (the default) runs the network's residual blocks in bf16 where the device computes bf16
-    natively (a recent GPU, a CPU with AMX or AVX512-BF16; within 0.2 m of float32 on real
-    DEMs, BENCHMARKS.md), else fp32; the elevations stay float32. ``compile`` uses
+    natively (a recent GPU, a CPU with AMX or AVX512-BF16) and ``model`` is a checkpoint that
+    records its measured bf16 error (:mod:`demsr.precision`), else fp32 (a bare
+    ``SuperResolver`` records none); the elevations stay float32. ``compile`` uses
     ``torch.compile`` (see :func:`~demsr.model.prepare_for_inference`). ``wrap_cols`` makes
     the array wrap east-west every that many columns (a global grid, see
     :func:`demsr.tiling.global_period`): cells by its western and eastern edges see their
