@@ -74,6 +74,8 @@ IDENTITY = Normalisation(offset_m=0.0, scale_m=1.0)
 #   split                  str     "train", "valid" or "test"
 #   seed                   int     seed the split and subsets were drawn from
 #   prepare_options        str     JSON of the options prepare ran with
+#   provenance             str     JSON: where the low-res member came from, when not the block
+#                                  mean (a real coarse product: both sources, the sub-grid)
 #   demsr_version          str
 #
 # The two patch datasets are the only root datasets named "<int>_<int>"; which one is low-res is
@@ -105,6 +107,7 @@ class PairMetadata:
     source_files: tuple[str, ...] = ()
     source_crs: tuple[str, ...] = ()
     prepare_options: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
     demsr_version: str = __version__
     has_attributes: bool = True
     normalisation_known: bool = True
@@ -249,6 +252,11 @@ def _read_metadata(handle: h5py.File, path: Path, shape_scale: int) -> PairMetad
         options = json.loads(_attr_str(options_json)) if options_json is not None else None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: attribute prepare_options is not valid JSON ({exc})") from None
+    provenance_json = attrs.get("provenance")
+    try:
+        provenance = json.loads(_attr_str(provenance_json)) if provenance_json is not None else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: attribute provenance is not valid JSON ({exc})") from None
     source_files = _attr_strs(attrs["source_files"]) if "source_files" in attrs else ()
     source_crs = _attr_strs(attrs["source_crs"]) if "source_crs" in attrs else ()
     try:
@@ -260,6 +268,7 @@ def _read_metadata(handle: h5py.File, path: Path, shape_scale: int) -> PairMetad
             source_files=source_files,
             source_crs=source_crs,
             prepare_options=options,
+            provenance=provenance,
             demsr_version=_attr_str(attrs.get("demsr_version", "unknown")),
             has_attributes=True,
             normalisation_known=normalisation_known,
@@ -462,6 +471,8 @@ class PairWriter:
         if meta.seed is not None:
             handle.attrs["seed"] = int(meta.seed)
         handle.attrs["prepare_options"] = json.dumps(meta.prepare_options or {}, sort_keys=True)
+        if meta.provenance is not None:
+            handle.attrs["provenance"] = json.dumps(meta.provenance, sort_keys=True)
         handle.attrs["demsr_version"] = meta.demsr_version
 
     def append(

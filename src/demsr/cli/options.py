@@ -115,7 +115,7 @@ def with_run_options(function: Callable[..., Any]) -> Callable[..., Any]:
 # How `evaluate` and `report` score models: the baselines beside them, self-ensembles, and cell
 # sizes for slope on pair files. The baseline names are demsr.evaluate.BASELINES (written out so
 # that parsing the command line does not import torch; a test checks they agree).
-BASELINE_NAMES = ("bilinear", "bicubic", "cubic_spline", "lanczos")
+BASELINE_NAMES = ("bilinear", "bicubic", "cubic_spline", "lanczos", "bicubic_backprojection")
 
 
 def _all_baselines_unless_named(
@@ -131,7 +131,8 @@ scoring_options = [
         multiple=True,
         type=click.Choice(BASELINE_NAMES),
         callback=_all_baselines_unless_named,
-        help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
+        help="Baseline(s) to compare with (repeatable): GDAL's kernels, and bicubic + 4 "
+        "back-projection steps (the shipped model without its network) [default: all five].",
     ),
     click.option(
         "--self-ensemble",

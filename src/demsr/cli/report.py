@@ -26,7 +26,8 @@ from demsr.cli.options import (
     "--lowres",
     "lowres_path",
     type=RASTER_PATH,
-    help="Low-res raster whose high-res reference is --data.",
+    help="Low-res raster (e.g. a real GEBCO/SRTM15+ product) whose high-res reference is "
+    "--data: a fine DEM, put onto its sub-grid as by evaluate --lowres.",
 )
 @click.option(
     "-o",
