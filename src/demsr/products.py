@@ -12,9 +12,10 @@ exact x ``scale`` sub-grid (:func:`fine_on_product_grid`), the one step that ``d
 - then warped onto the sub-grid with GDAL (rasterio): ``average`` (area-weighted: fractional
   cells count by their covered area) when the fine DEM is finer than the sub-grid (1" -> 3",
   30 m -> 3"), ``bilinear`` when it has the sub-grid's resolution and only the registration
-  differs (SRTM's 3" posts sit half a cell off GEBCO's sub-grid), reprojecting when the CRSs
-  differ. Cells of the fine DEM that are nodata, or exactly 0 m (SRTM and most land DEMs write
-  the sea as a flat 0 m: no truth there), make every sub-grid cell they touch nodata (NaN).
+  differs (SRTM's 3" posts sit half a cell off GEBCO's sub-grid), ``nearest`` (a copy) when
+  it already is the sub-grid, reprojecting when the CRSs differ. Cells of the fine DEM that
+  are nodata, or exactly 0 m (SRTM and most land DEMs write the sea as a flat 0 m: no truth
+  there), make every sub-grid cell they touch nodata (NaN).
 
 Checks, each a one-line ValueError naming the files: no CRS (a NetCDF grid without a grid
 mapping but with latitude/longitude coordinates, as GMT writes them, is geographic by
@@ -91,7 +92,9 @@ class SubgridPair:
         return coast_mask(self.lowres, self.scale)
 
 
-def coast_mask(lowres_m: np.ndarray, scale: int, distance_px: int = COAST_DISTANCE_PX) -> np.ndarray:
+def coast_mask(
+    lowres_m: np.ndarray, scale: int, distance_px: int = COAST_DISTANCE_PX
+) -> np.ndarray:
     """High-res cells whose low-res cell is within ``distance_px`` cells (a square
     neighbourhood) of a low-res cell on the other side of 0 m (above vs at or below).
 
@@ -161,11 +164,13 @@ def _mean_cell_m(transform: Affine, crs: Any, row: float) -> float:
 def choose_resampling(
     product: RasterReader, fine: RasterReader, scale: int, window: Window | None = None
 ) -> str:
-    """``"average"`` or ``"bilinear"`` for putting ``fine`` on ``product``'s sub-grid.
+    """``"average"``, ``"bilinear"`` or ``"nearest"`` for putting ``fine`` on ``product``'s
+    sub-grid.
 
     Same CRS: the product cell must be the fine cell times ``scale`` times a whole number k
-    (k = 1: bilinear; k > 1: average), else a ValueError; k < 1 is a fine DEM coarser than the
-    sub-grid. Different CRSs: by the cells' sizes in metres at the window's centre.
+    (k > 1: average; k = 1: bilinear, or nearest, i.e. a plain copy, when the fine cells are
+    already the sub-grid's), else a ValueError; k < 1 is a fine DEM coarser than the sub-grid.
+    Different CRSs: by the cells' sizes in metres at the window's centre.
     """
     target = product.transform @ Affine.scale(1 / scale)
     coarser = (
@@ -186,7 +191,12 @@ def choose_resampling(
                 f"{ratio_x * scale:.4g} times the fine DEM's ({abs(fine.transform.a):.6g}), not "
                 f"the scale {scale} (or a whole multiple of it); check --scale and the rasters"
             )
-        return "bilinear" if multiple == 1 else "average"
+        if multiple > 1:
+            return "average"
+        col = (fine.transform.c - target.c) / fine.transform.a
+        row = (fine.transform.f - target.f) / fine.transform.e
+        aligned = max(abs(col - round(col)), abs(row - round(row))) < _TOLERANCE
+        return "nearest" if aligned else "bilinear"
     row = 0.0 if window is None else (window.row_off + window.height / 2) * scale
     target_m = _mean_cell_m(target, product.crs, row)
     fine_row = fine.shape[0] / 2
@@ -200,13 +210,10 @@ def choose_resampling(
 def overlap_window(
     product: RasterReader, fine: RasterReader, resampling: str, min_lowres_px: int = 1
 ) -> Window:
-    """The product cells that ``fine`` covers entirely (for bilinear: within its outermost
-    cell centres), as a window of the product. ValueError when there are none or fewer than
-    ``min_lowres_px`` along either axis."""
+    """The product cells that ``fine`` covers entirely, as a window of the product. ValueError
+    when there are none or fewer than ``min_lowres_px`` along either axis. (With bilinear at the
+    sub-grid's own resolution, sub-grid cell centres then lie within the fine cell centres.)"""
     left, bottom, right, top = fine.bounds
-    if resampling == "bilinear":  # the kernel needs fine cell centres on both sides
-        half_x, half_y = abs(fine.transform.a) / 2, abs(fine.transform.e) / 2
-        left, right, bottom, top = left + half_x, right - half_x, bottom + half_y, top - half_y
     if not same_crs(product.crs, fine.crs):
         left, bottom, right, top = transform_bounds(
             fine.crs, product.crs, left, bottom, right, top, densify_pts=21
@@ -276,10 +283,10 @@ def fine_on_product_grid(
     min_lowres_px: int = 1,
     mask_zero: bool = True,
 ) -> SubgridPair:
-    """Put band ``band`` of ``fine_path`` onto the exact x ``scale`` sub-grid of ``product_path`` (see the module
-    docstring) over the product cells the fine DEM covers; ``mask_zero`` treats the fine DEM's
-    exact 0 m cells (sea) as nodata. Heights are converted from ``fine_datum`` to
-    ``product_datum`` (``egm96`` or ``wgs84``) first."""
+    """Put band ``band`` of ``fine_path`` onto the exact x ``scale`` sub-grid of
+    ``product_path`` (see the module docstring) over the product cells the fine DEM covers;
+    ``mask_zero`` treats the fine DEM's exact 0 m cells (sea) as nodata. Heights are converted
+    from ``fine_datum`` to ``product_datum`` (``egm96`` or ``wgs84``) first."""
     with open_product(product_path) as product, open_raster(fine_path, band=band) as fine:
         if fine.crs is None:
             raise RasterError(f"{fine.path}: the fine DEM has no CRS; assign one first")
@@ -303,6 +310,7 @@ def fine_on_product_grid(
         heights = fine.read(fine_window).astype(np.float64)
         fine_transform = fine.window_transform(fine_window)
         fine_crs, product_crs = fine.crs, product.crs
+        assert product_crs is not None  # open_product refuses a product without one
         zero_cells = int(np.count_nonzero(heights == 0)) if mask_zero else 0
         if mask_zero:
             heights[heights == 0] = np.nan
@@ -419,7 +427,10 @@ class ProductSource:
         pair = self.subgrid(Path(raster.path))
         rows, cols = highres_m.shape[-2] // scale, highres_m.shape[-1] // scale
         return np.stack(
-            [pair.lowres[r // scale : r // scale + rows, c // scale : c // scale + cols] for r, c in origins]
+            [
+                pair.lowres[r // scale : r // scale + rows, c // scale : c // scale + cols]
+                for r, c in origins
+            ]
         )[:, None]
 
     def provenance(self) -> dict[str, Any]:
@@ -464,9 +475,10 @@ def prepare_product_pairs(
     errors: list[str] = []
     for path in fine_paths:
         try:
-            with open_product(product_path) as product, open_raster(
-                path, band=options.band
-            ) as fine:
+            with (
+                open_product(product_path) as product,
+                open_raster(path, band=options.band) as fine,
+            ):
                 if fine.crs is None:
                     raise RasterError(f"{fine.path}: the fine DEM has no CRS; assign one first")
                 resampling = choose_resampling(product, fine, scale)
