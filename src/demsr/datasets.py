@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -19,6 +19,9 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from demsr import __version__
 from demsr.io import atomic_path
+
+if TYPE_CHECKING:  # demsr.degradation imports demsr.prepare, which imports this module
+    from demsr.degradation import DegradationModel
 
 _log = logging.getLogger(__name__)
 
@@ -610,7 +613,9 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     variants, :meth:`variant`) to both members of a pair; the variant is a function of
     ``seed``, the epoch (:meth:`set_epoch`) and the pair's index only, so it does not depend on
     the order pairs are read in, on which DataLoader worker or torchrun rank reads them, or on
-    any global random state.
+    any global random state. With ``degradation`` (a
+    :class:`demsr.degradation.DegradationModel`) the stored low-res patch is replaced by one
+    the model makes from the high-res patch (:meth:`degraded`), drawn the same way.
     """
 
     def __init__(
@@ -620,8 +625,10 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
         augment: bool = False,
         in_memory: bool = True,
         seed: int = 0,
+        degradation: DegradationModel | None = None,
     ) -> None:
         self.augment = augment
+        self.degradation = degradation
         self.seed = seed
         self.epoch = 0
         # The variants of every pair for one (seed, epoch), drawn when first needed.
@@ -660,6 +667,17 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self._variants = key, rng.integers(8, size=len(self), dtype=np.uint8)
         return int(self._variants[1][index])
 
+    def degraded(self, index: int, highres: np.ndarray) -> np.ndarray:
+        """The low-res patch that ``degradation`` makes from pair ``index``'s (1,H,W) normalised
+        high-res patch, normalised: drawn from (seed, epoch, index), so the same in every worker
+        and rank, and new each epoch."""
+        assert self.degradation is not None
+        norm = self.normalisation
+        rng = np.random.default_rng([self.seed % 2**64, self.epoch % 2**64, index, 0x5EED])
+        highres_m = norm.denormalise(highres.astype(np.float64))
+        lowres_m = self.degradation.apply(highres_m, self.scale, rng)
+        return np.asarray(norm.normalise(lowres_m), dtype=np.float32)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handle"] = None  # h5py handles do not pickle; workers reopen the file
@@ -685,6 +703,8 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise IndexError(f"index {index} out of range for {len(self)} pairs")
         index %= len(self)
         lowres_np, highres_np, shared = self._read(index)
+        if self.degradation is not None:
+            lowres_np, shared = self.degraded(index, highres_np), False
         lowres, highres = torch.from_numpy(lowres_np), torch.from_numpy(highres_np)
         if self.augment:
             # dihedral returns new tensors, so the loaded patches are never handed out
