@@ -386,3 +386,17 @@ def test_exactly_aligned_reference_is_read_as_it_is(tmp_path: Path, dem_test_dir
     expected = (highres[:95, :95] + highres[:95, 1:96]) / 2
     valid = np.isfinite(expected) & (highres[:95, :95] != 0) & (highres[:95, 1:96] != 0)
     np.testing.assert_allclose(moved.highres[0][valid], expected[valid], atol=1e-3)
+
+
+def test_evaluate_converts_the_fine_dem_to_the_products_datum(tmp_path: Path) -> None:
+    scores = {}
+    for datum in ("egm96", "wgs84"):
+        json_path = tmp_path / f"{datum}.json"
+        code, out = run(
+            "evaluate", "lite", OBAN_FINE, "--lowres", OBAN_PRODUCT, "--fine-datum", datum,
+            "--baseline", "bicubic", "--json", json_path, "--no-progress", "--device", "cpu",
+        )  # fmt: skip
+        assert code == 0, out
+        scores[datum] = json.loads(json_path.read_text())["methods"]["bicubic"]["bias"]
+    # Read as ellipsoidal, the truth drops by the geoid undulation (about 52 m at Oban).
+    assert 48 < scores["wgs84"] - scores["egm96"] < 56

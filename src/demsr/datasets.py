@@ -642,6 +642,11 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self._lowres, self._highres = pairs.lowres, pairs.highres
         else:
             self.layout = inspect_pair_file(path)
+        if degradation is not None and not self.metadata.normalisation_known:
+            raise ValueError(
+                f"{self.path}: records no normalisation (a published file?): a degradation "
+                "works in metres and cannot be applied to it"
+            )
 
     @property
     def source_files(self) -> list[str]:

@@ -472,19 +472,34 @@ def load_inputs(
     lowres_path: str | os.PathLike[str] | None = None,
     band: int = 1,
     cell_size_m: tuple[float, float] | None = None,
+    *,
+    fine_datum: str = "egm96",
+    lowres_datum: str = "egm96",
 ) -> EvaluationInputs:
     """Pairs (``.h5``), a high-res raster to degrade, or ``lowres_path`` + high-res ``path``:
-    read as it is when ``path`` lies on the low-res raster's exact sub-grid
-    (:func:`inputs_from_rasters`), else put onto it (:func:`inputs_from_product`: a real coarse
-    product and any fine DEM under it)."""
+    read as it is when ``path`` lies on the low-res raster's exact sub-grid in the same vertical
+    datum (:func:`inputs_from_rasters`), else put onto it (:func:`inputs_from_product`: a real
+    coarse product and any fine DEM under it, heights converted from ``fine_datum`` to
+    ``lowres_datum``)."""
     if Path(path).suffix.lower() in PAIR_SUFFIXES:
         if lowres_path is not None:
             raise ValueError(f"{path}: a pair file holds its own low-res inputs; drop --lowres")
         inputs = inputs_from_pairs(path, cell_size_m)
-    elif lowres_path is not None and _on_exact_subgrid(lowres_path, path, band):
+    elif (
+        lowres_path is not None
+        and fine_datum == lowres_datum
+        and _on_exact_subgrid(lowres_path, path, band)
+    ):
         inputs = inputs_from_rasters(lowres_path, path, band=band)
     elif lowres_path is not None:
-        inputs = inputs_from_product(lowres_path, path, scale, band=band)
+        inputs = inputs_from_product(
+            lowres_path,
+            path,
+            scale,
+            band=band,
+            fine_datum=fine_datum,
+            product_datum=lowres_datum,
+        )
     else:
         inputs = inputs_from_raster(path, scale, band=band)
     if inputs.scale != scale:

@@ -10,6 +10,7 @@ from demsr.cli.options import (
     device_option,
     overwrite_option,
     progress_option,
+    with_datum_options,
     with_scoring_options,
 )
 
@@ -27,6 +28,7 @@ from demsr.cli.options import (
     "scored; coast cells scored apart). Without it a raster DATA is degraded by block mean "
     "first.",
 )
+@with_datum_options
 @with_scoring_options
 @click.option(
     "--json",
@@ -62,6 +64,8 @@ def command(
     checkpoint: str,
     data: str,
     lowres_path: str | None,
+    fine_datum: str,
+    lowres_datum: str,
     baselines: tuple[str, ...],
     self_ensemble: bool,
     cell_size_m: tuple[float, float] | None,
@@ -91,7 +95,15 @@ def command(
 
     refuse_existing(json_path, markdown_path, overwrite=overwrite)
     model = as_checkpoint(checkpoint)
-    inputs = load_inputs(data, model.scale, lowres_path, band=band, cell_size_m=cell_size_m)
+    inputs = load_inputs(
+        data,
+        model.scale,
+        lowres_path,
+        band=band,
+        cell_size_m=cell_size_m,
+        fine_datum=fine_datum,
+        lowres_datum=lowres_datum,
+    )
     result = evaluate(
         model,
         inputs,

@@ -150,3 +150,24 @@ scoring_options = [
 ]
 
 with_scoring_options = stacked(scoring_options)
+
+
+datum_options = [
+    click.option(
+        "--fine-datum",
+        type=click.Choice(("egm96", "wgs84")),
+        default="egm96",
+        show_default=True,
+        help="Vertical datum of the fine DEM's heights, with --lowres (converted to the "
+        "low-res raster's, with the bundled EGM96 geoid).",
+    ),
+    click.option(
+        "--lowres-datum",
+        type=click.Choice(("egm96", "wgs84")),
+        default="egm96",
+        show_default=True,
+        help="Vertical datum of the --lowres raster's heights (GEBCO, SRTM15+: egm96).",
+    ),
+]
+# (The datum names are demsr.datum.DATUMS, written out so that parsing does not import pyproj.)
+with_datum_options = stacked(datum_options)

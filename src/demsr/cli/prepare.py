@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import RASTER_PATH, band_option, overwrite_option, progress_option
-from demsr.datum import DATUMS
+from demsr.cli.options import (
+    RASTER_PATH,
+    band_option,
+    overwrite_option,
+    progress_option,
+    with_datum_options,
+)
 
 
 def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -113,20 +118,7 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
     "(area average when finer, bilinear when only the registration differs, reprojected if "
     "needed; its 0 m sea masked) instead of being degraded by block mean.",
 )
-@click.option(
-    "--fine-datum",
-    type=click.Choice(DATUMS),
-    default="egm96",
-    show_default=True,
-    help="Vertical datum of the RASTERS' heights, with --lowres (converted to the product's).",
-)
-@click.option(
-    "--lowres-datum",
-    type=click.Choice(DATUMS),
-    default="egm96",
-    show_default=True,
-    help="Vertical datum of the --lowres product's heights (GEBCO, SRTM15+: egm96).",
-)
+@with_datum_options
 @band_option
 @overwrite_option
 @progress_option
