@@ -167,13 +167,20 @@ def test_raster_input_is_cropped_degraded_and_georeferenced(dem_test_dir: Path) 
     assert 70 < inputs.dx_m[0].mean() < 72 and 92 < inputs.dy_m[0].mean() < 93
 
 
-def test_evaluate_raster_scores_model_and_four_baselines(
+def test_evaluate_raster_scores_model_and_five_baselines(
     dem_test_dir: Path, tiny_checkpoint: Path
 ) -> None:
     path = dem_test_dir / "mpl_jacksboro_3s.tif"
     inputs = load_inputs(path, 5)
     result = evaluate(tiny_checkpoint, inputs, device="cpu", progress=False)
-    assert list(result.methods) == ["model", "bilinear", "bicubic", "cubic_spline", "lanczos"]
+    assert list(result.methods) == [
+        "model",
+        "bilinear",
+        "bicubic",
+        "cubic_spline",
+        "lanczos",
+        "bicubic_backprojection",
+    ]
     bicubic = upsample_baseline(inputs.lowres, 5, "bicubic")
     assert result.methods["bicubic"]["rmse"] == pytest.approx(rmse(bicubic, inputs.highres))
     for values in result.methods.values():

@@ -112,6 +112,11 @@ class DataSection:
     augment: bool = False
     # Low-res patch size (the reference's key); when set, the files must match it.
     patch_size: int | None = None
+    # A degradation model (YAML from `demsr calibrate`, e.g. configs/degradation-gebco.yaml):
+    # when set, each training pair's low-res patch is made afresh from its high-res patch by it,
+    # drawn per pair and epoch (demsr.degradation.DegradationModel.apply); validation pairs
+    # stay as stored.
+    degradation: str | None = None
 
 
 @dataclass

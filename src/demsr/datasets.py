@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -19,6 +19,9 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from demsr import __version__
 from demsr.io import atomic_path
+
+if TYPE_CHECKING:  # demsr.degradation imports demsr.prepare, which imports this module
+    from demsr.degradation import DegradationModel
 
 _log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ IDENTITY = Normalisation(offset_m=0.0, scale_m=1.0)
 #   split                  str     "train", "valid" or "test"
 #   seed                   int     seed the split and subsets were drawn from
 #   prepare_options        str     JSON of the options prepare ran with
+#   provenance             str     JSON: where the low-res member came from, when not the block
+#                                  mean (a real coarse product: both sources, the sub-grid)
 #   demsr_version          str
 #
 # The two patch datasets are the only root datasets named "<int>_<int>"; which one is low-res is
@@ -105,6 +110,7 @@ class PairMetadata:
     source_files: tuple[str, ...] = ()
     source_crs: tuple[str, ...] = ()
     prepare_options: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
     demsr_version: str = __version__
     has_attributes: bool = True
     normalisation_known: bool = True
@@ -249,6 +255,11 @@ def _read_metadata(handle: h5py.File, path: Path, shape_scale: int) -> PairMetad
         options = json.loads(_attr_str(options_json)) if options_json is not None else None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: attribute prepare_options is not valid JSON ({exc})") from None
+    provenance_json = attrs.get("provenance")
+    try:
+        provenance = json.loads(_attr_str(provenance_json)) if provenance_json is not None else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: attribute provenance is not valid JSON ({exc})") from None
     source_files = _attr_strs(attrs["source_files"]) if "source_files" in attrs else ()
     source_crs = _attr_strs(attrs["source_crs"]) if "source_crs" in attrs else ()
     try:
@@ -260,6 +271,7 @@ def _read_metadata(handle: h5py.File, path: Path, shape_scale: int) -> PairMetad
             source_files=source_files,
             source_crs=source_crs,
             prepare_options=options,
+            provenance=provenance,
             demsr_version=_attr_str(attrs.get("demsr_version", "unknown")),
             has_attributes=True,
             normalisation_known=normalisation_known,
@@ -462,6 +474,8 @@ class PairWriter:
         if meta.seed is not None:
             handle.attrs["seed"] = int(meta.seed)
         handle.attrs["prepare_options"] = json.dumps(meta.prepare_options or {}, sort_keys=True)
+        if meta.provenance is not None:
+            handle.attrs["provenance"] = json.dumps(meta.provenance, sort_keys=True)
         handle.attrs["demsr_version"] = meta.demsr_version
 
     def append(
@@ -599,7 +613,9 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     variants, :meth:`variant`) to both members of a pair; the variant is a function of
     ``seed``, the epoch (:meth:`set_epoch`) and the pair's index only, so it does not depend on
     the order pairs are read in, on which DataLoader worker or torchrun rank reads them, or on
-    any global random state.
+    any global random state. With ``degradation`` (a
+    :class:`demsr.degradation.DegradationModel`) the stored low-res patch is replaced by one
+    the model makes from the high-res patch (:meth:`degraded`), drawn the same way.
     """
 
     def __init__(
@@ -609,8 +625,10 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
         augment: bool = False,
         in_memory: bool = True,
         seed: int = 0,
+        degradation: DegradationModel | None = None,
     ) -> None:
         self.augment = augment
+        self.degradation = degradation
         self.seed = seed
         self.epoch = 0
         # The variants of every pair for one (seed, epoch), drawn when first needed.
@@ -624,6 +642,11 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self._lowres, self._highres = pairs.lowres, pairs.highres
         else:
             self.layout = inspect_pair_file(path)
+        if degradation is not None and not self.metadata.normalisation_known:
+            raise ValueError(
+                f"{self.path}: records no normalisation (a published file?): a degradation "
+                "works in metres and cannot be applied to it"
+            )
 
     @property
     def source_files(self) -> list[str]:
@@ -648,6 +671,17 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
             rng = np.random.default_rng([self.seed % 2**64, self.epoch % 2**64])
             self._variants = key, rng.integers(8, size=len(self), dtype=np.uint8)
         return int(self._variants[1][index])
+
+    def degraded(self, index: int, highres: np.ndarray) -> np.ndarray:
+        """The low-res patch that ``degradation`` makes from pair ``index``'s (1,H,W) normalised
+        high-res patch, normalised: drawn from (seed, epoch, index), so the same in every worker
+        and rank, and new each epoch."""
+        assert self.degradation is not None
+        norm = self.normalisation
+        rng = np.random.default_rng([self.seed % 2**64, self.epoch % 2**64, index, 0x5EED])
+        highres_m = norm.denormalise(highres.astype(np.float64))
+        lowres_m = self.degradation.apply(highres_m, self.scale, rng)
+        return np.asarray(norm.normalise(lowres_m), dtype=np.float32)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -674,6 +708,8 @@ class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise IndexError(f"index {index} out of range for {len(self)} pairs")
         index %= len(self)
         lowres_np, highres_np, shared = self._read(index)
+        if self.degradation is not None:
+            lowres_np, shared = self.degraded(index, highres_np), False
         lowres, highres = torch.from_numpy(lowres_np), torch.from_numpy(highres_np)
         if self.augment:
             # dihedral returns new tensors, so the loaded patches are never handed out

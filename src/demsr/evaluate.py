@@ -15,13 +15,17 @@ and the baselines; :func:`score` scores predictions made elsewhere.
 Baselines are GDAL's resampling kernels through rasterio (bilinear, cubic = bicubic, cubic
 spline, Lanczos), with pixel-area registration: each low-res cell is the block mean of its
 scale x scale high-res footprint, so low-res cell centres sit at high-res coordinate
-``(i + 0.5) * scale``, as in the training pairs.
+``(i + 0.5) * scale``, as in the training pairs; and ``bicubic_backprojection``, the network-free
+base of the shipped model (bicubic, then 4 back-projection steps): what the network adds is the
+difference.
 
 All methods are scored on the same cells: those where the truth and every method have a value.
 Metrics are in metres (see :mod:`demsr.metrics`): RMSE, MAE, bias, max absolute error, PSNR and
 SSIM (both with the truth's max - min over the scored cells as data range, reported), slope RMSE
 and aspect error (Horn's method on true metric cell sizes). Breakdowns: land (truth > 0 m) and
-sea (truth <= 0 m; SRTM writes the sea as 0 m), and classes of the truth's slope.
+sea (truth <= 0 m; SRTM writes the sea as 0 m), and classes of the truth's slope. Against a real
+coarse product, cells within 2 product cells of its 0 m line are scored apart as coast (and left
+out of land and sea).
 """
 
 from __future__ import annotations
@@ -69,11 +73,16 @@ from demsr.prepare import crop_to_blocks, degrade
 
 log = logging.getLogger(__name__)
 
-BASELINES: dict[str, Resampling] = {
+BACKPROJECTION = "bicubic_backprojection"
+# Back-projection steps of the parameter-free baseline: those of the shipped lite model's base.
+BACKPROJECTION_ITERATIONS = 4
+# GDAL's kernels by name, then the model's own parameter-free base (None: not a GDAL kernel).
+BASELINES: dict[str, Resampling | None] = {
     "bilinear": Resampling.bilinear,
     "bicubic": Resampling.cubic,
     "cubic_spline": Resampling.cubic_spline,
     "lanczos": Resampling.lanczos,
+    BACKPROJECTION: None,
 }
 MODEL = "model"
 PAIR_SUFFIXES = (".h5", ".hdf5", ".he5")
@@ -81,10 +90,45 @@ PAIR_SUFFIXES = (".h5", ".hdf5", ".he5")
 _PLANAR_CRS = "EPSG:3857"
 
 
+def upsample_backprojection(
+    lowres: np.ndarray, scale: int, iterations: int = BACKPROJECTION_ITERATIONS
+) -> np.ndarray:
+    """The network-free part of a bicubic-base model: bicubic upsampling then ``iterations``
+    back-projection steps (:func:`demsr.model.upsample_bicubic`, :func:`demsr.model.backproject`:
+    the block means of the result approach the input), float64 on the CPU.
+
+    (..., h, w) -> (..., h*scale, w*scale) float32. NaN is nodata: filled from the nearest
+    cell for the computation, NaN again over its footprint.
+    """
+    from demsr.io import fill_nearest
+    from demsr.model import backproject, upsample_bicubic
+
+    shape: tuple[int, ...] = np.shape(lowres)
+    lead, rows, cols = shape[:-2], shape[-2], shape[-1]
+    images = np.asarray(lowres, dtype=np.float64).reshape((-1, rows, cols))
+    missing = ~np.isfinite(images)
+    filled = np.stack(
+        [
+            fill_nearest(image) if hole.any() and not hole.all() else image
+            for image, hole in zip(images, missing, strict=True)
+        ]
+    )
+    with torch.no_grad():
+        low = torch.from_numpy(filled)[:, None]
+        high = backproject(upsample_bicubic(low, scale), low, iterations)[:, 0].numpy()
+    footprint = np.repeat(np.repeat(missing, scale, axis=-2), scale, axis=-1)
+    result = np.where(footprint, np.nan, high).astype(np.float32)
+    return result.reshape(lead + (rows * scale, cols * scale))
+
+
 def upsample_baseline(lowres: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray:
-    """Upsample (..., h, w) to (..., h*scale, w*scale) with a GDAL kernel. NaN is nodata."""
+    """Upsample (..., h, w) to (..., h*scale, w*scale) with a GDAL kernel, or with bicubic +
+    back-projection (:func:`upsample_backprojection`). NaN is nodata."""
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {sorted(BASELINES)}")
+    resampling = BASELINES[method]
+    if resampling is None:
+        return upsample_backprojection(lowres, scale)
     shape: tuple[int, ...] = np.shape(lowres)
     lead, rows, cols = shape[:-2], shape[-2], shape[-1]
     count = int(np.prod(lead))
@@ -99,7 +143,7 @@ def upsample_baseline(lowres: np.ndarray, scale: int, method: str = "bicubic") -
         dst_crs=_PLANAR_CRS,
         src_nodata=np.nan,
         dst_nodata=np.nan,
-        resampling=BASELINES[method],
+        resampling=resampling,
     )
     return destination.reshape(lead + (rows * scale, cols * scale))
 
@@ -130,6 +174,7 @@ class EvaluationInputs:
     dy_m: np.ndarray | None = None
     transform: Affine | None = None
     crs: Any = None
+    coast: np.ndarray | None = None  # (N, H, W) bool: cells scored as "coast", apart
 
     def __post_init__(self) -> None:
         if self.lowres.ndim != 3 or self.highres.ndim != 3:
@@ -143,14 +188,26 @@ class EvaluationInputs:
 
 
 def _pair_cell_sizes(
-    path: str, files: Sequence[str], windows: np.ndarray | None, highres_px: int
+    path: str,
+    files: Sequence[str],
+    windows: np.ndarray | None,
+    highres_px: int,
+    provenance: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-pair cell sizes from the source rasters a pair file names, if they can be read."""
+    """Per-pair cell sizes from the source rasters a pair file names, if they can be read (for
+    pairs from a real product: from the product's sub-grid, which the file records)."""
     if windows is None or not files:
         return None
     grids: dict[int, tuple[Affine, Any]] = {}
+    subgrids = {
+        str(Path(entry["fine"])): (Affine(*entry["subgrid_transform"]), entry["product_crs"])
+        for entry in (provenance or {}).get("pairs", [])
+    }
     for index in np.unique(windows[:, 0]):
         source = files[int(index)]
+        if str(Path(source)) in subgrids:
+            grids[int(index)] = subgrids[str(Path(source))]
+            continue
         try:
             with open_raster(source) as reader:
                 grids[int(index)] = (reader.transform, reader.crs)
@@ -198,7 +255,11 @@ def inputs_from_pairs(
         inputs.dy_m = np.full((count, rows), float(cell_size_m[1]))
     elif pairs.units == "m":
         sizes = _pair_cell_sizes(
-            os.fspath(path), pairs.metadata.source_files, pairs.source_windows, rows
+            os.fspath(path),
+            pairs.metadata.source_files,
+            pairs.source_windows,
+            rows,
+            pairs.metadata.provenance,
         )
         if sizes is None:
             log.warning(
@@ -277,6 +338,67 @@ def inputs_from_rasters(
     )
 
 
+def inputs_from_product(
+    lowres_path: str | os.PathLike[str],
+    highres_path: str | os.PathLike[str],
+    scale: int,
+    band: int = 1,
+    *,
+    fine_datum: str = "egm96",
+    product_datum: str = "egm96",
+) -> EvaluationInputs:
+    """A real coarse product and a fine DEM put onto its x ``scale`` sub-grid by
+    :func:`demsr.products.fine_on_product_grid` (resampled, aggregated or reprojected; the fine
+    DEM's nodata and 0 m sea are not scored). Coast cells (within
+    :data:`demsr.products.COAST_DISTANCE_PX` product cells of its 0 m line) are scored apart."""
+    from demsr.products import fine_on_product_grid
+
+    pair = fine_on_product_grid(
+        highres_path,
+        lowres_path,
+        scale,
+        band=band,
+        fine_datum=fine_datum,
+        product_datum=product_datum,
+    )
+    dx, dy = cell_sizes_m(pair.transform, pair.crs, pair.highres.shape[0])
+    return EvaluationInputs(
+        lowres=pair.lowres[None],
+        highres=pair.highres[None],
+        scale=scale,
+        source=f"{lowres_path} -> {highres_path} ({pair.resampling} onto the product's sub-grid)",
+        kind="raster",
+        dx_m=dx[None],
+        dy_m=dy[None],
+        transform=pair.transform,
+        crs=pair.crs,
+        coast=pair.coast()[None],
+    )
+
+
+def _on_exact_subgrid(
+    lowres_path: str | os.PathLike[str], highres_path: str | os.PathLike[str], band: int
+) -> bool:
+    """True when ``highres_path`` lies on the low-res raster's exact sub-grid of some integer
+    scale >= 2 (same CRS, cells aligned, covering it): it is then read as it is."""
+    with (
+        open_raster(lowres_path, band=band) as low_reader,
+        open_raster(highres_path, band=band) as reader,
+    ):
+        if not same_crs(low_reader.crs, reader.crs):
+            return False
+        try:
+            scale = integer_scale(low_reader, reader)
+            if scale < 2:
+                return False
+            transform = low_reader.transform @ Affine.scale(1 / scale)
+            shape = (low_reader.shape[0] * scale, low_reader.shape[1] * scale)
+            locate_grid(reader, transform, shape, os.fspath(lowres_path))
+        except ValueError:
+            return False
+    return True
+
+
 def inputs_from_arrays(
     highres_m: np.ndarray,
     lowres_m: np.ndarray | None = None,
@@ -350,14 +472,34 @@ def load_inputs(
     lowres_path: str | os.PathLike[str] | None = None,
     band: int = 1,
     cell_size_m: tuple[float, float] | None = None,
+    *,
+    fine_datum: str = "egm96",
+    lowres_datum: str = "egm96",
 ) -> EvaluationInputs:
-    """Pairs (``.h5``), a high-res raster to degrade, or ``lowres_path`` + high-res ``path``."""
+    """Pairs (``.h5``), a high-res raster to degrade, or ``lowres_path`` + high-res ``path``:
+    read as it is when ``path`` lies on the low-res raster's exact sub-grid in the same vertical
+    datum (:func:`inputs_from_rasters`), else put onto it (:func:`inputs_from_product`: a real
+    coarse product and any fine DEM under it, heights converted from ``fine_datum`` to
+    ``lowres_datum``)."""
     if Path(path).suffix.lower() in PAIR_SUFFIXES:
         if lowres_path is not None:
             raise ValueError(f"{path}: a pair file holds its own low-res inputs; drop --lowres")
         inputs = inputs_from_pairs(path, cell_size_m)
-    elif lowres_path is not None:
+    elif (
+        lowres_path is not None
+        and fine_datum == lowres_datum
+        and _on_exact_subgrid(lowres_path, path, band)
+    ):
         inputs = inputs_from_rasters(lowres_path, path, band=band)
+    elif lowres_path is not None:
+        inputs = inputs_from_product(
+            lowres_path,
+            path,
+            scale,
+            band=band,
+            fine_datum=fine_datum,
+            product_datum=lowres_datum,
+        )
     else:
         inputs = inputs_from_raster(path, scale, band=band)
     if inputs.scale != scale:
@@ -437,7 +579,8 @@ class Evaluation:
     ``methods[name]`` holds ``rmse``, ``mae``, ``bias``, ``max_abs_error`` (metres), ``psnr_db``,
     ``ssim``, ``slope_rmse_deg`` and ``aspect_mae_deg`` (None when cell sizes are unknown).
     ``breakdown[group][name]`` holds ``cells``, ``rmse``, ``mae``, ``bias`` and
-    ``slope_rmse_deg`` for the groups ``land``, ``sea`` and ``slope a-b deg`` (truth's slope).
+    ``slope_rmse_deg`` for the groups ``land``, ``coast`` (inputs with a coast mask), ``sea`` and
+    ``slope a-b deg`` (truth's slope).
     """
 
     source: str
@@ -618,7 +761,11 @@ def score(
         self_ensemble=self_ensemble,
     )
     has_slope = inputs.dx_m is not None and inputs.units == "m"
-    groups: dict[str, np.ndarray] = {"land": valid & (truth > 0), "sea": valid & (truth <= 0)}
+    inland = valid if inputs.coast is None else valid & ~inputs.coast
+    groups: dict[str, np.ndarray] = {"land": inland & (truth > 0)}
+    if inputs.coast is not None:
+        groups["coast"] = valid & inputs.coast
+    groups["sea"] = inland & (truth <= 0)
     if has_slope:
         truth_slope, truth_aspect = _slopes(truth, inputs)
         for lower, upper in SLOPE_CLASSES_DEG:

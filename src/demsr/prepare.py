@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from affine import Affine
@@ -241,6 +241,46 @@ class PrepareOptions:
         if "split_fractions" in values and not isinstance(values["split_fractions"], str):
             values["split_fractions"] = tuple(values["split_fractions"])
         return cls(**values)
+
+
+# --- Where pairs come from ---------------------------------------------------------------------
+
+
+class PairSource(Protocol):
+    """How :func:`prepare_pairs` gets the high-res raster it cuts patches from, and the low-res
+    member of each pair. :class:`BlockMeanSource` (the default): a fine DEM and its own block
+    mean. :class:`demsr.products.ProductSource`: a fine DEM put onto a real coarse product's
+    sub-grid, and the product's cells."""
+
+    def highres(self, path: Path, band: int) -> Raster:
+        """The high-res raster (metres, NaN nodata) whose windows become the high-res patches;
+        windows start at multiples of the scale, so they line up with the low-res cells."""
+        ...
+
+    def lowres_m(
+        self, raster: Raster, highres_m: np.ndarray, origins: np.ndarray, scale: int
+    ) -> np.ndarray:
+        """(n,1,h,w) low-res metres for the (n,1,H,W) ``highres_m`` patches at ``origins``."""
+        ...
+
+    def provenance(self) -> dict[str, Any] | None:
+        """What the pair files record about the sources beyond their paths (None: nothing)."""
+        ...
+
+
+class BlockMeanSource:
+    """Pairs from a fine DEM alone: the low-res member is the block mean (:func:`degrade`)."""
+
+    def highres(self, path: Path, band: int) -> Raster:
+        return read_raster(path, band=band)
+
+    def lowres_m(
+        self, raster: Raster, highres_m: np.ndarray, origins: np.ndarray, scale: int
+    ) -> np.ndarray:
+        return degrade(highres_m, scale)
+
+    def provenance(self) -> dict[str, Any] | None:
+        return None
 
 
 # --- Geometry -----------------------------------------------------------------------------------
@@ -621,6 +661,7 @@ def plan_pairs(
     options: PrepareOptions | None = None,
     *,
     progress: bool = True,
+    source: PairSource | None = None,
 ) -> PreparePlan:
     """Pass one of :func:`prepare_pairs`: find usable patches and deal them to splits.
 
@@ -628,6 +669,7 @@ def plan_pairs(
     ``report`` has every count that the written files will have (``outputs`` empty).
     """
     options = options or PrepareOptions()
+    source = source or BlockMeanSource()
     paths = [Path(p) for p in rasters]
     if not paths:
         raise ValueError("no rasters given")
@@ -636,12 +678,12 @@ def plan_pairs(
     units_by_file: list[list[_Unit]] = []
     skipped: list[str] = []  # files too small for a patch, warned about when others give pairs
     for path in tqdm(paths, desc="scanning", unit="file", disable=not progress):
-        raster = read_raster(path, band=options.band)
+        raster = source.highres(path, options.band)
         valid = raster.valid
         report = FileReport(
             path=str(path.resolve()),
             shape=raster.shape,
-            crs=raster.crs.to_string() if raster.crs is not None else "",
+            crs=raster.crs.to_string() if raster.crs is not None else "",  # the patches' grid
             cell_size=(float(raster.transform.a), float(-raster.transform.e)),
             nodata_fraction=float(1.0 - valid.mean()) if raster.data.size else 0.0,
         )
@@ -721,14 +763,14 @@ def output_paths(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def _pairs_from(
-    raster: Raster, origins: np.ndarray, options: PrepareOptions
+    raster: Raster, origins: np.ndarray, options: PrepareOptions, source: PairSource
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised float32 lowres (n,1,h,w) and highres (n,1,H,W) for patch ``origins``."""
     patch_px = options.highres_patch_px
     highres_m = np.stack(
         [raster.data[r : r + patch_px, c : c + patch_px] for r, c in origins]
     ).astype(np.float64)[:, None]
-    lowres_m = degrade(highres_m, options.scale)
+    lowres_m = np.asarray(source.lowres_m(raster, highres_m, origins, options.scale), np.float64)
     norm = options.normalisation
     return (
         norm.normalise(lowres_m).astype(np.float32),
@@ -749,8 +791,12 @@ def prepare_pairs(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    source: PairSource | None = None,
 ) -> PrepareReport:
     """Cut ``rasters`` into (low-res, high-res) training pairs and write the three split files.
+
+    ``source`` says where the pairs come from (default :class:`BlockMeanSource`: each raster
+    and its block mean; :class:`demsr.products.ProductSource`: a real coarse product).
 
     Writes ``out_dir/train/train.h5``, ``out_dir/valid/valid.h5`` and ``out_dir/test/test.h5``
     in the layout of :mod:`demsr.datasets` (values normalised with ``options.normalisation``;
@@ -770,7 +816,8 @@ def prepare_pairs(
             f"{_first_of(existing)}: already exists; use --overwrite (overwrite=True) to replace"
         )
 
-    plan = plan_pairs(rasters, options, progress=progress)
+    source = source or BlockMeanSource()
+    plan = plan_pairs(rasters, options, progress=progress, source=source)
     report = plan.report
     if report.candidates == 0:
         raise ValueError(
@@ -792,6 +839,7 @@ def prepare_pairs(
         source_files=tuple(f.path for f in report.files),
         source_crs=tuple(f.crs for f in report.files),
         prepare_options=options.resolved().to_dict(),
+        provenance=source.provenance(),
     )
     patch_px = options.highres_patch_px
     with contextlib.ExitStack() as stack:
@@ -813,11 +861,11 @@ def prepare_pairs(
             if not any(len(w) for w in by_split.values()):
                 continue
             bar.set_postfix_str(path.name)
-            raster = read_raster(path, band=options.band)
+            raster = source.highres(path, options.band)
             for split, origins in by_split.items():
                 for begin in range(0, len(origins), _WRITE_BATCH):
                     batch = origins[begin : begin + _WRITE_BATCH]
-                    lowres, highres = _pairs_from(raster, batch, options)
+                    lowres, highres = _pairs_from(raster, batch, options, source)
                     provenance = np.column_stack(
                         [
                             np.full(len(batch), file_index),

@@ -127,6 +127,8 @@ def build_report(
     pair_index: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    fine_datum: str = "egm96",
+    lowres_datum: str = "egm96",
 ) -> Report:
     """Score ``checkpoints`` and ``baselines`` on ``data`` (see :func:`demsr.evaluate.load_inputs`)
     and draw the figures. All checkpoints must have the same scale."""
@@ -138,7 +140,15 @@ def build_report(
     scales = {model.scale for model in models.values()}
     if len(scales) > 1:
         raise ValueError(f"the checkpoints have different scales: {sorted(scales)}")
-    inputs = load_inputs(data, scales.pop(), lowres_path, band=band, cell_size_m=cell_size_m)
+    inputs = load_inputs(
+        data,
+        scales.pop(),
+        lowres_path,
+        band=band,
+        cell_size_m=cell_size_m,
+        fine_datum=fine_datum,
+        lowres_datum=lowres_datum,
+    )
     predictions = predict_methods(
         models, inputs, baselines, ensemble=ensemble, device=device, progress=progress
     )

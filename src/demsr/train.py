@@ -290,8 +290,16 @@ class Trainer:
         # (training there in bf16 is opt-in: it changes the numerics of a reproducible run).
         self.precision = resolve_precision(config.train.precision, self.device, cpu_bf16=False)
         root = Path(config.data.root_dir)
+        degradation = None
+        if config.data.degradation:
+            from demsr.degradation import DegradationModel
+
+            degradation = DegradationModel.from_yaml(config.data.degradation)
         self.train_set = PairDataset(
-            root / "train" / "train.h5", augment=config.data.augment, seed=config.train.seed
+            root / "train" / "train.h5",
+            augment=config.data.augment,
+            seed=config.train.seed,
+            degradation=degradation,
         )
         self.valid_set = PairDataset(root / "valid" / "valid.h5")
         # The pair files store elevations in their own units; the model sees metres through

@@ -113,6 +113,7 @@ def main(verbose: int, quiet: int, debug: bool) -> None:
 
 def _register() -> None:
     from demsr.cli import (
+        calibrate,
         config_cmd,
         demo,
         evaluate,
@@ -128,6 +129,7 @@ def _register() -> None:
 
     for module in (
         prepare,
+        calibrate,
         train,
         finetune,
         config_cmd,

@@ -10,6 +10,7 @@ from demsr.cli.options import (
     device_option,
     overwrite_option,
     progress_option,
+    with_datum_options,
     with_scoring_options,
 )
 
@@ -21,10 +22,13 @@ from demsr.cli.options import (
     "--lowres",
     "lowres_path",
     type=RASTER_PATH,
-    help="Low-res raster to super-resolve; DATA is then its high-res reference (same CRS, "
-    "cells aligned, covering the low-res bounds). Without it a raster DATA is degraded by "
-    "block mean first.",
+    help="Low-res raster to super-resolve, e.g. a real GEBCO/SRTM15+ product; DATA is then a "
+    "fine DEM under it, put onto its exact x scale sub-grid (read as it is when already on "
+    "it; else area-averaged or bilinear-resampled, reprojected if needed, its 0 m sea not "
+    "scored; coast cells scored apart). Without it a raster DATA is degraded by block mean "
+    "first.",
 )
+@with_datum_options
 @with_scoring_options
 @click.option(
     "--json",
@@ -60,6 +64,8 @@ def command(
     checkpoint: str,
     data: str,
     lowres_path: str | None,
+    fine_datum: str,
+    lowres_datum: str,
     baselines: tuple[str, ...],
     self_ensemble: bool,
     cell_size_m: tuple[float, float] | None,
@@ -75,11 +81,13 @@ def command(
     """Score CHECKPOINT and interpolation baselines against high-res truth DATA.
 
     CHECKPOINT is a checkpoint file or the name of a shipped model (lite). DATA is an HDF5
-    pair file (e.g. test/test.h5), a high-res raster (degraded x scale by
-    block mean, then super-resolved), or with --lowres the high-res reference of a low-res
-    raster. Metrics on cells valid for every method: RMSE, MAE, bias, max error (m), PSNR and
-    SSIM (data range: the truth's max - min), slope RMSE and aspect error (degrees, Horn's
-    method on metric cell sizes), with a land/sea and slope-class breakdown.
+    pair file (e.g. test/test.h5), a high-res raster (degraded x scale by block mean, then
+    super-resolved), or with --lowres a fine DEM under a low-res raster (a real coarse
+    product). Baselines: GDAL's kernels and bicubic + back-projection (the shipped model
+    without its network). Metrics on cells valid for every method: RMSE, MAE, bias, max
+    error (m), PSNR and SSIM (data range: the truth's max - min), slope RMSE and aspect error
+    (degrees, Horn's
+    method on metric cell sizes), with a land/coast/sea and slope-class breakdown.
     """
     from demsr.checkpoint import as_checkpoint
     from demsr.evaluate import evaluate, load_inputs
@@ -89,7 +97,15 @@ def command(
         json_path, markdown_path, overwrite=overwrite, inputs=[checkpoint, data, lowres_path]
     )
     model = as_checkpoint(checkpoint)
-    inputs = load_inputs(data, model.scale, lowres_path, band=band, cell_size_m=cell_size_m)
+    inputs = load_inputs(
+        data,
+        model.scale,
+        lowres_path,
+        band=band,
+        cell_size_m=cell_size_m,
+        fine_datum=fine_datum,
+        lowres_datum=lowres_datum,
+    )
     result = evaluate(
         model,
         inputs,

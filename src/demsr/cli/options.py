@@ -130,7 +130,7 @@ def with_run_options(function: Callable[..., Any]) -> Callable[..., Any]:
 # How `evaluate` and `report` score models: the baselines beside them, self-ensembles, and cell
 # sizes for slope on pair files. The baseline names are demsr.evaluate.BASELINES (written out so
 # that parsing the command line does not import torch; a test checks they agree).
-BASELINE_NAMES = ("bilinear", "bicubic", "cubic_spline", "lanczos")
+BASELINE_NAMES = ("bilinear", "bicubic", "cubic_spline", "lanczos", "bicubic_backprojection")
 
 
 def _all_baselines_unless_named(
@@ -146,7 +146,8 @@ scoring_options = [
         multiple=True,
         type=click.Choice(BASELINE_NAMES),
         callback=_all_baselines_unless_named,
-        help="GDAL baseline(s) to compare with (repeatable) [default: all four].",
+        help="Baseline(s) to compare with (repeatable): GDAL's kernels, and bicubic + 4 "
+        "back-projection steps (the shipped model without its network) [default: all five].",
     ),
     click.option(
         "--self-ensemble",
@@ -164,3 +165,24 @@ scoring_options = [
 ]
 
 with_scoring_options = stacked(scoring_options)
+
+
+datum_options = [
+    click.option(
+        "--fine-datum",
+        type=click.Choice(("egm96", "wgs84")),
+        default="egm96",
+        show_default=True,
+        help="Vertical datum of the fine DEM's heights, with --lowres (converted to the "
+        "low-res raster's, with the bundled EGM96 geoid).",
+    ),
+    click.option(
+        "--lowres-datum",
+        type=click.Choice(("egm96", "wgs84")),
+        default="egm96",
+        show_default=True,
+        help="Vertical datum of the --lowres raster's heights (GEBCO, SRTM15+: egm96).",
+    ),
+]
+# (The datum names are demsr.datum.DATUMS, written out so that parsing does not import pyproj.)
+with_datum_options = stacked(datum_options)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import RASTER_PATH, band_option, overwrite_option, progress_option
+from demsr.cli.options import (
+    RASTER_PATH,
+    band_option,
+    overwrite_option,
+    progress_option,
+    with_datum_options,
+)
 
 
 def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -103,6 +109,16 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
     metavar="MIN_M MAX_M",
     help="Elevations mapped to 0 and 1 in the stored pairs.",
 )
+@click.option(
+    "--lowres",
+    "product_path",
+    type=RASTER_PATH,
+    help="A real coarse product (GEBCO, SRTM15+: GeoTIFF or NetCDF) as the low-res member: "
+    "each RASTER (a fine DEM under it) is put onto the product's exact x scale sub-grid "
+    "(area average when finer, bilinear when only the registration differs, reprojected if "
+    "needed; its 0 m sea masked) instead of being degraded by block mean.",
+)
+@with_datum_options
 @band_option
 @overwrite_option
 @progress_option
@@ -121,13 +137,18 @@ def command(
     fractions: tuple[float, float, float],
     seed: int,
     norm_range: tuple[float, float],
+    product_path: str | None,
+    fine_datum: str,
+    lowres_datum: str,
     band: int,
     overwrite: bool,
     progress: bool,
 ) -> None:
     """Cut DEM RASTERS (files or folders) into (low-res, high-res) training pairs.
 
-    The low-res patch is the block mean of the high-res patch. The split into train, valid and
+    The low-res patch is the block mean of the high-res patch, or with --lowres the cells of a
+    real coarse product above it (the high-res patch is then the raster put onto the product's
+    sub-grid; both sources are recorded in the files). The split into train, valid and
     test is spatial (no cell in two splits) and reproducible from --seed. Patches with nodata,
     too little relief or a sea fraction (cells below 0 m) outside the given range are dropped
     and counted.
@@ -153,9 +174,23 @@ def command(
         normalisation=Normalisation(offset_m=low_m, scale_m=high_m - low_m),
         band=band,
     )
-    report = prepare_pairs(
-        collect_rasters(rasters), output_dir, options, overwrite=overwrite, progress=progress
-    )
+    if product_path is not None:
+        from demsr.products import prepare_product_pairs
+
+        report = prepare_product_pairs(
+            collect_rasters(rasters),
+            product_path,
+            output_dir,
+            options,
+            fine_datum=fine_datum,
+            product_datum=lowres_datum,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    else:
+        report = prepare_pairs(
+            collect_rasters(rasters), output_dir, options, overwrite=overwrite, progress=progress
+        )
     click.echo(report.summary())
 
 

@@ -10,6 +10,7 @@ from demsr.cli.options import (
     device_option,
     overwrite_option,
     progress_option,
+    with_datum_options,
     with_scoring_options,
 )
 
@@ -26,7 +27,8 @@ from demsr.cli.options import (
     "--lowres",
     "lowres_path",
     type=RASTER_PATH,
-    help="Low-res raster whose high-res reference is --data.",
+    help="Low-res raster (e.g. a real GEBCO/SRTM15+ product) whose high-res reference is "
+    "--data: a fine DEM, put onto its sub-grid as by evaluate --lowres.",
 )
 @click.option(
     "-o",
@@ -36,6 +38,7 @@ from demsr.cli.options import (
     type=click.Path(dir_okay=False),
     help="report.html (one self-contained file) or report.md (+ report_files/ with PNGs).",
 )
+@with_datum_options
 @with_scoring_options
 @click.option(
     "--pair-index",
@@ -50,6 +53,8 @@ def command(
     checkpoints: tuple[str, ...],
     data: str,
     lowres_path: str | None,
+    fine_datum: str,
+    lowres_datum: str,
     output_path: str,
     baselines: tuple[str, ...],
     self_ensemble: bool,
@@ -81,6 +86,8 @@ def command(
         pair_index=pair_index,
         device=device,
         progress=progress,
+        fine_datum=fine_datum,
+        lowres_datum=lowres_datum,
     )
     click.echo(report.evaluation.table())
     click.echo(str(write_report(report, output_path, overwrite=overwrite)))
