@@ -65,7 +65,8 @@ def command(
     from demsr.degradation import calibrate
     from demsr.io import atomic_path, refuse_existing
 
-    refuse_existing(output_path, json_path, overwrite=overwrite)
+    inputs = [path for pair in pairs for path in pair]
+    refuse_existing(output_path, json_path, overwrite=overwrite, inputs=inputs)
     result = calibrate(list(pairs), scale, seed=seed, band=band)
     click.echo(result.summary())
     result.model.to_yaml(output_path)
