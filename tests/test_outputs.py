@@ -7,6 +7,9 @@ docs/opening-outputs.md, run as written there."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import shutil
 from itertools import product
 from pathlib import Path
@@ -88,7 +91,7 @@ def expected_grid(path: Path) -> tuple[Affine, CRS]:
     """The product's grid: the input's bounds (north-up), cells a fifth of the input's."""
     with open_raster(path) as reader:
         assert reader.crs is not None
-        return reader.transform * Affine.scale(1 / 5), reader.crs
+        return reader.transform @ Affine.scale(1 / 5), reader.crs
 
 
 def reference_values(products: dict[tuple[str, ...], Path], name: str, datum: str) -> np.ndarray:
@@ -334,7 +337,10 @@ def test_a_3d_crs_on_the_input_sets_its_datum(
         "predict", checkpoint, gebco_tif, tmp_path / "given.tif", "--input-datum", "wgs84", *common
     )
     assert code == 0, out
-    with rasterio.open(tmp_path / "auto.tif") as auto, rasterio.open(tmp_path / "given.tif") as given:
+    with (
+        rasterio.open(tmp_path / "auto.tif") as auto,
+        rasterio.open(tmp_path / "given.tif") as given,
+    ):
         assert auto.crs.to_epsg() == 4979 and given.crs.to_epsg() == 4979
         np.testing.assert_array_equal(auto.read(1), given.read(1))
     code, out = run(
@@ -350,7 +356,9 @@ def test_a_compound_crs_on_the_input_sets_its_datum(
 ) -> None:
     common = ("--device", "cpu", "--no-progress")
     source = with_crs(gebco_tif, tmp_path / "egm96.tif", "EPSG:4326+5773")
-    code, out = run("predict", checkpoint, source, tmp_path / "out.nc", *common, "--output-datum", "wgs84")
+    code, out = run(
+        "predict", checkpoint, source, tmp_path / "out.nc", *common, "--output-datum", "wgs84"
+    )
     assert code == 0, out
     with rasterio.open(tmp_path / "out.nc") as product_:
         assert product_.crs.to_epsg() == 4979
@@ -358,3 +366,40 @@ def test_a_compound_crs_on_the_input_sets_its_datum(
     code, out = run("predict", checkpoint, navd88, tmp_path / "navd88_out.tif", *common)
     assert code == 1 and "its CRS gives heights in NAVD88 height" in out
     assert not (tmp_path / "navd88_out.tif").exists()
+
+
+def python_recipes() -> list[str]:
+    """The ```python blocks of docs/opening-outputs.md."""
+    text = (Path(__file__).parents[1] / "docs" / "opening-outputs.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_documented_python_recipes_run_as_written(
+    products: dict[tuple[str, ...], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipes = python_recipes()
+    assert len(recipes) == 3  # rasterio, xarray + rioxarray, Zarr -> NetCDF
+    for suffix in SUFFIXES:
+        source = products[("gebco", "egm96", suffix, "float32")]
+        copy = shutil.copytree if source.is_dir() else shutil.copy
+        copy(source, tmp_path / f"out{suffix}")
+    monkeypatch.chdir(tmp_path)
+    results: dict[str, dict[str, object]] = {}
+    for recipe in recipes:
+        namespace: dict[str, object] = {}
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(recipe, "docs/opening-outputs.md", "exec"), namespace)  # noqa: S102
+        results[recipe] = namespace
+    rasterio_recipe, xarray_recipe, netcdf_recipe = (results[r] for r in recipes)
+    assert np.ma.isMaskedArray(rasterio_recipe["heights"])
+    compound = CRS.from_epsg(9707)  # WGS 84 + EGM96 height
+    for name in ("elevation", "cog"):
+        assert xarray_recipe[name].rio.crs == compound  # type: ignore[attr-defined]
+    zarr_elevation = xarray_recipe["zarr_store"]["elevation"]  # type: ignore[index]
+    assert zarr_elevation.rio.crs == compound and zarr_elevation.rio.transform().e < 0
+    with rasterio.open(tmp_path / "from_zarr.nc") as src:
+        assert src.crs == compound and src.transform.e < 0
+    for namespace in (xarray_recipe, netcdf_recipe):
+        for value in namespace.values():
+            if isinstance(value, xr.Dataset | xr.DataArray):
+                value.close()
