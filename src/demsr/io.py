@@ -20,6 +20,8 @@ does not grow with the size of the raster:
 Writing: :func:`write_geotiff` writes an in-memory array; :func:`finalise_output` converts the
 tiled float32 GeoTIFF that tiled prediction writes into the final product (Cloud-Optimized
 GeoTIFF, CF NetCDF or Zarr), block by block, mirroring the input's NetCDF/Zarr layout on request.
+Products are north-up and declare the heights' vertical datum in their CRS (:func:`output_crs`);
+docs/opening-outputs.md says how GIS software opens them.
 """
 
 from __future__ import annotations
@@ -1330,18 +1332,23 @@ def finalise_output(
       overviews); ``metadata`` becomes dataset tags, the band unit is ``units`` (default m);
     - ``netcdf``: CF-1.8 NetCDF-4: 1-D ``lat``/``lon`` cell-centre coordinates (``x``/``y`` with
       units for projected CRSs), ``elevation`` (chunks of 512 x 512, compressed) with units,
-      standard name, ``_FillValue`` and a ``crs`` grid-mapping variable (CF parameters,
-      ``crs_wkt``, ``spatial_ref``, ``epsg_code``); ``metadata`` becomes global attributes and
-      is summarised in ``source``/``history``;
+      standard name, ``positive: up``, ``_FillValue`` and a ``crs`` grid-mapping variable (CF
+      parameters, ``crs_wkt`` and ``spatial_ref`` in WKT2, ``epsg_code``); ``metadata`` (less
+      ``units``) becomes global attributes, with a ``title``, and is summarised in
+      ``source``/``history``;
     - ``zarr``: a Zarr (format 2, consolidated) store with the same variables and attributes as
-      the NetCDF, readable by ``xarray.open_zarr``; chunks of 512 x 512.
+      the NetCDF, readable by ``xarray.open_zarr``, chunks of 512 x 512; the elevation also
+      carries its CRS in :data:`ZARR_CRS_ATTRIBUTE`, where GDAL's Zarr driver reads it.
 
-    ``layout`` (a reader's :class:`RasterLayout`, or its dict) makes NetCDF/Zarr mirror the input:
-    its coordinate names, ascending latitudes, and 0..360 longitudes (a global grid's columns
-    rotated back). ``dtype`` is ``float32`` (nodata: the partial's finite nodata value, else NaN)
-    or ``int16`` (rounded to the nearest metre, nodata -32768; values outside -32767..32767 are a
-    RasterError). ``metadata["vertical_datum"]`` (``egm96``, ``wgs84``, ...) selects the CF
-    standard name (:func:`height_standard_name`).
+    The CRS written is :func:`output_crs`: the source's CRS with the heights' datum
+    (``metadata["vertical_datum"]``) as a compound or 3D CRS. Rows are written north-up;
+    ``layout`` (a reader's :class:`RasterLayout`, or its dict) makes NetCDF/Zarr mirror the
+    input: its coordinate names, ascending latitudes when ``layout.lat_ascending`` (predict
+    clears it unless asked to keep the input's row order), and 0..360 longitudes (a global
+    grid's columns rotated back). ``dtype`` is ``float32`` (nodata: the partial's finite nodata
+    value, else NaN) or ``int16`` (rounded to the nearest metre, nodata -32768; values outside
+    -32767..32767 are a RasterError). ``metadata["vertical_datum"]`` (``egm96``, ``wgs84``, ...)
+    also selects the CF standard name (:func:`height_standard_name`).
 
     Streams in 512 x 512 blocks, so memory stays flat. The product is written next to
     ``output_path`` under a temporary name and renamed into place when complete (a failure leaves
