@@ -260,6 +260,9 @@ def test_gdal_reads_the_zarr_crs_without_cf(
     strip_cf_grid_mapping(store)
     with rasterio.open(gdal_name(store)) as src:
         assert src.crs == expected and ProjCRS.from_wkt(src.crs.to_wkt()).is_compound
+    with open_raster(store) as reader:  # and so does demsr
+        assert reader.vertical_datum == "egm96"
+        assert reader.crs == CRS.from_wkt(split_heights(expected.to_wkt())[0].to_wkt())
     # the _CRS attribute is what carries it
     group = zarr.open_group(str(store), mode="r+", zarr_format=2)
     del group["elevation"].attrs[ZARR_CRS_ATTRIBUTE]
@@ -403,3 +406,11 @@ def test_the_documented_python_recipes_run_as_written(
         for value in namespace.values():
             if isinstance(value, xr.Dataset | xr.DataArray):
                 value.close()
+
+
+def test_a_compound_crs_given_for_an_input_without_one(gebco_tif: Path, tmp_path: Path) -> None:
+    raster = read_raster(gebco_tif)
+    bare = tmp_path / "bare.tif"
+    write_geotiff(bare, raster.data, raster.transform, None)
+    with open_raster(bare, crs="EPSG:4326+5773") as reader:
+        assert reader.crs == CRS.from_epsg(4326) and reader.vertical_datum == "egm96"
