@@ -418,7 +418,6 @@ def test_finalise_netcdf_and_zarr(
         assert np.isnan(elevation.encoding["_FillValue"])
         assert elevation.attrs["units"] == "m"
         assert elevation.attrs["standard_name"] == "surface_altitude"  # EGM96 heights
-        assert elevation.attrs["positive"] == "up"
         assert elevation.attrs["grid_mapping"] == "crs"
         grid_mapping = product["crs"].attrs
         compound = CRS.from_user_input(f"EPSG:{crs.to_epsg()}+5773")

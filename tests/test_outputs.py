@@ -184,7 +184,6 @@ def test_xarray_and_rioxarray_read_grid_crs_nodata_and_values(
     assert elevation.encoding["dtype"] == np.dtype(dtype)
     if suffix != ".tif":
         assert elevation.attrs["units"] == "metre"
-        assert elevation.attrs["positive"] == "up"
         assert elevation.attrs["standard_name"] == (
             "surface_altitude" if datum == "egm96" else "height_above_reference_ellipsoid"
         )

@@ -1290,8 +1290,10 @@ def _elevation_attrs(metadata: Mapping[str, str], has_crs: bool) -> dict[str, An
         "long_name": "elevation",
         "standard_name": height_standard_name(vertical_datum),
         "units": metadata.get("units", "m"),
-        "positive": "up",
     }
+    # No ``positive``: CF gives it to vertical coordinates only; with a surface_altitude or
+    # height_above_reference_ellipsoid name neither checker asks for it, and cfchecks calls it
+    # non-standard on a data variable.
     if vertical_datum is not None:
         attrs["vertical_datum"] = vertical_datum
     if has_crs:
@@ -1332,7 +1334,7 @@ def finalise_output(
       overviews); ``metadata`` becomes dataset tags, the band unit is ``units`` (default m);
     - ``netcdf``: CF-1.8 NetCDF-4: 1-D ``lat``/``lon`` cell-centre coordinates (``x``/``y`` with
       units for projected CRSs), ``elevation`` (chunks of 512 x 512, compressed) with units,
-      standard name, ``positive: up``, ``_FillValue`` and a ``crs`` grid-mapping variable (CF
+      standard name, ``_FillValue`` and a ``crs`` grid-mapping variable (CF
       parameters, ``crs_wkt`` and ``spatial_ref`` in WKT2, ``epsg_code``); ``metadata`` (less
       ``units``) becomes global attributes, with a ``title``, and is summarised in
       ``source``/``history``;
