@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import shutil
+import subprocess
 from itertools import product
 from pathlib import Path
 
@@ -149,6 +151,30 @@ def test_gdal_reads_grid_crs_nodata_and_values(
         if key[2] == ".tif":
             assert src.tags()["vertical_datum"] == datum
     check_heights(values, reference_values(products, name, datum), dtype)
+
+
+SYSTEM_GDALINFO = shutil.which("gdalinfo")
+
+
+@pytest.mark.skipif(SYSTEM_GDALINFO is None, reason="no gdalinfo (the system's GDAL) installed")
+@pytest.mark.parametrize("key", [k for k in PRODUCTS if k[3] == "float32"], ids=product_id)
+def test_system_gdalinfo_reads_grid_and_crs(
+    products: dict[tuple[str, ...], Path], inputs: dict[str, Path], key: tuple[str, ...]
+) -> None:
+    """The GDAL a distribution ships (Debian 12: 3.6, as under QGIS 3.22), where installed:
+    a Zarr product's CRS comes from its ``_CRS`` attribute (this GDAL reads no CF in Zarr)."""
+    name, datum, _, _ = key
+    transform, horizontal = expected_grid(inputs[name])
+    result = subprocess.run(
+        [str(SYSTEM_GDALINFO), "-json", gdal_name(products[key])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    info = json.loads(result.stdout)
+    assert Affine.from_gdal(*info["geoTransform"]).almost_equals(transform, precision=1e-9)
+    check_crs(CRS.from_wkt(info["coordinateSystem"]["wkt"]), horizontal, datum, key)
+    assert str(info["bands"][0]["noDataValue"]) == "NaN"
 
 
 def open_with_xarray(path: Path) -> xr.DataArray:
