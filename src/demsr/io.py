@@ -1334,10 +1334,9 @@ def finalise_output(
       overviews); ``metadata`` becomes dataset tags, the band unit is ``units`` (default m);
     - ``netcdf``: CF-1.8 NetCDF-4: 1-D ``lat``/``lon`` cell-centre coordinates (``x``/``y`` with
       units for projected CRSs), ``elevation`` (chunks of 512 x 512, compressed) with units,
-      standard name, ``_FillValue`` and a ``crs`` grid-mapping variable (CF
-      parameters, ``crs_wkt`` and ``spatial_ref`` in WKT2, ``epsg_code``); ``metadata`` (less
-      ``units``) becomes global attributes, with a ``title``, and is summarised in
-      ``source``/``history``;
+      standard name, ``_FillValue`` and a ``crs`` grid-mapping variable (CF parameters,
+      ``crs_wkt`` and ``spatial_ref`` in WKT2, ``epsg_code``); ``metadata`` (less ``units``)
+      becomes global attributes, with a ``title``, and is summarised in ``source``/``history``;
     - ``zarr``: a Zarr (format 2, consolidated) store with the same variables and attributes as
       the NetCDF, readable by ``xarray.open_zarr``, chunks of 512 x 512; the elevation also
       carries its CRS in :data:`ZARR_CRS_ATTRIBUTE`, where GDAL's Zarr driver reads it.
