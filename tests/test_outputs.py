@@ -439,3 +439,52 @@ def test_a_compound_crs_given_for_an_input_without_one(gebco_tif: Path, tmp_path
     write_geotiff(bare, raster.data, raster.transform, None)
     with open_raster(bare, crs="EPSG:4326+5773") as reader:
         assert reader.crs == CRS.from_epsg(4326) and reader.vertical_datum == "egm96"
+
+
+def terra_available() -> bool:
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        return False
+    probe = subprocess.run(
+        [rscript, "-e", "library(terra)"], capture_output=True, text=True, check=False
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.slow  # R and terra take seconds to start
+def test_the_documented_r_recipe_runs_where_terra_is_installed(
+    products: dict[tuple[str, ...], Path], inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The docs' R (terra) recipe, then each raster's CRS, cell size and extent as terra sees
+    them (with the system's GDAL: Debian 12's terra 1.7 uses GDAL 3.6)."""
+    if not terra_available():
+        pytest.skip("no R with the terra package installed")
+    text = (Path(__file__).parents[1] / "docs" / "opening-outputs.md").read_text()
+    (recipe,) = re.findall(r"```r\n(.*?)```", text, flags=re.DOTALL)
+    for suffix in SUFFIXES:
+        source = products[("gebco", "egm96", suffix, "float32")]
+        copy = shutil.copytree if source.is_dir() else shutil.copy
+        copy(source, tmp_path / f"out{suffix}")
+    checks = (
+        "for (r in list(cog, nc, zarr)) cat('CHECK', grepl('EGM96 height', crs(r)), "
+        "res(r), as.vector(ext(r)), '\\n')\n"
+    )
+    script = tmp_path / "recipe.R"
+    script.write_text(recipe + checks)
+    result = subprocess.run(
+        [str(shutil.which("Rscript")), str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("CHECK")]
+    assert len(lines) == 3  # COG, NetCDF, Zarr
+    transform, _ = expected_grid(inputs["gebco"])
+    rows, cols = read_raster(products[("gebco", "egm96", ".tif", "float32")]).shape
+    left, top = transform.c, transform.f
+    expected = [transform.a, -transform.e, left, left + cols * transform.a]
+    expected += [top + rows * transform.e, top]
+    for compound, *numbers in lines:
+        assert compound == "TRUE"
+        np.testing.assert_allclose([float(n) for n in numbers], expected, rtol=1e-6)
