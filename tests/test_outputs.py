@@ -488,3 +488,87 @@ def test_the_documented_r_recipe_runs_where_terra_is_installed(
     for compound, *numbers in lines:
         assert compound == "TRUE"
         np.testing.assert_allclose([float(n) for n in numbers], expected, rtol=1e-6)
+
+
+QGIS_SCRIPT = """
+import json, os, sys
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
+    QgsHillshadeRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject,
+    QgsRasterLayer)
+from qgis.PyQt.QtCore import QSize
+app = QgsApplication([], False)
+app.initQgis()
+mercator = QgsCoordinateReferenceSystem("EPSG:3857")
+for source in sys.argv[1:]:
+    layer = QgsRasterLayer(source, "dem", "gdal")
+    extent = layer.extent()
+    # a hillshade, reprojected on the fly as a map canvas would: does it land where it should?
+    layer.setRenderer(QgsHillshadeRenderer(layer.dataProvider(), 1, 315, 45))
+    to_mercator = QgsCoordinateTransform(layer.crs(), mercator, QgsProject.instance())
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(mercator)
+    settings.setExtent(to_mercator.transformBoundingBox(extent))
+    settings.setOutputSize(QSize(50, 50))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    image = job.renderedImage()
+    drawn = sum(1 for x in range(50) for y in range(50) if image.pixel(x, y) >> 24)
+    print(json.dumps({
+        "source": source, "valid": layer.isValid(),
+        "crs": layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT2_2019),
+        "extent": [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
+        "pixel": [layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()],
+        "nodata": str(layer.dataProvider().sourceNoDataValue(1)), "drawn": drawn / 2500,
+    }))
+app.exitQgis()
+sys.stdout.flush()
+os._exit(0)  # PyQGIS 3.22 crashes in the interpreter's teardown, after the work is done
+"""
+
+
+def pyqgis_python() -> str | None:
+    """A Python that imports PyQGIS (the system's: Debian 12's python3-qgis is QGIS 3.22)."""
+    for candidate in ("/usr/bin/python3", shutil.which("python3")):
+        if candidate and Path(candidate).exists():
+            probe = subprocess.run(
+                [candidate, "-c", "import qgis.core"], capture_output=True, check=False
+            )
+            if probe.returncode == 0:
+                return candidate
+    return None
+
+
+@pytest.mark.slow  # QGIS takes seconds to start
+def test_qgis_opens_and_draws_every_product_where_pyqgis_is_installed(
+    products: dict[tuple[str, ...], Path], inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    python = pyqgis_python()
+    if python is None:
+        pytest.skip("no PyQGIS installed")
+    keys = [key for key in PRODUCTS if key[3] == "float32"]
+    sources = [gdal_name(products[key]) for key in keys]
+    script = tmp_path / "qgis_check.py"
+    script.write_text(QGIS_SCRIPT)
+    # a clean environment: not this process's PROJ/GDAL data paths, which are rasterio's
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
+    result = subprocess.run(
+        [python, str(script), *sources], capture_output=True, text=True, check=True, env=env
+    )
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [report["source"] for report in reports] == sources
+    for key, report in zip(keys, reports, strict=True):
+        transform, horizontal = expected_grid(inputs[key[0]])
+        rows, cols = read_raster(products[(key[0], key[1], ".tif", "float32")]).shape
+        assert report["valid"], report
+        # QGIS before 3.38 knows no vertical CRS: it keeps the horizontal (or 3D) part
+        found = split_heights(report["crs"])[0]
+        assert found.equals(ProjCRS.from_wkt(horizontal.to_wkt()), ignore_axis_order=True)
+        left, top = transform.c, transform.f
+        expected = [left, top + rows * transform.e, left + cols * transform.a, top]
+        np.testing.assert_allclose(report["extent"], expected, rtol=1e-9)
+        np.testing.assert_allclose(report["pixel"], [transform.a, -transform.e], rtol=1e-6)
+        assert report["nodata"] == "nan"
+        assert report["drawn"] > 0.9, report  # drawn in place after reprojection
