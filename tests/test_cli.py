@@ -69,7 +69,9 @@ def test_prepare_train_evaluate_predict(dem_test_dir: Path, tmp_path: Path) -> N
     assert code == 0, out
     with rasterio.open(coarse) as low, rasterio.open(fine) as high:
         assert (high.width, high.height) == (low.width * 5, low.height * 5)
-        assert high.bounds == low.bounds and high.crs == low.crs
+        assert high.bounds == low.bounds
+        # the input's CRS, with the output's EGM96 heights (EPSG:5773)
+        assert high.crs == rasterio.crs.CRS.from_user_input(f"EPSG:{low.crs.to_epsg()}+5773")
 
 
 def test_degrade_is_the_block_mean_with_georeferencing(dem_test_dir: Path, tmp_path: Path) -> None:
@@ -160,7 +162,8 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
     dem_test_dir: Path, tmp_path: Path
 ) -> None:
     """A 0..360-longitude, south-up NetCDF gives the same DEM as the north-up GeoTIFF it was
-    made from, in the same place; a NetCDF output mirrors the input's layout."""
+    made from, in the same place; a NetCDF output keeps its 0..360 longitudes and is north-up
+    unless --keep-row-order mirrors its ascending latitudes."""
     import xarray as xr
 
     checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", channels=8, bias=True)
@@ -183,7 +186,7 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
     with rasterio.open(tmp_path / "ref.tif") as ref, rasterio.open(tmp_path / "from_nc.tif") as got:
         assert got.transform.e < 0  # north-up
         assert np.allclose(tuple(got.bounds), tuple(ref.bounds), atol=1e-9)
-        assert got.crs.to_epsg() == 4326
+        assert got.crs.to_epsg() == 9707  # WGS 84 + EGM96 height
         assert np.allclose(got.read(1), ref.read(1), atol=1e-3)
 
     code, out = run("predict", checkpoint, tmp_path / "gebco.nc", tmp_path / "out.nc", *common)
@@ -193,7 +196,16 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
         rasterio.open(tmp_path / "ref.tif") as ref,
     ):
         assert float(product["lon"].min()) > 180  # 0..360 kept
-        assert bool((np.diff(product["lat"].values) > 0).all())  # ascending kept
+        assert bool((np.diff(product["lat"].values) < 0).all())  # north-up
+        assert np.allclose(product["elevation"].values, ref.read(1), atol=1e-3)
+    output = tmp_path / "mirror.nc"
+    code, out = run(
+        "predict", checkpoint, tmp_path / "gebco.nc", output, "--keep-row-order", *common
+    )
+    assert code == 0, out
+    with xr.open_dataset(output) as product, rasterio.open(tmp_path / "ref.tif") as ref:
+        assert float(product["lon"].min()) > 180
+        assert bool((np.diff(product["lat"].values) > 0).all())  # ascending kept on request
         assert np.allclose(product["elevation"].values[::-1], ref.read(1), atol=1e-3)
 
 
@@ -229,7 +241,7 @@ def test_no_crs_fails_before_writing_crs_option_and_overwrite_clears_a_partial(
     code, out = run("predict", checkpoint, no_crs, output, *common, "--overwrite")
     assert code == 0, out
     with rasterio.open(output) as dst:
-        assert dst.crs == raster.crs and dst.width == raster.shape[1] * 5
+        assert dst.crs.to_epsg() == 9707 and dst.width == raster.shape[1] * 5  # + EGM96 height
     assert not (tmp_path / "out.tif.partial.zarr").exists()
 
 

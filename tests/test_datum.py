@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.windows import Window
 
@@ -18,8 +19,11 @@ from demsr.datum import (
     DatumError,
     GeoidGrid,
     convert_heights,
+    crs_with_heights,
     datum_transform,
     load_geoid,
+    resolve_input_datum,
+    split_heights,
 )
 from demsr.io import read_raster
 
@@ -320,3 +324,44 @@ def test_projected_real_raster_matches_proj(
     _, _, proj_heights = proj_with_grid.transform(lon, lat, raster.data[valid].astype(np.float64))
     np.testing.assert_allclose(ellipsoidal[valid], proj_heights, atol=1e-3)
     assert np.abs(ellipsoidal[valid] - raster.data[valid]).min() > 20  # N ~ -28 m in Minnesota
+
+
+@pytest.mark.parametrize(
+    ("horizontal", "datum", "epsg", "axes"),
+    [
+        ("EPSG:4326", "egm96", 9707, 3),  # WGS 84 + EGM96 height
+        ("EPSG:4326", "wgs84", 4979, 3),  # WGS 84 (3D)
+        ("EPSG:26915", "egm96", None, 3),  # NAD83 / UTM 15N + EGM96 height
+        ("EPSG:26915", "wgs84", None, 3),  # NAD83 / UTM 15N with ellipsoidal height
+    ],
+)
+def test_crs_with_heights_and_back(
+    horizontal: str, datum: str, epsg: int | None, axes: int
+) -> None:
+    full = crs_with_heights(horizontal, datum)
+    assert full.to_epsg() == epsg and len(full.axis_info) == axes
+    assert full.is_compound == (datum == "egm96")
+    found_horizontal, found_datum = split_heights(full.to_wkt())
+    assert found_datum == datum
+    assert found_horizontal.equals(ProjCRS.from_user_input(horizontal))
+    # a 3D or compound CRS given as the horizontal one is reduced to its 2D part first
+    assert crs_with_heights(full, datum).equals(full)
+
+
+def test_split_heights_of_2d_and_other_vertical_crss() -> None:
+    assert split_heights("EPSG:32633") == (ProjCRS.from_epsg(32633), None)
+    horizontal, datum = split_heights("EPSG:4326+5703")  # NAVD88 height
+    assert horizontal.to_epsg() == 4326 and datum == "NAVD88 height"
+    with pytest.raises(DatumError, match="unusable CRS"):
+        split_heights("EPSG:99999999")
+
+
+def test_resolve_input_datum() -> None:
+    assert resolve_input_datum(None, None, "a.tif") == "egm96"
+    assert resolve_input_datum("wgs84", None, "a.tif") == "wgs84"
+    assert resolve_input_datum(None, "wgs84", "a.tif") == "wgs84"
+    assert resolve_input_datum("wgs84", "wgs84", "a.tif") == "wgs84"
+    with pytest.raises(DatumError, match="a.tif: its CRS gives egm96 heights, not the wgs84"):
+        resolve_input_datum("wgs84", "egm96", "a.tif")
+    with pytest.raises(DatumError, match="a.tif: its CRS gives heights in NAVD88 height"):
+        resolve_input_datum(None, "NAVD88 height", "a.tif")

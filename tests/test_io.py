@@ -374,7 +374,9 @@ def test_finalise_cog(tmp_path: Path, dem_test_dir: Path, source: str) -> None:
         assert cog.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
         assert cog.block_shapes == [(512, 512)]
         assert len(cog.overviews(1)) >= 1
-        assert cog.crs == crs and cog.transform == transform
+        # EGM96 heights: the horizontal CRS + EGM96 height (EPSG:5773)
+        assert cog.crs == CRS.from_user_input(f"EPSG:{crs.to_epsg()}+5773")
+        assert cog.transform == transform
         assert cog.dtypes == ("float32",) and np.isnan(cog.nodata)
         assert cog.units == ("m",)
         assert {k: cog.tags()[k] for k in METADATA} == METADATA
@@ -415,33 +417,39 @@ def test_finalise_netcdf_and_zarr(
         assert elevation.dtype == np.float32
         assert np.isnan(elevation.encoding["_FillValue"])
         assert elevation.attrs["units"] == "m"
-        assert elevation.attrs["standard_name"] == "altitude"  # EGM96 heights
+        assert elevation.attrs["standard_name"] == "surface_altitude"  # EGM96 heights
         assert elevation.attrs["grid_mapping"] == "crs"
         grid_mapping = product["crs"].attrs
-        assert CRS.from_wkt(grid_mapping["crs_wkt"]) == crs
+        compound = CRS.from_user_input(f"EPSG:{crs.to_epsg()}+5773")
+        assert CRS.from_wkt(grid_mapping["crs_wkt"]) == compound
+        assert grid_mapping["geopotential_datum_name"] == "EGM96 geoid"
         if geographic:
             assert product["lat"].attrs["units"] == "degrees_north"
             assert product["lon"].attrs["standard_name"] == "longitude"
             assert grid_mapping["grid_mapping_name"] == "latitude_longitude"
-            assert grid_mapping["epsg_code"] == "EPSG:4326"
+            assert grid_mapping["epsg_code"] == "EPSG:9707"  # WGS 84 + EGM96 height
         else:
             assert product["x"].attrs["units"] == "m" and product["y"].attrs["units"] == "m"
             assert grid_mapping["grid_mapping_name"] == "transverse_mercator"
         assert product.attrs["Conventions"] == "CF-1.8"
         assert "checkpoint_sha256=abc123" in product.attrs["source"]
         assert "finalise_output" in product.attrs["history"]
-        assert {k: product.attrs[k] for k in METADATA} == METADATA
+        assert "units" not in product.attrs  # the elevation's, not the file's
+        assert {k: product.attrs[k] for k in METADATA if k != "units"} == {
+            k: v for k, v in METADATA.items() if k != "units"
+        }
         if suffix == ".zarr":
             assert elevation.encoding["chunks"] == (512, 512)
         else:
             assert elevation.encoding["chunksizes"] == (512, 512)
-    # demsr reads its own products back onto the same grid
+    # demsr reads its own products back onto the same grid, with the datum
     with open_raster(output) as reader:
         assert reader.transform.almost_equals(transform) and reader.crs == crs
+        assert reader.vertical_datum == "egm96"
         np.testing.assert_array_equal(reader.read(), data)
     if suffix == ".nc":  # and so does GDAL
         with rasterio.open(output) as src:
-            assert src.crs == crs and src.transform.almost_equals(transform)
+            assert src.crs == compound and src.transform.almost_equals(transform)
 
 
 @pytest.mark.parametrize("as_dict", [False, True])
@@ -543,9 +551,9 @@ def test_finalise_streams_in_blocks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("datum", "name"),
     [
-        ("egm96", "altitude"),
-        ("EGM2008", "altitude"),
-        (None, "altitude"),
+        ("egm96", "surface_altitude"),
+        ("EGM2008", "surface_altitude"),
+        (None, "surface_altitude"),
         ("wgs84", "height_above_reference_ellipsoid"),
         ("WGS 84 ellipsoid", "height_above_reference_ellipsoid"),
     ],

@@ -375,3 +375,81 @@ def datum_transform(
         return converted
 
     return convert_tile
+
+
+# --------------------------------------------------------------------------------------------
+# Vertical CRSs: the datum of a raster's heights as part of its CRS
+# --------------------------------------------------------------------------------------------
+
+EGM96_HEIGHT_EPSG = 5773
+"""EPSG code of the vertical CRS "EGM96 height" (orthometric heights above the EGM96 geoid)."""
+
+_WGS84_3D_EPSG = 4979
+
+
+def crs_with_heights(horizontal: Any, datum: str) -> ProjCRS:
+    """The 3D CRS of heights above ``datum`` on the grid of a 2D ``horizontal`` CRS.
+
+    ``egm96``: a compound CRS, the horizontal CRS + EGM96 height (EPSG:5773; EPSG:4326 gives
+    EPSG:9707, "WGS 84 + EGM96 height"). ``wgs84`` (heights above the ellipsoid): the 3D
+    variant of the horizontal CRS (EPSG:4326 gives EPSG:4979); ellipsoidal heights cannot be a
+    vertical part of a compound CRS. A 3D or compound ``horizontal`` is reduced to its 2D part
+    first. Raises :class:`DatumError` for an unknown datum or an unusable CRS.
+    """
+    target = _check_datum(datum)
+    proj_crs = split_heights(horizontal)[0]
+    if target == "egm96":
+        vertical = ProjCRS.from_epsg(EGM96_HEIGHT_EPSG)
+        if proj_crs.to_epsg() == 4326:
+            return ProjCRS.from_user_input(f"EPSG:4326+{EGM96_HEIGHT_EPSG}")
+        from pyproj.crs import CompoundCRS
+
+        return CompoundCRS(f"{proj_crs.name} + {vertical.name}", [proj_crs, vertical])
+    if proj_crs.to_epsg() == 4326:
+        return ProjCRS.from_epsg(_WGS84_3D_EPSG)
+    return proj_crs.to_3d()
+
+
+def split_heights(crs: Any) -> tuple[ProjCRS, str | None]:
+    """(2D horizontal CRS, vertical datum of the heights) of a CRS (anything pyproj reads).
+
+    The datum is ``egm96`` for a compound CRS whose vertical part is EGM96 height (EPSG:5773),
+    ``wgs84`` for a 3D geographic or projected CRS (heights above its ellipsoid), the vertical
+    CRS's own name for any other compound CRS (e.g. ``NAVD88 height``), and None for a 2D CRS,
+    which says nothing about heights. Raises :class:`DatumError` for an unusable CRS.
+    """
+    try:
+        proj_crs = ProjCRS.from_user_input(crs)
+    except CRSError as error:
+        raise DatumError(f"unusable CRS: {error}") from error
+    if proj_crs.is_compound:
+        horizontal, *rest = proj_crs.sub_crs_list
+        vertical = rest[-1] if rest else None
+        if vertical is None or not vertical.is_vertical:
+            return horizontal, None
+        if vertical.to_epsg() == EGM96_HEIGHT_EPSG or "egm96" in vertical.name.lower():
+            return horizontal, "egm96"
+        return horizontal, vertical.name
+    if len(proj_crs.axis_info) == 3 and (proj_crs.is_geographic or proj_crs.is_projected):
+        return proj_crs.to_2d(), "wgs84"
+    return proj_crs, None
+
+
+def resolve_input_datum(given: str | None, found: str | None, path: str) -> str:
+    """The vertical datum of an input's heights: the one its CRS declares (``found``, see
+    :func:`split_heights`), else ``given``, else ``egm96``.
+
+    Raises :class:`DatumError` naming ``path`` when the two differ, or when the CRS declares a
+    datum that demsr does not convert (one of :data:`DATUMS` only).
+    """
+    if found is not None and found not in DATUMS:
+        raise DatumError(
+            f"{path}: its CRS gives heights in {found}; demsr converts only "
+            f"{' and '.join(DATUMS)} heights (convert the input first, e.g. with gdalwarp -t_srs)"
+        )
+    if given is not None and found is not None and _check_datum(given) != found:
+        raise DatumError(
+            f"{path}: its CRS gives {found} heights, not the {given} of --input-datum "
+            "(leave the option out to use the CRS's)"
+        )
+    return _check_datum(given or found or "egm96")

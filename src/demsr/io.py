@@ -20,6 +20,8 @@ does not grow with the size of the raster:
 Writing: :func:`write_geotiff` writes an in-memory array; :func:`finalise_output` converts the
 tiled float32 GeoTIFF that tiled prediction writes into the final product (Cloud-Optimized
 GeoTIFF, CF NetCDF or Zarr), block by block, mirroring the input's NetCDF/Zarr layout on request.
+Products are north-up and declare the heights' vertical datum in their CRS (:func:`output_crs`);
+docs/opening-outputs.md says how GIS software opens them.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ BLOCK_PX = 512
 
 INT16_NODATA = -32768
 """Nodata value of int16 products; valid int16 elevations are -32767..32767 m."""
+
+ZARR_CRS_ATTRIBUTE = "_CRS"
+"""Attribute of a Zarr product's elevation array holding its CRS as ``{"wkt": ...}``, where
+GDAL's Zarr driver looks for one (its CF grid-mapping reading came with GDAL 3.9)."""
 
 NETCDF_SUFFIXES = (".nc", ".nc3", ".nc4", ".netcdf", ".cdf")
 ZARR_SUFFIX = ".zarr"
@@ -275,6 +281,11 @@ class RasterReader(ABC):
     """The vertical unit the file declares (None: none, taken as metres)."""
     metres_per_unit: float = 1.0
     """What :meth:`read` multiplies the file's values by: it always returns metres."""
+    vertical_datum: str | None = None
+    """Datum of the heights as the file's CRS declares it (``egm96``, ``wgs84``, or a vertical
+    CRS's name; None for a 2D CRS): readers made by :func:`open_raster` present a compound or
+    3D CRS as its 2D horizontal part in :attr:`crs` and its heights' datum here
+    (:func:`demsr.datum.split_heights`)."""
 
     def __enter__(self) -> RasterReader:
         return self
@@ -689,6 +700,12 @@ def _grid_crs(dataset: Any, data_array: Any, x_name: str, y_name: str, path: str
             return CRS.from_wkt(ProjCRS.from_cf(attrs).to_wkt())
         except Exception:  # pyproj raises several types for incomplete grid mappings
             log.warning("%s: grid mapping %r not understood", path, mapping_name)
+    gdal_crs = data_array.attrs.get(ZARR_CRS_ATTRIBUTE)
+    if isinstance(gdal_crs, Mapping) and gdal_crs.get("wkt"):
+        try:
+            return CRS.from_wkt(str(gdal_crs["wkt"]))
+        except CRSError:
+            log.warning("%s: unreadable %s attribute; trying others", path, ZARR_CRS_ATTRIBUTE)
     units = " ".join(
         str(dataset[name].attrs.get("units", "")) for name in (x_name, y_name) if name in dataset
     )
@@ -746,20 +763,25 @@ def open_raster(
     ``elevation``, or the only gridded variable) and ``band`` counts along a non-spatial dimension
     if the variable has one. ``crs`` (a CRS or text such as ``EPSG:4326``) supplies the CRS of a
     file that declares none; a file whose own CRS differs is refused. Reads refuse values outside
-    ``valid_range_m`` (default :data:`PLAUSIBLE_ELEVATION_M`; None accepts any). Raises
-    :class:`RasterError` naming the file for a missing or empty file, a wrong band or variable,
-    something that is not a raster, a rotated / not north-up grid or a conflicting CRS.
+    ``valid_range_m`` (default :data:`PLAUSIBLE_ELEVATION_M`; None accepts any). A compound
+    or 3D CRS (the file's or ``crs``) is presented as its horizontal part, the datum of its
+    heights in :attr:`RasterReader.vertical_datum`. Raises :class:`RasterError` naming the file
+    for a missing or empty file, a wrong band or variable, something that is not a raster, a
+    rotated / not north-up grid or a conflicting CRS.
     """
     reader = _open_reader(os.fspath(path), band, variable)
     reader.valid_range_m = valid_range_m
+    if reader.crs is not None:
+        reader.crs, reader.vertical_datum = _split_heights(reader.crs)
     if crs is not None:
         try:
-            given = CRS.from_user_input(crs)
+            given, given_datum = _split_heights(CRS.from_user_input(crs))
         except CRSError as exc:
             reader.close()
             raise RasterError(
                 f"{reader.path}: the CRS given for it, {str(crs)!r}, is not valid ({exc})"
             ) from None
+        reader.vertical_datum = reader.vertical_datum or given_datum
         if reader.crs is not None and not same_crs(reader.crs, given):
             reader.close()
             raise RasterError(
@@ -787,6 +809,16 @@ def _check_latitudes(reader: RasterReader) -> None:
             f"{reader.path}: latitudes run from {south:g} to {north:g} degrees, beyond +-90: "
             "not a valid geographic grid (a wrong CRS, or a projected grid without its CRS?)"
         )
+
+
+def _split_heights(crs: CRS) -> tuple[CRS, str | None]:
+    """(2D CRS, datum of the heights) of a rasterio CRS: see :func:`demsr.datum.split_heights`."""
+    from demsr.datum import split_heights
+
+    horizontal, datum = split_heights(crs.to_wkt())
+    if datum is None and not ProjCRS.from_wkt(crs.to_wkt()).is_compound:
+        return crs, None  # a 2D CRS stays as the file gives it
+    return CRS.from_wkt(horizontal.to_wkt()), datum
 
 
 def _open_reader(path_str: str, band: int, variable: str | None) -> RasterReader:
@@ -1209,18 +1241,39 @@ def output_format(output_path: str | os.PathLike[str], fmt: str | None = None) -
 
 
 def height_standard_name(vertical_datum: str | None) -> str:
-    """CF standard name of heights above ``vertical_datum``.
+    """CF standard name of a DEM's heights above ``vertical_datum``.
 
     ``height_above_reference_ellipsoid`` for ellipsoidal heights (``wgs84``, ``EPSG:4979``,
-    anything mentioning an ellipsoid); ``altitude`` (height above the geoid) for geoid-based
-    datums such as ``egm96`` or ``egm2008`` and when the datum is not given.
+    anything mentioning an ellipsoid); ``surface_altitude`` (the height of the Earth's surface
+    above the geoid) for geoid-based datums such as ``egm96`` or ``egm2008`` and when the datum
+    is not given.
     """
     if vertical_datum is None:
-        return "altitude"
+        return "surface_altitude"
     key = re.sub(r"[\s_-]", "", vertical_datum.lower())
     if key in _ELLIPSOIDAL_DATUMS or "ellipsoid" in key:
         return "height_above_reference_ellipsoid"
-    return "altitude"
+    return "surface_altitude"
+
+
+def output_crs(crs: CRS | None, vertical_datum: str | None, kind: str = "netcdf") -> CRS | None:
+    """The CRS a product of format ``kind`` (:data:`FORMATS`) declares: the 2D ``crs`` with the
+    heights' ``vertical_datum`` (``egm96`` or ``wgs84``; others and None leave it 2D) as a
+    compound or 3D CRS (:func:`demsr.datum.crs_with_heights`).
+
+    GeoTIFF keys hold a compound CRS and EPSG-coded 3D CRSs (EPSG:4979) but not a 3D projected
+    CRS: a COG of ellipsoidal heights on such a grid keeps the 2D CRS (GDAL would put the 3D
+    one in a ``.aux.xml`` sidecar, which a product must not need); its ``vertical_datum`` tag
+    still says ``wgs84``.
+    """
+    from demsr.datum import DATUMS, crs_with_heights
+
+    if crs is None or vertical_datum is None or vertical_datum.lower() not in DATUMS:
+        return crs
+    full = crs_with_heights(crs.to_wkt(), vertical_datum)
+    if kind == "cog" and not full.is_compound and full.to_epsg() is None:
+        return crs
+    return CRS.from_wkt(full.to_wkt())
 
 
 @dataclass(frozen=True)
@@ -1356,23 +1409,32 @@ def _coordinate_attrs(plan: _GridPlan, crs: CRS | None) -> tuple[dict[str, Any],
 
 def _grid_mapping_attrs(crs: CRS) -> dict[str, Any]:
     """CF grid-mapping attributes (pyproj's, with the WKT as ``crs_wkt`` and GDAL's
-    ``spatial_ref``)."""
-    proj_crs = ProjCRS.from_wkt(crs.to_wkt())
+    ``spatial_ref``); a compound CRS adds CF's ``geopotential_datum_name`` for its vertical
+    part (CF allows it or ``geoid_name``, not both)."""
+    proj_crs = ProjCRS.from_wkt(_crs_wkt(crs))
     attrs: dict[str, Any] = {}
     for key, value in proj_crs.to_cf().items():
         if isinstance(value, (str, int, float)):
             attrs[key] = value
-    attrs["spatial_ref"] = crs.to_wkt()
+    attrs["crs_wkt"] = attrs["spatial_ref"] = _crs_wkt(crs)
     epsg = crs.to_epsg()
     if epsg is not None:
         attrs["epsg_code"] = f"EPSG:{epsg}"
     return attrs
 
 
+def _crs_wkt(crs: CRS) -> str:
+    """WKT2 of a CRS: WKT1 cannot describe a 3D projected CRS (ellipsoidal heights)."""
+    return str(crs.to_wkt(version="WKT2_2019"))
+
+
 def _global_attrs(metadata: Mapping[str, str], partial: Path) -> dict[str, str]:
     from demsr import __version__
 
-    attrs: dict[str, str] = {"Conventions": "CF-1.8"}
+    attrs: dict[str, str] = {
+        "Conventions": "CF-1.8",
+        "title": "DEM-SRNet super-resolved digital elevation model",
+    }
     provenance = ", ".join(f"{key}={value}" for key, value in metadata.items())
     attrs["source"] = "demsr DEM-SRNet super-resolution" + (
         f" ({provenance})" if provenance else ""
@@ -1380,7 +1442,7 @@ def _global_attrs(metadata: Mapping[str, str], partial: Path) -> dict[str, str]:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     attrs["history"] = f"{stamp}: demsr {__version__} finalise_output from {partial.name}"
     for key, value in metadata.items():
-        if key not in attrs:
+        if key not in attrs and key != "units":  # units belong to the elevation variable
             attrs[key] = value
     return attrs
 
@@ -1392,6 +1454,9 @@ def _elevation_attrs(metadata: Mapping[str, str], has_crs: bool) -> dict[str, An
         "standard_name": height_standard_name(vertical_datum),
         "units": metadata.get("units", "m"),
     }
+    # No ``positive``: CF gives it to vertical coordinates only; with a surface_altitude or
+    # height_above_reference_ellipsoid name neither checker asks for it, and cfchecks calls it
+    # non-standard on a data variable.
     if vertical_datum is not None:
         attrs["vertical_datum"] = vertical_datum
     if has_crs:
@@ -1451,17 +1516,21 @@ def finalise_output(
     - ``netcdf``: CF-1.8 NetCDF-4: 1-D ``lat``/``lon`` cell-centre coordinates (``x``/``y`` with
       units for projected CRSs), ``elevation`` (chunks of 512 x 512, compressed) with units,
       standard name, ``_FillValue`` and a ``crs`` grid-mapping variable (CF parameters,
-      ``crs_wkt``, ``spatial_ref``, ``epsg_code``); ``metadata`` becomes global attributes and
-      is summarised in ``source``/``history``;
+      ``crs_wkt`` and ``spatial_ref`` in WKT2, ``epsg_code``); ``metadata`` (less ``units``)
+      becomes global attributes, with a ``title``, and is summarised in ``source``/``history``;
     - ``zarr``: a Zarr (format 2, consolidated) store with the same variables and attributes as
-      the NetCDF, readable by ``xarray.open_zarr``; chunks of 512 x 512.
+      the NetCDF, readable by ``xarray.open_zarr``, chunks of 512 x 512; the elevation also
+      carries its CRS in :data:`ZARR_CRS_ATTRIBUTE`, where GDAL's Zarr driver reads it.
 
-    ``layout`` (a reader's :class:`RasterLayout`, or its dict) makes NetCDF/Zarr mirror the input:
-    its coordinate names, ascending latitudes, and 0..360 longitudes (a global grid's columns
-    rotated back). ``dtype`` is ``float32`` (nodata: the partial's finite nodata value, else NaN)
-    or ``int16`` (rounded to the nearest metre, nodata -32768; values outside -32767..32767 are a
-    RasterError). ``metadata["vertical_datum"]`` (``egm96``, ``wgs84``, ...) selects the CF
-    standard name (:func:`height_standard_name`).
+    The CRS written is :func:`output_crs`: the source's CRS with the heights' datum
+    (``metadata["vertical_datum"]``) as a compound or 3D CRS. Rows are written north-up;
+    ``layout`` (a reader's :class:`RasterLayout`, or its dict) makes NetCDF/Zarr mirror the
+    input: its coordinate names, ascending latitudes when ``layout.lat_ascending`` (predict
+    clears it unless asked to keep the input's row order), and 0..360 longitudes (a global
+    grid's columns rotated back). ``dtype`` is ``float32`` (nodata: the partial's finite nodata
+    value, else NaN) or ``int16`` (rounded to the nearest metre, nodata -32768; values outside
+    -32767..32767 are a RasterError). ``metadata["vertical_datum"]`` (``egm96``, ``wgs84``, ...)
+    also selects the CF standard name (:func:`height_standard_name`).
 
     Streams in 512 x 512 blocks, so memory stays flat. The product is written next to
     ``output_path`` under a temporary name and renamed into place when complete (a failure leaves
@@ -1533,7 +1602,7 @@ def _write_cog(
         profile = gtiff_profile(
             src.shape,
             src.transform,
-            src.crs,
+            output_crs(src.crs, metadata.get("vertical_datum"), "cog"),
             encode.fill,
             dtype=encode.dtype,
             block_px=BLOCK_PX,
@@ -1597,9 +1666,10 @@ def _write_netcdf(
                 variable = nc.createVariable(name, "f8", (name,))
                 variable.setncatts(attrs)
                 variable[:] = values
-            if crs is not None:
+            full_crs = output_crs(crs, metadata.get("vertical_datum"))
+            if full_crs is not None:
                 crs_variable = nc.createVariable("crs", "i4", ())
-                crs_variable.setncatts(_grid_mapping_attrs(crs))
+                crs_variable.setncatts(_grid_mapping_attrs(full_crs))
             chunks = (min(BLOCK_PX, plan.y_values.size), min(BLOCK_PX, plan.x_values.size))
             elevation = nc.createVariable(
                 "elevation",
@@ -1658,10 +1728,11 @@ def _write_zarr(
             array = create(root, name, (values.size,), "float64", None)
             array[:] = values
             array.attrs.update({**attrs, "_ARRAY_DIMENSIONS": [name]})
-        if crs is not None:
+        full_crs = output_crs(crs, metadata.get("vertical_datum"))
+        if full_crs is not None:
             crs_array = create(root, "crs", (), "int32", None)
             crs_array[...] = 0
-            crs_array.attrs.update({**_grid_mapping_attrs(crs), "_ARRAY_DIMENSIONS": []})
+            crs_array.attrs.update({**_grid_mapping_attrs(full_crs), "_ARRAY_DIMENSIONS": []})
         shape = (plan.y_values.size, plan.x_values.size)
         fill = float(encode.fill) if encode.dtype == "float32" else int(encode.fill)
         elevation = create(root, "elevation", shape, encode.dtype, fill)
@@ -1671,6 +1742,11 @@ def _write_zarr(
                 "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
             }
         )
+        if full_crs is not None:
+            # GDAL's Zarr driver reads a CRS from this attribute (before 3.9, its only way);
+            # xarray shows it as an attribute, which to_netcdf refuses: drop it on reading
+            # (docs/opening-outputs.md).
+            elevation.attrs[ZARR_CRS_ATTRIBUTE] = {"wkt": _crs_wkt(full_crs)}
         _write_blocks(
             src, plan, encode, elevation.__setitem__, progress, output.name, "zarr-blocks"
         )

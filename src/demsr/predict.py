@@ -23,6 +23,7 @@ into the product (COG, CF NetCDF or Zarr) and deletes it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -506,6 +507,7 @@ def predict_raster(
     variable: str | None = None,
     crs: CRS | str | None = None,
     wrap: bool | None = None,
+    keep_row_order: bool = False,
     ranks: RankContext | None = None,
     report_every_s: float = 60.0,
 ) -> Path:
@@ -544,7 +546,9 @@ def predict_raster(
     low-res input before the network and its high-res output before writing (e.g. a vertical
     datum shift). ``variable`` names a NetCDF/Zarr input's elevation variable and ``crs`` gives
     the CRS of an input without one (see :func:`demsr.io.open_raster`); an input without a CRS
-    is refused otherwise. Rank 0 reads every input cell once before the first tile
+    is refused otherwise. A NetCDF/Zarr product mirrors a NetCDF/Zarr input's coordinate names
+    and 0..360 longitudes, but is written north-up (y descending) unless ``keep_row_order``
+    keeps an input's ascending rows. Rank 0 reads every input cell once before the first tile
     (:meth:`~demsr.io.RasterReader.summarise`), so that a truncated file, an undeclared nodata
     value or a band without valid cells fails at once, leaving nothing behind.
     """
@@ -583,6 +587,7 @@ def predict_raster(
             variable=variable,
             crs=crs,
             wrap=wrap,
+            keep_row_order=keep_row_order,
             report_every_s=report_every_s,
         )
 
@@ -615,6 +620,7 @@ def _predict_raster(
     variable: str | None,
     crs: CRS | str | None,
     wrap: bool | None,
+    keep_row_order: bool,
     report_every_s: float,
 ) -> Path:
     network = _Network.prepare(
@@ -731,6 +737,8 @@ def _predict_raster(
 
         writer = _StoreWriter(store, ctx.rank, scale, transform_output, source.metres_per_unit)
         layout = source.layout
+        if not keep_row_order:  # every GIS reads north-up grids right
+            layout = dataclasses.replace(layout, lat_ascending=False)
         started = time.perf_counter()
         try:
             _run_tiles(

@@ -147,11 +147,16 @@ def print_dry_run(
         crs=params["crs"],
     )
     extra = []
-    if params["input_datum"] != "egm96":
+    if params["input_datum"] is not None:
         extra += ["--input-datum", params["input_datum"]]
     if params["output_datum"] is not None:
         extra += ["--output-datum", params["output_datum"]]
-    flags = {"compile_model": "--compile", "overwrite": "--overwrite", "resume": "--resume"}
+    flags = {
+        "compile_model": "--compile",
+        "overwrite": "--overwrite",
+        "resume": "--resume",
+        "keep_row_order": "--keep-row-order",
+    }
     extra += [flag for name, flag in flags.items() if params[name]]
     given = click.get_current_context().get_parameter_source("progress")
     if given is click.core.ParameterSource.COMMANDLINE:  # else: the run decides for itself

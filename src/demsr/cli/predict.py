@@ -48,16 +48,21 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 @click.option(
     "--input-datum",
     type=click.Choice(DATUMS),
-    default="egm96",
-    show_default=True,
     help="Vertical datum of INPUT's heights: egm96 (orthometric, as SRTM and GEBCO) or "
-    "wgs84 (ellipsoidal).",
+    "wgs84 (ellipsoidal) [default: the one INPUT's compound or 3D CRS declares, else egm96].",
 )
 @click.option(
     "--output-datum",
     type=click.Choice(DATUMS),
     help="Vertical datum of the output heights [default: the input's]. Conversions use "
-    "the bundled EGM96 15' geoid grid.",
+    "the bundled EGM96 15' geoid grid. The output's CRS says it: horizontal + EGM96 height "
+    "(EPSG:5773), or the 3D CRS of ellipsoidal heights (EPSG:4979 for EPSG:4326).",
+)
+@click.option(
+    "--keep-row-order",
+    is_flag=True,
+    help="Write a NetCDF/Zarr OUTPUT with INPUT's ascending latitudes (south-up rows, as in "
+    "GEBCO files) [default: north-up, which every GIS reads right].",
 )
 @tile_size_option
 @batch_size_option
@@ -96,8 +101,9 @@ def command(
     crs: str | None,
     fmt: str | None,
     dtype: str,
-    input_datum: str,
+    input_datum: str | None,
     output_datum: str | None,
+    keep_row_order: bool,
     tile_px: int,
     batch_size: int,
     precision: str,
@@ -145,6 +151,7 @@ def command(
         print_dry_run(checkpoint, input_path, output_path, click.get_current_context().params)
         return
 
+    input_datum = _input_datum(input_path, input_datum, band, variable, crs)
     output_datum = output_datum or input_datum
 
     before = partial_progress(output_path)
@@ -183,6 +190,18 @@ def command(
         variable=variable,
         crs=crs,
         wrap=wrap,
+        keep_row_order=keep_row_order,
     )
     if context().is_main:
         click.echo(str(path))
+
+
+def _input_datum(
+    input_path: str, given: str | None, band: int, variable: str | None, crs: str | None
+) -> str:
+    """--input-datum, checked against (or taken from) the heights' datum in INPUT's CRS."""
+    from demsr.datum import resolve_input_datum
+    from demsr.io import open_raster
+
+    with open_raster(input_path, band=band, variable=variable, crs=crs) as reader:
+        return resolve_input_datum(given, reader.vertical_datum, reader.path)
