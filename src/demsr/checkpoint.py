@@ -89,8 +89,11 @@ class Checkpoint:
 class TrainingState:
     """What ``--resume`` restores besides the weights.
 
-    ``rng`` is filled when loading (``{"tensors": ..., "extra": ...}`` for ``restore_rng_state``);
-    saving always records the generators' current states.
+    ``epoch`` is the last finished epoch. A checkpoint written in the middle of an epoch (on a
+    timer) also records ``epoch_steps``, the steps of epoch ``epoch + 1`` already done, and
+    ``epoch_loss_sum``, the sum of their losses; both are 0 at an epoch's end. ``rng`` is
+    filled when loading (``{"tensors": ..., "extra": ...}`` for ``restore_rng_state``); saving
+    always records the generators' current states.
     """
 
     optimizer: dict[str, Any]
@@ -100,6 +103,8 @@ class TrainingState:
     best_valid_loss: float
     bad_epochs: int
     rng: dict[str, Any] = field(default_factory=dict)
+    epoch_steps: int = 0
+    epoch_loss_sum: float = 0.0
 
 
 def _header(
@@ -174,6 +179,8 @@ def save_checkpoint(
             "global_step": training_state.global_step,
             "best_valid_loss": training_state.best_valid_loss,
             "bad_epochs": training_state.bad_epochs,
+            "epoch_steps": training_state.epoch_steps,
+            "epoch_loss_sum": training_state.epoch_loss_sum,
             "rng": rng_extra,
         }
     with atomic_path(path) as tmp:
@@ -278,6 +285,8 @@ def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
         best_valid_loss=float(info["best_valid_loss"]),
         bad_epochs=int(info["bad_epochs"]),
         rng={"tensors": rng_tensors, "extra": info["rng"]},
+        epoch_steps=int(info.get("epoch_steps", 0)),
+        epoch_loss_sum=float(info.get("epoch_loss_sum", 0.0)),
     )
 
 
