@@ -188,9 +188,20 @@ def save_checkpoint(
     return Path(path)
 
 
+# Bytes of a file's start that foreign_format reads.
+HEAD_BYTES = 9
+
+
 def foreign_format(head: bytes) -> str | None:
-    """Name the format of a file from its first bytes when it is one that may be handed in as a
-    checkpoint but is not one (a pickle, a ``torch.save`` zip, HDF5); None otherwise."""
+    """Name the format of a file from its first bytes (``HEAD_BYTES`` of them) when it is one
+    that may be handed in as a checkpoint but is not one (a pickle, a ``torch.save`` zip,
+    HDF5); None otherwise.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and then the
+    header's ``{``; a length of 640..1407 bytes starts like a pickle's protocol mark (0x80
+    then 2..5), so that shape is recognised first."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        return None
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "a Python pickle (refused: demsr never unpickles files)"
     if head.startswith(b"PK\x03\x04"):
@@ -213,7 +224,7 @@ def _open(
     if not Path(path_str).is_file():
         raise CheckpointError(f"{path_str}: no such checkpoint file")
     with open(path_str, "rb") as handle:
-        foreign = foreign_format(handle.read(8))
+        foreign = foreign_format(handle.read(HEAD_BYTES))
     if foreign is not None:
         raise CheckpointError(f"{path_str}: not a demsr checkpoint: it is {foreign}")
     try:
