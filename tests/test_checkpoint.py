@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SCALING
+from conftest import SCALING, write_untrained_checkpoint
 
 from demsr.checkpoint import (
     CheckpointError,
@@ -124,3 +124,17 @@ def test_weights_of_another_shape_are_refused_with_the_file_name(tmp_path: Path)
     checkpoint.model_config = ModelConfig(blocks=2, channels=16, scale=3, bias=True)
     with pytest.raises(CheckpointError, match="m.safetensors: weights do not fit"):
         checkpoint.build_model()
+
+
+def test_a_header_length_that_starts_like_a_pickle_still_loads(tmp_path: Path) -> None:
+    # A safetensors file starts with its header's length; 640 bytes (0x280) start 0x80 0x02,
+    # a pickle's protocol mark. Such a checkpoint is still recognised and loaded.
+    path = tmp_path / "model.safetensors"
+    for note_length in range(0, 1400, 4):
+        write_untrained_checkpoint(path, metadata={"note": "x" * note_length})
+        head = path.read_bytes()[:2]
+        if head[0] == 0x80 and 2 <= head[1] <= 5:
+            break
+    else:
+        pytest.fail("no note length gave a header length of 0x280, 0x380, 0x480 or 0x580")
+    assert load_checkpoint(path).metadata["note"] == "x" * note_length

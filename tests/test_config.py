@@ -149,3 +149,24 @@ def test_finetune_settings_load_from_yaml_and_overrides(tmp_path: Path) -> None:
     assert config.finetune.parent is None  # a plain training run
     with pytest.raises(ConfigError, match="freeze_blocks applies only to finetune.freeze=default"):
         load_config(path, ["finetune.freeze=none"])
+
+
+def test_window_training_recipe_holds_out_tiles_of_several_terrains() -> None:
+    from conftest import DEM_TRAIN
+
+    from demsr.datasets import select_rasters
+    from demsr.model import ElevationScaling
+
+    config = load_config(REPO / "configs" / "lite-windows.yaml")
+    assert config.data.source == "rasters"
+    assert config.model.scaling() == ElevationScaling(
+        scale_m=1000.0, trend_sigma_px=4.0, base="cubic", block_mean_constraint=True
+    )
+    assert (config.model.build().bias, config.model.build().padding) == (False, "replicate")
+    # The recipe's patterns point at ../shared from the repository root; here, at DEM_TRAIN.
+    patterns = [str(DEM_TRAIN / Path(pattern).name) for pattern in config.data.rasters]
+    selection = select_rasters(patterns, config.data.heldout, config.data.valid_rasters)
+    assert len(selection.train) + len(selection.valid) + len(selection.heldout) == 91
+    assert (len(selection.heldout), len(selection.valid)) == (13, 4)
+    # The tile of the real-product pair at Oban is never trained on.
+    assert "srtm3_N56W006.tif" in {path.name for path in selection.heldout}

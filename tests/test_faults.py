@@ -152,6 +152,48 @@ def test_training_killed_at_random_points_resumes_to_the_same_weights(
     assert leftovers(killed) == [], draw  # no temporary file survives a resume
 
 
+def test_window_training_killed_mid_epoch_resumes_from_its_timed_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from test_train import raster_overrides
+
+    settings = (
+        "train.epochs=2",
+        "train.max_steps_per_epoch=30",
+        "train.checkpoint_every_s=0",  # a checkpoint after every step
+        "train.deterministic=true",
+    )
+
+    def train(run: Path, *extra: str) -> list[str]:
+        overrides = raster_overrides(run, *settings)
+        return demsr_command("train", *set_options(overrides), "--no-progress", *extra)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    reference = start(train(straight), tmp_path / "straight.log")
+    victim = start(train(killed), tmp_path / "killed-1.log")
+
+    def in_the_middle_of_an_epoch() -> bool:
+        try:
+            state = load_training_state(killed / LAST)
+        except (FileNotFoundError, ValueError):
+            return False
+        return state.epoch_steps >= 5
+
+    wait_until(in_the_middle_of_an_epoch, victim, "a mid-epoch checkpoint")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=120)
+    state = load_training_state(killed / LAST)
+    assert 0 < state.epoch_steps < 30 and state.global_step < 60
+    finish(start(train(killed, "--resume"), tmp_path / "killed-2.log"), tmp_path / "killed-2.log")
+    finish(reference, tmp_path / "straight.log")
+    for name in (LAST, BEST):
+        a, b = load_checkpoint(straight / name), load_checkpoint(killed / name)
+        for key, tensor in a.state_dict.items():
+            assert torch.equal(tensor, b.state_dict[key]), f"{name} {key}"
+    assert load_training_state(killed / LAST).global_step == 60
+    assert leftovers(killed) == []
+
+
 # -- prediction --------------------------------------------------------------------------------
 
 SOURCE = "landlab_srtmgl3_frontrange.tif"  # 144 x 240 cells: 60 tiles of 24, 8 batches of 8

@@ -20,6 +20,7 @@ from demsr.metrics import (
     rmse,
     slope_deg,
     ssim,
+    texture_index,
 )
 
 # WGS84
@@ -135,3 +136,50 @@ def test_projected_cell_sizes_in_metres() -> None:
 def test_angle_difference_wraps() -> None:
     assert angle_difference_deg(np.array(350.0), np.array(10.0)) == pytest.approx(20.0)
     assert angle_difference_deg(np.array(90.0), np.array(270.0)) == pytest.approx(180.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Texture index
+# --------------------------------------------------------------------------------------------
+
+
+def _pattern(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """A pattern repeating every 5 cells with zero mean over a period (its 5 x 5 moving
+    average is exactly 0, so it is its own residual)."""
+    tile = np.random.default_rng(seed).normal(size=(5, 5))
+    tile -= tile.mean()
+    return np.tile(tile, (rows // 5 + 1, cols // 5 + 1))[:rows, :cols]
+
+
+def test_texture_index_of_a_pure_5_cell_pattern_is_one_and_of_a_plane_zero() -> None:
+    pattern = _pattern(60, 75)
+    assert texture_index(pattern) == pytest.approx(1.0, abs=1e-12)
+    rows, cols = np.mgrid[0:60, 0:75]
+    plane = 3.0 * rows - 2.0 * cols + 100.0
+    assert texture_index(plane) == pytest.approx(0.0, abs=1e-9)
+    # A plane plus the pattern: the plane has no residual, so the index stays 1.
+    assert texture_index(plane + pattern) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_texture_index_of_noise_is_small_and_grows_with_an_imprinted_grid() -> None:
+    noise = np.random.default_rng(1).normal(size=(400, 400))
+    clean = texture_index(noise)
+    # 25 phases of about 5,600 cells each: phase means of about 1/75 of the residual's RMS.
+    assert clean < 0.03
+    imprinted = texture_index(noise + 0.3 * _pattern(400, 400))
+    assert imprinted > 5 * clean
+
+
+def test_texture_index_drops_the_edges_and_nodata() -> None:
+    noise = np.random.default_rng(2).normal(size=(200, 200))
+    framed = noise.copy()
+    # Only within the 10 dropped rows, and beyond the reach (2 cells) of the kept ones' 5 x 5
+    # moving averages.
+    framed[:8] += 5 * _pattern(8, 200)
+    assert texture_index(framed) == pytest.approx(texture_index(noise), abs=1e-12)
+    holed = noise.copy()
+    holed[50:60, 50:60] = np.nan
+    value = texture_index(holed)
+    assert math.isfinite(value) and value < 0.05
+    with pytest.raises(ValueError, match="leaves no cell"):
+        texture_index(np.zeros((20, 20)))

@@ -16,12 +16,15 @@ from demsr.model import (
     ModelConfig,
     SuperResolver,
     backproject,
+    constrain_block_means,
     count_parameters,
+    gaussian_trend,
     init_as_residual,
     preset,
     receptive_field_px,
     upsample_bicubic,
     upsample_bilinear,
+    upsample_cubic,
 )
 from demsr.prepare import crop_to_blocks, degrade
 
@@ -284,3 +287,233 @@ def test_scaling_headers_old_and_invalid() -> None:
             ElevationScaling(backprojection_iterations=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="backprojection_iterations must be a whole number"):
         ElevationScaling.from_dict({"backprojection_iterations": "4"})
+
+
+# --------------------------------------------------------------------------------------------
+# Flat in -> flat out, borders, the cubic base and the block-mean constraint
+# --------------------------------------------------------------------------------------------
+
+
+def _random_resolver(scaling: ElevationScaling, seed: int = 0, **config: object) -> SuperResolver:
+    """A 2-block, 8-channel x5 network whose every weight and bias is random and nonzero (a
+    silent network would be flat for any option)."""
+    torch.manual_seed(seed)
+    net = DEMSRNet(ModelConfig(blocks=2, channels=8, scale=5, **config))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return SuperResolver(net, scaling).eval()
+
+
+FLAT_OPTIONS = {
+    "no bias, cubic base": (
+        {"bias": False},
+        ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0, base="cubic"),
+    ),
+    "no bias, replicate, cubic, block-mean constraint": (
+        {"bias": False, "padding": "replicate"},
+        ElevationScaling(
+            scale_m=1000.0, trend_sigma_px=4.0, base="cubic", block_mean_constraint=True
+        ),
+    ),
+    "no bias, bicubic, back-projection": (
+        {"bias": False},
+        ElevationScaling(
+            scale_m=1000.0, trend_sigma_px=4.0, base="bicubic", backprojection_iterations=4
+        ),
+    ),
+    "biases, replicate padding, block-mean constraint": (
+        {"bias": True, "padding": "replicate"},
+        ElevationScaling(
+            scale_m=1000.0, trend_sigma_px=4.0, base="cubic", block_mean_constraint=True
+        ),
+    ),
+    "biases, replicate padding, back-projection": (
+        {"bias": True, "padding": "replicate"},
+        ElevationScaling(
+            scale_m=1000.0, trend_sigma_px=4.0, base="cubic", backprojection_iterations=2
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_OPTIONS))
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (40, 40)])
+def test_flat_in_flat_out(name: str, shape: tuple[int, int]) -> None:
+    config, scaling = FLAT_OPTIONS[name]
+    resolver = _random_resolver(scaling, **config)
+    levels_m = torch.tensor([1234.5, -4321.0, 0.0]).view(3, 1, 1, 1)
+    flat = levels_m.expand(3, 1, *shape).contiguous()
+    with torch.no_grad():
+        output = resolver(flat)
+    assert output.shape == (3, 1, shape[0] * 5, shape[1] * 5)
+    # Every cell, edges included, within 1 cm.
+    assert (output - levels_m).abs().max().item() < 0.01
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (40, 40)])
+def test_the_shipped_options_do_not_give_flat_out(shape: tuple[int, int]) -> None:
+    # Biases with zero padding (the shipped lite model's options): the network's biases make
+    # relief out of nothing, which the back-projection does not remove.
+    scaling = ElevationScaling(
+        scale_m=1000.0, trend_sigma_px=4.0, base="bicubic", backprojection_iterations=4
+    )
+    resolver = _random_resolver(scaling, bias=True)
+    with torch.no_grad():
+        output = resolver(torch.full((1, 1, *shape), 100.0))
+    assert (output - 100.0).abs().max().item() > 0.1
+
+
+def test_replicate_padding_factored_equals_direct_and_changes_only_the_borders() -> None:
+    torch.manual_seed(0)
+    replicate = DEMSRNet(ModelConfig(blocks=2, channels=8, scale=5, bias=True, padding="replicate"))
+    direct = DEMSRNet(replicate.config, output_stage="direct")
+    direct.load_state_dict(replicate.state_dict())
+    zeros = DEMSRNet(ModelConfig(blocks=2, channels=8, scale=5, bias=True))
+    zeros.load_state_dict(replicate.state_dict())  # the same parameters
+    x = torch.randn(1, 1, 30, 30)
+    with torch.no_grad():
+        factored_out, direct_out, zeros_out = replicate(x), direct(x), zeros(x)
+    torch.testing.assert_close(factored_out, direct_out, rtol=1e-5, atol=1e-5)
+    # The padding reaches receptive_field_px low-res cells in from the border, no further.
+    reach = receptive_field_px(replicate.config)
+    inner = slice(5 * reach, 5 * (30 - reach))
+    torch.testing.assert_close(factored_out[..., inner, inner], zeros_out[..., inner, inner])
+    assert (factored_out[..., :5, :] - zeros_out[..., :5, :]).abs().max() > 1e-3
+
+
+def _frontrange(dem_test_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
+    values = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif").data
+    highres = crop_to_blocks(values, 5, "frontrange")
+    return torch.from_numpy(degrade(highres, 5)).double()[None, None], highres
+
+
+def test_cubic_base_is_gdal_cubic_without_the_5_cell_texture(dem_test_dir: Path) -> None:
+    from demsr.evaluate import upsample_baseline
+    from demsr.metrics import texture_index
+
+    lowres, _ = _frontrange(dem_test_dir)
+    cubic = upsample_cubic(lowres, 5)[0, 0].numpy()
+    gdal = upsample_baseline(lowres[0, 0].numpy(), 5, "bicubic")
+    # GDAL's cubic is Keys' a = -0.5: the same values away from the border (float32 rounding).
+    inner = (slice(10, -10), slice(10, -10))
+    np.testing.assert_allclose(cubic[inner], gdal[inner], atol=2e-3)
+    torch_bicubic = upsample_bicubic(lowres, 5)[0, 0].numpy()
+    assert texture_index(cubic) < 0.002
+    assert texture_index(torch_bicubic) > 10 * texture_index(cubic)
+    # a = -0.75 misses a linear ramp by a pattern repeating every 5 cells; a = -0.5 does not.
+    rows, cols = torch.meshgrid(
+        torch.arange(12.0, dtype=torch.float64),
+        torch.arange(12.0, dtype=torch.float64),
+        indexing="ij",
+    )
+    ramp = (3 * rows - 2 * cols)[None, None]
+    fine = torch.arange(60, dtype=torch.float64)
+    exact = 3 * ((fine + 0.5) / 5 - 0.5)[:, None] - 2 * ((fine + 0.5) / 5 - 0.5)[None, :]
+    away = slice(10, -10)
+    torch.testing.assert_close(upsample_cubic(ramp, 5)[0, 0, away, away], exact[away, away])
+    assert (upsample_bicubic(ramp, 5)[0, 0, away, away] - exact[away, away]).abs().max() > 0.01
+
+
+def test_upsample_cubic_with_a_075_is_pytorch_bicubic() -> None:
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    torch.testing.assert_close(upsample_cubic(x, 5, a=-0.75), upsample_bicubic(x, 5))
+
+
+def test_block_mean_constraint_is_exact_and_smooth(dem_test_dir: Path) -> None:
+    from demsr.metrics import texture_index
+
+    lowres, truth = _frontrange(dem_test_dir)
+    rough = upsample_cubic(lowres, 5) + 3.0 * torch.randn(1, 1, *truth.shape, dtype=torch.float64)
+    constrained = constrain_block_means(rough, lowres)
+    means = torch.nn.functional.avg_pool2d(constrained, 5)
+    assert (means - lowres).abs().max().item() < 1e-8
+    # float32 in, float32 out: exact to float32 rounding of the elevations
+    constrained32 = constrain_block_means(rough.float(), lowres.float())
+    means32 = torch.nn.functional.avg_pool2d(constrained32.double(), 5)
+    assert (means32 - lowres).abs().max().item() < 1e-3
+    # the correction is smooth: the cubic base made consistent keeps a low texture index, and
+    # gets closer to the truth
+    base = upsample_cubic(lowres, 5)
+    consistent = constrain_block_means(base, lowres)[0, 0].numpy()
+    assert texture_index(consistent) < 0.01
+    rmse_base = float(np.sqrt(np.mean((base[0, 0].numpy() - truth) ** 2)))
+    rmse_consistent = float(np.sqrt(np.mean((consistent - truth) ** 2)))
+    assert rmse_consistent < rmse_base
+    # an already consistent surface is left as it is
+    torch.testing.assert_close(constrain_block_means(constrained, lowres), constrained)
+
+
+def test_margin_covers_the_block_mean_constraint_reach() -> None:
+    scaling = ElevationScaling(scale_m=1.0, base="cubic", block_mean_constraint=True)
+    resolver = _random_resolver(scaling, bias=False, padding="replicate")
+    margin = resolver.margin_px
+    centre = margin + 3
+    lowres = torch.zeros(1, 1, 2 * centre + 1, 2 * centre + 1)
+    bumped = lowres.clone()
+    bumped[..., centre, centre] = 100.0
+    with torch.no_grad():
+        changed = (resolver(bumped) - resolver(lowres))[0, 0].abs().gt(1e-5).numpy()
+    rows, cols = np.nonzero(changed)
+    reach = max(np.abs(rows // 5 - centre).max(), np.abs(cols // 5 - centre).max())
+    assert 0 < reach <= margin
+
+
+def test_default_options_keep_the_shipped_model(dem_test_dir: Path) -> None:
+    """The shipped lite checkpoint loads with the defaults of the new options (zero padding, no
+    constraint) and computes what it computed before they existed: the trend-removed input
+    through the network, PyTorch's bicubic base, 4 back-projection steps with that kernel."""
+    from demsr.checkpoint import _open, load_checkpoint
+    from demsr.pretrained import resolve_checkpoint
+
+    path = resolve_checkpoint("lite")
+    header, _ = _open(path, ())
+    assert "padding" not in header["model"]
+    assert "block_mean_constraint" not in header["scaling"]
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.model_config.padding == "zeros"
+    assert not checkpoint.scaling.block_mean_constraint
+    resolver = checkpoint.build_resolver()
+    assert all(
+        conv.padding_mode == "zeros"
+        for conv in resolver.net.modules()
+        if isinstance(conv, torch.nn.Conv2d)
+    )
+    lowres = torch.from_numpy(
+        read_raster(dem_test_dir / "mpl_jacksboro_3s.tif").data[:30, :36].copy()
+    )[None, None]
+    scaling = checkpoint.scaling
+    with torch.no_grad():
+        output = resolver(lowres)
+        trend = gaussian_trend(lowres, scaling.trend_sigma_px)
+        relief = resolver.net((lowres - trend) / scaling.scale_m)
+        base = torch.nn.functional.interpolate(
+            lowres, scale_factor=5, mode="bicubic", align_corners=False
+        )
+        expected = backproject(base + scaling.scale_m * relief, lowres, 4)
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+
+
+def test_new_options_round_trip_and_are_checked() -> None:
+    config = ModelConfig(padding="replicate")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    scaling = ElevationScaling(base="cubic", block_mean_constraint=True)
+    assert ElevationScaling.from_dict(scaling.to_dict()) == scaling
+    with pytest.raises(ValueError, match="padding must be one of"):
+        ModelConfig(padding="circular")
+    with pytest.raises(ValueError, match="block_mean_constraint must be true or false"):
+        ElevationScaling.from_dict({"block_mean_constraint": "yes"})
+
+
+def test_tiled_prediction_equals_whole_with_the_new_options(dem_test_dir: Path) -> None:
+    from demsr.predict import predict_array
+
+    scaling = ElevationScaling(
+        scale_m=1000.0, trend_sigma_px=4.0, base="cubic", block_mean_constraint=True
+    )
+    resolver = _random_resolver(scaling, bias=True, padding="replicate")
+    lowres = read_raster(dem_test_dir / "mpl_jacksboro_3s.tif").data[:70, :90]
+    whole = predict_array(resolver, lowres, precision="fp32")
+    tiled = predict_array(resolver, lowres, tile_px=24, precision="fp32")
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(degrade(whole, 5), lowres, rtol=0, atol=1e-3)  # exact block means

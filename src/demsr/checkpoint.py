@@ -89,8 +89,11 @@ class Checkpoint:
 class TrainingState:
     """What ``--resume`` restores besides the weights.
 
-    ``rng`` is filled when loading (``{"tensors": ..., "extra": ...}`` for ``restore_rng_state``);
-    saving always records the generators' current states.
+    ``epoch`` is the last finished epoch. A checkpoint written in the middle of an epoch (on a
+    timer) also records ``epoch_steps``, the steps of epoch ``epoch + 1`` already done, and
+    ``epoch_loss_sum``, the sum of their losses; both are 0 at an epoch's end. ``rng`` is
+    filled when loading (``{"tensors": ..., "extra": ...}`` for ``restore_rng_state``); saving
+    always records the generators' current states.
     """
 
     optimizer: dict[str, Any]
@@ -100,6 +103,8 @@ class TrainingState:
     best_valid_loss: float
     bad_epochs: int
     rng: dict[str, Any] = field(default_factory=dict)
+    epoch_steps: int = 0
+    epoch_loss_sum: float = 0.0
 
 
 def _header(
@@ -174,6 +179,8 @@ def save_checkpoint(
             "global_step": training_state.global_step,
             "best_valid_loss": training_state.best_valid_loss,
             "bad_epochs": training_state.bad_epochs,
+            "epoch_steps": training_state.epoch_steps,
+            "epoch_loss_sum": training_state.epoch_loss_sum,
             "rng": rng_extra,
         }
     with atomic_path(path) as tmp:
@@ -181,9 +188,20 @@ def save_checkpoint(
     return Path(path)
 
 
+# Bytes of a file's start that foreign_format reads.
+HEAD_BYTES = 9
+
+
 def foreign_format(head: bytes) -> str | None:
-    """Name the format of a file from its first bytes when it is one that may be handed in as a
-    checkpoint but is not one (a pickle, a ``torch.save`` zip, HDF5); None otherwise."""
+    """Name the format of a file from its first bytes (``HEAD_BYTES`` of them) when it is one
+    that may be handed in as a checkpoint but is not one (a pickle, a ``torch.save`` zip,
+    HDF5); None otherwise.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and then the
+    header's ``{``; a length of 640..1407 bytes starts like a pickle's protocol mark (0x80
+    then 2..5), so that shape is recognised first."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        return None
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "a Python pickle (refused: demsr never unpickles files)"
     if head.startswith(b"PK\x03\x04"):
@@ -206,7 +224,7 @@ def _open(
     if not Path(path_str).is_file():
         raise CheckpointError(f"{path_str}: no such checkpoint file")
     with open(path_str, "rb") as handle:
-        foreign = foreign_format(handle.read(8))
+        foreign = foreign_format(handle.read(HEAD_BYTES))
     if foreign is not None:
         raise CheckpointError(f"{path_str}: not a demsr checkpoint: it is {foreign}")
     try:
@@ -278,6 +296,8 @@ def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
         best_valid_loss=float(info["best_valid_loss"]),
         bad_epochs=int(info["bad_epochs"]),
         rng={"tensors": rng_tensors, "extra": info["rng"]},
+        epoch_steps=int(info.get("epoch_steps", 0)),
+        epoch_loss_sum=float(info.get("epoch_loss_sum", 0.0)),
     )
 
 

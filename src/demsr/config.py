@@ -39,7 +39,7 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used."""
 
 
-_ARCHITECTURE = ("blocks", "channels", "scale", "bias", "resize")
+_ARCHITECTURE = ("blocks", "channels", "scale", "bias", "resize", "padding")
 
 # How optimizer.lr_scaling adapts the learning rate to the number of ranks of a torchrun run
 # (demsr.train.scaled_learning_rate).
@@ -57,11 +57,13 @@ class ModelSection:
     scale: int | None = None
     bias: bool | None = None
     resize: str | None = None
+    padding: str | None = None
     elevation_offset_m: float = 0.0
     elevation_scale_m: float = 1000.0
     trend_sigma_px: float = 4.0
     base: str = "trend"
     backprojection_iterations: int = 0
+    block_mean_constraint: bool = False
     init: str = "interpolation"
 
     def build(self) -> ModelConfig:
@@ -77,6 +79,7 @@ class ModelSection:
             trend_sigma_px=self.trend_sigma_px,
             base=self.base,
             backprojection_iterations=self.backprojection_iterations,
+            block_mean_constraint=self.block_mean_constraint,
         )
 
     @classmethod
@@ -94,13 +97,32 @@ class ModelSection:
             trend_sigma_px=scaling.trend_sigma_px,
             base=scaling.base,
             backprojection_iterations=scaling.backprojection_iterations,
+            block_mean_constraint=scaling.block_mean_constraint,
             init=init,
         )
 
 
+# Where training pairs come from (data.source).
+DATA_SOURCES = ("pairs", "rasters")
+# Low-res patch size of windows drawn from rasters when data.patch_size is not set.
+DEFAULT_WINDOW_PATCH_PX = 32
+
+
 @dataclass
 class DataSection:
-    """Where the training pairs are (``train/train.h5``, ``valid/valid.h5`` under ``root_dir``).
+    """Where the training pairs come from.
+
+    ``source: pairs`` (the default): fixed pair files, ``train/train.h5`` and
+    ``valid/valid.h5`` under ``root_dir``. ``source: rasters``: windows drawn at random from
+    rasters at every step (:class:`demsr.datasets.RasterWindowDataset`): ``rasters`` lists
+    files, folders and glob patterns; the rasters named in ``heldout`` (file names without
+    suffix, or paths) are never used, those in ``valid_rasters`` give ``valid_windows`` fixed
+    validation windows, the rest train; an epoch is ``train.max_steps_per_epoch`` steps. A
+    window holding nodata, or more than ``max_sea_fraction`` of cells at exactly 0 m (SRTM's
+    sea), is never drawn. Its low-res input is the exact block mean, or with probability
+    ``degradation_probability`` the degradation model of ``degradation`` (a YAML written by
+    ``demsr calibrate``; or a callable given to the trainer). With pair files, ``degradation``
+    remakes every training pair's low-res patch.
 
     ``batch_size`` is per rank: under torchrun each step trains on ``batch_size`` x world size
     pairs in all (the global batch).
@@ -117,6 +139,13 @@ class DataSection:
     # drawn per pair and epoch (demsr.degradation.DegradationModel.apply); validation pairs
     # stay as stored.
     degradation: str | None = None
+    source: str = "pairs"
+    rasters: list[str] = field(default_factory=list)
+    heldout: list[str] = field(default_factory=list)
+    valid_rasters: list[str] = field(default_factory=list)
+    valid_windows: int = 256
+    max_sea_fraction: float = 0.0
+    degradation_probability: float = 0.0
 
 
 @dataclass
@@ -149,6 +178,12 @@ class TrainSection:
     max_steps_per_epoch: int | None = None
     max_steps: int | None = None
     deterministic: bool = False
+    # Also write last.safetensors whenever this many seconds have passed since the last one
+    # (mid-epoch: --resume continues from that step exactly); None: at epoch ends only.
+    checkpoint_every_s: float | None = None
+    # Weight of the slope term of the loss: the mean squared error of the output's finite
+    # differences between neighbouring cells (in elevation_scale_m units), added to the MSE.
+    gradient_loss_weight: float = 0.0
 
 
 @dataclass
@@ -205,6 +240,40 @@ class RunConfig:
             (self.model.init in INIT_SCHEMES, f"model.init must be one of {INIT_SCHEMES}"),
             (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
+            (
+                self.data.source in DATA_SOURCES,
+                f"data.source must be one of {', '.join(DATA_SOURCES)}",
+            ),
+            (
+                self.data.source != "rasters" or bool(self.data.rasters),
+                "data.source=rasters needs data.rasters (files, folders or glob patterns)",
+            ),
+            (
+                self.data.source != "rasters" or bool(self.data.valid_rasters),
+                "data.source=rasters needs data.valid_rasters (rasters kept for validation)",
+            ),
+            (
+                self.data.source != "rasters" or self.train.max_steps_per_epoch is not None,
+                "data.source=rasters needs train.max_steps_per_epoch (the length of an epoch)",
+            ),
+            (self.data.valid_windows >= 1, "data.valid_windows must be >= 1"),
+            (
+                self.data.patch_size is None or self.data.patch_size >= 1,
+                "data.patch_size must be >= 1",
+            ),
+            (
+                0.0 <= self.data.max_sea_fraction <= 1.0,
+                "data.max_sea_fraction must be in [0, 1]",
+            ),
+            (
+                0.0 <= self.data.degradation_probability <= 1.0,
+                "data.degradation_probability must be in [0, 1]",
+            ),
+            (
+                self.train.checkpoint_every_s is None or self.train.checkpoint_every_s >= 0,
+                "train.checkpoint_every_s must be >= 0",
+            ),
+            (self.train.gradient_loss_weight >= 0, "train.gradient_loss_weight must be >= 0"),
             (self.optimizer.name.lower() == "adam", "optimizer.name must be 'adam'"),
             (self.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0"),
             (self.optimizer.finetune_lr > 0, "optimizer.finetune_lr must be > 0"),

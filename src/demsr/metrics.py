@@ -240,3 +240,59 @@ def angle_difference_deg(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Absolute difference of two compass angles in degrees, in [0, 180]."""
     difference = np.abs(np.asarray(first) - np.asarray(second)) % 360.0
     return np.minimum(difference, 360.0 - difference)
+
+
+# The texture index's moving-average window and the edge left out (output cells).
+TEXTURE_WINDOW_PX = 5
+TEXTURE_EDGE_PX = 10
+
+
+def texture_index(
+    elevation: np.ndarray,
+    period_px: int = 5,
+    *,
+    window_px: int = TEXTURE_WINDOW_PX,
+    edge_px: int = TEXTURE_EDGE_PX,
+) -> float:
+    """How much of a raster's small-scale relief repeats with a period of ``period_px`` cells.
+
+    The residual ``r = z - mean_5x5(z)`` (``z`` minus its ``window_px`` x ``window_px`` moving
+    average) is taken over the raster less ``edge_px`` cells on each side; its cells are sorted
+    into the ``period_px**2`` phases (row mod period, column mod period, counted from the
+    raster's first row and column, i.e. the position inside a low-res cell's block for an x5
+    output), and the index is ``RMS(the phases' means of r) / RMS(r)``. A grid that an
+    upsampler imprints on every block makes the phase means differ (the index grows towards
+    1); real terrain has phase means near zero (about 0.002 on an SRTM tile). Nodata (NaN) cells
+    and moving averages that reach one are left out. Returns 0 for a raster with no residual
+    (a plane). ``elevation`` is (H, W) metres; ValueError when too small to leave any cell.
+    """
+    z = np.asarray(elevation, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"expected a (rows, cols) raster, got shape {z.shape}")
+    if period_px < 1 or window_px < 1 or edge_px < 0:
+        raise ValueError("period_px and window_px must be >= 1 and edge_px >= 0")
+    valid = np.isfinite(z)
+    filled = np.where(valid, z, 0.0)
+    mean = ndimage.uniform_filter(filled, size=window_px, mode="constant")
+    # A moving average is used only where its whole window holds data (and lies on the grid).
+    covered = ndimage.uniform_filter(valid.astype(np.float64), size=window_px, mode="constant")
+    usable = valid & (covered > 1 - 1e-9)
+    residual = filled - mean
+    rows, cols = z.shape
+    keep = np.zeros_like(usable)
+    keep[edge_px : rows - edge_px, edge_px : cols - edge_px] = True
+    usable &= keep
+    if not usable.any():
+        raise ValueError(
+            f"a {rows}x{cols} raster leaves no cell for the texture index (edges of {edge_px} "
+            f"cells, a {window_px}x{window_px} window)"
+        )
+    row_phase = (np.arange(rows) % period_px)[:, None]
+    col_phase = (np.arange(cols) % period_px)[None, :]
+    phase = (row_phase * period_px + col_phase)[usable]
+    values = residual[usable]
+    sums = np.bincount(phase, weights=values, minlength=period_px**2)
+    counts = np.bincount(phase, minlength=period_px**2)
+    means = sums[counts > 0] / counts[counts > 0]
+    total = root_mean_square(values)
+    return 0.0 if total == 0 else root_mean_square(means) / total

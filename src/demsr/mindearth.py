@@ -37,7 +37,7 @@ from os import PathLike
 import numpy as np
 import torch
 
-from demsr.checkpoint import foreign_format
+from demsr.checkpoint import HEAD_BYTES, foreign_format
 from demsr.model import DEMSRNet, ModelConfig, ResizeMode
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def read_mindspore_checkpoint(path: str | PathLike[str]) -> dict[str, np.ndarray
     """
     with open(path, "rb") as file:
         raw = file.read()
-    foreign = foreign_format(raw[:8])
+    foreign = foreign_format(raw[:HEAD_BYTES])
     if foreign is not None:
         raise ValueError(f"{path}: not a MindSpore checkpoint: it is {foreign}")
     data = memoryview(raw)

@@ -15,7 +15,12 @@ Run folder (``summary.output_dir``)::
     best.safetensors   weights at the best validation loss (what predict/evaluate use)
 
 Shuffling draws from a generator seeded by (seed, epoch) and augmentation from (seed, epoch, pair
-index), so a resumed run sees the same batches as an uninterrupted one.
+index), so a resumed run sees the same batches as an uninterrupted one. With
+``data.source: rasters`` the pairs are windows drawn from rasters, each from (seed, epoch, index)
+alone (:class:`~demsr.datasets.RasterWindowDataset`); an epoch is ``train.max_steps_per_epoch``
+steps. ``train.checkpoint_every_s`` also writes ``last.safetensors`` in the middle of an epoch
+whenever that many seconds have passed since the last one; ``--resume`` then continues from that
+step, with the same weights, optimizer state and batches as an uninterrupted run.
 
 Under ``torchrun`` each process trains one rank of a DistributedDataParallel run (NCCL on GPUs,
 gloo on the CPU; see :mod:`demsr.distributed`). ``data.batch_size`` is per rank: the ranks share
@@ -39,7 +44,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +67,16 @@ from demsr.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from demsr.config import LR_SCALINGS, ModelSection, RunConfig
-from demsr.datasets import Normalisation, PairDataset, ShuffledShardSampler
+from demsr.config import DEFAULT_WINDOW_PATCH_PX, LR_SCALINGS, ModelSection, RunConfig
+from demsr.datasets import (
+    LowresMaker,
+    Normalisation,
+    PairDataset,
+    RasterSelection,
+    RasterWindowDataset,
+    ShuffledShardSampler,
+    select_rasters,
+)
 from demsr.io import atomic_path, remove_stale_temporaries
 from demsr.model import (
     INIT_SCHEMES,
@@ -187,6 +200,17 @@ def scaled_learning_rate(learning_rate: float, lr_scaling: str, world_size: int)
     return learning_rate * factors[lr_scaling]
 
 
+def gradient_mse(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the differences between neighbouring cells (along rows and along
+    columns, pooled) of (N,1,H,W) ``prediction`` against ``truth``: the slope term of the loss
+    (``train.gradient_loss_weight``), in the inputs' units per cell."""
+    errors = prediction - truth
+    along_cols = errors[..., :, 1:] - errors[..., :, :-1]
+    along_rows = errors[..., 1:, :] - errors[..., :-1, :]
+    total = along_cols.pow(2).sum() + along_rows.pow(2).sum()
+    return total / (along_cols.numel() + along_rows.numel())
+
+
 def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
     """Give each optimizer state tensor its parameter's memory layout (checkpoints store them
     contiguous; the parameters may be channels-last). The fused Adam kernel walks a parameter
@@ -203,6 +227,7 @@ RESUMABLE_CHANGES = {
     ("train", "epochs"),
     ("train", "max_steps"),
     ("train", "device"),
+    ("train", "checkpoint_every_s"),
     ("data", "num_workers"),
     ("data", "root_dir"),
     ("summary", "output_dir"),
@@ -278,7 +303,11 @@ class Trainer:
         config: RunConfig,
         progress: bool = True,
         callbacks: Sequence[TrainerCallback] = (),
+        alternative_lowres: LowresMaker | None = None,
     ) -> None:
+        """``alternative_lowres`` makes the low-res inputs of windows drawn from rasters with
+        probability ``data.degradation_probability`` (e.g. a degradation fitted on real
+        products); the others are exact block means."""
         config.validate()
         self.config = config
         self.progress = progress
@@ -289,19 +318,27 @@ class Trainer:
         # auto: bf16 mixed precision on CUDA; float32 on the CPU, even one with native bf16
         # (training there in bf16 is opt-in: it changes the numerics of a reproducible run).
         self.precision = resolve_precision(config.train.precision, self.device, cpu_bf16=False)
-        root = Path(config.data.root_dir)
         degradation = None
         if config.data.degradation:
             from demsr.degradation import DegradationModel
 
             degradation = DegradationModel.from_yaml(config.data.degradation)
-        self.train_set = PairDataset(
-            root / "train" / "train.h5",
-            augment=config.data.augment,
-            seed=config.train.seed,
-            degradation=degradation,
-        )
-        self.valid_set = PairDataset(root / "valid" / "valid.h5")
+        self.train_set: PairDataset | RasterWindowDataset
+        self.valid_set: PairDataset | RasterWindowDataset
+        self.rasters: RasterSelection | None = None
+        if config.data.source == "rasters":
+            if alternative_lowres is None and degradation is not None:
+                alternative_lowres = degradation.apply  # (highres_m, scale, rng) -> lowres_m
+            self._use_rasters(alternative_lowres)
+        else:
+            root = Path(config.data.root_dir)
+            self.train_set = PairDataset(
+                root / "train" / "train.h5",
+                augment=config.data.augment,
+                seed=config.train.seed,
+                degradation=degradation,
+            )
+            self.valid_set = PairDataset(root / "valid" / "valid.h5")
         # The pair files store elevations in their own units; the model sees metres through
         # its elevation scaling.
         self.storage: Normalisation = self.train_set.normalisation
@@ -310,6 +347,8 @@ class Trainer:
         self.parent_record: dict[str, Any] | None = None
         self.frozen_prefixes: list[str] = []
         self.frozen_parameters = 0  # counted when the loop starts
+        self._metrics: dict[str, float] = {}  # of the last finished epoch
+        self._saved_at = 0.0  # time.monotonic() of the last last.safetensors
 
     @property
     def rank(self) -> int:
@@ -330,6 +369,43 @@ class Trainer:
         """Log at INFO on rank 0; the other ranks, which would repeat it, at DEBUG."""
         log.log(logging.INFO if self.is_main else logging.DEBUG, message, *args)
 
+    def _use_rasters(self, alternative_lowres: LowresMaker | None) -> None:
+        """Training and validation windows drawn from ``data.rasters`` (see
+        :class:`~demsr.config.DataSection`)."""
+        data, train = self.config.data, self.config.train
+        if data.degradation_probability > 0 and alternative_lowres is None:
+            raise ValueError(
+                "data.degradation_probability > 0 needs a degradation to make those inputs "
+                "with; none was given"
+            )
+        self.rasters = select_rasters(data.rasters, data.heldout, data.valid_rasters)
+        assert train.max_steps_per_epoch is not None  # validate() checks it
+        options: dict[str, Any] = {
+            "lowres_patch_px": data.patch_size or DEFAULT_WINDOW_PATCH_PX,
+            "scale": self.config.model.build().scale,
+            "seed": train.seed,
+            "alternative_lowres": alternative_lowres,
+            "alternative_probability": data.degradation_probability,
+            "max_sea_fraction": data.max_sea_fraction,
+        }
+        steps = train.max_steps_per_epoch * data.batch_size * self.world_size
+        self.train_set = RasterWindowDataset(
+            self.rasters.train, length=steps, augment=data.augment, **options
+        )
+        # Fixed windows: the validation set's epoch stays 0.
+        self.valid_set = RasterWindowDataset(
+            self.rasters.valid, length=data.valid_windows, **options
+        )
+        self._info(
+            "windows of %d low-res cells from %d training rasters, %d validation rasters "
+            "(%d fixed windows); %d held out",
+            options["lowres_patch_px"],
+            len(self.train_set.paths),
+            len(self.valid_set.paths),
+            data.valid_windows,
+            len(self.rasters.heldout),
+        )
+
     def _check_data(self) -> None:
         for name, dataset in (("train", self.train_set), ("valid", self.valid_set)):
             if len(dataset) == 0:
@@ -347,6 +423,8 @@ class Trainer:
                 self.train_set.path,
             )
         patch = self.config.data.patch_size
+        if isinstance(self.train_set, RasterWindowDataset):
+            return
         if patch is not None and self.train_set.lowres_patch_px != patch:
             raise ValueError(
                 f"data.patch_size is {patch} but {self.train_set.path} holds "
@@ -388,12 +466,7 @@ class Trainer:
             "epoch": epoch,
             "metrics": metrics,
             "provenance": {
-                "data": {
-                    "root_dir": str(self.config.data.root_dir),
-                    "train_sources": self.train_set.source_files,
-                    "train_pairs": len(self.train_set),
-                    "valid_pairs": len(self.valid_set),
-                },
+                "data": self._data_record(),
                 "parent": self.parent_record,
             },
             "distributed": {
@@ -408,6 +481,21 @@ class Trainer:
                 "parameters": self.frozen_parameters,
             }
         return metadata
+
+    def _data_record(self) -> dict[str, Any]:
+        """What the run trained on, for the checkpoints' provenance."""
+        record: dict[str, Any] = {
+            "source": self.config.data.source,
+            "train_sources": self.train_set.source_files,
+            "train_pairs": len(self.train_set),
+            "valid_pairs": len(self.valid_set),
+        }
+        if self.rasters is None:
+            record["root_dir"] = str(self.config.data.root_dir)
+        else:
+            record["valid_sources"] = self.valid_set.source_files
+            record["heldout"] = [str(path) for path in self.rasters.heldout]
+        return record
 
     def _write_metrics_row(self, record: EpochRecord) -> None:
         path = self.output_dir / METRICS
@@ -433,7 +521,9 @@ class Trainer:
     # -- loops ---------------------------------------------------------------------------
 
     def _batches(
-        self, dataset: PairDataset, sampler: Sequence[int] | ShuffledShardSampler
+        self,
+        dataset: PairDataset | RasterWindowDataset,
+        sampler: Sequence[int] | ShuffledShardSampler,
     ) -> DataLoader:
         return DataLoader(
             dataset,
@@ -445,19 +535,31 @@ class Trainer:
         )
 
     def _loss(
-        self, lowres: torch.Tensor, highres: torch.Tensor, network: nn.Module
+        self,
+        lowres: torch.Tensor,
+        highres: torch.Tensor,
+        network: nn.Module,
+        gradient_term: bool = True,
     ) -> torch.Tensor:
-        """Mean squared error in units of ``elevation_scale_m`` for a batch of stored pairs;
-        ``network`` is the resolver or, in training under torchrun, its DDP wrapper."""
+        """Mean squared error in units of ``elevation_scale_m`` for a batch of stored pairs,
+        plus ``train.gradient_loss_weight`` times that of the differences between neighbouring
+        cells (:func:`gradient_mse`); ``network`` is the resolver or, in training under
+        torchrun, its DDP wrapper."""
         lowres_m = self.storage.denormalise(lowres.to(self.device, non_blocking=True))
         highres_m = self.storage.denormalise(highres.to(self.device, non_blocking=True))
         with network_autocast(self.device, self.precision):
             prediction_m = network(lowres_m)
-        return F.mse_loss(prediction_m / self.scaling.scale_m, highres_m / self.scaling.scale_m)
+        prediction, truth = prediction_m / self.scaling.scale_m, highres_m / self.scaling.scale_m
+        loss = F.mse_loss(prediction, truth)
+        weight = self.config.train.gradient_loss_weight
+        if weight > 0 and gradient_term:
+            loss = loss + weight * gradient_mse(prediction, truth)
+        return loss
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Validation loss (as the training loss) and RMSE in metres over all valid pairs.
+        """Validation loss (the training loss's MSE, without its slope term) and RMSE in
+        metres over all valid pairs.
 
         Inside a run under torchrun every rank calls it: each scores its share of the pairs
         (rank r of N: pairs r, r+N, ...; none twice, none left out) and the sums are added over
@@ -468,7 +570,8 @@ class Trainer:
         shard = range(ranks.rank, len(self.valid_set), ranks.world_size)
         squared_error, count = 0.0, 0
         for lowres, highres in self._batches(self.valid_set, shard):
-            squared_error += self._loss(lowres, highres, self.resolver).item() * highres.numel()
+            loss = self._loss(lowres, highres, self.resolver, gradient_term=False)
+            squared_error += loss.item() * highres.numel()
             count += highres.numel()
         squared_error, cells = distributed.sum_over_ranks([squared_error, count])
         mse = squared_error / cells
@@ -480,9 +583,18 @@ class Trainer:
         network: nn.Module,
         optimizer: torch.optim.Optimizer,
         global_step: int,
+        save_state: Callable[[int, float, int], None],
+        skip_steps: int = 0,
+        skipped_loss_sum: float = 0.0,
     ) -> tuple[float, int]:
         """One epoch of steps on this rank's share of the shuffled pairs; returns the mean
-        training loss over the epoch's (global) batches and the new step count."""
+        training loss over the epoch's (global) batches and the new step count.
+
+        ``skip_steps`` steps of the epoch were done before a mid-epoch checkpoint, with losses
+        adding up to ``skipped_loss_sum``: the epoch continues after them. ``save_state(steps,
+        loss_sum, global_step)`` writes that checkpoint; it is called whenever
+        ``train.checkpoint_every_s`` seconds have passed since the last one.
+        """
         network.train()
         cfg = self.config
         sampler = ShuffledShardSampler(
@@ -490,22 +602,27 @@ class Trainer:
         )
         sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)  # augmentation; before the loader copies it to workers
-        loader = self._batches(self.train_set, sampler)
-        steps = len(loader)
+        order = list(sampler)
+        batch = cfg.data.batch_size
+        steps = math.ceil(len(order) / batch)
         if cfg.train.max_steps_per_epoch is not None:
             steps = min(steps, cfg.train.max_steps_per_epoch)
+        last = steps
         if cfg.train.max_steps is not None:
-            steps = min(steps, max(cfg.train.max_steps - global_step, 0))
-        total_loss, done = 0.0, 0
+            last = min(last, skip_steps + max(cfg.train.max_steps - global_step, 0))
+        loader = self._batches(self.train_set, order[skip_steps * batch :])
+        total_loss, done = skipped_loss_sum, skip_steps
         bar = tqdm(
             total=steps,
+            initial=skip_steps,
             desc=f"epoch {epoch}",
             unit="step",
             disable=not (self.progress and self.is_main),
             leave=False,
         )
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
-        for _ in range(steps):
+        every_s = cfg.train.checkpoint_every_s
+        for _ in range(skip_steps, last):
             loss = self._loss(*next(batches), network)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -515,6 +632,9 @@ class Trainer:
             step_loss = loss.item()
             total_loss += step_loss
             bar.update(1)
+            if every_s is not None and done < steps:
+                if time.monotonic() - self._saved_at >= every_s:
+                    save_state(done, total_loss, global_step)
             for callback in self.callbacks:
                 callback.on_step_end(self, global_step, step_loss)
             if global_step % cfg.summary.log_every_steps == 0:
@@ -648,6 +768,7 @@ class Trainer:
         )
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.optimizer.lr_decay)
         start_epoch, global_step = 1, 0
+        skip_steps, skipped_loss_sum = 0, 0.0  # of a mid-epoch checkpoint
         best_loss, best_rmse, bad_epochs = math.inf, math.inf, 0
         # Every rank makes the same checks, and all stop if one fails, before rank 0 writes.
         resumed: tuple[Checkpoint, TrainingState] | None = None
@@ -687,10 +808,19 @@ class Trainer:
             scheduler.load_state_dict(state.scheduler)
             restore_rng_state(state.rng["tensors"], state.rng["extra"])
             start_epoch, global_step = state.epoch + 1, state.global_step
+            skip_steps, skipped_loss_sum = state.epoch_steps, state.epoch_loss_sum
             best_loss, bad_epochs = state.best_valid_loss, state.bad_epochs
+            self._metrics = dict(checkpoint.metadata.get("metrics", {}))
             if self.is_main:
                 self._truncate_metrics(state.epoch)
-            self._info("resuming %s after epoch %d (step %d)", out, state.epoch, global_step)
+            self._info(
+                "resuming %s after epoch %d and %d steps of epoch %d (step %d)",
+                out,
+                state.epoch,
+                skip_steps,
+                state.epoch + 1,
+                global_step,
+            )
         else:
             if self.is_main:
                 (out / METRICS).unlink(missing_ok=True)
@@ -733,13 +863,43 @@ class Trainer:
             self._describe_batch(learning_rate_key),
         )
         stopped_early, epoch = False, start_epoch - 1
+        self._saved_at = time.monotonic()
+
+        def save_state(epoch_steps: int, loss_sum: float, step: int) -> None:
+            """last.safetensors in the middle of epoch ``epoch`` (rank 0 writes it)."""
+            if self.is_main:
+                metadata = self._metadata(epoch - 1, self._metrics)
+                metadata["epoch_steps"] = epoch_steps
+                state = TrainingState(
+                    optimizer.state_dict(),
+                    scheduler.state_dict(),
+                    epoch - 1,
+                    step,
+                    best_loss,
+                    bad_epochs,
+                    epoch_steps=epoch_steps,
+                    epoch_loss_sum=loss_sum,
+                )
+                save_checkpoint(out / LAST, self.model, self.scaling, metadata, state)
+                self._info("step %d: checkpoint %s", step, out / LAST)
+            self._saved_at = time.monotonic()
+
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             if cfg.train.max_steps is not None and global_step >= cfg.train.max_steps:
                 epoch -= 1
                 break
             started = time.perf_counter()
             learning_rate = optimizer.param_groups[0]["lr"]
-            train_loss, global_step = self._train_epoch(epoch, network, optimizer, global_step)
+            train_loss, global_step = self._train_epoch(
+                epoch,
+                network,
+                optimizer,
+                global_step,
+                save_state,
+                skip_steps,
+                skipped_loss_sum,
+            )
+            skip_steps, skipped_loss_sum = 0, 0.0
             scheduler.step()
             distributed.check_replicas_agree(self.model, f"epoch {epoch}")
             valid_loss, valid_rmse = self.validate()
@@ -761,6 +921,7 @@ class Trainer:
                 "best_valid_loss": best_loss,
                 "best_valid_rmse_m": best_rmse,
             }
+            self._metrics = metrics
             record = EpochRecord(
                 epoch=epoch,
                 global_step=global_step,
@@ -776,11 +937,14 @@ class Trainer:
                 or bad_epochs >= cfg.train.patience
                 or (cfg.train.max_steps is not None and global_step >= cfg.train.max_steps)
             )
+            save_last = epoch % cfg.summary.save_checkpoint_epochs == 0 or last_epoch
+            if save_last:
+                self._saved_at = time.monotonic()
             if self.is_main:
                 self._save_epoch(
                     record,
                     metrics,
-                    save_last=epoch % cfg.summary.save_checkpoint_epochs == 0 or last_epoch,
+                    save_last=save_last,
                     state=TrainingState(
                         optimizer.state_dict(),
                         scheduler.state_dict(),

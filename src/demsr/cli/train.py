@@ -74,10 +74,12 @@ def command(
     progress: bool,
     preset: str | None,
 ) -> None:
-    """Train DEM-SRNet on HDF5 pairs made by `demsr prepare`.
+    """Train DEM-SRNet on HDF5 pairs made by `demsr prepare`, or on windows drawn from rasters
+    at every step (data.source: rasters, see configs/lite-windows.yaml).
 
     MSE loss, Adam with exponential learning-rate decay, early stopping on the validation loss.
-    Writes config.yaml, metrics.csv, last.safetensors (resumable) and best.safetensors.
+    Writes config.yaml, metrics.csv, last.safetensors (resumable; also every
+    train.checkpoint_every_s seconds, mid-epoch) and best.safetensors.
     Under torchrun (torchrun --nproc_per_node N -m demsr train ...) the N processes train
     together with DistributedDataParallel, data.batch_size pairs per process and step, and
     only rank 0 writes the run folder.
