@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import DEM_TEST, TINY_MODEL, read_metrics_rows, tiny_overrides
+from conftest import DEM_TEST, REPO, TINY_MODEL, read_metrics_rows, tiny_overrides
 
 from demsr.checkpoint import load_checkpoint, load_training_state
 from demsr.config import ConfigError, load_config
@@ -289,3 +290,23 @@ def test_a_degradation_probability_needs_a_degradation(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="needs a degradation"):
         Trainer(config, progress=False)
+
+
+def test_the_fitted_degradation_of_a_config_makes_the_window_inputs(tmp_path: Path) -> None:
+    """data.degradation (a YAML of demsr calibrate) makes the low-res inputs of windows drawn
+    from rasters, with probability data.degradation_probability; 0 keeps exact block means."""
+    from demsr.degradation import DegradationModel
+    from demsr.prepare import degrade
+
+    yaml_path = REPO / "configs" / "degradation-gebco.yaml"
+    gaps = {}
+    for probability in (0.0, 1.0):
+        extra = [f"data.degradation={yaml_path}", f"data.degradation_probability={probability}"]
+        config = load_config(None, raster_overrides(tmp_path / "run", *extra))
+        trainer = Trainer(config, progress=False)
+        maker = trainer.train_set.alternative_lowres
+        assert getattr(maker, "__self__", None) == DegradationModel.from_yaml(yaml_path)
+        lowres, highres = trainer.train_set[0]
+        block_mean = degrade(highres.numpy()[0].astype(np.float64), trainer.train_set.scale)
+        gaps[probability] = float(np.abs(lowres.numpy()[0] - block_mean).max())
+    assert gaps[0.0] < 1e-4 and gaps[1.0] > 1.0  # metres: float32 rounding; the degradation
