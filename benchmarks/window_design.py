@@ -115,7 +115,7 @@ def _parameter_free(resolver: SuperResolver) -> SuperResolver:
     return SuperResolver(net, resolver.scaling).eval()
 
 
-def score(out: Path, tiles: list[Path]) -> dict[str, Any]:
+def score(out: Path, tiles: list[Path], extra: dict[str, Path] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     inputs = {tile.name: inputs_from_raster(tile, 5) for tile in tiles}
     cubic = {name: upsample_baseline(i.lowres[0], 5, "bicubic") for name, i in inputs.items()}
@@ -123,6 +123,7 @@ def score(out: Path, tiles: list[Path]) -> dict[str, Any]:
     checkpoints = {variant: out / variant / BEST for variant in VARIANTS}
     # For reference: the shipped model as it is (trained on fixed pairs, not on these windows).
     checkpoints[SHIPPED_MODEL] = Path(resolve_checkpoint("lite"))
+    checkpoints.update(extra or {})  # e.g. a long run of the recipe
     for variant, path in checkpoints.items():
         if not path.exists():
             continue
@@ -198,6 +199,13 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=80)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--record", type=Path)
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="more checkpoints to score beside the variants (e.g. a long run's best)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.action == "train":
@@ -206,7 +214,8 @@ def main() -> None:
         return
     config = load_config(RECIPE)
     tiles = select_rasters(config.data.rasters, config.data.heldout, config.data.valid_rasters)
-    results = score(args.out, tiles.heldout)
+    extra = dict(item.split("=", 1) for item in args.extra)
+    results = score(args.out, tiles.heldout, {k: Path(v) for k, v in extra.items()})
     (args.out / "scores.json").write_text(json.dumps(results, indent=1))
     text = table(results)
     print(text)
