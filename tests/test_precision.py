@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import demsr.precision
 from demsr.checkpoint import as_checkpoint, load_checkpoint
 from demsr.cli import main
 from demsr.precision import choose_precision, recorded_bf16_bound
-from demsr.predict import predict_array, predict_raster
+from demsr.predict import predict_array
 
 FIXTURE_CKPT = "mindearth_demnet_b2.ckpt"
 FIXTURE_IO = "mindearth_demnet_b2_io.npz"
@@ -74,13 +73,14 @@ def test_the_precision_and_its_bound_are_logged_and_tagged(
     imported_reference: Path,
     dem_test_dir: Path,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
     model: str,
 ) -> None:
-    checkpoint = "lite" if model == "lite" else imported_reference
-    caplog.set_level(logging.INFO, logger="demsr")
+    checkpoint = "lite" if model == "lite" else str(imported_reference)
     source = dem_test_dir / "landlab_west_bijou_1s.tif"
-    output = predict_raster(checkpoint, source, tmp_path / "out.tif", device="cpu", progress=False)
+    output = tmp_path / "out.tif"
+    args = ["predict", checkpoint, str(source), str(output), "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
     with rasterio.open(output) as dst:
         tags = dst.tags()
     if model == "lite":
@@ -97,4 +97,5 @@ def test_the_precision_and_its_bound_are_logged_and_tagged(
             "precision fp32 (auto: bf16 not measured for this model; no bf16 error recorded "
             "for this model)"
         )
-    assert any(message.endswith(expected) for message in caplog.messages), caplog.messages
+    summary = [line for line in result.stderr.splitlines() if line.startswith("predicted ")]
+    assert len(summary) == 1 and summary[0].endswith(expected), result.stderr
