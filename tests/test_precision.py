@@ -99,3 +99,13 @@ def test_the_precision_and_its_bound_are_logged_and_tagged(
         )
     summary = [line for line in result.stderr.splitlines() if line.startswith("predicted ")]
     assert len(summary) == 1 and summary[0].endswith(expected), result.stderr
+
+
+def test_bf16_asked_for_an_unmeasured_model_warns(
+    native_bf16: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    choice = choose_precision("bf16", torch.device("cpu"), None)
+    assert choice.precision == "bf16"
+    assert any("bf16 error of this model was never measured" in m for m in caplog.messages)
