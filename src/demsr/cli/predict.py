@@ -9,6 +9,7 @@ from demsr.cli.options import (
     band_option,
     batch_size_option,
     device_option,
+    memory_option,
     overwrite_option,
     precision_option,
     progress_option,
@@ -61,6 +62,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 )
 @tile_size_option
 @batch_size_option
+@memory_option
 @precision_option
 @click.option(
     "--compile",
@@ -98,8 +100,9 @@ def command(
     dtype: str,
     input_datum: str,
     output_datum: str | None,
-    tile_px: int,
+    tile_px: int | None,
     batch_size: int,
+    memory_bytes: int | None,
     precision: str,
     compile_model: bool,
     wrap: bool | None,
@@ -170,6 +173,7 @@ def command(
         device=device,
         tile_px=tile_px,
         batch_size=batch_size,
+        memory_bytes=memory_bytes,
         precision=precision,
         compile=compile_model,
         overwrite=overwrite,
