@@ -475,15 +475,15 @@ def _automatic_tile_px(
     memory_bytes: int | None,
     wrap_cols: int | None,
     resumed: Path | None,
-) -> int:
-    """The tile size when none is given: the interrupted run's when ``resumed`` names its
-    partial store (so that a resume does not depend on the memory free now), else
+) -> tuple[int, str | None]:
+    """The tile size when none is given, and why: the interrupted run's when ``resumed`` names
+    its partial store (so that a resume does not depend on the memory free now), else
     :func:`demsr.plan.choose_tile_px` for ``memory_bytes`` (None: the default share)."""
     from demsr.plan import choose_tile_px, default_memory_bytes
 
     if resumed is not None and resumed.exists():
         try:
-            return int(TileStore.open(resumed).settings["tile_px"])
+            return int(TileStore.open(resumed).settings["tile_px"]), None
         except (OSError, KeyError, TypeError, ValueError):
             pass  # _open_for_resume reports the unreadable store
     source = "given"
@@ -501,15 +501,10 @@ def _automatic_tile_px(
         memory_bytes,
         wrap=wrap_cols is not None,
     )
-    log.info(
-        "tiles of %d cells (margin %d), batches of %d: the largest that fit in %.0f MiB (%s)",
-        tile_px,
-        resolver.margin_px,
-        batch_size,
-        memory_bytes / 2**20,
-        source,
+    return tile_px, (
+        f"tiles of {tile_px} cells (margin {resolver.margin_px}), batches of {batch_size}: the "
+        f"largest that fit in {memory_bytes / 2**20:.0f} MiB ({source})"
     )
-    return tile_px
 
 
 def _global_period(source: RasterReader, wrap: bool | None) -> int | None:
@@ -693,8 +688,9 @@ def _predict_raster(
         period = _global_period(source, wrap)
         if period is not None:
             log.info("%s covers all longitudes: tiles wrap across the antimeridian", source.path)
+        chosen = None  # why the tiles have their size, said once the input passed its checks
         if tile_px is None:
-            tile_px = _automatic_tile_px(
+            tile_px, chosen = _automatic_tile_px(
                 network, rows, cols, batch_size, memory_bytes, period, partial if resume else None
             )
         sha256 = checkpoint_sha256(checkpoint)
@@ -762,6 +758,8 @@ def _predict_raster(
                 created = open_store()
         store = created if created is not None else TileStore.open(partial)
         tile_px = int(store.settings["tile_px"])  # rank 0's (the same on rank 0 itself)
+        if chosen is not None and ctx.is_main:
+            log.info("%s", chosen)
         lock = store.lock(ctx.rank)
         finished, _ = store.finished()
         tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)
