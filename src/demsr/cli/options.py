@@ -64,9 +64,10 @@ memory_option = click.option(
     type=MemorySize(),
     default=None,
     metavar="SIZE",
-    help="Memory one process may use for its tiles, e.g. 2GiB; sets the tile size when "
-    "--tile-size is not given [default: a quarter of the RAM, split between the ranks of one "
-    "machine; half of the GPU's].",
+    help="Memory one process may use, e.g. 2GiB (as demsr plan estimates it: the model, its "
+    "weights and a batch of tiles); sets the tile size when --tile-size is not given "
+    "[default: a quarter of the RAM, split between the ranks of one machine; half of the "
+    "GPU's].",
 )
 batch_size_option = click.option(
     "--batch-size",
