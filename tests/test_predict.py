@@ -25,6 +25,7 @@ import demsr.predict
 from demsr.checkpoint import load_checkpoint
 from demsr.io import RasterError, read_raster, write_geotiff
 from demsr.model import RESIZE_MODES, DEMSRNet, ModelConfig, SuperResolver
+from demsr.plan import estimate_memory
 from demsr.predict import (
     TileTransform,
     fill_nearest,
@@ -35,6 +36,8 @@ from demsr.predict import (
 )
 from demsr.predict import _describe_hook as describe_hook
 from demsr.tilestore import read_done
+
+TERRAIN = Path(demsr.__file__).parent / "data" / "srtm3_N37W004.tif"  # SRTM 3", 1201 x 1201
 
 
 @pytest.fixture(scope="module")
@@ -463,3 +466,81 @@ def test_hook_descriptions_tell_settings_apart() -> None:
     assert describe_hook(shift_by(1.0)) != describe_hook(shift_by(2.0))
     assert describe_hook(shift_by(1.0)) == describe_hook(shift_by(1.0))
     assert describe_hook(None) is None
+
+
+def test_a_resumed_run_keeps_the_tiles_it_started_with(
+    checkpoint_path: Path, holes_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a tile size the tiles come from the memory cap; a resume takes the interrupted
+    run's tiles whatever memory it is given now, and ends with the values a run at that tile
+    size gives."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    resolver = checkpoint.build_resolver("cpu")
+    margin, parameters = resolver.margin_px, sum(p.numel() for p in resolver.parameters())
+    side = 60 + 2 * margin
+    cap = estimate_memory(checkpoint.model_config, parameters, (1, side * side), "cpu").total
+    # 144 x 240 under a 60-cell cap: 3 x 4 tiles of max(ceil(144 / 3), ceil(240 / 4)) = 60
+    options: dict[str, Any] = {"device": "cpu", "progress": False}
+    reference = predict_raster(
+        checkpoint_path, holes_raster, tmp_path / "ref.tif", tile_px=60, **options
+    )
+    output = tmp_path / "out.tif"
+    real_run_batch = demsr.predict._run_batch
+    calls = {"batches": 0}
+
+    def crash_on_third_batch(*args: Any) -> Any:
+        calls["batches"] += 1
+        if calls["batches"] == 3:
+            raise SimulatedCrash("power cut")
+        return real_run_batch(*args)
+
+    monkeypatch.setattr(demsr.predict, "_run_batch", crash_on_third_batch)
+    with pytest.raises(SimulatedCrash):
+        predict_raster(checkpoint_path, holes_raster, output, memory_bytes=cap, **options)
+    monkeypatch.setattr(demsr.predict, "_run_batch", real_run_batch)
+    kept = demsr.predict.partial_progress(output)
+    assert kept is not None and kept[1] == 12 and 2 <= kept[0] < 12
+    # Alone, this much memory takes the whole raster as one tile; resumed, it keeps 60.
+    predict_raster(
+        checkpoint_path, holes_raster, output, memory_bytes=2**40, resume=True, **options
+    )
+    with rasterio.open(reference) as ref, rasterio.open(output) as out:
+        assert out.tags()["tile_px"] == "60"
+        assert np.array_equal(ref.read(1), out.read(1), equal_nan=True)
+    assert no_partial_files(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_the_automatic_tiles_change_the_shipped_models_output_by_rounding_only(
+    dem_test_dir: Path, tmp_path: Path, precision: str
+) -> None:
+    """The default tile size used to be 128; now a 200 x 260 raster runs as one tile. With
+    the shipped model the products differ by float32 rounding in fp32 and by millimetres where
+    auto picks bf16 (its rounding depends on the tile's shape)."""
+    from demsr.pretrained import pretrained_path
+
+    raster = read_raster(TERRAIN)
+    window = Window(300, 500, 260, 200)
+    source = write_geotiff(
+        tmp_path / "crop.tif",
+        raster.data[window.toslices()],
+        rasterio.windows.transform(window, raster.transform),
+        raster.crs,
+        raster.nodata,
+    )
+    options: dict[str, Any] = {"device": "cpu", "progress": False, "precision": precision}
+    before = predict_raster(
+        pretrained_path(), source, tmp_path / "t128.tif", tile_px=128, **options
+    )
+    after = predict_raster(pretrained_path(), source, tmp_path / "auto.tif", **options)
+    with rasterio.open(before) as old, rasterio.open(after) as new:
+        assert old.tags()["tile_px"] == "128" and new.tags()["tile_px"] == "260"
+        old_m, new_m = old.read(1), new.read(1)
+    assert np.array_equal(np.isnan(old_m), np.isnan(new_m))
+    difference = np.nanmax(np.abs(old_m - new_m))
+    if precision == "fp32":
+        ulp = np.spacing(np.float32(np.nanmax(np.abs(old_m))))
+        assert difference <= 16 * ulp
+    else:
+        assert difference <= 0.02  # metres

@@ -56,7 +56,7 @@ from demsr.io import (
     output_format,
     require_crs,
 )
-from demsr.tiling import Tile, batch_tiles, tile_count, tile_grid
+from demsr.tiling import Tile, batch_tiles, global_period, tile_count, tile_grid
 
 if TYPE_CHECKING:
     from demsr.checkpoint import Checkpoint
@@ -381,6 +381,117 @@ def estimate_memory(
         activations=int(tiles * per_tile),
         calibration=calibration,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Tile size: the largest tile the memory allows
+# --------------------------------------------------------------------------------------------
+
+MAX_TILE_PX = 1024
+"""The largest tile the automatic choice takes (low-res cells a side): its core is 81% of a
+1138-cell read window (margin 57), near the network's own speed; larger tiles gain little and
+make the partial store's chunks (one tile's output each: 100 MB of float32 at x5) and the work a
+stop loses coarser."""
+
+MEMORY_SHARE = {"cpu": 0.25, "cuda": 0.5}
+"""Default share of the machine's memory one process may plan for: a quarter of the host's
+physical RAM on the CPU (divided between the ranks of one machine), half of the GPU's."""
+
+ABSENT_GPU_BYTES = 8 * 2**30
+"""The memory planned for on a GPU that is not present here (a plan for another machine)."""
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical RAM, bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def local_ranks(ranks: int | None = None) -> int:
+    """Ranks sharing this machine: torchrun's ``LOCAL_WORLD_SIZE``, else ``ranks`` (a plan's
+    ranks, all on one node), else 1."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return max(1, ranks or 1)
+
+
+def default_memory_bytes(device_type: str, ranks: int | None = None) -> tuple[int, str]:
+    """The memory one rank plans its tiles for when none is given, and where that comes from:
+    :data:`MEMORY_SHARE` of the host's RAM (split between :func:`local_ranks`) or of the GPU
+    (each rank has its own); :data:`ABSENT_GPU_BYTES` for a GPU not present here."""
+    import torch
+
+    if device_type == "cuda":
+        share = MEMORY_SHARE["cuda"]
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+            return int(gpu * share), f"{share:.0%} of the GPU's {_memory(gpu)}"
+        return ABSENT_GPU_BYTES, f"{_memory(ABSENT_GPU_BYTES)} assumed for an absent GPU"
+    share = MEMORY_SHARE["cpu"]
+    total = physical_memory_bytes()
+    if total is None:
+        return 2 * 2**30, "2 GiB (this OS does not report its RAM)"
+    count = local_ranks(ranks)
+    text = f"{share:.0%} of {_memory(total)} RAM" + (f" / {count} ranks" if count > 1 else "")
+    return int(total * share / count), text
+
+
+def choose_tile_px(
+    rows: int,
+    cols: int,
+    margin_px: int,
+    config: ModelConfig,
+    parameters: int,
+    batch_size: int,
+    device_type: str,
+    memory_bytes: int,
+    wrap: bool = False,
+) -> int:
+    """The tile side (low-res cells) ``demsr predict`` and ``demsr plan`` take when none is
+    given: the largest, up to :data:`MAX_TILE_PX` and the raster's own size (a raster that fits
+    runs as one tile, with no margin to recompute), whose batch of ``batch_size`` read windows
+    fits in ``memory_bytes`` by :func:`estimate_memory` (``batch_size`` read windows of
+    ``tile_px + 2 * margin_px`` cells a side clipped to the raster, or not along columns that
+    ``wrap``: no tile of the grid reads more); then shrunk to the smallest side giving
+    the same number of tiles along each axis, so that the last row and column of tiles are not
+    mostly overlap. Raises ValueError when not even a one-cell tile fits.
+    """
+    if memory_bytes <= 0:
+        raise ValueError(f"memory must be > 0 bytes, got {memory_bytes}")
+
+    def window_cells(tile_px: int) -> int:
+        """An interior tile's read window, clipped to the raster (not its columns where they
+        wrap): the largest any tile of the grid reads, and growing with the tile."""
+        side = tile_px + 2 * margin_px
+        return min(rows, side) * (min(tile_px, cols) + 2 * margin_px if wrap else min(cols, side))
+
+    def fits(tile_px: int) -> bool:
+        needed = estimate_memory(
+            config, parameters, (batch_size, window_cells(tile_px)), device_type
+        )
+        return needed.total <= memory_bytes
+
+    high = min(MAX_TILE_PX, max(rows, cols))
+    if not fits(1):
+        smallest = estimate_memory(config, parameters, (batch_size, window_cells(1)), device_type)
+        raise ValueError(
+            f"a memory cap of {_memory(memory_bytes)} is below the {_memory(smallest.total)} "
+            f"one tile of this model needs (batches of {batch_size}); raise --memory"
+        )
+    low = 1  # fits(low) holds; find the largest that fits
+    if fits(high):
+        low = high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    row_tiles, col_tiles = math.ceil(rows / low), math.ceil(cols / low)
+    return max(math.ceil(rows / row_tiles), math.ceil(cols / col_tiles))
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,8 +910,9 @@ def plan_prediction(
     *,
     ranks: int = 1,
     device: str = "auto",
-    tile_px: int = 128,
+    tile_px: int | None = None,
     batch_size: int = 1,
+    memory_bytes: int | None = None,
     precision: str = "auto",
     fmt: str | None = None,
     output_path: str | os.PathLike[str] | None = None,
@@ -832,7 +944,7 @@ def plan_prediction(
     from demsr.precision import recorded_bf16_bound
     from demsr.pretrained import pretrained_path
 
-    if tile_px < 1 or batch_size < 1 or ranks < 1:
+    if (tile_px is not None and tile_px < 1) or batch_size < 1 or ranks < 1:
         raise ValueError(
             f"tile size, batch size and ranks must be >= 1, got {tile_px}, {batch_size}, {ranks}"
         )
@@ -850,7 +962,9 @@ def plan_prediction(
 
     with open_raster(input_path, band, variable, crs=crs) as reader:
         rows, cols = reader.shape
-        crs_text = require_crs(reader).to_string()
+        source_crs = require_crs(reader)
+        crs_text = source_crs.to_string()
+        wraps = global_period(reader.transform, reader.shape, source_crs.is_geographic)
         cell_size = (reader.transform.a, -reader.transform.e)
         path_text = reader.path
 
@@ -867,6 +981,28 @@ def plan_prediction(
         f"{parameters / 1e6:.2f} M parameters)"
     )
 
+    given_tile_px = tile_px
+    if tile_px is None:  # as demsr predict chooses it (demsr.predict._automatic_tile_px)
+        budget, budget_source = (
+            (memory_bytes, "given")
+            if memory_bytes is not None
+            else default_memory_bytes(device_type, ranks)
+        )
+        tile_px = choose_tile_px(
+            rows,
+            cols,
+            margin,
+            config,
+            parameters,
+            batch_size,
+            device_type,
+            budget,
+            wrap=wraps is not None,
+        )
+        notes.append(
+            f"tile size {tile_px}: the largest that fits in {_memory(budget)} ({budget_source}); "
+            "--memory or --tile-size change it"
+        )
     geometry = grid_geometry(rows, cols, tile_px, margin)
     sharding = shard_tiles(rows, cols, tile_px, margin, batch_size, ranks)
     per_rank = list(sharding.tiles_per_rank)
@@ -927,7 +1063,17 @@ def plan_prediction(
     notes.append("all tiles assumed to hold data (all-nodata tiles are skipped: faster)")
 
     options = _options(
-        device, tile_px, batch_size, precision, given_fmt, output_path, dtype, band, variable, crs
+        device,
+        given_tile_px,
+        memory_bytes if given_tile_px is None else None,
+        batch_size,
+        precision,
+        given_fmt,
+        output_path,
+        dtype,
+        band,
+        variable,
+        crs,
     )
     return PredictionPlan(
         input_path=path_text,
@@ -966,7 +1112,8 @@ def plan_prediction(
 
 def _options(
     device: str,
-    tile_px: int,
+    tile_px: int | None,
+    memory_bytes: int | None,
     batch_size: int,
     precision: str,
     fmt: str | None,
@@ -995,8 +1142,10 @@ def _options(
             words += ["--format", fmt]
     if dtype != "float32":
         words += ["--dtype", dtype]
-    if tile_px != 128:
+    if tile_px is not None:
         words += ["--tile-size", str(tile_px)]
+    if memory_bytes is not None:
+        words += ["--memory", f"{memory_bytes / 2**20:g}MiB"]
     if batch_size != 1:
         words += ["--batch-size", str(batch_size)]
     if precision != "auto":

@@ -468,6 +468,46 @@ class _StoreWriter:
         self.log.close()
 
 
+def _automatic_tile_px(
+    network: _Network,
+    rows: int,
+    cols: int,
+    batch_size: int,
+    memory_bytes: int | None,
+    wrap_cols: int | None,
+    resumed: Path | None,
+) -> tuple[int, str | None]:
+    """The tile size when none is given, and why: the interrupted run's when ``resumed`` names
+    its partial store (so that a resume does not depend on the memory free now), else
+    :func:`demsr.plan.choose_tile_px` for ``memory_bytes`` (None: the default share)."""
+    from demsr.plan import choose_tile_px, default_memory_bytes
+
+    if resumed is not None and resumed.exists():
+        try:
+            return int(TileStore.open(resumed).settings["tile_px"]), None
+        except (OSError, KeyError, TypeError, ValueError):
+            pass  # _open_for_resume reports the unreadable store
+    source = "given"
+    if memory_bytes is None:
+        memory_bytes, source = default_memory_bytes(network.device.type)
+    resolver = network.resolver
+    tile_px = choose_tile_px(
+        rows,
+        cols,
+        resolver.margin_px,
+        resolver.net.config,
+        sum(p.numel() for p in resolver.parameters()),
+        batch_size,
+        network.device.type,
+        memory_bytes,
+        wrap=wrap_cols is not None,
+    )
+    return tile_px, (
+        f"tiles of {tile_px} cells (margin {resolver.margin_px}), batches of {batch_size}: the "
+        f"largest that fit in {memory_bytes / 2**20:.0f} MiB ({source})"
+    )
+
+
 def _global_period(source: RasterReader, wrap: bool | None) -> int | None:
     """Columns around the globe when the input wraps east-west (``wrap`` None: when it covers
     all longitudes), else None."""
@@ -492,8 +532,9 @@ def predict_raster(
     *,
     band: int = 1,
     device: str = "auto",
-    tile_px: int = 128,
+    tile_px: int | None = None,
     batch_size: int = 1,
+    memory_bytes: int | None = None,
     precision: str = "auto",
     compile: bool = False,
     overwrite: bool = False,
@@ -521,7 +562,11 @@ def predict_raster(
     :func:`demsr.io.finalise_output`, which also takes ``output_dtype`` float32 or int16).
 
     Tiles of ``tile_px`` low-res cells (plus the model's margin) run in batches of
-    ``batch_size``; memory depends on these only. ``precision`` and ``compile`` as in
+    ``batch_size``; memory depends on these only. ``tile_px`` None takes the largest tile (up to
+    :data:`demsr.plan.MAX_TILE_PX`, and the whole raster when it fits) whose batch fits in
+    ``memory_bytes`` (None: :func:`demsr.plan.default_memory_bytes`, a share of the machine), as
+    :func:`demsr.plan.choose_tile_px` works it out; a resumed run keeps the interrupted run's
+    tile size, and every rank takes rank 0's. ``precision`` and ``compile`` as in
     :func:`predict_array`. A geographic input covering all longitudes wraps east-west (``wrap``
     None; True insists, False never wraps): tiles by the antimeridian read their context across
     it, so the output has no seam there.
@@ -552,8 +597,10 @@ def predict_raster(
     (:meth:`~demsr.io.RasterReader.summarise`), so that a truncated file, an undeclared nodata
     value or a band without valid cells fails at once, leaving nothing behind.
     """
-    if tile_px < 1 or batch_size < 1:
+    if (tile_px is not None and tile_px < 1) or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
+    if memory_bytes is not None and memory_bytes <= 0:
+        raise ValueError(f"memory_bytes must be > 0, got {memory_bytes}")
     ctx = ranks if ranks is not None else distributed.context()
     output = Path(output_path)
     partial = partial_path(output)
@@ -575,6 +622,7 @@ def predict_raster(
             band=band,
             tile_px=tile_px,
             batch_size=batch_size,
+            memory_bytes=memory_bytes,
             precision=precision,
             compile=compile,
             overwrite=overwrite,
@@ -606,8 +654,9 @@ def _predict_raster(
     torch_device: torch.device,
     *,
     band: int,
-    tile_px: int,
+    tile_px: int | None,
     batch_size: int,
+    memory_bytes: int | None,
     precision: str,
     compile: bool,
     overwrite: bool,
@@ -645,6 +694,11 @@ def _predict_raster(
         period = _global_period(source, wrap)
         if period is not None:
             log.info("%s covers all longitudes: tiles wrap across the antimeridian", source.path)
+        chosen = None  # why the tiles have their size, said once the input passed its checks
+        if tile_px is None:
+            tile_px, chosen = _automatic_tile_px(
+                network, rows, cols, batch_size, memory_bytes, period, partial if resume else None
+            )
         sha256 = checkpoint_sha256(checkpoint)
         settings: dict[str, Any] = {
             "checkpoint_sha256": sha256,
@@ -709,6 +763,9 @@ def _predict_raster(
             if ctx.is_main:
                 created = open_store()
         store = created if created is not None else TileStore.open(partial)
+        tile_px = int(store.settings["tile_px"])  # rank 0's (the same on rank 0 itself)
+        if chosen is not None and ctx.is_main:
+            log.info("%s", chosen)
         lock = store.lock(ctx.rank)
         finished, _ = store.finished()
         tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)

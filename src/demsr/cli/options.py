@@ -26,10 +26,48 @@ tile_size_option = click.option(
     "--tile-size",
     "tile_px",
     type=click.IntRange(min=1),
-    default=128,
-    show_default=True,
-    help="Tile side in input (low-res) cells, before the margin. At the defaults the lite "
-    "preset peaks at about 0.5 GB of memory; raise both on a GPU.",
+    default=None,
+    help="Tile side in input (low-res) cells, before the margin [default: the largest, up to "
+    "1024 and the raster's own size, whose batch fits in --memory].",
+)
+
+
+class MemorySize(click.ParamType):
+    """A memory size with a binary unit (``512MiB``, ``4G``, ``1.5GiB``: ``K``/``M``/``G``/``T``
+    mean KiB ... TiB; a number alone is MiB), as an int of bytes."""
+
+    name = "size"
+    UNITS = {"": 2**20, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        for suffix in ("ib", "b"):
+            if text.endswith(suffix) and text[: -len(suffix)][-1:].isalpha():
+                text = text[: -len(suffix)]
+                break
+        unit = text[-1:] if text[-1:].isalpha() else ""
+        try:
+            number = float(text[: len(text) - len(unit)])
+            size = int(number * self.UNITS[unit])
+        except (KeyError, ValueError):
+            self.fail(f"{value!r} is not a memory size (e.g. 512MiB, 4GiB)", param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r} is not a positive memory size", param, ctx)
+        return size
+
+
+memory_option = click.option(
+    "--memory",
+    "memory_bytes",
+    type=MemorySize(),
+    default=None,
+    metavar="SIZE",
+    help="Memory one process may use, e.g. 2GiB (as demsr plan estimates it: the model, its "
+    "weights and a batch of tiles); sets the tile size when --tile-size is not given "
+    "[default: a quarter of the RAM, split between the ranks of one machine; half of the "
+    "GPU's].",
 )
 batch_size_option = click.option(
     "--batch-size",

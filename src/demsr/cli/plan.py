@@ -13,6 +13,7 @@ from demsr.cli.options import (
     band_option,
     batch_size_option,
     device_option,
+    memory_option,
     precision_option,
     tile_size_option,
 )
@@ -38,6 +39,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 @device_option
 @tile_size_option
 @batch_size_option
+@memory_option
 @precision_option
 @click.option(
     "--format",
@@ -76,8 +78,9 @@ def command(
     checkpoint: str | None,
     ranks: int,
     device: str,
-    tile_px: int,
+    tile_px: int | None,
     batch_size: int,
+    memory_bytes: int | None,
     precision: str,
     fmt: str,
     dtype: str,
@@ -106,6 +109,7 @@ def command(
         device=device,
         tile_px=tile_px,
         batch_size=batch_size,
+        memory_bytes=memory_bytes,
         precision=precision,
         fmt=fmt,
         dtype=dtype,
@@ -138,6 +142,7 @@ def print_dry_run(
         device=params["device"],
         tile_px=params["tile_px"],
         batch_size=params["batch_size"],
+        memory_bytes=params["memory_bytes"],
         precision=params["precision"],
         fmt=params["fmt"],
         output_path=output_path,

@@ -9,6 +9,7 @@ from demsr.cli.options import (
     band_option,
     batch_size_option,
     device_option,
+    memory_option,
     overwrite_option,
     precision_option,
     progress_option,
@@ -66,6 +67,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 )
 @tile_size_option
 @batch_size_option
+@memory_option
 @precision_option
 @click.option(
     "--compile",
@@ -104,8 +106,9 @@ def command(
     input_datum: str | None,
     output_datum: str | None,
     keep_row_order: bool,
-    tile_px: int,
+    tile_px: int | None,
     batch_size: int,
+    memory_bytes: int | None,
     precision: str,
     compile_model: bool,
     wrap: bool | None,
@@ -177,6 +180,7 @@ def command(
         device=device,
         tile_px=tile_px,
         batch_size=batch_size,
+        memory_bytes=memory_bytes,
         precision=precision,
         compile=compile_model,
         overwrite=overwrite,
