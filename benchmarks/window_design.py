@@ -216,6 +216,7 @@ def main() -> None:
     tiles = select_rasters(config.data.rasters, config.data.heldout, config.data.valid_rasters)
     extra = dict(item.split("=", 1) for item in args.extra)
     results = score(args.out, tiles.heldout, {k: Path(v) for k, v in extra.items()})
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scores.json").write_text(json.dumps(results, indent=1))
     text = table(results)
     print(text)
