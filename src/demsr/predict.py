@@ -71,7 +71,7 @@ from demsr.model import (
 )
 from demsr.precision import PrecisionChoice, choose_precision, recorded_bf16_bound
 from demsr.stops import stop_point
-from demsr.tilestore import OutputGrid, TileStore, check_not_busy
+from demsr.tilestore import MemoryTileStore, OutputGrid, TileStore, check_not_busy
 from demsr.tiling import (
     Tile,
     TileTransform,
@@ -607,7 +607,7 @@ def predict_raster(
     fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
     checkpoint_path = None if isinstance(checkpoint, Checkpoint) else checkpoint
     refuse_output_over_input([output, partial], [input_path, checkpoint_path])
-    checkpoint = as_checkpoint(checkpoint)
+    checkpoint = _kept_checkpoint(checkpoint)
     torch_device = resolve_device(distributed.rank_device(device, ctx))
     # Ranks only synchronise (no tensors travel): gloo, with time for the slowest rank.
     with distributed.process_group(ctx, torch_device, timeout=RANK_WAIT, backend="gloo"):
@@ -644,6 +644,61 @@ RANK_WAIT = datetime.timedelta(hours=24)
 """How long ranks wait for each other (rank 0 for the slowest to finish its tiles)."""
 
 
+@dataclass
+class _Kept:
+    """The checkpoint file a process predicted with last, and its prepared networks."""
+
+    key: tuple[str, int, int]
+    checkpoint: Checkpoint
+    networks: dict[tuple[str, str, bool], _Network]
+
+
+_kept: list[_Kept] = []  # at most one
+
+
+def _kept_checkpoint(value: Checkpoint | str | os.PathLike[str]) -> Checkpoint:
+    """``as_checkpoint(value)``, kept for the next prediction in this process: a checkpoint
+    file (or shipped model's name) is loaded again only when its path, size or modification
+    time changed. A loaded :class:`Checkpoint` is used as it is, and not kept."""
+    if isinstance(value, Checkpoint):
+        return value
+    from demsr.pretrained import resolve_checkpoint
+
+    resolved = resolve_checkpoint(value)
+    try:
+        stat = Path(resolved).stat()
+    except OSError:
+        return as_checkpoint(resolved)  # its own error
+    key = (str(Path(resolved).resolve()), stat.st_size, stat.st_mtime_ns)
+    if _kept and _kept[0].key == key:
+        return _kept[0].checkpoint
+    checkpoint = as_checkpoint(resolved)
+    _kept[:] = [_Kept(key, checkpoint, {})]
+    return checkpoint
+
+
+def _kept_network(
+    checkpoint: Checkpoint, device: torch.device, precision: str, compile: bool
+) -> _Network:
+    """The network of ``checkpoint`` prepared for ``device``, ``precision`` and ``compile``;
+    kept with a checkpoint :func:`_kept_checkpoint` keeps, so that predicting many rasters in
+    one process builds (and compiles) it once."""
+    kept = next((item for item in _kept if item.checkpoint is checkpoint), None)
+    key = (str(device), precision, compile)
+    if kept is not None and key in kept.networks:
+        return kept.networks[key]
+    network = _Network.prepare(
+        checkpoint.build_resolver(device),
+        device,
+        precision,
+        compile,
+        recorded_bf16_bound(checkpoint),
+    )
+    if kept is not None:
+        kept.networks[key] = network
+    return network
+
+
 def _predict_raster(
     ctx: RankContext,
     checkpoint: Checkpoint,
@@ -672,13 +727,7 @@ def _predict_raster(
     keep_row_order: bool,
     report_every_s: float,
 ) -> Path:
-    network = _Network.prepare(
-        checkpoint.build_resolver(torch_device),
-        torch_device,
-        precision,
-        compile,
-        recorded_bf16_bound(checkpoint),
-    )
+    network = _kept_network(checkpoint, torch_device, precision, compile)
     mode = network.precision
     scale, margin = network.resolver.scale, network.resolver.margin_px
 
@@ -756,6 +805,9 @@ def _predict_raster(
             if overwrite and not resume and partial.exists():
                 shutil.rmtree(partial)
             store = _open_for_resume(partial, settings, resume)
+            single = tile_count(rows, cols, int(settings["tile_px"])) == 1
+            if store is None and single and not ctx.distributed:
+                return MemoryTileStore(partial, settings, grid)  # one tile: nothing to resume
             return store if store is not None else TileStore.create(partial, settings, grid)
 
         created: TileStore | None = None
@@ -853,7 +905,11 @@ def _predict_raster(
         # The product appears only when complete; if this fails the store stays, and a rerun
         # with resume finalises it again without predicting anything.
         stop_point("store-complete")
-        with store.reader() as reader:
+        from demsr.plan import default_memory_bytes
+
+        # Decoded chunks kept while finalising: within the memory the tiles were planned for.
+        cache_bytes = memory_bytes or default_memory_bytes("cpu")[0]
+        with store.reader(cache_bytes) as reader:
             result = finalise_output(
                 reader,
                 output,

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,9 +232,51 @@ class TileStore:
         path = self.path / ARRAY / "c" / str(row // chunk) / str(col // chunk)
         return path if path.exists() else None
 
-    def reader(self) -> RasterReader:
-        """The output read as a raster (NaN = nodata), e.g. for :func:`demsr.io.finalise_output`."""
-        return _StoreReader(self)
+    def reader(self, cache_bytes: int = 0) -> RasterReader:
+        """The output read as a raster (NaN = nodata), e.g. for :func:`demsr.io.finalise_output`.
+
+        A read decodes each chunk it touches once and keeps the most recent ones (see
+        :class:`ChunkCache`): at least 4, up to two rows of chunks when ``cache_bytes`` allows,
+        so that reading the output in 512 x 512 blocks, row by row, decodes every chunk once
+        instead of once per block.
+        """
+        return _StoreReader(self, cache_bytes)
+
+
+class MemoryTileStore(TileStore):
+    """A :class:`TileStore` held in memory, for a prediction that is one tile on one rank.
+
+    It takes the tile's output and reads it back for the product like a store on disk, but
+    writes nothing: no Zarr store to create, flush, lock and delete for one tile. A run that
+    stops keeps nothing to resume, which loses that one tile, as a stop loses the tiles in
+    progress of a larger run. ``path`` is the partial store's path, which messages and the
+    product's history name as for a store on disk.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any], grid: OutputGrid):
+        super().__init__(Path(path), json.loads(json.dumps(settings)), grid)
+        self.values = np.full(grid.shape, np.nan, dtype=np.float32)
+        self.done: dict[int, bool] = {}  # tile index -> empty
+
+    def remove(self) -> None:
+        self.values = np.empty((0, 0), dtype=np.float32)
+
+    def finished(self) -> tuple[set[int], set[int]]:
+        return set(self.done), {index for index, empty in self.done.items() if empty}
+
+    def lock(self, rank: int) -> RankLock:
+        return _NoLock(self.path, rank)
+
+    def log_for(self, rank: int) -> DoneLog:
+        return _MemoryLog(self)
+
+    @property
+    def array(self) -> Any:
+        return self.values
+
+    def write(self, window: Window, values: np.ndarray) -> Path | None:
+        self.values[window.toslices()] = values
+        return None
 
 
 def read_done(path: str | os.PathLike[str]) -> tuple[set[int], set[int]]:
@@ -285,10 +328,73 @@ class DoneLog:
             self._handle = None
 
 
-class _StoreReader(RasterReader):
-    """A partial store's output as a raster."""
+class _NoLock(RankLock):
+    """The lock of a store no other process can see: nothing to take."""
 
-    def __init__(self, store: TileStore) -> None:
+    def __init__(self, path: Path, rank: int) -> None:
+        self.path = path / LOCK_DIR / f"rank-{rank:05d}.lock"
+        self._fd = None
+
+
+class _MemoryLog(DoneLog):
+    """The record of finished tiles of a :class:`MemoryTileStore`."""
+
+    def __init__(self, store: MemoryTileStore) -> None:
+        super().__init__(store.path / DONE_DIR / "memory.log")
+        self.store = store
+
+    def record(self, done: Iterable[tuple[int, bool]], chunks: Iterable[Path]) -> None:
+        self.store.done.update(done)
+
+
+class ChunkCache:
+    """The last ``capacity`` decoded chunks of a chunked array (least recently used first out).
+
+    ``read(array, chunk_px, window)`` returns the window's values assembled from whole decoded
+    chunks: the same values as ``array[window]``, but a chunk read again while it is cached is
+    not decoded again.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.decoded = 0  # chunks decoded so far
+        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def chunk(self, array: Any, chunk_px: int, key: tuple[int, int]) -> np.ndarray:
+        values = self._chunks.get(key)
+        if values is not None:
+            self._chunks.move_to_end(key)
+            return values
+        row, col = key[0] * chunk_px, key[1] * chunk_px
+        values = np.asarray(array[row : row + chunk_px, col : col + chunk_px], dtype=np.float32)
+        self.decoded += 1
+        self._chunks[key] = values
+        while len(self._chunks) > self.capacity:
+            self._chunks.popitem(last=False)
+        return values
+
+    def read(self, array: Any, chunk_px: int, window: Window) -> np.ndarray:
+        row_off, col_off = int(window.row_off), int(window.col_off)
+        height, width = int(window.height), int(window.width)
+        out = np.empty((height, width), dtype=np.float32)
+        for chunk_row in range(row_off // chunk_px, (row_off + height - 1) // chunk_px + 1):
+            top = max(row_off, chunk_row * chunk_px)
+            bottom = min(row_off + height, (chunk_row + 1) * chunk_px)
+            for chunk_col in range(col_off // chunk_px, (col_off + width - 1) // chunk_px + 1):
+                left = max(col_off, chunk_col * chunk_px)
+                right = min(col_off + width, (chunk_col + 1) * chunk_px)
+                values = self.chunk(array, chunk_px, (chunk_row, chunk_col))
+                out[top - row_off : bottom - row_off, left - col_off : right - col_off] = values[
+                    top - chunk_row * chunk_px : bottom - chunk_row * chunk_px,
+                    left - chunk_col * chunk_px : right - chunk_col * chunk_px,
+                ]
+        return out
+
+
+class _StoreReader(RasterReader):
+    """A partial store's output as a raster, read through a :class:`ChunkCache`."""
+
+    def __init__(self, store: TileStore, cache_bytes: int = 0) -> None:
         grid = store.grid
         self.path = str(store.path)
         self.shape = grid.shape
@@ -298,10 +404,14 @@ class _StoreReader(RasterReader):
         self.band_count = 1
         self.layout = RasterLayout(kind="zarr", variable=ARRAY, source_dtype="float32")
         self._store = store
+        chunk = grid.chunk_px
+        across = -(-grid.shape[1] // chunk)
+        two_rows = 2 * across + 2
+        self.cache = ChunkCache(max(4, min(two_rows, cache_bytes // (4 * chunk * chunk))))
 
     def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         window = Window(col_off, row_off, width, height)
-        return np.asarray(self._store.array[window.toslices()], dtype=np.float32)
+        return self.cache.read(self._store.array, self._store.grid.chunk_px, window)
 
     def close(self) -> None:
-        pass
+        self.cache = ChunkCache(1)
