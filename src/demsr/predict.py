@@ -577,6 +577,10 @@ def predict_raster(
     records them in its own log there after every batch (:mod:`demsr.tilestore`). Rank 0
     creates the store, waits for the others and writes the product. A batch's values do not
     depend on the rank that runs it, so the product equals a single process's bit for bit.
+    A raster that is one tile, in one process, is held in memory instead
+    (:class:`~demsr.tilestore.MemoryTileStore`: no store, nothing to resume). A process keeps
+    the checkpoint file it loaded last and its prepared network for its next prediction (loaded
+    again when the file changes).
 
     ``resume=True`` continues a partial run (after any rank stopped) when its settings
     (checkpoint, input file, band, tile size, margin, precision, hooks, wrap) match, predicting
