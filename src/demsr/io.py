@@ -1716,6 +1716,13 @@ def _write_zarr(
             name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill
         )
 
+    def set_attrs(node: Any, attrs: Mapping[str, Any]) -> None:
+        """Add ``attrs`` in one metadata write (zarr 3 writes one per key in attrs.update)."""
+        if zarr_v3:
+            node.update_attributes(dict(attrs))
+        else:
+            node.attrs.update(attrs)
+
     with atomic_directory(output) as tmp:
         if zarr_v3:
             root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
@@ -1727,30 +1734,31 @@ def _write_zarr(
         ):
             array = create(root, name, (values.size,), "float64", None)
             array[:] = values
-            array.attrs.update({**attrs, "_ARRAY_DIMENSIONS": [name]})
+            set_attrs(array, {**attrs, "_ARRAY_DIMENSIONS": [name]})
         full_crs = output_crs(crs, metadata.get("vertical_datum"))
         if full_crs is not None:
             crs_array = create(root, "crs", (), "int32", None)
             crs_array[...] = 0
-            crs_array.attrs.update({**_grid_mapping_attrs(full_crs), "_ARRAY_DIMENSIONS": []})
+            set_attrs(crs_array, {**_grid_mapping_attrs(full_crs), "_ARRAY_DIMENSIONS": []})
         shape = (plan.y_values.size, plan.x_values.size)
         fill = float(encode.fill) if encode.dtype == "float32" else int(encode.fill)
         elevation = create(root, "elevation", shape, encode.dtype, fill)
-        elevation.attrs.update(
+        set_attrs(
+            elevation,
             {
                 **_elevation_attrs(metadata, crs is not None),
                 "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
-            }
+            },
         )
         if full_crs is not None:
             # GDAL's Zarr driver reads a CRS from this attribute (before 3.9, its only way);
             # xarray shows it as an attribute, which to_netcdf refuses: drop it on reading
             # (docs/opening-outputs.md).
-            elevation.attrs[ZARR_CRS_ATTRIBUTE] = {"wkt": _crs_wkt(full_crs)}
+            set_attrs(elevation, {ZARR_CRS_ATTRIBUTE: {"wkt": _crs_wkt(full_crs)}})
         _write_blocks(
             src, plan, encode, elevation.__setitem__, progress, output.name, "zarr-blocks"
         )
-        root.attrs.update(_global_attrs(metadata, Path(src.path)))
+        set_attrs(root, _global_attrs(metadata, Path(src.path)))
         zarr.consolidate_metadata(str(tmp))
 
 
