@@ -29,8 +29,10 @@ ROOT_PAGES = {
 }
 
 # A fenced code block, an inline code span, or an inline link / image target `](target)`.
-_TOKEN = re.compile(r"^```.*?^```[^\n]*$|`[^`\n]*`|(?P<open>\]\()(?P<target>[^)\s]+)", re.M | re.S)
-_HEADING = re.compile(r"^```.*?^```[^\n]*$|^(?P<hashes>#{1,6})\s+(?P<text>.+?)\s*#*\s*$", re.M | re.S)
+_FENCE = r"^```.*?^```[^\n]*$"
+_TOKEN = re.compile(_FENCE + r"|`[^`\n]*`|(?P<open>\]\()(?P<target>[^)\s]+)", re.M | re.S)
+# A fenced code block, or an ATX heading (`## Text`, optionally closed by hashes).
+_HEADING = re.compile(_FENCE + r"|^(?P<hashes>#{1,6})[ \t]+(?P<text>[^\n]+?)[ \t#]*$", re.M | re.S)
 
 
 def github_slug(text: str, separator: str = "-") -> str:

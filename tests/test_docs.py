@@ -86,9 +86,9 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     """`mkdocs build --strict`: a broken link or anchor, a page left out of the navigation or a
     navigation entry without a page fails the build; offline, on a fresh clone."""
     site = tmp_path / "site"
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict"]
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-         str(REPO / "mkdocs.yml"), "--site-dir", str(site)],
+        [*command, "--config-file", str(REPO / "mkdocs.yml"), "--site-dir", str(site)],
         capture_output=True,
         text=True,
         check=False,
