@@ -15,9 +15,9 @@ and the baselines; :func:`score` scores predictions made elsewhere.
 Baselines are GDAL's resampling kernels through rasterio (bilinear, cubic = bicubic, cubic
 spline, Lanczos), with pixel-area registration: each low-res cell is the block mean of its
 scale x scale high-res footprint, so low-res cell centres sit at high-res coordinate
-``(i + 0.5) * scale``, as in the training pairs; and ``bicubic_backprojection``, the network-free
-base of the shipped model (bicubic, then 4 back-projection steps): what the network adds is the
-difference.
+``(i + 0.5) * scale``, as in the training pairs; and ``bicubic_backprojection`` (PyTorch's
+bicubic, a = -0.75, then 4 back-projection steps: the network-free base of the model shipped
+before, and the strongest parameter-free method here).
 
 All methods are scored on the same cells: those where the truth and every method have a value.
 Metrics are in metres (see :mod:`demsr.metrics`): RMSE, MAE, bias, max absolute error, PSNR and

@@ -126,7 +126,7 @@ def command(
     GEBCO layout, or a Zarr store. OUTPUT keeps INPUT's CRS and bounds with the pixel size
     divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
     each read with a margin of the model's receptive field plus the reach of its trend removal
-    and back-projection (57 low-res cells for the shipped model), so memory does not grow with
+    and back-projection (63 low-res cells for the shipped model), so memory does not grow with
     its size and the result equals whole-raster prediction (to float32 rounding with
     --precision fp32, to millimetres in bf16). Finished tiles are kept in
     OUTPUT.partial.zarr: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
