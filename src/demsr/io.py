@@ -1642,10 +1642,11 @@ def _write_cog(
                 for window, block in blocks:
                     dst.write(encode(block), 1, window=window)
                 dst.update_tags(**metadata)
-                dst.units = (metadata.get("units", "m"),)
-                dst.descriptions = ("elevation",)
-                if ancillary is not None:
-                    _write_cog_band(dst, ancillary, encode, progress, output.name)
+                if ancillary is None:
+                    dst.units = (metadata.get("units", "m"),)
+                    dst.descriptions = ("elevation",)
+                else:
+                    _write_cog_band(dst, ancillary, encode, metadata, progress, output.name)
             # The overviews go into the staging file itself, so that the COG driver copies them
             # instead of building them in a ``.ovr.tmp`` file of its own beside the output.
             stop_point("cog-overviews")
@@ -1672,16 +1673,22 @@ def _write_cog(
 
 
 def _write_cog_band(
-    dst: Any, ancillary: AncillaryBand, encode: _Encoder, progress: bool, name: str
+    dst: Any,
+    ancillary: AncillaryBand,
+    encode: _Encoder,
+    metadata: Mapping[str, str],
+    progress: bool,
+    name: str,
 ) -> None:
-    """Band 2 of an open staging GeoTIFF: the ancillary band's values, description, unit and
-    tags."""
+    """Band 2 of an open two-band staging GeoTIFF: the ancillary band's values and tags, and
+    both bands' descriptions and units."""
     blocks = _read_blocks(ancillary.reader, progress, f"writing {name} band 2", "cog-band-2")
     for window, block in blocks:
         dst.write(encode(block), 2, window=window)
     dst.update_tags(2, **ancillary.attrs)
-    dst.set_band_description(2, ancillary.description)
-    dst.set_band_unit(2, ancillary.attrs.get("units", "m"))
+    units = metadata.get("units", "m")
+    dst.units = (units, ancillary.attrs.get("units", units))
+    dst.descriptions = ("elevation", ancillary.description)
 
 
 def _ancillary_attrs(ancillary: AncillaryBand, has_crs: bool) -> dict[str, Any]:
