@@ -18,11 +18,12 @@ fitted by non-negative least squares of the squared errors of the ensemble mean 
 and 1 (:func:`fit_calibration`): then the mean of ``sigma**2`` over a class equals the mean
 squared error on the data it was fitted on, i.e. ``sigma`` is a one-sigma estimate of the
 error, in metres. The squared error grows about linearly with the spread, not with its square
-(on the validation rasters of the candidate model a class's RMSE goes from ~2 m at a spread of
-0.2 m to ~16 m at 3.7 m): a multiple of the spread itself would overstate the error where the
-members disagree most. ``scripts/calibrate_uncertainty.py`` fits it on a model's validation
-rasters and records it in the checkpoint (:data:`CALIBRATION_KEY`), like the bf16 error
-(:mod:`demsr.precision`); a checkpoint without one cannot predict with ``--ensemble``.
+(in the flattest class of a candidate model's validation rasters, the RMSE is about 2 m where
+the spread is 0.2 m, 9 m at 1.3 m and 16 m at 3.7 m, i.e. e^2 ~ 70 m x spread): a multiple of
+the spread itself overstates the error where the members disagree most.
+``scripts/calibrate_uncertainty.py`` fits it on a model's validation rasters and records it in
+the checkpoint (:data:`CALIBRATION_KEY`), like the bf16 error (:mod:`demsr.precision`); a
+checkpoint without one cannot predict with ``--ensemble``.
 """
 
 from __future__ import annotations
