@@ -717,6 +717,13 @@ def predict_raster(
     keeps an input's ascending rows. Rank 0 reads every input cell once before the first tile
     (:meth:`~demsr.io.RasterReader.summarise`), so that a truncated file, an undeclared nodata
     value or a band without valid cells fails at once, leaving nothing behind.
+
+    ``ensemble`` writes the mean of the model's 8 flips/rotations (each tile flipped with its
+    margin, so tiled still equals whole) and, as a second band (NetCDF/Zarr: the variable
+    ``elevation_uncertainty``), its calibrated uncertainty in the product's vertical unit
+    (:mod:`demsr.ensemble`; see :func:`predict_array_ensemble`): 8 times the network's work.
+    The checkpoint must record a calibration (:class:`~demsr.ensemble.CalibrationMissing`
+    otherwise) and ``output_dtype`` must be float32, both checked before anything is written.
     """
     if (tile_px is not None and tile_px < 1) or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
@@ -874,6 +881,10 @@ def _predict_raster(
             settings["ensemble"] = calibration.to_dict()
             dx_m, dy_m = cell_sizes_m(source.transform, source.crs, rows)
             network.ensemble = _Ensemble(calibration, dx_m, dy_m)
+            log.info(
+                "self-ensemble: 8 flips/rotations per tile; uncertainty calibrated on %s",
+                ", ".join(calibration.fitted_on) or "unnamed rasters",
+            )
         provenance = {
             **dict(tags or {}),
             "units": units,
