@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the main job on the bundled DEM) and `make test`.
+# Two entry points: `make demo` (the main job on the bundled DEM) and `make test`; `make docs`
+# builds the documentation site.
 # Both create the virtual environment on first use (idempotent) with torch pinned to the CPU
 # build through constraints.txt.
 
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,9 +26,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy src/demsr
 
+# The documentation site into site/ (tests/test_docs.py builds it strictly in CI).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 test: $(STAMP) lint
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .mypy_cache .ruff_cache

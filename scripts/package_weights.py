@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from demsr.checkpoint import load_checkpoint
 from demsr.pretrained import write_release
@@ -62,7 +63,10 @@ def main() -> None:
     land = run_summary(Path(parent["path"]).parent)
     ocean = run_summary(args.checkpoint.parent)
     heldout = json.loads(args.heldout.read_text())
-    pooled = {group: rows[-1] for group, rows in heldout.items() if group in ("land", "sea")}
+    # the degradation the land inputs were made with, by value (the config names only its file)
+    degradation_file = load_checkpoint(parent["path"]).metadata["training"]["data"]["degradation"]
+    degradation = yaml.safe_load(Path(degradation_file).read_text()) if degradation_file else None
+    methods = ("model", "cubic", "bicubic_bp")
     release = {
         "name": "lite",
         "recipe": "scripts/train_lite.sh",
@@ -71,22 +75,23 @@ def main() -> None:
         "wall_time_s": {"land": land["wall_time_s"], "ocean_finetune": ocean["wall_time_s"]},
         "valid_rmse_m": {"land": land["valid_rmse_m"], "ocean_finetune": ocean["valid_rmse_m"]},
         "runs": {"land": land, "ocean_finetune": ocean},
-        "held_out": {
-            group: [row["raster"] for row in rows if row["raster"] != "pooled"]
-            for group, rows in heldout.items()
-            if group in ("land", "sea")
-        },
+        "land_degradation": {"file": degradation_file, "model": degradation},
+        "held_out": {group: [row["raster"] for row in heldout[group]] for group in ("land", "sea")},
         "held_out_pooled": {
             group: {
-                "cells": row["cells"],
+                "cells": heldout[f"{group}_pooled"]["cells"],
                 **{
-                    f"{method}_{key}": round(row[method][key], 4)
-                    for method in ("model", "bicubic", "lanczos", "bicubic_bp")
-                    for key in ("rmse", "slope_rmse_deg")
+                    f"{method}_rmse_m": round(heldout[f"{group}_pooled"][method], 4)
+                    for method in methods
                 },
             }
-            for group, row in pooled.items()
+            for group in ("land", "sea")
         },
+        "real_products": {
+            row["raster"]: {f"{method}_rmse_m": round(row[method], 4) for method in methods}
+            for row in heldout["products"]
+        },
+        "flat_in_flat_out_max_deviation_m": max(row["max_deviation_m"] for row in heldout["flat"]),
     }
     path = write_release(args.checkpoint, args.output, release)
     print(json.dumps(release, indent=2))

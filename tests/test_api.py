@@ -273,26 +273,21 @@ def test_a_failing_callback_stops_the_run_and_it_resumes(tiny_pairs: Path, tmp_p
 
 
 # --------------------------------------------------------------------------------------------
-# The README's example
+# The Python API page's example
 # --------------------------------------------------------------------------------------------
 
 
-def _readme_api_example() -> str | None:
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Python API\n(.*?)(?=^## )", text + "\n## ", re.S | re.M)
-    if section is None:
-        return None
-    block = re.search(r"```python\n(.*?)```", section.group(1), re.S)
-    assert block is not None, "the README's Python API section has no python example"
+def _api_page_example() -> str:
+    text = (REPO / "docs" / "python-api.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S)
+    assert block is not None, "docs/python-api.md has no python example"
     return block.group(1)
 
 
-def test_readme_api_example_runs_as_pasted(tmp_path: Path) -> None:
-    code = _readme_api_example()
-    if code is None:
-        pytest.skip("README.md has no '## Python API' section")
+def test_api_page_example_runs_as_pasted(tmp_path: Path) -> None:
+    code = _api_page_example()
     lines = [line for line in code.strip().splitlines() if line.strip()]
-    assert len(lines) <= 12, "the README promises a short example"
+    assert len(lines) <= 12, "the Python API page promises a short example"
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

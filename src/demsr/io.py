@@ -17,9 +17,10 @@ does not grow with the size of the raster:
 
 :func:`read_raster` reads a whole raster (or one window) into a :class:`Raster`.
 
-Writing: :func:`write_geotiff` writes an in-memory array; :func:`finalise_output` converts the
-tiled float32 GeoTIFF that tiled prediction writes into the final product (Cloud-Optimized
-GeoTIFF, CF NetCDF or Zarr), block by block, mirroring the input's NetCDF/Zarr layout on request.
+Writing: :func:`write_geotiff` writes an in-memory array; :func:`finalise_output` converts a
+complete single-band raster (tiled prediction's partial Zarr store, or a float32 GeoTIFF) into the
+final product (Cloud-Optimized GeoTIFF, CF NetCDF or Zarr), block by block, mirroring the
+input's NetCDF/Zarr layout on request.
 Products are north-up and declare the heights' vertical datum in their CRS (:func:`output_crs`);
 docs/opening-outputs.md says how GIS software opens them.
 """

@@ -15,10 +15,11 @@ cells aside). Tiles whose core holds no valid cell are skipped and written as no
 
 Output georeferencing: the input's CRS and bounds, the pixel size divided by the scale.
 
-:func:`predict_raster` writes into ``<output>.partial.tif`` and records finished tiles in
-``<output>.partial.json`` after every batch, so an interrupted run resumes where it stopped
-(``resume=True``). Once every tile is done, :func:`demsr.io.finalise_output` turns the partial
-into the product (COG, CF NetCDF or Zarr) and deletes it.
+:func:`predict_raster` writes finished tiles into the chunked Zarr store
+``<output>.partial.zarr`` (:mod:`demsr.tilestore`: one chunk per tile, a log of finished tiles
+per rank), so an interrupted run resumes where it stopped (``resume=True``). Once every tile is
+done, :func:`demsr.io.finalise_output` turns the store into the product (COG, CF NetCDF or Zarr)
+and the store is deleted.
 """
 
 from __future__ import annotations
