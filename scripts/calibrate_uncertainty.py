@@ -7,9 +7,12 @@ without them cannot predict with ``--ensemble``. Each raster (a 3" tile) is degr
 block mean (a 240 x 240 input for a 1200 x 1200 tile) and super-resolved back with
 :func:`demsr.predict.predict_array`, once per flip/rotation, as one network tile, in float32.
 
-1. Fit on the model's VALIDATION rasters (:data:`VALIDATION`), never on held-out ones.
+1. Fit on the model's VALIDATION rasters, never on held-out ones: those its checkpoint's
+   training config names (``data.valid_rasters``, ``data.heldout``: configs/lite-windows.yaml),
+   else :data:`VALIDATION` and :data:`HELD_OUT` (the same lists), else ``--validation`` and
+   ``--held-out``.
 2. Write CHECKPOINT with the fit to OUTPUT (weights and the rest of the header unchanged).
-3. Score on the held-out rasters (:data:`HELD_OUT`): per slope class (of the input's slope, which
+3. Score on the held-out rasters: per slope class (of the input's slope, which
    the calibration uses, and of the truth's 3" slope), the RMSE of the ensemble mean against the
    RMS of the uncertainty; written as markdown with ``--report``.
 
@@ -52,7 +55,8 @@ from demsr.metrics import cell_sizes_m, slope_deg
 from demsr.predict import predict_array, upscale_mask
 
 REPO = Path(__file__).resolve().parents[1]
-# The candidate model's validation tiles (its training run's held-back split).
+# The split of configs/lite-windows.yaml, for checkpoints whose header does not record their
+# training data's split (a fine-tuned model records the fine-tuning's config instead).
 VALIDATION = ["viewfinder_N38W119", "srtm3_N31E035", "srtm3_N43E006", "srtm3_N53W004"]
 HELD_OUT = [
     "srtm3_N56W006",
@@ -224,6 +228,18 @@ def calibrate(
     }
 
 
+def recorded_split(checkpoint: Checkpoint) -> tuple[list[str], list[str]] | None:
+    """(validation, held-out) raster names of the checkpoint's own training config, if any."""
+    training = checkpoint.metadata.get("training")
+    data = training.get("data") if isinstance(training, dict) else None
+    if not isinstance(data, dict):
+        return None
+    validation, held_out = data.get("valid_rasters"), data.get("heldout")
+    if not validation or not held_out:
+        return None
+    return [str(name) for name in validation], [str(name) for name in held_out]
+
+
 def _raster_row(tile: TileResult, sigma: np.ndarray | None) -> dict:
     row = {
         "raster": tile.name,
@@ -332,10 +348,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="every figure, as JSON")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--validation", nargs="+", default=VALIDATION, help="rasters to fit on (names in --data)"
+        "--validation",
+        nargs="+",
+        help="rasters to fit on (names in --data) [default: the checkpoint's validation rasters]",
     )
     parser.add_argument(
-        "--held-out", nargs="+", default=HELD_OUT, help="rasters to check on (names in --data)"
+        "--held-out",
+        nargs="+",
+        help="rasters to check on (names in --data) [default: the checkpoint's held-out rasters]",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads [default: torch's]")
     parser.add_argument(
@@ -349,9 +369,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    results = calibrate(
-        args.checkpoint, args.output, args.data, args.device, args.validation, args.held_out
-    )
+    validation, held_out = args.validation, args.held_out
+    if validation is None or held_out is None:
+        split = recorded_split(as_checkpoint(args.checkpoint))
+        if split is None:
+            print("the checkpoint records no validation/held-out split: lite-windows.yaml's")
+            split = (VALIDATION, HELD_OUT)
+        validation, held_out = validation or split[0], held_out or split[1]
+    results = calibrate(args.checkpoint, args.output, args.data, args.device, validation, held_out)
     command = shlex.join(["python", "scripts/calibrate_uncertainty.py", *sys.argv[1:]])
     table = markdown(results, command)
     print(table)
