@@ -196,6 +196,18 @@ def test_netcdf_and_zarr_hold_an_uncertainty_variable(
         assert uncertainty.dims == elevation.dims
         np.testing.assert_allclose(elevation.values, mean_m, rtol=0, atol=1e-3)
         np.testing.assert_allclose(uncertainty.values, sigma_m, rtol=0, atol=1e-3)
+    # GDAL opens the uncertainty as its own layer, with the elevation's grid and CRS
+    driver = "ZARR" if suffix == ".zarr" else "NETCDF"
+    name = f'{driver}:"{products[suffix]}":' + ("/" if suffix == ".zarr" else "")
+    with (
+        rasterio.open(name + "elevation") as elevation_layer,
+        rasterio.open(name + "elevation_uncertainty") as layer,
+    ):
+        assert layer.crs == elevation_layer.crs and layer.crs is not None
+        assert layer.transform == elevation_layer.transform
+        assert layer.nodata == elevation_layer.nodata == -9999
+        values = layer.read(1, masked=True).filled(np.nan)
+        np.testing.assert_allclose(values, sigma_m, rtol=0, atol=1e-3)
 
 
 def test_the_netcdf_with_uncertainty_passes_the_cf_checkers(products: dict[str, Path]) -> None:

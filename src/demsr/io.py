@@ -1842,6 +1842,8 @@ def _write_zarr(
                     "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
                 }
             )
+            if full_crs is not None:  # as the elevation's, for GDAL
+                band.attrs[ZARR_CRS_ATTRIBUTE] = {"wkt": _crs_wkt(full_crs)}
             _write_blocks(
                 ancillary.reader,
                 plan,
