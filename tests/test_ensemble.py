@@ -249,16 +249,17 @@ def run_cli(*args: object) -> tuple[int, str]:
 def test_a_checkpoint_without_calibration_is_refused_in_one_line(
     terrain: Raster, tmp_path: Path
 ) -> None:
+    plain = write_untrained_checkpoint(tmp_path / "plain.safetensors", channels=4)
     source = write_geotiff(tmp_path / "in.tif", terrain.data, terrain.transform, terrain.crs)
     output = tmp_path / "out.tif"
-    code, text = run_cli("predict", source, output, "--ensemble", "--device", "cpu")  # lite
+    code, text = run_cli("predict", plain, source, output, "--ensemble", "--device", "cpu")
     assert code == 1
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     assert "no ensemble uncertainty calibration" in lines[0] and CALIBRATION_SCRIPT in lines[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "plain.safetensors"]
     with pytest.raises(CalibrationMissing):
-        predict_array_ensemble("lite", terrain.data, cell_sizes(terrain))
+        predict_array_ensemble(plain, terrain.data, cell_sizes(terrain))
 
 
 def test_an_int16_product_is_refused_with_the_ensemble(
