@@ -47,7 +47,8 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from demsr.checkpoint import Checkpoint, as_checkpoint
-from demsr.datasets import dihedral, read_pair_file, undo_dihedral
+from demsr.datasets import read_pair_file
+from demsr.ensemble import ensemble_mean_spread
 from demsr.io import (
     RasterError,
     atomic_path,
@@ -513,15 +514,14 @@ def load_inputs(
 
 
 def self_ensemble(upsample: Callable[[np.ndarray], np.ndarray], lowres: np.ndarray) -> np.ndarray:
-    """Mean of ``upsample`` over the 8 flips/rotations of (..., h, w), each mapped back."""
-    total: np.ndarray | None = None
-    for variant in range(8):
-        view = dihedral(torch.from_numpy(np.ascontiguousarray(lowres)), variant).numpy()
-        output = torch.from_numpy(np.ascontiguousarray(upsample(view)))
-        restored = undo_dihedral(output, variant).numpy().astype(np.float64)
-        total = restored if total is None else total + restored
-    assert total is not None
-    return (total / 8).astype(np.float32)
+    """Mean of ``upsample`` over the 8 flips/rotations of (..., h, w), each mapped back
+    (:func:`demsr.ensemble.ensemble_mean_spread`, as ``demsr predict --ensemble``)."""
+
+    def run(view: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(upsample(np.ascontiguousarray(view.numpy()))))
+
+    mean, _ = ensemble_mean_spread(run, torch.from_numpy(np.ascontiguousarray(lowres)))
+    return mean.numpy()
 
 
 def predict_inputs(
