@@ -7,6 +7,8 @@
 #   3. score it on the held-out rasters and real products (scripts/evaluate_heldout.py), against
 #      the model shipped before
 #   4. package it with a release record read from the run (steps, wall time, metrics)
+#   5. fit the uncertainty of `demsr predict --ensemble` on the validation tiles, record it, and
+#      check it on the held-out tiles (scripts/calibrate_uncertainty.py)
 #
 #   bash scripts/train_lite.sh [OUTPUT_DIR]
 #
@@ -40,5 +42,7 @@ resume=(); [[ -f "$out/land-lite/last.safetensors" ]] && resume=(--resume)
 "$python" scripts/evaluate_heldout.py --checkpoint "$out/land-lite-bf16.safetensors" \
     --compare lite --json "$out/heldout.json" --markdown "$out/heldout.md"
 "$python" scripts/package_weights.py "$out/land-lite-bf16.safetensors" "$out/heldout.json" \
-    --run "$out/land-lite" -o "$out/lite.safetensors"
+    --run "$out/land-lite" -o "$out/lite-uncalibrated.safetensors"
+"$python" scripts/calibrate_uncertainty.py "$out/lite-uncalibrated.safetensors" \
+    -o "$out/lite.safetensors" --report "$out/ensemble_uncertainty.md"
 echo "copy $out/lite.safetensors to src/demsr/weights/ to ship it"

@@ -196,6 +196,26 @@ def test_shipped_model_draws_no_five_cell_grid() -> None:
     assert texture_index(upsample_baseline(inputs.lowres[0], 5, BACKPROJECTION)) > 0.02
 
 
+def test_the_shipped_model_predicts_an_ensemble_with_its_uncertainty_band(
+    dem_test_dir: Path, tmp_path: Path
+) -> None:
+    lowres = tmp_path / "lowres.tif"
+    code, out = run("degrade", dem_test_dir / "landlab_srtmgl3_frontrange.tif", lowres)
+    assert code == 0, out
+    code, out = run("predict", lowres, tmp_path / "ensemble.tif", "--ensemble", "--no-progress")
+    assert code == 0, out
+    with rasterio.open(tmp_path / "ensemble.tif") as src:
+        assert src.count == 2 and src.descriptions[1] == "uncertainty"
+        elevation, uncertainty = src.read(1), src.read(2)
+    with rasterio.open(dem_test_dir / "landlab_srtmgl3_frontrange.tif") as src:
+        truth = src.read(1, window=((0, elevation.shape[0]), (0, elevation.shape[1])))
+    error = elevation.astype(np.float64) - truth
+    assert np.all(uncertainty > 0)
+    # calibrated on other tiles: of the size of the actual error here, not of the raw spread
+    ratio = np.sqrt(np.mean(uncertainty.astype(np.float64) ** 2)) / np.sqrt(np.mean(error**2))
+    assert 0.6 < ratio < 1.6
+
+
 def test_predict_without_a_checkpoint_uses_the_shipped_model(
     dem_test_dir: Path, tmp_path: Path
 ) -> None:
