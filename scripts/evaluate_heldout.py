@@ -22,7 +22,9 @@ bicubic, a = -0.75, then 4 back-projection steps: the strongest parameter-free m
 ``--compare`` adds another model's RMSE to every row (e.g. the model shipped before). Pooled
 rows are the root of the cell-weighted mean square. The network runs in float32.
 ``--write-into FILE`` replaces the text between the lines ``<!-- heldout tables -->`` and
-``<!-- end of heldout tables -->`` of FILE (MODEL_CARD.md, the docs) with the tables.
+``<!-- end of heldout tables -->`` of FILE (MODEL_CARD.md, the docs) with the tables, and that
+between ``<!-- heldout summary -->`` and ``<!-- end of heldout summary -->`` (README.md) with a
+one-row-per-group summary.
 """
 
 from __future__ import annotations
@@ -91,7 +93,11 @@ FLAT_SHAPES = ((1, 1, None), (7, 13, None), (40, 40, None), (150, 150, 32))
 FLAT_HEIGHTS_M = (-4000.0, 0.0, 1234.5)
 FLAT_TOLERANCE_M = 0.01
 MODEL, PREVIOUS, CUBIC, BP = "model", "previous", "cubic", "bicubic_bp"
-START, END = "<!-- heldout tables -->", "<!-- end of heldout tables -->"
+# marker lines between which --write-into puts the tables, and the summary (the README's)
+BLOCKS = {
+    "tables": ("<!-- heldout tables -->", "<!-- end of heldout tables -->"),
+    "summary": ("<!-- heldout summary -->", "<!-- end of heldout summary -->"),
+}
 
 
 def _rmse(values: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
@@ -242,14 +248,45 @@ def markdown(results: dict[str, Any], compare: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_into(path: Path, tables: str) -> None:
-    """Replace the block between the START and END marker lines of ``path`` with ``tables``."""
+def summary(results: dict[str, Any]) -> str:
+    """One row per group: the pooled land and sea rasters and each real product."""
+    rows = [
+        (
+            f"land: {len(results['land'])} rasters (held-out tiles, test rasters), block means in",
+            results["land_pooled"],
+        ),
+        (f"sea: {len(results['sea'])} bathymetry grids, block means in", results["sea_pooled"]),
+        *((f"real product: {row['raster']}", row) for row in results["products"]),
+    ]
+    lines = [
+        "| rasters | model | GDAL cubic | bicubic + back-projection | model / cubic |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in rows:
+        lines.append(
+            f"| {name} | {row[MODEL]:.3f} | {row[CUBIC]:.3f} | {row[BP]:.3f} | "
+            f"{_ratio(row, MODEL, CUBIC)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_into(path: Path, blocks: dict[str, str]) -> None:
+    """Replace the text between each pair of marker lines of :data:`BLOCKS` found in ``path``
+    with that block (``blocks["tables"]``, ``blocks["summary"]``); SystemExit if none is."""
     text = path.read_text()
-    if text.count(START) != 1 or text.count(END) != 1:
-        raise SystemExit(f"{path}: needs one {START!r} line and one {END!r} line")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    path.write_text(f"{head}{START}\n\n{tables}\n{END}{tail}")
+    found = False
+    for name, (start, end) in BLOCKS.items():
+        if start not in text:
+            continue
+        if text.count(start) != 1 or text.count(end) != 1:
+            raise SystemExit(f"{path}: needs one {start!r} line and one {end!r} line")
+        head, rest = text.split(start)
+        _, tail = rest.split(end)
+        text = f"{head}{start}\n\n{blocks[name]}\n{end}{tail}"
+        found = True
+    if not found:
+        raise SystemExit(f"{path}: no marker line; add {BLOCKS['tables'][0]!r} and its end line")
+    path.write_text(text)
 
 
 def main() -> None:
@@ -293,7 +330,7 @@ def main() -> None:
     if args.markdown:
         args.markdown.write_text(table)
     for path in args.write_into:
-        write_into(path, table)
+        write_into(path, {"tables": table, "summary": summary(results)})
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""Package a fine-tuned run as the shipped ``lite`` weights, with a ``release`` record.
+"""Package a trained run as the shipped ``lite`` weights, with a ``release`` record.
 
 The record is read from the runs themselves, not typed in: steps, wall time and best validation
-RMSE from each run's metrics.csv (land pre-training = the fine-tuned checkpoint's parent), the
-held-out scores from ``scripts/evaluate_heldout.py --json``, and the machine it ran on.
+RMSE from each run's metrics.csv (for a fine-tuned checkpoint, its land parent's run too), the
+land degradation model by value, the held-out scores from ``scripts/evaluate_heldout.py
+--json``, and the machine it ran on.
 
-    python scripts/package_weights.py RUNS/ocean-lite/best.safetensors HELDOUT.json \
-        -o src/demsr/weights/lite.safetensors
+    python scripts/package_weights.py RUNS/land-lite-bf16.safetensors HELDOUT.json \
+        -o src/demsr/weights/lite.safetensors [--run RUNS/land-lite]
 """
 
 from __future__ import annotations
@@ -51,30 +52,39 @@ def hardware() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="the fine-tuned run's best.safetensors")
+    parser.add_argument("checkpoint", type=Path, help="the released run's best.safetensors")
     parser.add_argument("heldout", type=Path, help="scripts/evaluate_heldout.py --json output")
     parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument(
+        "--run",
+        type=Path,
+        help="the checkpoint's run folder, with its metrics.csv (default: the checkpoint's folder)",
+    )
     args = parser.parse_args()
 
     model = load_checkpoint(args.checkpoint)
     parent = model.metadata["provenance"]["parent"]
-    if parent is None:
-        raise SystemExit(f"{args.checkpoint}: not a fine-tuned checkpoint (no parent)")
-    land = run_summary(Path(parent["path"]).parent)
-    ocean = run_summary(args.checkpoint.parent)
+    run = run_summary(args.run or args.checkpoint.parent)
+    # a fine-tuned model: its land parent's run, then its own; a land model: its run alone
+    runs = (
+        {"land": run_summary(Path(parent["path"]).parent), "finetune": run}
+        if parent
+        else {"land": run}
+    )
+    land_training = load_checkpoint(parent["path"]) if parent else model
     heldout = json.loads(args.heldout.read_text())
     # the degradation the land inputs were made with, by value (the config names only its file)
-    degradation_file = load_checkpoint(parent["path"]).metadata["training"]["data"]["degradation"]
+    degradation_file = land_training.metadata["training"]["data"]["degradation"]
     degradation = yaml.safe_load(Path(degradation_file).read_text()) if degradation_file else None
     methods = ("model", "cubic", "bicubic_bp")
     release = {
         "name": "lite",
         "recipe": "scripts/train_lite.sh",
         "hardware": hardware(),
-        "steps": {"land": land["best_step"], "ocean_finetune": ocean["best_step"]},
-        "wall_time_s": {"land": land["wall_time_s"], "ocean_finetune": ocean["wall_time_s"]},
-        "valid_rmse_m": {"land": land["valid_rmse_m"], "ocean_finetune": ocean["valid_rmse_m"]},
-        "runs": {"land": land, "ocean_finetune": ocean},
+        "steps": {stage: summary["best_step"] for stage, summary in runs.items()},
+        "wall_time_s": {stage: summary["wall_time_s"] for stage, summary in runs.items()},
+        "valid_rmse_m": {stage: summary["valid_rmse_m"] for stage, summary in runs.items()},
+        "runs": runs,
         "land_degradation": {"file": degradation_file, "model": degradation},
         "held_out": {group: [row["raster"] for row in heldout[group]] for group in ("land", "sea")},
         "held_out_pooled": {

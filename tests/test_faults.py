@@ -53,9 +53,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(
-    command: list[str], log: Path, **environment: str
-) -> subprocess.Popen[bytes]:
+def start(command: list[str], log: Path, **environment: str) -> subprocess.Popen[bytes]:
     """Start ``command`` with its stderr in ``log`` (read after it ends), ``environment`` added
     to the environment."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **environment}
@@ -228,7 +226,7 @@ def product_values(path: Path) -> tuple[Any, ...]:
     attributes, without the time of writing."""
     import xarray as xr
 
-    with (xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path)) as dataset:
+    with xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path) as dataset:
         attributes = {k: v for k, v in dataset.attrs.items() if k != "history"}
         return (
             dataset["elevation"].values.tobytes(),

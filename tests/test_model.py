@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from demsr.checkpoint import save_checkpoint
 from demsr.io import read_raster
 from demsr.model import (
     DEMSRNet,
@@ -459,14 +460,38 @@ def test_margin_covers_the_block_mean_constraint_reach() -> None:
     assert 0 < reach <= margin
 
 
-def test_default_options_keep_the_shipped_model(dem_test_dir: Path) -> None:
-    """The shipped lite checkpoint loads with the defaults of the new options (zero padding, no
-    constraint) and computes what it computed before they existed: the trend-removed input
-    through the network, PyTorch's bicubic base, 4 back-projection steps with that kernel."""
-    from demsr.checkpoint import _open, load_checkpoint
-    from demsr.pretrained import resolve_checkpoint
+def test_checkpoints_from_before_the_new_options_load_as_they_were(
+    dem_test_dir: Path, tmp_path: Path
+) -> None:
+    """A checkpoint written before padding and the block-mean layer existed (the lite model
+    shipped then: biases, PyTorch's bicubic base, 4 back-projection steps; no such keys in its
+    header) loads with the defaults of the new options (zero padding, no constraint) and
+    computes what it computed before: the trend-removed input through the network, the bicubic
+    base, 4 back-projection steps with that kernel."""
+    import json
 
-    path = resolve_checkpoint("lite")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from demsr.checkpoint import _open, load_checkpoint
+
+    scaling = ElevationScaling(
+        scale_m=1000.0, trend_sigma_px=4.0, base="bicubic", backprojection_iterations=4
+    )
+    torch.manual_seed(0)
+    net = DEMSRNet(ModelConfig(blocks=2, channels=8, scale=5, bias=True))
+    for parameter in net.parameters():  # a network that is not silent
+        torch.nn.init.normal_(parameter, std=0.05)
+    written = save_checkpoint(tmp_path / "new.safetensors", net, scaling)
+    with safe_open(written, "pt") as handle:
+        metadata = handle.metadata()
+    key = next(name for name in metadata if metadata[name].lstrip().startswith("{"))
+    header = json.loads(metadata[key])
+    del header["model"]["padding"]
+    del header["scaling"]["block_mean_constraint"]
+    path = tmp_path / "old.safetensors"
+    save_file(load_file(written), path, metadata={**metadata, key: json.dumps(header)})
+
     header, _ = _open(path, ())
     assert "padding" not in header["model"]
     assert "block_mean_constraint" not in header["scaling"]
@@ -482,7 +507,6 @@ def test_default_options_keep_the_shipped_model(dem_test_dir: Path) -> None:
     lowres = torch.from_numpy(
         read_raster(dem_test_dir / "mpl_jacksboro_3s.tif").data[:30, :36].copy()
     )[None, None]
-    scaling = checkpoint.scaling
     with torch.no_grad():
         output = resolver(lowres)
         trend = gaussian_trend(lowres, scaling.trend_sigma_px)
@@ -492,6 +516,7 @@ def test_default_options_keep_the_shipped_model(dem_test_dir: Path) -> None:
         )
         expected = backproject(base + scaling.scale_m * relief, lowres, 4)
     torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    assert (output - base).abs().max() > 1.0  # the network's part is in the comparison
 
 
 def test_new_options_round_trip_and_are_checked() -> None:

@@ -565,7 +565,7 @@ def test_the_partial_store_reads_back_block_by_block_decoding_each_chunk_once(
             store.write(window, values[window.toslices()])
             expected[window.toslices()] = values[window.toslices()]
     for cache_bytes, decoded in ((10**6, 5 * 4), (0, None)):
-        with store.reader(cache_bytes) as reader:
+        with store.reader(cache_bytes=cache_bytes) as reader:
             blocks = np.full(grid.shape, -1.0, np.float32)
             for row in range(0, 30, 8):  # blocks straddling the chunks, row by row
                 for col in range(0, 25, 8):

@@ -75,6 +75,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     # prediction
     "demsr.predict": (
         "predict_array",
+        "predict_array_ensemble",
         "predict_raster",
     ),
     # evaluation against interpolation baselines
@@ -147,6 +148,7 @@ __all__ = [
     "plot_comparison",
     "plot_training_curves",
     "predict_array",
+    "predict_array_ensemble",
     "predict_raster",
     "prepare_pairs",
     "preset",
@@ -213,7 +215,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         read_comparison,
         save_figure,
     )
-    from demsr.predict import predict_array, predict_raster
+    from demsr.predict import predict_array, predict_array_ensemble, predict_raster
     from demsr.prepare import (
         PrepareOptions,
         PrepareReport,

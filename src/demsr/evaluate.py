@@ -15,9 +15,9 @@ and the baselines; :func:`score` scores predictions made elsewhere.
 Baselines are GDAL's resampling kernels through rasterio (bilinear, cubic = bicubic, cubic
 spline, Lanczos), with pixel-area registration: each low-res cell is the block mean of its
 scale x scale high-res footprint, so low-res cell centres sit at high-res coordinate
-``(i + 0.5) * scale``, as in the training pairs; and ``bicubic_backprojection``, the network-free
-base of the shipped model (bicubic, then 4 back-projection steps): what the network adds is the
-difference.
+``(i + 0.5) * scale``, as in the training pairs; and ``bicubic_backprojection`` (PyTorch's
+bicubic, a = -0.75, then 4 back-projection steps: the network-free base of the model shipped
+before, and the strongest parameter-free method here).
 
 All methods are scored on the same cells: those where the truth and every method have a value.
 Metrics are in metres (see :mod:`demsr.metrics`): RMSE, MAE, bias, max absolute error, PSNR and
@@ -47,7 +47,8 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from demsr.checkpoint import Checkpoint, as_checkpoint
-from demsr.datasets import dihedral, read_pair_file, undo_dihedral
+from demsr.datasets import read_pair_file
+from demsr.ensemble import ensemble_mean_spread
 from demsr.io import (
     RasterError,
     atomic_path,
@@ -513,15 +514,14 @@ def load_inputs(
 
 
 def self_ensemble(upsample: Callable[[np.ndarray], np.ndarray], lowres: np.ndarray) -> np.ndarray:
-    """Mean of ``upsample`` over the 8 flips/rotations of (..., h, w), each mapped back."""
-    total: np.ndarray | None = None
-    for variant in range(8):
-        view = dihedral(torch.from_numpy(np.ascontiguousarray(lowres)), variant).numpy()
-        output = torch.from_numpy(np.ascontiguousarray(upsample(view)))
-        restored = undo_dihedral(output, variant).numpy().astype(np.float64)
-        total = restored if total is None else total + restored
-    assert total is not None
-    return (total / 8).astype(np.float32)
+    """Mean of ``upsample`` over the 8 flips/rotations of (..., h, w), each mapped back
+    (:func:`demsr.ensemble.ensemble_mean_spread`, as ``demsr predict --ensemble``)."""
+
+    def run(view: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(upsample(np.ascontiguousarray(view.numpy()))))
+
+    mean, _ = ensemble_mean_spread(run, torch.from_numpy(np.ascontiguousarray(lowres)))
+    return mean.numpy()
 
 
 def predict_inputs(

@@ -1494,6 +1494,20 @@ def _overview_factors(shape: tuple[int, int]) -> list[int]:
     return factors
 
 
+@dataclass(frozen=True)
+class AncillaryBand:
+    """A second band a product carries beside the elevation, on the same grid (e.g. the
+    ensemble's uncertainty, :mod:`demsr.ensemble`): read from ``reader`` (float32, NaN =
+    nodata), written as band 2 of a COG described by ``description`` with ``attrs`` as its band
+    tags, or as the NetCDF/Zarr variable ``name`` with ``attrs`` (and the grid mapping), which
+    the elevation names in its ``ancillary_variables``. Always float32."""
+
+    reader: RasterReader
+    name: str
+    description: str
+    attrs: dict[str, str]
+
+
 def finalise_output(
     partial_tif: str | os.PathLike[str] | RasterReader,
     output_path: str | os.PathLike[str],
@@ -1503,6 +1517,7 @@ def finalise_output(
     metadata: Mapping[str, str] | None = None,
     layout: RasterLayout | Mapping[str, Any] | None = None,
     progress: bool = False,
+    uncertainty: AncillaryBand | None = None,
 ) -> Path:
     """Convert a complete single-band GeoTIFF (tiled prediction's output) into the final product.
 
@@ -1533,6 +1548,9 @@ def finalise_output(
     -32767..32767 are a RasterError). ``metadata["vertical_datum"]`` (``egm96``, ``wgs84``, ...)
     also selects the CF standard name (:func:`height_standard_name`).
 
+    ``uncertainty`` adds a second float32 band (:class:`AncillaryBand`): band 2 of the COG, a
+    second variable of the NetCDF/Zarr; it needs ``dtype`` float32.
+
     Streams in 512 x 512 blocks, so memory stays flat. The product is written next to
     ``output_path`` under a temporary name and renamed into place when complete (a failure leaves
     neither it nor temporary files, and keeps the partial); then the partial is deleted.
@@ -1543,13 +1561,15 @@ def finalise_output(
         raise RasterError(
             f"{output}: unsupported output dtype {dtype!r} (use {', '.join(OUTPUT_DTYPES)})"
         )
+    if uncertainty is not None and dtype != "float32":
+        raise RasterError(f"{output}: an uncertainty band needs a float32 product, not {dtype}")
     if isinstance(layout, Mapping):
         layout = RasterLayout.from_mapping(layout)
     metadata = {str(key): str(value) for key, value in (metadata or {}).items()}
     if not output.parent.is_dir():
         raise RasterError(f"{output}: the folder {output.parent} does not exist")
     if isinstance(partial_tif, RasterReader):
-        _finalise(partial_tif, output, kind, dtype, metadata, layout, progress)
+        _finalise(partial_tif, output, kind, dtype, metadata, layout, progress, uncertainty)
         return output
     partial = Path(partial_tif)
     if not partial.is_file():
@@ -1569,6 +1589,7 @@ def _finalise(
     metadata: Mapping[str, str],
     layout: RasterLayout | None,
     progress: bool,
+    ancillary: AncillaryBand | None = None,
 ) -> None:
     partial = src.path
     bands = getattr(src, "band_count", 1)
@@ -1581,16 +1602,21 @@ def _finalise(
     encode = _Encoder(dtype=dtype, fill=fill, source=str(partial))
     log.info("finalising %s -> %s (%s, %s)", partial, output, kind, dtype)
     if kind == "cog":
-        _write_cog(src, output, encode, metadata, progress)
+        _write_cog(src, output, encode, metadata, progress, ancillary)
     elif kind == "netcdf":
-        _write_netcdf(src, output, encode, metadata, layout, progress)
+        _write_netcdf(src, output, encode, metadata, layout, progress, ancillary)
     else:
-        _write_zarr(src, output, encode, metadata, layout, progress)
+        _write_zarr(src, output, encode, metadata, layout, progress, ancillary)
     log.info("wrote %s", output)
 
 
 def _write_cog(
-    src: RasterReader, output: Path, encode: _Encoder, metadata: Mapping[str, str], progress: bool
+    src: RasterReader,
+    output: Path,
+    encode: _Encoder,
+    metadata: Mapping[str, str],
+    progress: bool,
+    ancillary: AncillaryBand | None = None,
 ) -> None:
     """COG through a tiled staging GeoTIFF (converted dtype, nodata and tags), then GDAL's COG
     driver, which adds the overviews and reorders the file for HTTP range reads."""
@@ -1609,6 +1635,7 @@ def _write_cog(
             block_px=BLOCK_PX,
             zlevel=1,
             bigtiff="if_safer",
+            count=1 if ancillary is None else 2,
         )
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):
             with rasterio.open(staging, "w", **profile) as dst:
@@ -1616,8 +1643,11 @@ def _write_cog(
                 for window, block in blocks:
                     dst.write(encode(block), 1, window=window)
                 dst.update_tags(**metadata)
-                dst.units = (metadata.get("units", "m"),)
-                dst.descriptions = ("elevation",)
+                if ancillary is None:
+                    dst.units = (metadata.get("units", "m"),)
+                    dst.descriptions = ("elevation",)
+                else:
+                    _write_cog_band(dst, ancillary, encode, metadata, progress, output.name)
             # The overviews go into the staging file itself, so that the COG driver copies them
             # instead of building them in a ``.ovr.tmp`` file of its own beside the output.
             stop_point("cog-overviews")
@@ -1643,6 +1673,33 @@ def _write_cog(
         remove_gdal_sidecars(staging)
 
 
+def _write_cog_band(
+    dst: Any,
+    ancillary: AncillaryBand,
+    encode: _Encoder,
+    metadata: Mapping[str, str],
+    progress: bool,
+    name: str,
+) -> None:
+    """Band 2 of an open two-band staging GeoTIFF: the ancillary band's values and tags, and
+    both bands' descriptions and units."""
+    blocks = _read_blocks(ancillary.reader, progress, f"writing {name} band 2", "cog-band-2")
+    for window, block in blocks:
+        dst.write(encode(block), 2, window=window)
+    dst.update_tags(2, **ancillary.attrs)
+    units = metadata.get("units", "m")
+    dst.units = (units, ancillary.attrs.get("units", units))
+    dst.descriptions = ("elevation", ancillary.description)
+
+
+def _ancillary_attrs(ancillary: AncillaryBand, has_crs: bool) -> dict[str, Any]:
+    """NetCDF/Zarr attributes of an ancillary variable (CF: no standard name of its own)."""
+    attrs: dict[str, Any] = dict(ancillary.attrs)
+    if has_crs:
+        attrs["grid_mapping"] = "crs"
+    return attrs
+
+
 def _write_netcdf(
     src: RasterReader,
     output: Path,
@@ -1650,6 +1707,7 @@ def _write_netcdf(
     metadata: Mapping[str, str],
     layout: RasterLayout | None,
     progress: bool,
+    ancillary: AncillaryBand | None = None,
 ) -> None:
     import netCDF4
 
@@ -1687,6 +1745,29 @@ def _write_netcdf(
             _write_blocks(
                 src, plan, encode, elevation.__setitem__, progress, output.name, "netcdf-blocks"
             )
+            if ancillary is not None:
+                elevation.setncattr("ancillary_variables", ancillary.name)
+                band = nc.createVariable(
+                    ancillary.name,
+                    "f4",
+                    (plan.y_name, plan.x_name),
+                    zlib=True,
+                    complevel=4,
+                    shuffle=True,
+                    chunksizes=chunks,
+                    fill_value=np.float32(encode.fill),
+                )
+                band.setncatts(_ancillary_attrs(ancillary, crs is not None))
+                band.set_auto_maskandscale(False)
+                _write_blocks(
+                    ancillary.reader,
+                    plan,
+                    encode,
+                    band.__setitem__,
+                    progress,
+                    output.name,
+                    "netcdf-band-2",
+                )
             nc.setncatts(_global_attrs(metadata, Path(src.path)))
 
 
@@ -1697,6 +1778,7 @@ def _write_zarr(
     metadata: Mapping[str, str],
     layout: RasterLayout | None,
     progress: bool,
+    ancillary: AncillaryBand | None = None,
 ) -> None:
     """Zarr format 2 in the layout xarray writes (``_ARRAY_DIMENSIONS``, fill value as
     ``_FillValue``), built with zarr directly so that the elevation is written block by block."""
@@ -1759,6 +1841,27 @@ def _write_zarr(
         _write_blocks(
             src, plan, encode, elevation.__setitem__, progress, output.name, "zarr-blocks"
         )
+        if ancillary is not None:
+            set_attrs(elevation, {"ancillary_variables": ancillary.name})
+            band = create(root, ancillary.name, shape, "float32", float(encode.fill))
+            set_attrs(
+                band,
+                {
+                    **_ancillary_attrs(ancillary, crs is not None),
+                    "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
+                },
+            )
+            if full_crs is not None:  # as the elevation's, for GDAL
+                set_attrs(band, {ZARR_CRS_ATTRIBUTE: {"wkt": _crs_wkt(full_crs)}})
+            _write_blocks(
+                ancillary.reader,
+                plan,
+                encode,
+                band.__setitem__,
+                progress,
+                output.name,
+                "zarr-band-2",
+            )
         set_attrs(root, _global_attrs(metadata, Path(src.path)))
         zarr.consolidate_metadata(str(tmp))
 

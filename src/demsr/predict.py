@@ -49,8 +49,16 @@ from tqdm import tqdm
 from demsr import __version__, distributed
 from demsr.checkpoint import Checkpoint, as_checkpoint, checkpoint_sha256
 from demsr.distributed import RankContext
+from demsr.ensemble import (
+    UNCERTAINTY_NAME,
+    UncertaintyCalibration,
+    ensemble_mean_spread,
+    input_slope_deg,
+    recorded_calibration,
+)
 from demsr.io import (
     CANONICAL_UNITS,
+    AncillaryBand,
     RasterError,
     RasterReader,
     fill_nearest,
@@ -64,6 +72,7 @@ from demsr.io import (
     require_writable_folder,
     to_float32_heights,
 )
+from demsr.metrics import cell_sizes_m
 from demsr.model import (
     SuperResolver,
     network_autocast,
@@ -72,7 +81,14 @@ from demsr.model import (
 )
 from demsr.precision import PrecisionChoice, choose_precision, recorded_bf16_bound
 from demsr.stops import stop_point
-from demsr.tilestore import MemoryTileStore, OutputGrid, TileStore, check_not_busy
+from demsr.tilestore import (
+    ARRAY,
+    UNCERTAINTY_ARRAY,
+    MemoryTileStore,
+    OutputGrid,
+    TileStore,
+    check_not_busy,
+)
 from demsr.tiling import (
     Tile,
     TileTransform,
@@ -159,6 +175,7 @@ class _Network:
     run: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
     choice: PrecisionChoice
+    ensemble: _Ensemble | None = None
 
     @property
     def precision(self) -> str:
@@ -213,7 +230,9 @@ def _prepare_tile(
 
 def _run_batch(network: _Network, batch: list[_TileInput]) -> list[tuple[Tile, np.ndarray]]:
     """Run tiles of one read shape through the network; each core's (h*s, w*s) metres, NaN
-    where the low-res parent is nodata."""
+    where the low-res parent is nodata ((2, h*s, w*s) with the ensemble: mean, uncertainty)."""
+    if network.ensemble is not None:
+        return _run_batch_ensemble(network, network.ensemble, batch)
     scale = network.resolver.scale
     inputs = torch.from_numpy(np.stack([item.lowres_m for item in batch]))[:, None]
     with (
@@ -227,6 +246,51 @@ def _run_batch(network: _Network, batch: list[_TileInput]) -> list[tuple[Tile, n
         core = scale_window(item.tile.core_in_read, scale)
         values = np.array(tile_highres[core.toslices()], dtype=np.float32)
         values[~upscale_mask(item.core_valid, scale)] = np.nan
+        results.append((item.tile, values))
+    return results
+
+
+@dataclass(frozen=True)
+class _Ensemble:
+    """The self-ensemble of a run (``--ensemble``): its uncertainty calibration and the low-res
+    grid's cell sizes in metres, per row (for the input's slope, :mod:`demsr.ensemble`)."""
+
+    calibration: UncertaintyCalibration
+    dx_m: np.ndarray
+    dy_m: np.ndarray
+
+
+def _run_batch_ensemble(
+    network: _Network, ensemble: _Ensemble, batch: list[_TileInput]
+) -> list[tuple[Tile, np.ndarray]]:
+    """:func:`_run_batch` over the 8 flips/rotations of each padded tile: each core's
+    (2, h*s, w*s) mean and calibrated uncertainty in metres, NaN where the parent is nodata.
+
+    A flipped tile with its margin is the flipped raster's tile, so the core's mean and spread
+    equal a whole-raster ensemble's; the input slope of the core reads the tile's own (filled)
+    margin, or the repeated edge cells where the tile meets the raster's edge, as the whole
+    raster does."""
+    scale = network.resolver.scale
+    inputs = torch.from_numpy(np.stack([item.lowres_m for item in batch]))[:, None]
+    with (
+        torch.inference_mode(),
+        network_autocast(network.device, network.precision),
+    ):
+        mean, spread = ensemble_mean_spread(network.run, inputs.to(network.device))
+    mean_m = mean[:, 0].cpu().numpy()
+    spread_m = spread[:, 0].cpu().numpy()
+    results = []
+    for index, item in enumerate(batch):
+        read = item.tile.read
+        rows = slice(int(read.row_off), int(read.row_off + read.height))
+        slope = input_slope_deg(item.lowres_m, ensemble.dx_m[rows], ensemble.dy_m[rows])
+        core_lowres = item.tile.core_in_read.toslices()
+        core = scale_window(item.tile.core_in_read, scale).toslices()
+        sigma = ensemble.calibration.sigma_m(
+            spread_m[index][core], upscale_mask(slope[core_lowres], scale)
+        )
+        values = np.stack([mean_m[index][core], sigma]).astype(np.float32)
+        values[:, ~upscale_mask(item.core_valid, scale)] = np.nan
         results.append((item.tile, values))
     return results
 
@@ -286,7 +350,6 @@ def predict_array(
     lowres_m = np.asarray(lowres_m)
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
-    rows, cols = lowres_m.shape
     torch_device = resolve_device(device) if isinstance(device, str) else device
     bound = None
     if isinstance(model, SuperResolver):
@@ -296,6 +359,20 @@ def predict_array(
         resolver = checkpoint.build_resolver(torch_device)
         bound = recorded_bf16_bound(checkpoint)
     network = _Network.prepare(resolver, torch_device, precision, compile, bound)
+    return _predict_in_memory(network, lowres_m, tile_px, batch_size, wrap_cols)[0]
+
+
+def _predict_in_memory(
+    network: _Network,
+    lowres_m: np.ndarray,
+    tile_px: int | None,
+    batch_size: int,
+    wrap_cols: int | None,
+) -> np.ndarray:
+    """:func:`predict_array`'s tiles: (bands, rows*s, cols*s) metres, NaN = nodata (one band,
+    or the ensemble's two)."""
+    resolver = network.resolver
+    rows, cols = lowres_m.shape
     scale = resolver.scale
     if tile_px is None:
         # One tile; a wrapping array still needs its context across the edges.
@@ -307,7 +384,8 @@ def predict_array(
     def read_lowres(window: Window) -> np.ndarray:
         return to_float32_heights(lowres_m[window.toslices()], copy=True)
 
-    highres_m = np.full((rows * scale, cols * scale), np.nan, np.float32)
+    bands = 1 if network.ensemble is None else 2
+    highres_m = np.full((bands, rows * scale, cols * scale), np.nan, np.float32)
     grid = _Grid(rows, cols, wrap_cols)
     batches = _predict_batches(
         network, batch_tiles(tiles, batch_size), wrapping(read_lowres, wrap_cols), grid
@@ -315,8 +393,52 @@ def predict_array(
     for batch in batches:
         for tile, values in batch:
             if values is not None:
-                highres_m[scale_window(tile.core, scale).toslices()] = values
+                highres_m[(slice(None),) + scale_window(tile.core, scale).toslices()] = values
     return highres_m
+
+
+def predict_array_ensemble(
+    model: Checkpoint | str | os.PathLike[str],
+    lowres_m: np.ndarray,
+    cell_size_m: tuple[np.ndarray | float, np.ndarray | float],
+    device: torch.device | str = "cpu",
+    tile_px: int | None = None,
+    batch_size: int = 4,
+    precision: str = "auto",
+    compile: bool = False,
+    wrap_cols: int | None = None,
+    calibration: UncertaintyCalibration | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_array` with the self-ensemble: the mean of the 8 flips/rotations of the
+    prediction and its calibrated uncertainty (one-sigma estimated error), both (rows*s,
+    cols*s) float32 metres, NaN where the low-res parent is nodata (:mod:`demsr.ensemble`).
+
+    ``cell_size_m`` is the low-res grid's (x, y) cell size in metres, scalars or per-row
+    arrays of shape (rows,) (:func:`demsr.metrics.cell_sizes_m` of a geographic grid), for the
+    input slope that classes the cells. ``calibration`` None takes the one recorded in
+    ``model`` (:class:`~demsr.ensemble.CalibrationMissing` when it has none). 8 times the
+    compute of :func:`predict_array`; the other arguments are its own, and tiled output equals
+    whole-array output for both arrays, as there.
+    """
+    lowres_m = np.asarray(lowres_m)
+    if lowres_m.ndim != 2:
+        raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
+    rows = lowres_m.shape[0]
+    checkpoint = as_checkpoint(model)
+    if calibration is None:
+        calibration = recorded_calibration(checkpoint)
+    dx_m, dy_m = (np.broadcast_to(np.asarray(size, np.float64), (rows,)) for size in cell_size_m)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    network = _Network.prepare(
+        checkpoint.build_resolver(torch_device),
+        torch_device,
+        precision,
+        compile,
+        recorded_bf16_bound(checkpoint),
+    )
+    network.ensemble = _Ensemble(calibration, dx_m, dy_m)
+    mean_m, sigma_m = _predict_in_memory(network, lowres_m, tile_px, batch_size, wrap_cols)
+    return mean_m, sigma_m
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,12 +558,17 @@ class _StoreWriter:
         self._chunks: list[Path] = []
 
     def write(self, tile: Tile, values: np.ndarray | None) -> None:
-        """Write one tile's core output ((h*s, w*s) metres, NaN = nodata; None: all nodata)."""
+        """Write one tile's core output ((h*s, w*s) metres, NaN = nodata; None: all nodata;
+        (2, h*s, w*s) with the ensemble: the elevation, then its uncertainty, which the output
+        transform (a datum shift) leaves alone and the unit conversion scales)."""
         window = scale_window(tile.core, self.scale)
         shape = (int(window.height), int(window.width))
         if values is None:
             self._pending.append((tile.index, True))
             return
+        uncertainty = None
+        if values.ndim == 3:
+            values, uncertainty = values
         if self.transform_output is not None:
             grid = self.store.grid
             changed = self.transform_output(
@@ -453,11 +580,11 @@ class _StoreWriter:
                     f"transform_output returned shape {changed.shape} for a {shape} tile"
                 )
             values = np.where(np.isnan(values), np.float32(np.nan), changed)
+        if uncertainty is not None:
+            values = np.stack([values, uncertainty])
         if self.metres_per_unit != 1.0:  # back into the input's vertical unit
             values = values / np.float32(self.metres_per_unit)
-        chunk = self.store.write(window, values)
-        if chunk is not None:
-            self._chunks.append(chunk)
+        self._chunks.extend(self.store.write(window, values))
         self._pending.append((tile.index, False))
 
     def commit(self) -> None:
@@ -552,6 +679,7 @@ def predict_raster(
     keep_row_order: bool = False,
     ranks: RankContext | None = None,
     report_every_s: float = 60.0,
+    ensemble: bool = False,
 ) -> Path:
     """Super-resolve one band of a raster of any size into a georeferenced product, tile by tile.
 
@@ -601,6 +729,13 @@ def predict_raster(
     keeps an input's ascending rows. Rank 0 reads every input cell once before the first tile
     (:meth:`~demsr.io.RasterReader.summarise`), so that a truncated file, an undeclared nodata
     value or a band without valid cells fails at once, leaving nothing behind.
+
+    ``ensemble`` writes the mean of the model's 8 flips/rotations (each tile flipped with its
+    margin, so tiled still equals whole) and, as a second band (NetCDF/Zarr: the variable
+    ``elevation_uncertainty``), its calibrated uncertainty in the product's vertical unit
+    (:mod:`demsr.ensemble`; see :func:`predict_array_ensemble`): 8 times the network's work.
+    The checkpoint must record a calibration (:class:`~demsr.ensemble.CalibrationMissing`
+    otherwise) and ``output_dtype`` must be float32, both checked before anything is written.
     """
     if (tile_px is not None and tile_px < 1) or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
@@ -613,6 +748,7 @@ def predict_raster(
     checkpoint_path = None if isinstance(checkpoint, Checkpoint) else checkpoint
     refuse_output_over_input([output, partial], [input_path, checkpoint_path])
     checkpoint = _kept_checkpoint(checkpoint)
+    calibration = _ensemble_calibration(checkpoint, output_dtype) if ensemble else None
     torch_device = resolve_device(distributed.rank_device(device, ctx))
     # Ranks only synchronise (no tensors travel): gloo, with time for the slowest rank.
     with distributed.process_group(ctx, torch_device, timeout=RANK_WAIT, backend="gloo"):
@@ -642,7 +778,35 @@ def predict_raster(
             wrap=wrap,
             keep_row_order=keep_row_order,
             report_every_s=report_every_s,
+            calibration=calibration,
         )
+
+
+def _ensemble_calibration(checkpoint: Checkpoint, output_dtype: str) -> UncertaintyCalibration:
+    """The calibration an ``ensemble`` run needs, checked before anything is written."""
+    if output_dtype != "float32":
+        raise ValueError(
+            f"the ensemble's uncertainty needs a float32 product, not {output_dtype} "
+            "(drop --dtype int16)"
+        )
+    return recorded_calibration(checkpoint)
+
+
+def _uncertainty_band(
+    store: TileStore, calibration: UncertaintyCalibration | None, units: str, cache_bytes: int = 0
+) -> AncillaryBand | None:
+    """The product's uncertainty band (read from ``store``), described; None without one."""
+    if calibration is None:
+        return None
+    attrs = {
+        "long_name": "estimated error of the elevation (one sigma)",
+        "units": units,
+        "uncertainty": "calibrated one-sigma error estimate of the ensemble-mean elevation",
+        "calibration": calibration.describe(),
+        "calibration_cells": ", ".join(str(n) for n in calibration.cells),
+    }
+    reader = store.reader(UNCERTAINTY_ARRAY, cache_bytes)
+    return AncillaryBand(reader, UNCERTAINTY_NAME, "uncertainty", attrs)
 
 
 RANK_WAIT = datetime.timedelta(hours=24)
@@ -731,6 +895,7 @@ def _predict_raster(
     wrap: bool | None,
     keep_row_order: bool,
     report_every_s: float,
+    calibration: UncertaintyCalibration | None = None,
 ) -> Path:
     network = _kept_network(checkpoint, torch_device, precision, compile)
     mode = network.precision
@@ -774,6 +939,15 @@ def _predict_raster(
             "transform_output": _describe_hook(transform_output),
             "units": units,
         }
+        if calibration is not None:  # only then: stores of earlier versions still resume
+            settings["ensemble"] = calibration.to_dict()
+            dx_m, dy_m = cell_sizes_m(source.transform, source.crs, rows)
+            # A copy: the network kept for the process's next prediction stays as it was.
+            network = dataclasses.replace(network, ensemble=_Ensemble(calibration, dx_m, dy_m))
+            log.info(
+                "self-ensemble: 8 flips/rotations per tile; uncertainty calibrated on %s",
+                ", ".join(calibration.fitted_on) or "unnamed rasters",
+            )
         provenance = {
             **dict(tags or {}),
             "units": units,
@@ -787,6 +961,8 @@ def _predict_raster(
             "margin_px": str(margin),
             **network.choice.tags(),
         }
+        if calibration is not None:
+            provenance["ensemble"] = "mean of the model's 8 flips/rotations"
         grid = OutputGrid(
             shape=(rows * scale, cols * scale),
             transform=source.transform @ Affine.scale(1 / scale),
@@ -794,6 +970,7 @@ def _predict_raster(
             nodata=None if source.nodata is None else float(np.float32(source.nodata)),
             chunk_px=tile_px * scale,
             tags=provenance,
+            bands=(ARRAY,) if calibration is None else (ARRAY, UNCERTAINTY_ARRAY),
         )
 
         def open_store() -> TileStore:
@@ -913,8 +1090,8 @@ def _predict_raster(
         from demsr.plan import default_memory_bytes
 
         # Decoded chunks kept while finalising: within the memory the tiles were planned for.
-        cache_bytes = memory_bytes or default_memory_bytes("cpu")[0]
-        with store.reader(cache_bytes) as reader:
+        cache_bytes = (memory_bytes or default_memory_bytes("cpu")[0]) // len(grid.bands)
+        with store.reader(ARRAY, cache_bytes) as reader:
             result = finalise_output(
                 reader,
                 output,
@@ -923,6 +1100,7 @@ def _predict_raster(
                 metadata=provenance,
                 layout=layout,
                 progress=progress,
+                uncertainty=_uncertainty_band(store, calibration, units, cache_bytes),
             )
         store.remove()
         log.info("wrote %s (%d x %d, x%d)", result, cols * scale, rows * scale, scale)

@@ -7,6 +7,8 @@ Layout of ``<output>.partial.zarr``::
                                one tile's output (tile_px * scale square), so that two tiles
                                never share a chunk and ranks never write the same file; the
                                chunks of tiles without valid cells are never written
+    uncertainty/               with ``--ensemble`` only: the calibrated uncertainty, the same
+                               grid and chunks (``OutputGrid.bands`` lists the arrays)
     demsr-run.json             the run's settings (a resume must match them) and the output's
                                georeferencing, written once when the store is created
     done/rank-00000.log        the finished tiles, one line ``<tile index> d`` (``e``: a tile
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = "demsr-partial-prediction"
 STORE_VERSION = 2
 ARRAY = "elevation"
+UNCERTAINTY_ARRAY = "uncertainty"
 RUN_FILE = "demsr-run.json"
 DONE_DIR = "done"
 LOCK_DIR = "locks"
@@ -71,6 +74,7 @@ class OutputGrid:
     nodata: float | None
     chunk_px: int
     tags: dict[str, str]
+    bands: tuple[str, ...] = (ARRAY,)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class OutputGrid:
             "nodata": self.nodata,
             "chunk_px": self.chunk_px,
             "tags": self.tags,
+            "bands": list(self.bands),
         }
 
     @classmethod
@@ -92,6 +97,7 @@ class OutputGrid:
             nodata=None if values["nodata"] is None else float(values["nodata"]),
             chunk_px=int(values["chunk_px"]),
             tags={str(k): str(v) for k, v in values["tags"].items()},
+            bands=tuple(str(band) for band in values.get("bands", [ARRAY])),
         )
 
 
@@ -147,7 +153,7 @@ class TileStore:
 
     def __init__(self, path: Path, settings: dict[str, Any], grid: OutputGrid) -> None:
         self.path, self.settings, self.grid = path, settings, grid
-        self._array: Any = None
+        self._arrays: dict[str, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,15 +172,16 @@ class TileStore:
             "grid": grid.to_dict(),
         }
         with atomic_directory(target) as tmp:
-            zarr.create_array(
-                store=str(tmp),
-                name=ARRAY,
-                shape=grid.shape,
-                chunks=(min(grid.chunk_px, grid.shape[0]), min(grid.chunk_px, grid.shape[1])),
-                dtype="float32",
-                fill_value=np.float32(np.nan),
-                zarr_format=3,
-            )
+            for band in grid.bands:
+                zarr.create_array(
+                    store=str(tmp),
+                    name=band,
+                    shape=grid.shape,
+                    chunks=(min(grid.chunk_px, grid.shape[0]), min(grid.chunk_px, grid.shape[1])),
+                    dtype="float32",
+                    fill_value=np.float32(np.nan),
+                    zarr_format=3,
+                )
             (tmp / DONE_DIR).mkdir()
             (tmp / RUN_FILE).write_text(json.dumps(document, indent=1) + "\n")
         return cls(target, json.loads(json.dumps(settings)), grid)
@@ -215,32 +222,45 @@ class TileStore:
 
     @property
     def array(self) -> Any:
-        if self._array is None:
+        return self.band_array(ARRAY)
+
+    def band_array(self, band: str) -> Any:
+        """The Zarr array of ``band`` (one of ``grid.bands``)."""
+        if band not in self._arrays:
             import zarr
 
-            self._array = zarr.open_array(str(self.path / ARRAY), mode="r+")
-        return self._array
+            self._arrays[band] = zarr.open_array(str(self.path / band), mode="r+")
+        return self._arrays[band]
 
-    def write(self, window: Window, values: np.ndarray) -> Path | None:
-        """Write one tile's output (float32 metres, NaN = nodata) into its own chunk; the chunk's
-        file (to flush), or None when the tile wrote none (all nodata)."""
+    def write(self, window: Window, values: np.ndarray) -> list[Path]:
+        """Write one tile's output (float32 metres, NaN = nodata; (rows, cols), or (bands, rows,
+        cols) for every band of ``grid.bands``) into its own chunk; the chunks' files written (to
+        flush): none when the tile is all nodata."""
         chunk = self.grid.chunk_px
         row, col = int(window.row_off), int(window.col_off)
         if row % chunk or col % chunk:
             raise ValueError(f"window {window} does not start on a {chunk}-cell chunk")
-        self.array[window.toslices()] = values
-        path = self.path / ARRAY / "c" / str(row // chunk) / str(col // chunk)
-        return path if path.exists() else None
+        layers = values if values.ndim == 3 else values[None]
+        if len(layers) != len(self.grid.bands):
+            raise ValueError(f"{len(layers)} bands given for a store of {len(self.grid.bands)}")
+        paths = []
+        for band, layer in zip(self.grid.bands, layers, strict=True):
+            self.band_array(band)[window.toslices()] = layer
+            path = self.path / band / "c" / str(row // chunk) / str(col // chunk)
+            if path.exists():
+                paths.append(path)
+        return paths
 
-    def reader(self, cache_bytes: int = 0) -> RasterReader:
-        """The output read as a raster (NaN = nodata), e.g. for :func:`demsr.io.finalise_output`.
+    def reader(self, band: str = ARRAY, cache_bytes: int = 0) -> RasterReader:
+        """The output's ``band`` read as a raster (NaN = nodata), e.g. for
+        :func:`demsr.io.finalise_output`.
 
         A read decodes each chunk it touches once and keeps the most recent ones (see
         :class:`ChunkCache`): at least 4, up to two rows of chunks when ``cache_bytes`` allows,
         so that reading the output in 512 x 512 blocks, row by row, decodes every chunk once
         instead of once per block.
         """
-        return _StoreReader(self, cache_bytes)
+        return _StoreReader(self, band, cache_bytes)
 
 
 class MemoryTileStore(TileStore):
@@ -255,11 +275,12 @@ class MemoryTileStore(TileStore):
 
     def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any], grid: OutputGrid):
         super().__init__(Path(path), json.loads(json.dumps(settings)), grid)
-        self.values = np.full(grid.shape, np.nan, dtype=np.float32)
+        for band in grid.bands:
+            self._arrays[band] = np.full(grid.shape, np.nan, dtype=np.float32)
         self.done: dict[int, bool] = {}  # tile index -> empty
 
     def remove(self) -> None:
-        self.values = np.empty((0, 0), dtype=np.float32)
+        self._arrays = {band: np.empty((0, 0), dtype=np.float32) for band in self._arrays}
 
     def finished(self) -> tuple[set[int], set[int]]:
         return set(self.done), {index for index, empty in self.done.items() if empty}
@@ -270,13 +291,13 @@ class MemoryTileStore(TileStore):
     def log_for(self, rank: int) -> DoneLog:
         return _MemoryLog(self)
 
-    @property
-    def array(self) -> Any:
-        return self.values
-
-    def write(self, window: Window, values: np.ndarray) -> Path | None:
-        self.values[window.toslices()] = values
-        return None
+    def write(self, window: Window, values: np.ndarray) -> list[Path]:
+        layers = values if values.ndim == 3 else values[None]
+        if len(layers) != len(self.grid.bands):
+            raise ValueError(f"{len(layers)} bands given for a store of {len(self.grid.bands)}")
+        for band, layer in zip(self.grid.bands, layers, strict=True):
+            self._arrays[band][window.toslices()] = layer
+        return []
 
 
 def read_done(path: str | os.PathLike[str]) -> tuple[set[int], set[int]]:
@@ -394,7 +415,7 @@ class ChunkCache:
 class _StoreReader(RasterReader):
     """A partial store's output as a raster, read through a :class:`ChunkCache`."""
 
-    def __init__(self, store: TileStore, cache_bytes: int = 0) -> None:
+    def __init__(self, store: TileStore, band: str = ARRAY, cache_bytes: int = 0) -> None:
         grid = store.grid
         self.path = str(store.path)
         self.shape = grid.shape
@@ -402,8 +423,9 @@ class _StoreReader(RasterReader):
         self.crs = grid.crs
         self.nodata = grid.nodata
         self.band_count = 1
-        self.layout = RasterLayout(kind="zarr", variable=ARRAY, source_dtype="float32")
+        self.layout = RasterLayout(kind="zarr", variable=band, source_dtype="float32")
         self._store = store
+        self._band = band
         chunk = grid.chunk_px
         across = -(-grid.shape[1] // chunk)
         two_rows = 2 * across + 2
@@ -411,7 +433,8 @@ class _StoreReader(RasterReader):
 
     def _read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         window = Window(col_off, row_off, width, height)
-        return self.cache.read(self._store.array, self._store.grid.chunk_px, window)
+        array = self._store.band_array(self._band)
+        return self.cache.read(array, self._store.grid.chunk_px, window)
 
     def close(self) -> None:
         self.cache = ChunkCache(1)

@@ -185,7 +185,7 @@ scoring_options = [
         type=click.Choice(BASELINE_NAMES),
         callback=_all_baselines_unless_named,
         help="Baseline(s) to compare with (repeatable): GDAL's kernels, and bicubic + 4 "
-        "back-projection steps (the shipped model without its network) [default: all five].",
+        "back-projection steps (the strongest parameter-free method) [default: all five].",
     ),
     click.option(
         "--self-ensemble",

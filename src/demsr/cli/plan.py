@@ -161,6 +161,7 @@ def print_dry_run(
         "overwrite": "--overwrite",
         "resume": "--resume",
         "keep_row_order": "--keep-row-order",
+        "ensemble": "--ensemble",
     }
     extra += [flag for name, flag in flags.items() if params[name]]
     given = click.get_current_context().get_parameter_source("progress")
@@ -168,6 +169,11 @@ def print_dry_run(
         extra.append("--progress" if params["progress"] else "--no-progress")
     model = params["paths"][0] if len(params["paths"]) == 3 else None
     click.echo(plan.describe(output_path, model, extra))
+    if params.get("ensemble"):
+        click.echo(
+            "note     --ensemble: 8 network passes per tile (about 8x the time above) and a "
+            "second float32 band (about twice the output)"
+        )
     if Path(output_path).exists() and not params["overwrite"]:
         click.echo(f"note     {output_path} exists: demsr predict refuses it without --overwrite")
     progress = partial_progress(output_path)

@@ -65,6 +65,14 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
     help="Write a NetCDF/Zarr OUTPUT with INPUT's ascending latitudes (south-up rows, as in "
     "GEBCO files) [default: north-up, which every GIS reads right].",
 )
+@click.option(
+    "--ensemble",
+    is_flag=True,
+    help="Self-ensemble: write the mean of the model's 8 flips/rotations as band 1 and a "
+    "calibrated per-cell uncertainty (estimated one-sigma error, in the elevation's unit) as "
+    "band 2 (NetCDF/Zarr: variable elevation_uncertainty). 8x the compute. Needs a checkpoint "
+    "calibrated by scripts/calibrate_uncertainty.py, and a float32 OUTPUT.",
+)
 @tile_size_option
 @batch_size_option
 @memory_option
@@ -106,6 +114,7 @@ def command(
     input_datum: str | None,
     output_datum: str | None,
     keep_row_order: bool,
+    ensemble: bool,
     tile_px: int | None,
     batch_size: int,
     memory_bytes: int | None,
@@ -126,7 +135,7 @@ def command(
     GEBCO layout, or a Zarr store. OUTPUT keeps INPUT's CRS and bounds with the pixel size
     divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
     each read with a margin of the model's receptive field plus the reach of its trend removal
-    and back-projection (57 low-res cells for the shipped model), so memory does not grow with
+    and back-projection (63 low-res cells for the shipped model), so memory does not grow with
     its size and the result equals whole-raster prediction (to float32 rounding with
     --precision fp32, to millimetres in bf16). Finished tiles are kept in
     OUTPUT.partial.zarr: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
@@ -195,6 +204,7 @@ def command(
         crs=crs,
         wrap=wrap,
         keep_row_order=keep_row_order,
+        ensemble=ensemble,
     )
     if context().is_main:
         click.echo(str(path))
