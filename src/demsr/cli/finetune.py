@@ -39,7 +39,8 @@ from demsr.model import FREEZE_PRESETS
 @click.option(
     "--learning-rate",
     type=click.FloatRange(min=0, min_open=True),
-    help="Adam learning rate (sets optimizer.finetune_lr) [default: the config's, 1e-5].",
+    help="Adam learning rate (sets optimizer.finetune_learning_rate) [default: the config's, "
+    "1e-5].",
 )
 def command(
     parent: str,
@@ -60,14 +61,16 @@ def command(
     The model, its elevation scaling and the starting weights come from the parent (the
     config's model section is not used); the other settings (batch, epochs, early stopping,
     decay) from --config/--set as for `demsr train`, at the learning rate
-    optimizer.finetune_lr. Frozen parameters keep the parent's values exactly. The run folder
-    holds the same files as `demsr train`'s; the checkpoints record the parent (path, SHA-256,
-    epoch, metrics, provenance). --resume refuses another parent or other freeze settings.
-    Runs under torchrun as `demsr train` does.
+    optimizer.finetune_learning_rate. Frozen parameters keep the parent's values exactly. The
+    run folder holds the same files as `demsr train`'s; the checkpoints record the parent
+    (path, SHA-256, epoch, metrics, provenance). --resume refuses another parent or other
+    freeze settings. Runs under torchrun as `demsr train` does.
     """
     from demsr.train import Trainer
 
-    shortcuts = [f"optimizer.finetune_lr={learning_rate!r}"] if learning_rate is not None else []
+    shortcuts = (
+        [f"optimizer.finetune_learning_rate={learning_rate!r}"] if learning_rate is not None else []
+    )
     config = run_config(config_path, overrides, data_dir, output_dir, shortcuts)
     refuse_run_over_inputs(config, parent)
     trainer = Trainer(config, progress=progress)
