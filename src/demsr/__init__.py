@@ -77,6 +77,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "predict_array",
         "predict_raster",
     ),
+    # prediction on xarray DataArrays (coordinates and CRS in rioxarray's conventions)
+    "demsr.xr": ("predict_dataarray",),
     # evaluation against interpolation baselines
     "demsr.evaluate": (
         "BASELINES",
@@ -147,6 +149,7 @@ __all__ = [
     "plot_comparison",
     "plot_training_curves",
     "predict_array",
+    "predict_dataarray",
     "predict_raster",
     "prepare_pairs",
     "preset",
@@ -223,3 +226,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     )
     from demsr.pretrained import pretrained_path
     from demsr.train import EpochRecord, Trainer, TrainerCallback, TrainResult
+    from demsr.xr import predict_dataarray
