@@ -355,3 +355,17 @@ def test_checkpoint_option_and_positional_checkpoint_agree(
     code, _, err = run_split("predict", "--checkpoint", checkpoint, checkpoint, source, "o.tif")
     assert code == 2 and "give the checkpoint once" in err
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_finetune_takes_its_parent_as_checkpoint_option(tiny_pairs: Path, tmp_path: Path) -> None:
+    parent = write_untrained_checkpoint(tmp_path / "parent.safetensors", channels=8)
+    run_dir = tmp_path / "run"
+    sets = set_options(tiny_overrides(tiny_pairs, run_dir, "train.epochs=1"))
+    code, _, err = run_split("finetune", parent, "--checkpoint", parent, *sets, "--no-progress")
+    assert code == 2 and "give the parent once" in err
+    assert not run_dir.exists()
+    code, out, err = run_split("finetune", "--checkpoint", parent, *sets, "--no-progress")
+    assert code == 0, err
+    assert "best validation RMSE" in out
+    recorded = load_checkpoint(run_dir / "best.safetensors").metadata["provenance"]["parent"]
+    assert recorded["path"] == str(parent.resolve())

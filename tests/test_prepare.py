@@ -532,7 +532,7 @@ def test_a_folder_of_netcdf_and_zarr_dems_is_prepared(tmp_path: Path) -> None:
     folder = tmp_path / "dems"
     folder.mkdir()
     grid.to_netcdf(folder / "a.nc4")
-    grid.to_zarr(folder / "b.zarr")
+    grid.to_zarr(folder / "b.zarr", consolidated=False)
     write_dem(folder / "c.tif", values)
     (folder / "notes.txt").write_text("not a raster")
     (folder / "plain_folder").mkdir()
