@@ -154,10 +154,12 @@ def predict_dataarray(
     if to_metres != 1.0:
         highres = (highres / to_metres).astype(np.float32)
 
-    # Cell centres of the finer grid, computed as rioxarray computes them from a transform.
+    # Cell centres of the finer grid, computed as rioxarray computes them from a transform
+    # (affine's x * a + y * b + c: the same rounding).
     fine = transform @ Affine.scale(1 / scale)
-    fine_x, _ = fine @ (np.arange(highres.shape[1]) + 0.5, np.full(highres.shape[1], 0.5))
-    _, fine_y = fine @ (np.full(highres.shape[0], 0.5), np.arange(highres.shape[0]) + 0.5)
+    cols, rows = np.arange(highres.shape[1]) + 0.5, np.arange(highres.shape[0]) + 0.5
+    fine_x = cols * fine.a + 0.5 * fine.b + fine.c
+    fine_y = 0.5 * fine.d + rows * fine.e + fine.f
     coords: dict[Any, Any] = {
         y_dim: (y_dim, fine_y[::-1] if south_up else fine_y, data[y_dim].attrs),
         x_dim: (x_dim, fine_x[::-1] if east_west else fine_x, data[x_dim].attrs),
