@@ -94,7 +94,7 @@ def main() -> None:
         with rasterio.open(source) as src:
             rows, cols = src.shape
         output_px = rows * cols * 25
-        extra = ["--tile-size", str(args.tile_size)]
+        extra = ["--tile-px", str(args.tile_size)]
         variants = {1: tmp / "one.tif", args.ranks: tmp / "many.tif"}
         seconds: dict[int, list[float]] = {n: [] for n in variants}
         rates: dict[int, list[float]] = {n: [] for n in variants}

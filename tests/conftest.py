@@ -89,7 +89,7 @@ def tiny_overrides(pairs: Path, output_dir: Path, *extra: str) -> list[str]:
         f"summary.output_dir={output_dir}",
         "data.batch_size=16",
         "optimizer.learning_rate=0.002",
-        "optimizer.lr_decay=0.9",
+        "optimizer.learning_rate_decay=0.9",
         "train.max_steps_per_epoch=8",
         "train.device=cpu",
         *extra,

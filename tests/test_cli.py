@@ -127,7 +127,7 @@ def test_predict_options_datum_format_and_dtype(dem_test_dir: Path, tmp_path: Pa
 
     checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", channels=8, bias=True)
     source = dem_test_dir / "mpl_topobathy_pnw.tif"  # land and sea, EPSG:4326
-    common = ["--device", "cpu", "--no-progress", "--tile-size", "40"]
+    common = ["--device", "cpu", "--no-progress", "--tile-px", "40"]
     code, out = run("predict", checkpoint, source, tmp_path / "egm96.tif", *common)
     assert code == 0, out
     code, out = run(
@@ -179,7 +179,7 @@ def test_gebco_layout_netcdf_comes_out_north_up_and_in_place(
     )
     gebco.to_netcdf(tmp_path / "gebco.nc")
 
-    common = ["--device", "cpu", "--no-progress", "--tile-size", "48"]
+    common = ["--device", "cpu", "--no-progress", "--tile-px", "48"]
     assert run("predict", checkpoint, source, tmp_path / "ref.tif", *common)[0] == 0
     code, out = run("predict", checkpoint, tmp_path / "gebco.nc", tmp_path / "from_nc.tif", *common)
     assert code == 0, out
@@ -254,3 +254,130 @@ def test_precision_choices_are_the_models() -> None:
 
     (param,) = command.__click_params__  # type: ignore[attr-defined]
     assert tuple(param.type.choices) == ("auto", *PRECISIONS)
+
+
+# One spelling per idea across the commands; the old spellings stay for a release, hidden.
+RENAMED = {"--tile-size": "--tile-px", "--output": "--output-dir"}  # in predict/plan, prepare
+MODEL_COMMANDS = (
+    ["predict"],
+    ["evaluate"],
+    ["report"],
+    ["finetune"],
+    ["plan"],
+    ["demo"],
+    ["plot", "compare"],
+)
+
+
+def run_split(*args: object) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("command", [*MODEL_COMMANDS, ["prepare"]], ids=" ".join)
+def test_help_shows_the_new_spellings_only(command: list[str]) -> None:
+    code, out, _ = run_split(*command, "--help")
+    assert code == 0
+    assert "--tile-size" not in out
+    if command == ["prepare"]:
+        assert "--output-dir" in out and "--output " not in out
+    else:
+        assert "--checkpoint CKPT" in out  # every command that runs a model takes it so
+    if command in (["predict"], ["plan"]):
+        assert "--tile-px" in out
+
+
+def test_old_tile_size_spelling_works_and_warns(dem_test_dir: Path, tmp_path: Path) -> None:
+    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", channels=4)
+    source = dem_test_dir / "landlab_west_bijou_1s.tif"
+    for command in (
+        ["plan", source, "--checkpoint", checkpoint],
+        ["predict", checkpoint, source, tmp_path / "out.tif", "--dry-run"],
+    ):
+        code, new, err = run_split(*command, "--tile-px", "32", "--device", "cpu")
+        assert code == 0, err
+        assert "deprecated" not in err
+        code, old, err = run_split(*command, "--tile-size", "32", "--device", "cpu")
+        assert code == 0, err
+        assert old == new and "15 of 32 x 32 cells" in old
+        [line] = err.splitlines()
+        assert "--tile-size is deprecated, use --tile-px" in line
+        code, _, err = run_split(*command, "--tile-size", "32", "--tile-px", "32")
+        assert code == 2 and "give --tile-px or --tile-size (its old spelling), not both" in err
+        code, _, err = run_split(*command, "--tile-size", "0")
+        assert code == 2 and "Invalid value" in err  # checked like the new spelling
+    assert list(tmp_path.iterdir()) == [checkpoint]
+
+
+def test_prepare_output_folder_spellings(dem_test_dir: Path, tmp_path: Path) -> None:
+    source = dem_test_dir / "mpl_jacksboro_3s.tif"
+    options = ["--patch-px", "8", "--stride-px", "40", "--split-block-px", "80", "--no-progress"]
+    written = {}
+    for spelling in ("-o", "--output-dir", "--output"):
+        folder = tmp_path / spelling.strip("-")
+        code, _, err = run_split("prepare", source, spelling, folder, *options)
+        assert code == 0, err
+        assert ("--output is deprecated, use --output-dir" in err) == (spelling == "--output")
+        written[spelling] = (folder / "train" / "train.h5").read_bytes() != b""
+    assert all(written.values())
+    code, _, err = run_split("prepare", source, *options)
+    assert code == 2 and "Missing option '-o' / '--output-dir'" in err
+    code, _, err = run_split("prepare", source, "-o", tmp_path / "a", "--output", tmp_path / "b")
+    assert code == 2 and "not both" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_checkpoint_option_and_positional_checkpoint_agree(
+    tiny_pairs: Path, dem_test_dir: Path, tmp_path: Path
+) -> None:
+    """--checkpoint CKPT does what the positional CHECKPOINT does; giving both is refused."""
+    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", channels=4)
+    data = tiny_pairs / "test" / "test.h5"
+    common = ["--device", "cpu", "--no-progress", "--baseline", "bicubic"]
+    tables = []
+    for form in ([checkpoint, data], ["--checkpoint", checkpoint, data]):
+        code, out, err = run_split("evaluate", *form, *common)
+        assert code == 0, err
+        tables.append(out)
+    assert tables[0] == tables[1] and "model" in tables[0]
+    code, _, err = run_split("evaluate", "--checkpoint", checkpoint, checkpoint, data)
+    assert code == 2 and "give the checkpoint once" in err
+    code, _, err = run_split("evaluate", checkpoint)
+    assert code == 2 and "is a checkpoint" in err
+
+    source = dem_test_dir / "landlab_west_bijou_1s.tif"
+    outputs = []
+    for form in ([checkpoint, source], ["--checkpoint", checkpoint, source]):
+        code, out, err = run_split("predict", *form, tmp_path / "o.tif", "--dry-run")
+        assert code == 0, err
+        outputs.append(out)
+    assert outputs[0] == outputs[1] and f"demsr predict {checkpoint} {source}" in outputs[0]
+    code, _, err = run_split("predict", "--checkpoint", checkpoint, checkpoint, source, "o.tif")
+    assert code == 2 and "give the checkpoint once" in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_finetune_takes_its_parent_as_checkpoint_option(tiny_pairs: Path, tmp_path: Path) -> None:
+    parent = write_untrained_checkpoint(tmp_path / "parent.safetensors", channels=8)
+    run_dir = tmp_path / "run"
+    sets = set_options(tiny_overrides(tiny_pairs, run_dir, "train.epochs=1"))
+    code, _, err = run_split("finetune", parent, "--checkpoint", parent, *sets, "--no-progress")
+    assert code == 2 and "give the parent once" in err
+    assert not run_dir.exists()
+    code, out, err = run_split("finetune", "--checkpoint", parent, *sets, "--no-progress")
+    assert code == 0, err
+    assert "best validation RMSE" in out
+    recorded = load_checkpoint(run_dir / "best.safetensors").metadata["provenance"]["parent"]
+    assert recorded["path"] == str(parent.resolve())
+
+
+def test_report_takes_checkpoints_as_options_too(tiny_pairs: Path, tmp_path: Path) -> None:
+    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", channels=4)
+    data = tiny_pairs / "test" / "test.h5"
+    common = ["--data", data, "--device", "cpu", "--no-progress", "--baseline", "bicubic"]
+    tables = []
+    for name, form in (("a", [checkpoint]), ("b", ["--checkpoint", checkpoint])):
+        code, out, err = run_split("report", *form, *common, "-o", tmp_path / f"{name}.md")
+        assert code == 0, err
+        tables.append(out.rsplit("\n", 2)[0])  # the table, without the report's path
+    assert tables[0] == tables[1] and "m.safetensors" in (tmp_path / "b.md").read_text()

@@ -72,7 +72,7 @@ def test_lite_config_loads() -> None:
 def test_finetune_recipe_takes_the_model_from_the_parent() -> None:
     config = load_config(REPO / "configs" / "finetune-ocean.yaml")
     assert config.model == RunConfig().model  # no model section: the parent's is used
-    assert config.optimizer.finetune_lr == pytest.approx(1e-5)
+    assert config.optimizer.finetune_learning_rate == pytest.approx(1e-5)
     assert config.finetune.freeze == "default"
 
 
@@ -93,8 +93,11 @@ def test_finetune_recipe_takes_the_model_from_the_parent() -> None:
         ("finetune.freeze_blocks=-1", "freeze_blocks must be >= 0"),
         ("finetune.freeze_prefixes=conv1", "expected a list"),
         ("finetune.freeze_prefixes=[conv1, .]", "must be module names"),
-        ("optimizer.finetune_lr=0", "finetune_lr must be > 0"),
-        ("optimizer.lr_scaling=cubic", "lr_scaling must be one of none, linear, sqrt"),
+        ("optimizer.finetune_learning_rate=0", "finetune_learning_rate must be > 0"),
+        (
+            "optimizer.learning_rate_scaling=cubic",
+            "learning_rate_scaling must be one of none, linear, sqrt",
+        ),
     ],
 )
 def test_bad_overrides_are_refused(override: str, message: str) -> None:
@@ -170,3 +173,58 @@ def test_window_training_recipe_holds_out_tiles_of_several_terrains() -> None:
     assert (len(selection.heldout), len(selection.valid)) == (13, 4)
     # The tile of the real-product pair at Oban is never trained on.
     assert "srtm3_N56W006.tif" in {path.name for path in selection.heldout}
+
+
+OLD_KEYS = {
+    "lr_decay": ("learning_rate_decay", 0.9),
+    "finetune_lr": ("finetune_learning_rate", 3e-4),
+    "lr_scaling": ("learning_rate_scaling", "sqrt"),
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_KEYS))
+def test_old_optimizer_keys_load_with_one_deprecation_line(
+    old: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    new, value = OLD_KEYS[old]
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"optimizer": {old: value}}))
+    with caplog.at_level("WARNING", logger="demsr.config"):
+        from_yaml = load_config(path)
+    assert getattr(from_yaml.optimizer, new) == value
+    [record] = caplog.records
+    assert f"optimizer.{old} is deprecated, use optimizer.{new}" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="demsr.config"):
+        from_override = load_config(None, [f"optimizer.{old}={value}"])
+    assert getattr(from_override.optimizer, new) == value
+    assert len(caplog.records) == 1 and f"use optimizer.{new}" in caplog.records[0].getMessage()
+    # The old name is checked like the new one.
+    with pytest.raises(ConfigError, match=f"optimizer.{new}"):
+        load_config(None, [f"optimizer.{old}=abc"])
+
+
+def test_printed_config_uses_the_new_key_names() -> None:
+    optimizer = yaml.safe_load(RunConfig().to_yaml())["optimizer"]
+    assert {"learning_rate_decay", "finetune_learning_rate", "learning_rate_scaling"} <= set(
+        optimizer
+    )
+    assert not {"lr_decay", "finetune_lr", "lr_scaling"} & set(optimizer)
+    for path in (REPO / "configs").glob("*.yaml"):
+        assert "lr_decay" not in path.read_text() and "finetune_lr" not in path.read_text()
+
+
+def test_shipped_checkpoint_config_with_old_keys_reads_under_the_new_ones() -> None:
+    from demsr.checkpoint import load_checkpoint
+    from demsr.config import config_from_dict, upgrade_config_dict
+    from demsr.pretrained import resolve_checkpoint
+
+    recorded = load_checkpoint(resolve_checkpoint("lite")).metadata["training"]
+    assert "lr_decay" in recorded["optimizer"]  # as the file was written (left unchanged)
+    upgraded = upgrade_config_dict(recorded)
+    assert upgraded["optimizer"]["learning_rate_decay"] == recorded["optimizer"]["lr_decay"]
+    assert "lr_decay" not in upgraded["optimizer"]
+    config = config_from_dict(upgraded, source="lite")
+    assert config.optimizer.learning_rate_decay == recorded["optimizer"]["lr_decay"]
+    assert config.optimizer.finetune_learning_rate == recorded["optimizer"]["finetune_lr"]

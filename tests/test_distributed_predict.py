@@ -28,7 +28,7 @@ from demsr.tiling import global_period, tile_grid, wrapped_segments
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "landlab_srtmgl3_frontrange.tif"  # 144 x 240 cells: 60 tiles of 24
-OPTIONS = ("--tile-size", "24", "--batch-size", "2", "--device", "cpu", "--no-progress")
+OPTIONS = ("--tile-px", "24", "--batch-size", "2", "--device", "cpu", "--no-progress")
 
 
 def environment() -> dict[str, str]:

@@ -211,8 +211,8 @@ def test_rank_0_alone_writes_the_run_and_logs_the_global_batch(runs: dict[str, P
 def test_resuming_on_another_number_of_ranks_warns(
     tiny_pairs: Path, runs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # One process continues the 2-rank run: allowed (lr_scaling none) with a warning that the
-    # global batch changes.
+    # One process continues the 2-rank run: allowed (learning_rate_scaling none) with a warning
+    # that the global batch changes.
     run = tmp_path / "run"
     shutil.copytree(runs["ranks"] / "run", run)
     overrides = tiny_overrides(
@@ -360,14 +360,15 @@ def test_a_scaled_learning_rate_refuses_another_number_of_ranks(
     tiny_pairs: Path, tmp_path: Path
 ) -> None:
     settings = tiny_overrides(
-        tiny_pairs, tmp_path / "run", "train.epochs=1", "optimizer.lr_scaling=linear"
+        tiny_pairs, tmp_path / "run", "train.epochs=1", "optimizer.learning_rate_scaling=linear"
     )
     Trainer(load_config(None, settings), progress=False).fit()
     again = [*settings, "train.epochs=2"]  # the last value of a key wins
     run_ranks(_Fit(again, resume=True), tmp_path)
     expected = (
         f"ValueError: {tmp_path / 'run' / LAST}: this run trained on 1 rank(s); resume it on as "
-        "many, not 2 (optimizer.lr_scaling=linear ties its learning rate to their number)"
+        "many, not 2 (optimizer.learning_rate_scaling=linear ties its learning rate to their "
+        "number)"
     )
     assert errors(tmp_path) == [expected, expected]  # every rank stops with the same message
     assert [r["epoch"] for r in read_metrics_rows(tmp_path / "run")] == ["1"]
@@ -405,7 +406,7 @@ def test_torchrun_command_line(tiny_pairs: Path, tmp_path: Path) -> None:
                 run,
                 "train.epochs=1",
                 "train.max_steps_per_epoch=3",
-                "optimizer.lr_scaling=linear",
+                "optimizer.learning_rate_scaling=linear",
             )
         ),
     ]
@@ -436,7 +437,7 @@ def test_finetuning_on_ranks_keeps_frozen_layers_and_matches_one_process(
         progress=False,
     ).fit()
     parent = parent_run / BEST
-    settings = (*RUN_SETTINGS, "optimizer.finetune_lr=0.002")
+    settings = (*RUN_SETTINGS, "optimizer.finetune_learning_rate=0.002")
     ranks = tmp_path / "ranks"
     run_ranks(
         _Finetune(

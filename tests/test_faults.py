@@ -206,7 +206,7 @@ def predict_setup(tmp_path_factory: pytest.TempPathFactory, dem_test_dir: Path) 
 
     def command(output: Path, *extra: str) -> list[str]:
         source = dem_test_dir / SOURCE
-        options = ("--tile-size", "24", "--batch-size", "8", "--device", "cpu", "--no-progress")
+        options = ("--tile-px", "24", "--batch-size", "8", "--device", "cpu", "--no-progress")
         return demsr_command("predict", checkpoint, source, output, *options, *extra)
 
     references = {}

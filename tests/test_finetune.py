@@ -22,7 +22,7 @@ from demsr.model import DEMSRNet, ModelConfig, freeze_preset_prefixes
 from demsr.train import BEST, LAST, Trainer, TrainResult, freeze_parameters
 
 # Fine-tuning runs in these tests use a learning rate at which 8 steps visibly move the weights.
-FAST = "optimizer.finetune_lr=0.002"
+FAST = "optimizer.finetune_learning_rate=0.002"
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_the_new_checkpoint_records_its_parent_and_the_settings(
     training = child.metadata["training"]
     assert training["finetune"]["freeze"] == "all-but-tail"
     assert training["model"]["blocks"] == 2 and training["model"]["channels"] == 8
-    # The learning rate is optimizer.finetune_lr, 1e-5 by default.
+    # The learning rate is optimizer.finetune_learning_rate, 1e-5 by default.
     assert float(read_metrics_rows(tmp_path / "run")[0]["learning_rate"]) == pytest.approx(1e-5)
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.finetune.parent == str(parent) and saved.model.blocks == 2

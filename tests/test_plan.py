@@ -211,7 +211,7 @@ def test_the_chosen_tile_is_the_largest_that_fits(
 def test_plan_and_predict_choose_the_same_tiles(
     checkpoint: Path, dem_test_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without --tile-size both take the largest tile --memory allows: the same read windows go
+    """Without --tile-px both take the largest tile --memory allows: the same read windows go
     through the network as the plan says, the product records that tile size, and the plan's
     command line carries the cap."""
     source = dem_test_dir / SOURCE  # 67 x 129
@@ -323,7 +323,7 @@ def test_plan_command_prints_the_plan(
 ) -> None:
     monkeypatch.setenv("WORLD_SIZE", "3")  # the default number of ranks
     source = dem_test_dir / SOURCE
-    args = ["plan", source, "--checkpoint", checkpoint, "--tile-size", "32", "--device", "cpu"]
+    args = ["plan", source, "--checkpoint", checkpoint, "--tile-px", "32", "--device", "cpu"]
     code, out, err = run_cli(*args, "--format", "netcdf", "--dtype", "int16")
     assert code == 0, err
     assert "tiles    15 of 32 x 32 cells (3 x 5)" in out
@@ -332,7 +332,7 @@ def test_plan_command_prints_the_plan(
     assert "product 432 kB uncompressed" in out  # 335 x 645 x 2 bytes
     assert (
         f"run      torchrun --nproc_per_node 3 -m demsr predict {checkpoint} {source} OUTPUT.nc "
-        "--dtype int16 --tile-size 32 --device cpu"
+        "--dtype int16 --tile-px 32 --device cpu"
     ) in out
 
 
@@ -342,13 +342,13 @@ def test_predict_dry_run_prints_the_plan_and_writes_nothing(
     source = dem_test_dir / SOURCE
     output = tmp_path / "out.nc"
     code, out, err = run_cli(
-        "predict", checkpoint, source, output, "--tile-size", "32", "--output-datum", "wgs84",
+        "predict", checkpoint, source, output, "--tile-px", "32", "--output-datum", "wgs84",
         "--dry-run",
     )  # fmt: skip
     assert code == 0, err
     assert "tiles    15 of 32 x 32 cells" in out and "netcdf float32" in out
     assert (
-        f"run      demsr predict {checkpoint} {source} {output} --tile-size 32 --output-datum wgs84"
+        f"run      demsr predict {checkpoint} {source} {output} --tile-px 32 --output-datum wgs84"
     ) in out
     assert list(tmp_path.iterdir()) == []
 
@@ -362,7 +362,7 @@ def test_predict_dry_run_under_torchrun(
     output.write_bytes(b"an earlier product")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "1")
-    args = ["predict", checkpoint, source, output, "--tile-size", "32", "--dry-run"]
+    args = ["predict", checkpoint, source, output, "--tile-px", "32", "--dry-run"]
     assert run_cli(*args) == (0, "", "")
     monkeypatch.setenv("RANK", "0")
     code, out, err = run_cli(*args)
@@ -370,7 +370,7 @@ def test_predict_dry_run_under_torchrun(
     assert "ranks    4: 3-4 tiles each" in out  # 3 x 5 tiles dealt round-robin
     assert (
         f"torchrun --nproc_per_node 4 -m demsr predict {checkpoint} {source} {output} "
-        "--tile-size 32\n"
+        "--tile-px 32\n"
     ) in out
     assert f"note     {output} exists: demsr predict refuses it without --overwrite" in out
     assert output.read_bytes() == b"an earlier product"

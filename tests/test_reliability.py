@@ -41,7 +41,7 @@ from demsr.io import read_raster, write_geotiff
 from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
 
 SOURCE = "landlab_west_bijou_1s.tif"  # 67 x 129 cells, EPSG:4326, float32, 1690..1807 m
-TILES = ["--tile-size", "32"]  # 3 x 5 = 15 tiles of the source
+TILES = ["--tile-px", "32"]  # 3 x 5 = 15 tiles of the source
 
 
 class Payload:
@@ -572,7 +572,7 @@ def case_resume_with_other_settings(env: Env) -> Expect:
     interrupt_network(env, on_call=3)
     assert run_cli(predict(env, env.inputs / "dem.tif", *TILES))[0] == 130
     env.monkeypatch.undo()
-    args = predict(env, env.inputs / "dem.tif", "--tile-size", "16", "--resume")
+    args = predict(env, env.inputs / "dem.tif", "--tile-px", "16", "--resume")
     problem = "cannot resume, tile_px differs from the interrupted run .was 32, now 16.; rerun"
     return Expect(args, "out.tif.partial.zarr", problem)
 

@@ -310,3 +310,34 @@ def test_the_fitted_degradation_of_a_config_makes_the_window_inputs(tmp_path: Pa
         block_mean = degrade(highres.numpy()[0].astype(np.float64), trainer.train_set.scale)
         gaps[probability] = float(np.abs(lowres.numpy()[0] - block_mean).max())
     assert gaps[0.0] < 1e-4 and gaps[1.0] > 1.0  # metres: float32 rounding; the degradation
+
+
+def test_a_run_recorded_with_the_old_optimizer_keys_resumes(
+    tiny_pairs: Path, tmp_path: Path
+) -> None:
+    """Runs started before optimizer.lr_decay/finetune_lr/lr_scaling were renamed recorded the
+    old names in last.safetensors: they resume, and a changed value is still refused."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    _fit(tiny_pairs, run, "train.epochs=1")
+    with safe_open(str(run / LAST), framework="pt") as handle:
+        header = json.loads(handle.metadata()["demsr"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    optimizer = header["training"]["optimizer"]
+    for old, new in (
+        ("lr_decay", "learning_rate_decay"),
+        ("finetune_lr", "finetune_learning_rate"),
+        ("lr_scaling", "learning_rate_scaling"),
+    ):
+        optimizer[old] = optimizer.pop(new)
+    save_file(tensors, str(run / LAST), metadata={"demsr": json.dumps(header)})
+    with pytest.raises(ValueError, match="optimizer.learning_rate_decay"):
+        _fit(tiny_pairs, run, "train.epochs=2", "optimizer.learning_rate_decay=0.5", resume=True)
+    result = _fit(tiny_pairs, run, "train.epochs=2", resume=True)
+    assert result.epochs_run == 2
+    assert [r["epoch"] for r in read_metrics_rows(run)] == ["1", "2"]
+    assert "learning_rate_decay" in load_checkpoint(run / LAST).metadata["training"]["optimizer"]

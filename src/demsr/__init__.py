@@ -78,6 +78,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "predict_array_ensemble",
         "predict_raster",
     ),
+    # prediction on xarray DataArrays (coordinates and CRS in rioxarray's conventions)
+    "demsr.xr": ("predict_dataarray",),
     # evaluation against interpolation baselines
     "demsr.evaluate": (
         "BASELINES",
@@ -149,6 +151,7 @@ __all__ = [
     "plot_training_curves",
     "predict_array",
     "predict_array_ensemble",
+    "predict_dataarray",
     "predict_raster",
     "prepare_pairs",
     "preset",
@@ -225,3 +228,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     )
     from demsr.pretrained import pretrained_path
     from demsr.train import EpochRecord, Trainer, TrainerCallback, TrainResult
+    from demsr.xr import predict_dataarray

@@ -4,7 +4,8 @@ The sections follow the reference's ``DEM-SRNet.yaml`` (model / data / optimizer
 train; demsr adds ``finetune``), so its files load as they are: its keys that demsr names
 differently are translated (``REFERENCE_ALIASES``), keys whose value demsr fixes are checked
 (``REFERENCE_FIXED``), and keys that only steered the reference's runtime are accepted and
-ignored (``REFERENCE_IGNORED``). Any other unknown key is an error. Overrides
+ignored (``REFERENCE_IGNORED``). demsr's own renamed keys (``RENAMED_KEYS``) load under their
+old names with a deprecation warning. Any other unknown key is an error. Overrides
 (``section.key=value``) are parsed as YAML scalars (a YAML list for list fields) and checked
 against the field's type; nothing is evaluated.
 """
@@ -41,9 +42,9 @@ class ConfigError(ValueError):
 
 _ARCHITECTURE = ("blocks", "channels", "scale", "bias", "resize", "padding")
 
-# How optimizer.lr_scaling adapts the learning rate to the number of ranks of a torchrun run
-# (demsr.train.scaled_learning_rate).
-LR_SCALINGS = ("none", "linear", "sqrt")
+# How optimizer.learning_rate_scaling adapts the learning rate to the number of ranks of a
+# torchrun run (demsr.train.scaled_learning_rate).
+LEARNING_RATE_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclass
@@ -152,19 +153,20 @@ class DataSection:
 class OptimizerSection:
     """Adam with an exponential learning-rate decay applied once per epoch.
 
-    ``lr_scaling`` adapts ``learning_rate`` and ``finetune_lr`` to the number of ranks of a
-    torchrun run, whose global batch is ``data.batch_size`` x world size: ``none`` keeps them,
-    ``linear`` multiplies them by the world size, ``sqrt`` by its square root.
+    ``learning_rate_scaling`` adapts ``learning_rate`` and ``finetune_learning_rate`` to the
+    number of ranks of a torchrun run, whose global batch is ``data.batch_size`` x world size:
+    ``none`` keeps them, ``linear`` multiplies them by the world size, ``sqrt`` by its square
+    root.
     """
 
     name: str = "adam"
     learning_rate: float = 1e-4
     eps: float = 1e-8
     weight_decay: float = 0.0
-    lr_decay: float = 0.98
+    learning_rate_decay: float = 0.98
     # The learning rate of fine-tuning runs (``demsr finetune``), in place of learning_rate.
-    finetune_lr: float = 1e-5
-    lr_scaling: str = "none"
+    finetune_learning_rate: float = 1e-5
+    learning_rate_scaling: str = "none"
 
 
 @dataclass
@@ -198,11 +200,12 @@ class FinetuneSection:
     """Fine-tuning from a trained checkpoint (``demsr finetune``); unused while ``parent`` is None.
 
     The weights, model config and elevation scaling come from ``parent`` (the model section is
-    replaced by the parent's); the learning rate is ``optimizer.finetune_lr``. Frozen parameters:
-    the ``freeze`` preset (see ``demsr.model.freeze_preset_prefixes``: ``default`` = conv1 and
-    the first ``freeze_blocks`` residual blocks, None = half of them; ``none``; ``all-but-tail``
-    = all but conv_up and conv_out) plus the module names in ``freeze_prefixes`` (dotted, e.g.
-    ``conv2``, ``body.3`` or ``body.3.res_conv1``; a name that matches no parameter is an error).
+    replaced by the parent's); the learning rate is ``optimizer.finetune_learning_rate``. Frozen
+    parameters: the ``freeze`` preset (see ``demsr.model.freeze_preset_prefixes``: ``default``
+    = conv1 and the first ``freeze_blocks`` residual blocks, None = half of them; ``none``;
+    ``all-but-tail`` = all but conv_up and conv_out) plus the module names in
+    ``freeze_prefixes`` (dotted, e.g. ``conv2``, ``body.3`` or ``body.3.res_conv1``; a name that
+    matches no parameter is an error).
     """
 
     parent: str | None = None
@@ -276,11 +279,18 @@ class RunConfig:
             (self.train.gradient_loss_weight >= 0, "train.gradient_loss_weight must be >= 0"),
             (self.optimizer.name.lower() == "adam", "optimizer.name must be 'adam'"),
             (self.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0"),
-            (self.optimizer.finetune_lr > 0, "optimizer.finetune_lr must be > 0"),
-            (0 < self.optimizer.lr_decay <= 1, "optimizer.lr_decay must be in (0, 1]"),
             (
-                self.optimizer.lr_scaling in LR_SCALINGS,
-                f"optimizer.lr_scaling must be one of {', '.join(LR_SCALINGS)}",
+                self.optimizer.finetune_learning_rate > 0,
+                "optimizer.finetune_learning_rate must be > 0",
+            ),
+            (
+                0 < self.optimizer.learning_rate_decay <= 1,
+                "optimizer.learning_rate_decay must be in (0, 1]",
+            ),
+            (
+                self.optimizer.learning_rate_scaling in LEARNING_RATE_SCALINGS,
+                "optimizer.learning_rate_scaling must be one of "
+                + ", ".join(LEARNING_RATE_SCALINGS),
             ),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (self.train.patience >= 1, "train.patience must be >= 1"),
@@ -327,6 +337,47 @@ REFERENCE_ALIASES: dict[tuple[str, str], tuple[str, str]] = {
     ("optimizer", "epochs"): ("train", "epochs"),
     ("summary", "summary_dir"): ("summary", "output_dir"),
 }
+# demsr's own keys renamed to spell out learning_rate (the naming rule): the old names still
+# load, from YAML and --set with a deprecation warning, and silently from the configs recorded in
+# existing checkpoints (so their runs resume). The old names go in a later release.
+RENAMED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("optimizer", "lr_decay"): ("optimizer", "learning_rate_decay"),
+    ("optimizer", "finetune_lr"): ("optimizer", "finetune_learning_rate"),
+    ("optimizer", "lr_scaling"): ("optimizer", "learning_rate_scaling"),
+}
+
+
+def renamed_key(section_name: str, key: str, source: str | None = None) -> tuple[str, str]:
+    """``(section, key)`` under its current name; an old name (:data:`RENAMED_KEYS`) is
+    translated, with one deprecation warning naming ``source`` when one is given."""
+    new = RENAMED_KEYS.get((section_name, key))
+    if new is None:
+        return section_name, key
+    if source is not None:
+        log.warning(
+            "%s: %s.%s is deprecated, use %s.%s (the old name is removed in a later release)",
+            source,
+            section_name,
+            key,
+            *new,
+        )
+    return new
+
+
+def upgrade_config_dict(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (e.g. a checkpoint's recorded ``training`` config) with the old key names
+    of :data:`RENAMED_KEYS` replaced by the current ones; other keys as they are."""
+    upgraded: dict[str, Any] = {}
+    for section_name, section_values in values.items():
+        if not isinstance(section_values, dict):
+            upgraded[section_name] = section_values
+            continue
+        section: dict[str, Any] = upgraded.setdefault(section_name, {})
+        for key, value in section_values.items():
+            section[renamed_key(str(section_name), str(key))[1]] = value
+    return upgraded
+
+
 REFERENCE_FIXED: dict[tuple[str, str], tuple[Any, ...]] = {
     ("model", "name"): ("DEMNet", "DEMSRNet", "DEM-SRNet"),
     ("model", "in_channels"): (1,),
@@ -397,7 +448,10 @@ def _set(config: RunConfig, section_name: str, key: str, value: Any, source: str
     sections = {f.name for f in dataclasses.fields(config)}
     if section_name not in sections:
         raise ConfigError(f"{source}: unknown section {section_name!r} (known: {sorted(sections)})")
-    if (section_name, key) in REFERENCE_ALIASES:
+    if (section_name, key) in RENAMED_KEYS:
+        section_name, key = renamed_key(section_name, key, source)
+        where = f"{source}: {section_name}.{key}"
+    elif (section_name, key) in REFERENCE_ALIASES:
         section_name, key = REFERENCE_ALIASES[(section_name, key)]
     elif (section_name, key) in REFERENCE_FIXED:
         allowed = REFERENCE_FIXED[(section_name, key)]
@@ -474,7 +528,7 @@ def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -
             raise ConfigError(f"override {item!r}: expected section.key=value")
         dotted, raw = item.split("=", 1)
         section_name, key = dotted.strip().split(".", 1)
-        expected = _field_type(config, section_name, key)
+        expected = _field_type(config, *RENAMED_KEYS.get((section_name, key), (section_name, key)))
         if _is_text(expected):
             # Text (a path, a name) is taken as written: "2024-01-01" or "a: b" stay strings.
             value: Any = (

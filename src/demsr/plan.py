@@ -1001,7 +1001,7 @@ def plan_prediction(
         )
         notes.append(
             f"tile size {tile_px}: the largest that fits in {_memory(budget)} ({budget_source}); "
-            "--memory or --tile-size change it"
+            "--memory or --tile-px change it"
         )
     geometry = grid_geometry(rows, cols, tile_px, margin)
     sharding = shard_tiles(rows, cols, tile_px, margin, batch_size, ranks)
@@ -1143,7 +1143,7 @@ def _options(
     if dtype != "float32":
         words += ["--dtype", dtype]
     if tile_px is not None:
-        words += ["--tile-size", str(tile_px)]
+        words += ["--tile-px", str(tile_px)]
     if memory_bytes is not None:
         words += ["--memory", f"{memory_bytes / 2**20:g}MiB"]
     if batch_size != 1:

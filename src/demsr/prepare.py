@@ -45,6 +45,9 @@ from tqdm import tqdm
 
 from demsr.datasets import Normalisation, PairMetadata, PairWriter
 from demsr.io import (
+    NETCDF_SUFFIXES,
+    ZARR_SUFFIX,
+    ZIP_RASTER_SUFFIXES,
     Raster,
     read_raster,
     refuse_existing,
@@ -58,7 +61,16 @@ _log = logging.getLogger(__name__)
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 SPLIT_BY: tuple[str, ...] = ("block", "file")
 SplitBy = Literal["block", "file"]
-RASTER_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".hgt", ".nc", ".asc", ".vrt", ".img")
+# A folder's members taken as rasters: what demsr.io.open_raster reads, by the suffixes its
+# readers dispatch on (GDAL's rasters as a zip may hold them, a zip of one, NetCDF, Zarr stores:
+# folders), plus GDAL's virtual rasters.
+RASTER_SUFFIXES: tuple[str, ...] = (
+    *ZIP_RASTER_SUFFIXES,
+    ".vrt",
+    ".zip",
+    *NETCDF_SUFFIXES,
+    ZARR_SUFFIX,
+)
 
 _WRITE_BATCH = 256  # patches gathered per HDF5 append; bounds memory for dense strides
 
@@ -547,20 +559,24 @@ class PreparePlan:
 def collect_rasters(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand ``paths`` into raster files: files as given, folders into their rasters (sorted).
 
-    Folder members are taken by suffix (``RASTER_SUFFIXES``). Missing paths and the same file
-    named twice are refused with ValueError.
+    Folder members are taken by suffix (``RASTER_SUFFIXES``, the formats ``open_raster``
+    reads; a ``.zarr`` folder is a raster, not a folder of them). Missing paths and the same
+    file named twice are refused with ValueError.
     """
     found: list[Path] = []
     for item in paths:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and path.suffix.lower() != ZARR_SUFFIX:
             members = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in RASTER_SUFFIXES
+                and (p.is_dir() if p.suffix.lower() == ZARR_SUFFIX else p.is_file())
             )
             if not members:
                 raise ValueError(f"{path}: folder holds no rasters ({', '.join(RASTER_SUFFIXES)})")
             found.extend(members)
-        elif path.is_file():
+        elif path.exists():
             found.append(path)
         else:
             raise ValueError(f"{path}: no such file or folder")

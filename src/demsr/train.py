@@ -4,8 +4,8 @@ on the validation loss, a checkpoint every epoch and at the best validation loss
 Two ways to start (:class:`Trainer`): ``fit`` trains the network of ``config.model`` from its
 initialisation; ``finetune`` starts from a trained checkpoint (its model config, elevation scaling
 and weights), freezes some of its layers (``freeze_parameters``, by module name) and trains the
-rest at ``optimizer.finetune_lr``, recording the parent checkpoint in the new checkpoints'
-provenance. Both share the loop, the run folder and ``--resume``.
+rest at ``optimizer.finetune_learning_rate``, recording the parent checkpoint in the new
+checkpoints' provenance. Both share the loop, the run folder and ``--resume``.
 
 Run folder (``summary.output_dir``)::
 
@@ -27,10 +27,10 @@ gloo on the CPU; see :mod:`demsr.distributed`). ``data.batch_size`` is per rank:
 each epoch's shuffled order (:class:`~demsr.datasets.ShuffledShardSampler`), so N ranks with
 batches of b train on the same global batches as one process with batches of N*b (up to the at
 most N-1 pairs an epoch leaves out so that the ranks get equal shares), and
-``optimizer.lr_scaling`` may scale the learning rate with N. Each rank validates its share of the
-valid pairs and the sums are added, so all ranks take the same early-stopping decision. Rank 0
-alone logs progress and writes the run folder, which multi-node runs must keep on a shared
-filesystem (every rank reads ``last.safetensors`` on ``--resume``).
+``optimizer.learning_rate_scaling`` may scale the learning rate with N. Each rank validates its
+share of the valid pairs and the sums are added, so all ranks take the same early-stopping
+decision. Rank 0 alone logs progress and writes the run folder, which multi-node runs must keep
+on a shared filesystem (every rank reads ``last.safetensors`` on ``--resume``).
 
 Callbacks (:class:`TrainerCallback`) let a script or notebook follow a run (log, plot, collect
 the epochs' :class:`EpochRecord`) without touching the loop.
@@ -67,7 +67,13 @@ from demsr.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from demsr.config import DEFAULT_WINDOW_PATCH_PX, LR_SCALINGS, ModelSection, RunConfig
+from demsr.config import (
+    DEFAULT_WINDOW_PATCH_PX,
+    LEARNING_RATE_SCALINGS,
+    ModelSection,
+    RunConfig,
+    upgrade_config_dict,
+)
 from demsr.datasets import (
     LowresMaker,
     Normalisation,
@@ -190,14 +196,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def scaled_learning_rate(learning_rate: float, lr_scaling: str, world_size: int) -> float:
-    """The learning rate of a run on ``world_size`` ranks (``optimizer.lr_scaling``): ``none``
-    keeps ``learning_rate``, ``linear`` multiplies it by ``world_size``, ``sqrt`` by its square
-    root (the global batch grows with the world size)."""
+def scaled_learning_rate(
+    learning_rate: float, learning_rate_scaling: str, world_size: int
+) -> float:
+    """The learning rate of a run on ``world_size`` ranks (``optimizer.learning_rate_scaling``):
+    ``none`` keeps ``learning_rate``, ``linear`` multiplies it by ``world_size``, ``sqrt`` by its
+    square root (the global batch grows with the world size)."""
     factors = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}
-    if lr_scaling not in LR_SCALINGS:
-        raise ValueError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {lr_scaling!r}")
-    return learning_rate * factors[lr_scaling]
+    if learning_rate_scaling not in LEARNING_RATE_SCALINGS:
+        raise ValueError(
+            f"learning_rate_scaling must be one of {', '.join(LEARNING_RATE_SCALINGS)}, "
+            f"got {learning_rate_scaling!r}"
+        )
+    return learning_rate * factors[learning_rate_scaling]
 
 
 def gradient_mse(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -296,7 +307,7 @@ class Trainer:
 
     model: DEMSRNet
     resolver: SuperResolver
-    learning_rate: float  # at the start of the run, after lr_scaling
+    learning_rate: float  # at the start of the run, after learning_rate_scaling
 
     def __init__(
         self,
@@ -669,15 +680,16 @@ class Trainer:
 
         The model config, elevation scaling and starting weights are the parent's (the config's
         model section is replaced by the parent's); the learning rate is
-        ``optimizer.finetune_lr``. ``freeze`` is a preset of ``demsr.model.FREEZE_PRESETS``
-        (``default``: conv1 and the first ``freeze_blocks`` residual blocks, half of them when
-        None; ``none``; ``all-but-tail``: all but conv_up and conv_out), and ``freeze_prefixes``
-        adds module names to it (see :func:`freeze_parameters`). Arguments left None take the
-        values of ``config.finetune``; the values used are stored there, so ``config.yaml`` and
-        the checkpoints record them. The new checkpoints' ``provenance.parent`` holds the
-        parent's path, SHA-256, epoch, metrics, provenance and its validation RMSE on these pairs.
-        ``resume`` continues the run in ``summary.output_dir`` and refuses another parent (by
-        SHA-256) or other freeze settings.
+        ``optimizer.finetune_learning_rate``. ``freeze`` is a preset of
+        ``demsr.model.FREEZE_PRESETS`` (``default``: conv1 and the first ``freeze_blocks``
+        residual blocks, half of them when None; ``none``; ``all-but-tail``: all but conv_up and
+        conv_out), and ``freeze_prefixes`` adds module names to it (see
+        :func:`freeze_parameters`). Arguments left None take the values of ``config.finetune``;
+        the values used are stored there, so ``config.yaml`` and the checkpoints record them.
+        The new checkpoints' ``provenance.parent`` holds the parent's path, SHA-256, epoch,
+        metrics, provenance and its validation RMSE on these pairs. ``resume`` continues the run
+        in ``summary.output_dir`` and refuses another parent (by SHA-256) or other freeze
+        settings.
         """
         settings = self.config.finetune
         if parent is not None:
@@ -749,7 +761,7 @@ class Trainer:
         # The fine-tuning record, None when training from scratch (a local: the type checker
         # narrows it).
         parent = self.parent_record
-        learning_rate_key = "finetune_lr" if parent is not None else "learning_rate"
+        learning_rate_key = "finetune_learning_rate" if parent is not None else "learning_rate"
         out.mkdir(parents=True, exist_ok=True)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -757,7 +769,9 @@ class Trainer:
         trainable_count = count_parameters(self.model, trainable_only=True)
         self.frozen_parameters = count_parameters(self.model) - trainable_count
         self.learning_rate = scaled_learning_rate(
-            getattr(cfg.optimizer, learning_rate_key), cfg.optimizer.lr_scaling, self.world_size
+            getattr(cfg.optimizer, learning_rate_key),
+            cfg.optimizer.learning_rate_scaling,
+            self.world_size,
         )
         optimizer = torch.optim.Adam(
             trainable,
@@ -766,7 +780,9 @@ class Trainer:
             weight_decay=cfg.optimizer.weight_decay,
             fused=True,  # one kernel per parameter group instead of several per tensor
         )
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.optimizer.lr_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(
+            optimizer, gamma=cfg.optimizer.learning_rate_decay
+        )
         start_epoch, global_step = 1, 0
         skip_steps, skipped_loss_sum = 0, 0.0  # of a mid-epoch checkpoint
         best_loss, best_rmse, bad_epochs = math.inf, math.inf, 0
@@ -1003,16 +1019,16 @@ class Trainer:
             f"batch {cfg.data.batch_size} per rank x {self.world_size} ranks = global batch "
             f"{cfg.data.batch_size * self.world_size}, learning rate {self.learning_rate:.2e}"
         )
-        if cfg.optimizer.lr_scaling != "none":
+        if cfg.optimizer.learning_rate_scaling != "none":
             base = getattr(cfg.optimizer, learning_rate_key)
-            scaling = cfg.optimizer.lr_scaling
-            text += f" (optimizer.{learning_rate_key} {base:.2e}, lr_scaling {scaling})"
+            scaling = cfg.optimizer.learning_rate_scaling
+            text += f" (optimizer.{learning_rate_key} {base:.2e}, learning_rate_scaling {scaling})"
         return text
 
     def _resume_state(self, last: Path) -> tuple[Checkpoint, TrainingState]:
         """The checkpoint and training state to resume from, once checked against this run:
-        the same starting point, model, settings and (where lr_scaling ties the learning rate
-        to it) world size."""
+        the same starting point, model, settings and (where learning_rate_scaling ties the
+        learning rate to it) world size."""
         cfg = self.config
         if not last.exists():
             raise FileNotFoundError(f"{last}: nothing to resume from")
@@ -1021,7 +1037,9 @@ class Trainer:
         self._check_same_parent(last, stored_parent)
         if (checkpoint.model_config, checkpoint.scaling) != (self.model_config, self.scaling):
             raise ValueError(f"{last}: model config differs from this run's config")
-        changed = _changed_settings(checkpoint.metadata.get("training", {}), cfg.to_dict())
+        # A run recorded under the old key names (config.RENAMED_KEYS) resumes under the new ones.
+        recorded = upgrade_config_dict(checkpoint.metadata.get("training", {}))
+        changed = _changed_settings(recorded, cfg.to_dict())
         if changed:
             raise ValueError(
                 f"{last}: cannot resume with different settings ({', '.join(changed)}); "
@@ -1029,11 +1047,11 @@ class Trainer:
             )
         stored_world = int(checkpoint.metadata.get("distributed", {}).get("world_size", 1))
         if stored_world != self.world_size:
-            if cfg.optimizer.lr_scaling != "none":
+            if cfg.optimizer.learning_rate_scaling != "none":
                 raise ValueError(
                     f"{last}: this run trained on {stored_world} rank(s); resume it on as many, "
-                    f"not {self.world_size} (optimizer.lr_scaling={cfg.optimizer.lr_scaling} "
-                    "ties its learning rate to their number)"
+                    f"not {self.world_size} (optimizer.learning_rate_scaling="
+                    f"{cfg.optimizer.learning_rate_scaling} ties its learning rate to their number)"
                 )
             if self.is_main:
                 batch = cfg.data.batch_size

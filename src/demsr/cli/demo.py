@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from demsr.cli.options import RASTER_PATH, device_option, overwrite_option, progress_option
+from demsr.cli.options import (
+    RASTER_PATH,
+    checkpoint_option,
+    device_option,
+    overwrite_option,
+    progress_option,
+)
 
 
 @click.command("demo")
@@ -22,10 +28,7 @@ from demsr.cli.options import RASTER_PATH, device_option, overwrite_option, prog
     help='High-res DEM to degrade and super-resolve [default: the bundled SRTM 3" tile '
     "N37W004, Sierra Nevada, Spain].",
 )
-@click.option(
-    "--checkpoint",
-    help="Checkpoint file, or the name of a shipped model [default: lite, shipped].",
-)
+@checkpoint_option()
 @device_option
 @overwrite_option
 @progress_option

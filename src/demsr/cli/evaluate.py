@@ -7,8 +7,10 @@ import click
 from demsr.cli.options import (
     RASTER_PATH,
     band_option,
+    checkpoint_option,
     device_option,
     overwrite_option,
+    positional_checkpoint,
     progress_option,
     with_datum_options,
     with_scoring_options,
@@ -16,8 +18,8 @@ from demsr.cli.options import (
 
 
 @click.command("evaluate")
-@click.argument("checkpoint")
-@click.argument("data", type=RASTER_PATH)
+@click.argument("paths", nargs=-1, metavar="[CHECKPOINT] DATA")
+@checkpoint_option()
 @click.option(
     "--lowres",
     "lowres_path",
@@ -61,8 +63,8 @@ from demsr.cli.options import (
 @overwrite_option
 @progress_option
 def command(
-    checkpoint: str,
-    data: str,
+    paths: tuple[str, ...],
+    checkpoint: str | None,
     lowres_path: str | None,
     fine_datum: str,
     lowres_datum: str,
@@ -80,7 +82,8 @@ def command(
 ) -> None:
     """Score CHECKPOINT and interpolation baselines against high-res truth DATA.
 
-    CHECKPOINT is a checkpoint file or the name of a shipped model (lite). DATA is an HDF5
+    CHECKPOINT (or --checkpoint CKPT) is a checkpoint file or the name of a shipped model
+    [default: lite, the shipped model]. DATA is an HDF5
     pair file (e.g. test/test.h5), a high-res raster (degraded x scale by block mean, then
     super-resolved), or with --lowres a fine DEM under a low-res raster (a real coarse
     product). Baselines: GDAL's kernels and bicubic + back-projection (the shipped model
@@ -92,11 +95,16 @@ def command(
     from demsr.checkpoint import as_checkpoint
     from demsr.evaluate import evaluate, load_inputs
     from demsr.io import refuse_existing
+    from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
+    given, (data,) = positional_checkpoint(checkpoint, paths, "[CHECKPOINT] DATA")
+    if given is None and (data.lower().endswith(".safetensors") or is_shipped_name(data)):
+        raise click.UsageError(f"{data} is a checkpoint: give [CHECKPOINT] DATA (DATA is missing)")
+    checkpoint_path = resolve_checkpoint(given)
     refuse_existing(
-        json_path, markdown_path, overwrite=overwrite, inputs=[checkpoint, data, lowres_path]
+        json_path, markdown_path, overwrite=overwrite, inputs=[checkpoint_path, data, lowres_path]
     )
-    model = as_checkpoint(checkpoint)
+    model = as_checkpoint(checkpoint_path)
     inputs = load_inputs(
         data,
         model.scale,

@@ -1,12 +1,107 @@
-"""Options shared by several subcommands, defined once."""
+"""Options shared by several subcommands, defined once.
+
+One spelling per idea across the commands: a checkpoint is ``--checkpoint`` wherever a model
+runs, tile and patch sides are ``--*-px``, a folder to write into is ``--output-dir`` and a file
+``--output``. Spellings that were renamed stay for a release as hidden options
+(:func:`renamed_option`) that log one deprecation line naming the new one.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
+from click.core import ParameterSource
+
+log = logging.getLogger("demsr.cli")
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+_RENAMED_VALUES = "demsr.renamed_options"
+
+
+def renamed_option(
+    old: str, new: str, name: str, *, required: bool = False, **attrs: Any
+) -> Decorator:
+    """A hidden option ``old``: the spelling of option ``new`` (parameter ``name``) before it
+    was renamed. It sets the same parameter and logs one deprecation line naming ``new``; giving
+    both is a usage error. ``required``: the parameter must come from one of the two (declare
+    ``new`` itself as not required, saying "[required]" in its help). ``attrs`` (``type``,
+    ``multiple``, ...) as for ``new``. Put it between ``@click.command`` and the function."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is None or value == ():
+            return value
+        log.warning("%s is deprecated, use %s (the old spelling goes in a later release)", old, new)
+        ctx.meta.setdefault(_RENAMED_VALUES, {})[name] = value
+        return value
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            values = ctx.meta.get(_RENAMED_VALUES, {})
+            if name in values:
+                if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+                    raise click.UsageError(f"give {new} or {old} (its old spelling), not both")
+                kwargs[name] = ctx.params[name] = values[name]
+            if required and kwargs.get(name) in (None, ()):
+                param = next(p for p in ctx.command.params if p.name == name)
+                raise click.MissingParameter(ctx=ctx, param=param)
+            return function(*args, **kwargs)
+
+        alias = click.option(
+            old,
+            f"renamed_{name}",
+            hidden=True,
+            expose_value=False,
+            callback=remember,
+            default=None,
+            **attrs,
+        )
+        return alias(call)
+
+    return decorate
+
+
+def checkpoint_option(
+    help: str = "Checkpoint file, or the name of a shipped model (lite) [default: lite, the "
+    "shipped model].",
+    multiple: bool = False,
+) -> Decorator:
+    """``--checkpoint CKPT``: how every command that runs a model takes it."""
+    return click.option(
+        "--checkpoint",
+        "checkpoint",
+        metavar="CKPT",
+        multiple=multiple,
+        default=() if multiple else None,
+        help=help,
+    )
+
+
+def positional_checkpoint(
+    checkpoint: str | None, paths: Sequence[str], names: str
+) -> tuple[str | None, list[str]]:
+    """(checkpoint, other paths) of a command taking ``[CHECKPOINT] PATHS...`` or ``--checkpoint
+    CKPT PATHS...`` (``names``: the usage, e.g. ``[CHECKPOINT] INPUT OUTPUT``): the first of
+    ``paths`` is the checkpoint when there is one more path than the command needs."""
+    needed = len(names.split()) - 1
+    if len(paths) not in (needed, needed + 1):
+        raise click.UsageError(f"expected {names}, got {len(paths)} argument(s)")
+    if len(paths) == needed:
+        return checkpoint, list(paths)
+    if checkpoint is not None:
+        raise click.UsageError(
+            f"give the checkpoint once: --checkpoint {checkpoint} or {paths[0]} before the "
+            f"other arguments, not both (expected {names})"
+        )
+    return paths[0], list(paths[1:])
+
 
 # A raster to read: any file demsr.io.open_raster takes, or a directory (a Zarr store). Whether
 # the path holds a raster is for the library to say, with the file named in the error.
@@ -22,13 +117,16 @@ overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs instead of refusing."
 )
 # How predict (and plan, which plans a predict run) cuts and runs the tiles.
-tile_size_option = click.option(
-    "--tile-size",
+tile_px_option = click.option(
+    "--tile-px",
     "tile_px",
     type=click.IntRange(min=1),
     default=None,
     help="Tile side in input (low-res) cells, before the margin [default: the largest, up to "
     "1024 and the raster's own size, whose batch fits in --memory].",
+)
+tile_size_renamed = renamed_option(
+    "--tile-size", "--tile-px", "tile_px", type=click.IntRange(min=1)
 )
 
 
@@ -65,7 +163,7 @@ memory_option = click.option(
     default=None,
     metavar="SIZE",
     help="Memory one process may use, e.g. 2GiB (as demsr plan estimates it: the model, its "
-    "weights and a batch of tiles); sets the tile size when --tile-size is not given "
+    "weights and a batch of tiles); sets the tile size when --tile-px is not given "
     "[default: a quarter of the RAM, split between the ranks of one machine; half of the "
     "GPU's].",
 )
@@ -108,9 +206,6 @@ config_options = [
         help="Override one config value (type-checked; repeatable), e.g. --set train.epochs=5.",
     ),
 ]
-
-
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def stacked(options: Sequence[Decorator]) -> Decorator:

@@ -12,21 +12,19 @@ from demsr.cli.options import (
     RASTER_PATH,
     band_option,
     batch_size_option,
+    checkpoint_option,
     device_option,
     memory_option,
     precision_option,
-    tile_size_option,
+    tile_px_option,
+    tile_size_renamed,
 )
 from demsr.io import FORMATS, OUTPUT_DTYPES
 
 
 @click.command("plan")
 @click.argument("input_path", metavar="INPUT", type=RASTER_PATH)
-@click.option(
-    "--checkpoint",
-    metavar="CKPT",
-    help="Checkpoint file or shipped model name [default: the shipped lite model].",
-)
+@checkpoint_option()
 @click.option(
     "--ranks",
     type=click.IntRange(min=1),
@@ -37,7 +35,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
     "when set].",
 )
 @device_option
-@tile_size_option
+@tile_px_option
 @batch_size_option
 @memory_option
 @precision_option
@@ -73,6 +71,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
     help="Time a few tiles of INPUT on --device after a warm-up (seconds on a GPU, up to a "
     "minute on a CPU) and use that throughput; reads those tiles only.",
 )
+@tile_size_renamed
 def command(
     input_path: str,
     checkpoint: str | None,
@@ -167,7 +166,7 @@ def print_dry_run(
     given = click.get_current_context().get_parameter_source("progress")
     if given is click.core.ParameterSource.COMMANDLINE:  # else: the run decides for itself
         extra.append("--progress" if params["progress"] else "--no-progress")
-    model = params["paths"][0] if len(params["paths"]) == 3 else None
+    model = params["paths"][0] if len(params["paths"]) == 3 else params["checkpoint"]
     click.echo(plan.describe(output_path, model, extra))
     if params.get("ensemble"):
         click.echo(

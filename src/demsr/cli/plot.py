@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from demsr.cli.options import device_option, overwrite_option
+from demsr.cli.options import checkpoint_option, device_option, overwrite_option
 
 if TYPE_CHECKING:
     from demsr.plot import Comparison
@@ -122,10 +122,9 @@ def read_inputs(
     help="High-res truth: the prediction's CRS and cell size, covering it (a larger raster is "
     "read over the prediction's cells).",
 )
-@click.option(
-    "--checkpoint",
-    help="Run this model (a checkpoint file, or lite: the shipped model) on the low-res input "
-    "instead of reading --prediction.",
+@checkpoint_option(
+    "Run this model (a checkpoint file, or lite: the shipped model) on the low-res input "
+    "instead of reading --prediction."
 )
 @device_option
 @click.option(

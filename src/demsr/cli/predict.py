@@ -8,12 +8,15 @@ from demsr.cli.errors import ERROR_HINT
 from demsr.cli.options import (
     band_option,
     batch_size_option,
+    checkpoint_option,
     device_option,
     memory_option,
     overwrite_option,
+    positional_checkpoint,
     precision_option,
     progress_option,
-    tile_size_option,
+    tile_px_option,
+    tile_size_renamed,
 )
 from demsr.datum import DATUMS
 from demsr.io import FORMATS, OUTPUT_DTYPES
@@ -21,6 +24,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 
 @click.command("predict")
 @click.argument("paths", nargs=-1, metavar="[CHECKPOINT] INPUT OUTPUT")
+@checkpoint_option()
 @band_option
 @click.option(
     "--variable",
@@ -73,7 +77,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
     "band 2 (NetCDF/Zarr: variable elevation_uncertainty). 8x the compute. Needs a checkpoint "
     "calibrated by scripts/calibrate_uncertainty.py, and a float32 OUTPUT.",
 )
-@tile_size_option
+@tile_px_option
 @batch_size_option
 @memory_option
 @precision_option
@@ -104,8 +108,10 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
     help="Print the plan of this run (tiles, per rank under torchrun, output size, memory, "
     "time: see demsr plan) and exit without writing anything.",
 )
+@tile_size_renamed
 def command(
     paths: tuple[str, ...],
+    checkpoint: str | None,
     band: int,
     variable: str | None,
     crs: str | None,
@@ -129,8 +135,9 @@ def command(
 ) -> None:
     """Super-resolve INPUT with CHECKPOINT into OUTPUT.
 
-    CHECKPOINT is a checkpoint file or the name of a shipped model; without it the shipped
-    lite model is used (trained on SRTM 3" land tiles, fine-tuned on bathymetry: MODEL_CARD.md).
+    CHECKPOINT (or --checkpoint CKPT) is a checkpoint file or the name of a shipped model;
+    without it the shipped
+    lite model is used (trained on SRTM3/DEM3 land tiles: MODEL_CARD.md).
     INPUT is anything GDAL opens (GeoTIFF/COG, SRTM .hgt, zipped, ESRI ASCII), a NetCDF in the
     GEBCO layout, or a Zarr store. OUTPUT keeps INPUT's CRS and bounds with the pixel size
     divided by the model's scale; nodata stays nodata. The raster is processed tile by tile,
@@ -149,18 +156,20 @@ def command(
     from demsr.predict import partial_path, partial_progress, predict_raster
     from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
-    if len(paths) not in (2, 3):
-        raise click.UsageError(f"expected [CHECKPOINT] INPUT OUTPUT, got {len(paths)} argument(s)")
-    *model, input_path, output_path = paths
-    if not model and (input_path.lower().endswith(".safetensors") or is_shipped_name(input_path)):
+    model, (input_path, output_path) = positional_checkpoint(
+        checkpoint, paths, "[CHECKPOINT] INPUT OUTPUT"
+    )
+    if model is None and (
+        input_path.lower().endswith(".safetensors") or is_shipped_name(input_path)
+    ):
         raise click.UsageError(
             f"{input_path} is a checkpoint: give [CHECKPOINT] INPUT OUTPUT (the output is missing)"
         )
-    checkpoint = resolve_checkpoint(model[0] if model else None)
+    resolved = resolve_checkpoint(model)
     if dry_run:
         from demsr.cli.plan import print_dry_run
 
-        print_dry_run(checkpoint, input_path, output_path, click.get_current_context().params)
+        print_dry_run(resolved, input_path, output_path, click.get_current_context().params)
         return
 
     input_datum = _input_datum(input_path, input_datum, band, variable, crs)
@@ -182,7 +191,7 @@ def command(
     click.get_current_context().meta[ERROR_HINT] = resume_hint
     # The network works in EGM96 orthometric heights, like the data it was trained on.
     path = predict_raster(
-        checkpoint,
+        resolved,
         input_path,
         output_path,
         band=band,

@@ -9,6 +9,7 @@ from demsr.cli.options import (
     band_option,
     overwrite_option,
     progress_option,
+    renamed_option,
     with_datum_options,
 )
 
@@ -27,11 +28,10 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
 @click.argument("rasters", nargs=-1, required=True, type=click.Path())
 @click.option(
     "-o",
-    "--output",
+    "--output-dir",
     "output_dir",
-    required=True,
     type=click.Path(file_okay=False),
-    help="Folder for train/train.h5, valid/valid.h5 and test/test.h5.",
+    help="Folder for train/train.h5, valid/valid.h5 and test/test.h5.  [required]",
 )
 @click.option(
     "--scale",
@@ -122,6 +122,9 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
 @band_option
 @overwrite_option
 @progress_option
+@renamed_option(
+    "--output", "--output-dir", "output_dir", required=True, type=click.Path(file_okay=False)
+)
 def command(
     rasters: tuple[str, ...],
     output_dir: str,

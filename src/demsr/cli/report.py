@@ -7,6 +7,7 @@ import click
 from demsr.cli.options import (
     RASTER_PATH,
     band_option,
+    checkpoint_option,
     device_option,
     overwrite_option,
     progress_option,
@@ -16,7 +17,12 @@ from demsr.cli.options import (
 
 
 @click.command("report")
-@click.argument("checkpoints", nargs=-1, required=True)
+@click.argument("checkpoints", nargs=-1)
+@checkpoint_option(
+    "Checkpoint file, or the name of a shipped model (lite), to score (repeatable; after any "
+    "CHECKPOINTS) [default: lite, the shipped model].",
+    multiple=True,
+)
 @click.option(
     "--data",
     required=True,
@@ -51,6 +57,7 @@ from demsr.cli.options import (
 @progress_option
 def command(
     checkpoints: tuple[str, ...],
+    checkpoint: tuple[str, ...],
     data: str,
     lowres_path: str | None,
     fine_datum: str,
@@ -69,10 +76,12 @@ def command(
     page: the metric tables (every method on the same cells), the low-res / truth / prediction /
     error figure, each run's training curves (from the metrics.csv next to a checkpoint) and
     each checkpoint's provenance (file hash, model, training data, parent). A checkpoint is a
-    file or the name of a shipped model (lite)."""
+    file or the name of a shipped model (lite), given as CHECKPOINTS or --checkpoint CKPT
+    (repeatable) [default: lite]."""
     from demsr.io import refuse_output_over_input
     from demsr.report import build_report, check_report_path, write_report
 
+    checkpoints = (*checkpoints, *checkpoint) or ("lite",)
     refuse_output_over_input([output_path], [*checkpoints, data, lowres_path])
     check_report_path(output_path, overwrite)
     report = build_report(
