@@ -76,8 +76,13 @@ def process_group(
     log.debug("%s joined the %s process group", ctx.describe(), backend)
     try:
         yield
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Leaving together: a rank that tears its group down while another still finishes its
+    # last step can abort in gloo's teardown ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def joined() -> bool:
