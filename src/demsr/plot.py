@@ -648,10 +648,10 @@ def read_training_log(metrics_csv: str | os.PathLike[str]) -> TrainingLog:
     """Read a run's metrics.csv (or the one in a run folder), sorted by epoch.
 
     Raises ValueError naming the file when it is missing, empty, lacks a column of
-    :data:`demsr.train.METRIC_FIELDS` that the curves need, or holds a value that is not a
+    :data:`demsr.run_folder.METRIC_FIELDS` that the curves need, or holds a value that is not a
     number. Empty cells read as NaN.
     """
-    from demsr.train import METRICS
+    from demsr.run_folder import METRICS
 
     path = Path(metrics_csv)
     if path.is_dir():
@@ -692,10 +692,10 @@ def read_training_log(metrics_csv: str | os.PathLike[str]) -> TrainingLog:
 def plot_training_curves(metrics_csv: str | os.PathLike[str]) -> Figure:
     """Loss, validation RMSE and learning rate against epoch, from a run's metrics.csv.
 
-    ``metrics_csv`` is the CSV a training run writes (columns :data:`demsr.train.METRIC_FIELDS`)
-    or the run folder holding it. Three panels sharing the epoch axis: training and validation
-    loss (log scale; the loss is on normalised elevations), validation RMSE in metres with the
-    best epoch (the last one flagged ``is_best``) marked, and the learning rate (log scale).
+    ``metrics_csv`` is the CSV a training run writes (columns
+    :data:`demsr.run_folder.METRIC_FIELDS`) or the run folder holding it. Three panels sharing
+    the epoch axis: training and validation loss (log scale; the loss is on normalised
+    elevations), validation RMSE in metres with the best epoch (the last one flagged ``is_best``) marked, and the learning rate (log scale).
     Raises ValueError naming the file for a missing, empty or malformed CSV.
     """
     training = read_training_log(metrics_csv)

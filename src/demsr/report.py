@@ -35,7 +35,7 @@ from demsr.evaluate import (
 from demsr.io import atomic_directory, atomic_path, refuse_existing
 from demsr.plot import plot_comparison, plot_training_curves
 from demsr.pretrained import resolve_checkpoint
-from demsr.train import METRICS
+from demsr.run_folder import METRICS
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """Training: MSE on normalised elevations, Adam with exponential learning-rate decay, early stopping
 on the validation loss, a checkpoint every epoch and at the best validation loss, exact resume.
+(Over 500 lines: the loop, exact resume and the ranks' bookkeeping share one Trainer's state.)
 
 Two ways to start (:class:`Trainer`): ``fit`` trains the network of ``config.model`` from its
 initialisation; ``finetune`` starts from a trained checkpoint (its model config, elevation scaling
@@ -7,12 +8,9 @@ and weights), freezes some of its layers (``freeze_parameters``, by module name)
 rest at ``optimizer.finetune_learning_rate``, recording the parent checkpoint in the new
 checkpoints' provenance. Both share the loop, the run folder and ``--resume``.
 
-Run folder (``summary.output_dir``)::
-
-    config.yaml        the resolved run config
-    metrics.csv        one row per epoch: losses, validation RMSE in metres, learning rate, time
-    last.safetensors   weights + optimizer/scheduler/RNG state (what --resume loads)
-    best.safetensors   weights at the best validation loss (what predict/evaluate use)
+The run folder (``summary.output_dir``: config.yaml, metrics.csv, last/best checkpoints) is
+described in :mod:`demsr.run_folder`; the parent's model and the freezing of layers in
+:mod:`demsr.finetuning`.
 
 Shuffling draws from a generator seeded by (seed, epoch) and augmentation from (seed, epoch, pair
 index), so a resumed run sees the same batches as an uninterrupted one. With
@@ -38,14 +36,12 @@ the epochs' :class:`EpochRecord`) without touching the loop.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +57,6 @@ from demsr import distributed
 from demsr.checkpoint import (
     Checkpoint,
     TrainingState,
-    checkpoint_sha256,
     load_checkpoint,
     load_training_state,
     restore_rng_state,
@@ -70,7 +65,6 @@ from demsr.checkpoint import (
 from demsr.config import (
     DEFAULT_WINDOW_PATCH_PX,
     LEARNING_RATE_SCALINGS,
-    ModelSection,
     RunConfig,
     upgrade_config_dict,
 )
@@ -83,9 +77,9 @@ from demsr.datasets import (
     ShuffledShardSampler,
     select_rasters,
 )
+from demsr.finetuning import freeze_parameters, parent_model_section, parent_record
 from demsr.io import atomic_path, remove_stale_temporaries
 from demsr.model import (
-    INIT_SCHEMES,
     DEMSRNet,
     SuperResolver,
     count_parameters,
@@ -97,67 +91,36 @@ from demsr.model import (
     resolve_precision,
     to_channels_last,
 )
+from demsr.run_folder import (
+    BEST,
+    LAST,
+    METRIC_FIELDS,
+    METRICS,
+    EpochRecord,
+    TrainResult,
+    append_metrics_row,
+    changed_settings,
+    truncate_metrics,
+)
 
 log = logging.getLogger(__name__)
 
-LAST = "last.safetensors"
-BEST = "best.safetensors"
-METRICS = "metrics.csv"
-METRIC_FIELDS = [
-    "epoch",
-    "global_step",
-    "train_loss",
-    "valid_loss",
-    "valid_rmse_m",
-    "learning_rate",
-    "epoch_seconds",
-    "is_best",
+# The run folder's names and records and freeze_parameters live in demsr.run_folder and
+# demsr.finetuning; they stay importable from here.
+__all__ = [
+    "BEST",
+    "LAST",
+    "METRICS",
+    "METRIC_FIELDS",
+    "EpochRecord",
+    "Trainer",
+    "TrainerCallback",
+    "TrainResult",
+    "freeze_parameters",
+    "gradient_mse",
+    "scaled_learning_rate",
+    "seed_everything",
 ]
-
-
-@dataclass
-class TrainResult:
-    """How a run ended: the last epoch and step, the best validation loss (normalised MSE) and
-    RMSE (metres), and whether early stopping ended it; ``output_dir`` holds its files."""
-
-    output_dir: Path
-    epochs_run: int
-    global_step: int
-    best_valid_loss: float
-    best_valid_rmse_m: float
-    stopped_early: bool
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One finished epoch, as written to ``metrics.csv`` (one row per epoch).
-
-    Losses are mean squared errors of elevations divided by the model's ``elevation_scale_m``;
-    ``valid_rmse_m`` is the validation RMSE in metres; ``learning_rate`` is the rate the epoch
-    trained at; ``is_best`` says that ``best.safetensors`` was written after it.
-    """
-
-    epoch: int
-    global_step: int
-    train_loss: float
-    valid_loss: float
-    valid_rmse_m: float
-    learning_rate: float
-    epoch_seconds: float
-    is_best: bool
-
-    def csv_row(self) -> dict[str, Any]:
-        """The record as a ``metrics.csv`` row (columns :data:`METRIC_FIELDS`, formatted)."""
-        return {
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "train_loss": f"{self.train_loss:.6e}",
-            "valid_loss": f"{self.valid_loss:.6e}",
-            "valid_rmse_m": f"{self.valid_rmse_m:.4f}",
-            "learning_rate": f"{self.learning_rate:.6e}",
-            "epoch_seconds": f"{self.epoch_seconds:.2f}",
-            "is_best": int(self.is_best),
-        }
 
 
 class TrainerCallback:
@@ -230,65 +193,6 @@ def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
                 state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
-
-
-# Settings that may change when a run is resumed (limits, paths, where it runs); any other change
-# would make the resumed run differ from an uninterrupted one.
-RESUMABLE_CHANGES = {
-    ("train", "epochs"),
-    ("train", "max_steps"),
-    ("train", "device"),
-    ("train", "checkpoint_every_s"),
-    ("data", "num_workers"),
-    ("data", "root_dir"),
-    ("summary", "output_dir"),
-    ("summary", "log_every_steps"),
-    # The parent checkpoint may move; its identity is checked by its SHA-256 instead.
-    ("finetune", "parent"),
-}
-
-
-def _changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``section.key`` names whose values differ between two run configs (as dicts)."""
-    changed = []
-    for section, values in current.items():
-        for key, value in values.items():
-            if (section, key) in RESUMABLE_CHANGES:
-                continue
-            if stored.get(section, {}).get(key, value) != value:
-                changed.append(f"{section}.{key}")
-    return changed
-
-
-def _is_under(name: str, prefix: str) -> bool:
-    """Whether parameter ``name`` lies under the module (or is the parameter) ``prefix``."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def freeze_parameters(model: DEMSRNet, prefixes: Sequence[str]) -> list[str]:
-    """Freeze the parameters under ``prefixes`` and make all the others trainable.
-
-    A prefix is a dotted module or parameter name and matches whole name components: ``body.1``
-    is residual block 1 (not blocks 10-19), ``body`` all blocks, ``conv1.weight`` one tensor.
-    Frozen parameters get ``requires_grad=False``. Returns the frozen parameter names in model
-    order. A prefix that matches no parameter is a ValueError naming it.
-    """
-    names = [name for name, _ in model.named_parameters()]
-    wanted = [prefix.strip(".") for prefix in prefixes]
-    for prefix, given in zip(wanted, prefixes, strict=True):
-        if not any(_is_under(name, prefix) for name in names):
-            last = f"body.{model.config.blocks - 1}" if model.config.blocks else "(no blocks)"
-            raise ValueError(
-                f"freeze prefix {given!r} matches no parameter of the model (its modules: conv1, "
-                f"body.0 .. {last}, conv2, conv_up, conv_out)"
-            )
-    frozen = []
-    for name, parameter in model.named_parameters():
-        is_frozen = any(_is_under(name, prefix) for prefix in wanted)
-        parameter.requires_grad_(not is_frozen)
-        if is_frozen:
-            frozen.append(name)
-    return frozen
 
 
 class Trainer:
@@ -508,27 +412,6 @@ class Trainer:
             record["heldout"] = [str(path) for path in self.rasters.heldout]
         return record
 
-    def _write_metrics_row(self, record: EpochRecord) -> None:
-        path = self.output_dir / METRICS
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(record.csv_row())
-
-    def _truncate_metrics(self, last_epoch: int) -> None:
-        """Drop rows of epochs after the checkpoint we resume from (they will be redone)."""
-        path = self.output_dir / METRICS
-        if not path.exists():
-            return
-        with open(path, newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= last_epoch]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
     # -- loops ---------------------------------------------------------------------------
 
     def _batches(
@@ -704,25 +587,7 @@ class Trainer:
             raise ValueError("no parent checkpoint to fine-tune (set finetune.parent)")
         self.config.validate()
         checkpoint = load_checkpoint(settings.parent)
-        # The parent's own init, for the record (fine-tuning starts from its weights).
-        parent_init = checkpoint.metadata.get("training", {}).get("model", {}).get("init")
-        described = ModelSection.describing(
-            checkpoint.model_config,
-            checkpoint.scaling,
-            init=parent_init if parent_init in INIT_SCHEMES else self.config.model.init,
-        )
-        asked = (self.config.model.build(), self.config.model.scaling())
-        if self.config.model != ModelSection() and asked != (
-            checkpoint.model_config,
-            checkpoint.scaling,
-        ):
-            log.warning(
-                "the config's model section is ignored: the model and its elevation scaling "
-                "come from %s (%s)",
-                settings.parent,
-                checkpoint.model_config,
-            )
-        self.config.model = described
+        self.config.model = parent_model_section(self.config.model, checkpoint, settings.parent)
         self._use_model(checkpoint)
         self.frozen_prefixes = [
             *freeze_preset_prefixes(self.model_config, settings.freeze, settings.freeze_blocks),
@@ -734,14 +599,7 @@ class Trainer:
                 f"every parameter is frozen ({', '.join(self.frozen_prefixes)}): nothing to "
                 "fine-tune"
             )
-        self.parent_record = {
-            "path": str(Path(settings.parent).resolve()),
-            "sha256": checkpoint_sha256(checkpoint),
-            "epoch": checkpoint.metadata.get("epoch"),
-            "metrics": checkpoint.metadata.get("metrics"),
-            "provenance": checkpoint.metadata.get("provenance"),
-            "valid_rmse_m": None,  # the parent's, on this run's validation pairs
-        }
+        self.parent_record = parent_record(checkpoint, settings.parent)
         return self._run(resume)
 
     def _run(self, resume: bool) -> TrainResult:
@@ -828,7 +686,7 @@ class Trainer:
             best_loss, bad_epochs = state.best_valid_loss, state.bad_epochs
             self._metrics = dict(checkpoint.metadata.get("metrics", {}))
             if self.is_main:
-                self._truncate_metrics(state.epoch)
+                truncate_metrics(self.output_dir / METRICS, state.epoch)
             self._info(
                 "resuming %s after epoch %d and %d steps of epoch %d (step %d)",
                 out,
@@ -1002,7 +860,7 @@ class Trainer:
         out = self.output_dir
         # The row first: a crash before last.safetensors lands makes --resume redo (and
         # rewrite) it; a crash after, keeps it.
-        self._write_metrics_row(record)
+        append_metrics_row(self.output_dir / METRICS, record)
         metadata = self._metadata(record.epoch, metrics)
         if record.is_best:
             save_checkpoint(out / BEST, self.model, self.scaling, metadata)
@@ -1039,7 +897,7 @@ class Trainer:
             raise ValueError(f"{last}: model config differs from this run's config")
         # A run recorded under the old key names (config.RENAMED_KEYS) resumes under the new ones.
         recorded = upgrade_config_dict(checkpoint.metadata.get("training", {}))
-        changed = _changed_settings(recorded, cfg.to_dict())
+        changed = changed_settings(recorded, cfg.to_dict())
         if changed:
             raise ValueError(
                 f"{last}: cannot resume with different settings ({', '.join(changed)}); "
