@@ -696,7 +696,8 @@ def plot_training_curves(metrics_csv: str | os.PathLike[str]) -> Figure:
     :data:`demsr.run_folder.METRIC_FIELDS`) or the run folder holding it. Three panels sharing
     the epoch axis: training and validation loss (log scale; the loss is on normalised
     elevations), validation RMSE in metres with the best epoch (the last one flagged
-    ``is_best``) marked, and the learning rate (log scale). Raises ValueError naming the file for a missing, empty or malformed CSV.
+    ``is_best``) marked, and the learning rate (log scale). Raises ValueError naming the file
+    for a missing, empty or malformed CSV.
     """
     training = read_training_log(metrics_csv)
     figure = Figure(figsize=(7.0, 7.5), dpi=DEFAULT_DPI, layout="constrained")
