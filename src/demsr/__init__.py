@@ -93,12 +93,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "upsample_baseline",
     ),
     # figures (matplotlib Figures, no pyplot)
-    "demsr.plot": (
+    "demsr.comparison": (
         "Comparison",
         "comparison_from_checkpoint",
+        "read_comparison",
+    ),
+    "demsr.plot": (
         "plot_comparison",
         "plot_training_curves",
-        "read_comparison",
         "save_figure",
     ),
     # the end-to-end demo and its bundled DEM
@@ -184,6 +186,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
     from demsr.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    from demsr.comparison import Comparison, comparison_from_checkpoint, read_comparison
     from demsr.config import ConfigError, RunConfig, load_config
     from demsr.datasets import PairDataset, read_pair_file
     from demsr.demo import bundled_dem, run_demo
@@ -210,14 +213,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         preset,
         resolve_device,
     )
-    from demsr.plot import (
-        Comparison,
-        comparison_from_checkpoint,
-        plot_comparison,
-        plot_training_curves,
-        read_comparison,
-        save_figure,
-    )
+    from demsr.plot import plot_comparison, plot_training_curves, save_figure
     from demsr.predict import predict_array, predict_array_ensemble, predict_raster
     from demsr.prepare import (
         PrepareOptions,

@@ -106,8 +106,9 @@ def run_demo(
     moves writes none of them.
     """
     from demsr.checkpoint import as_checkpoint
+    from demsr.comparison import read_comparison
     from demsr.evaluate import MODEL, inputs_from_arrays, score
-    from demsr.plot import read_comparison, save_figure
+    from demsr.plot import save_figure
     from demsr.predict import predict_raster
     from demsr.prepare import degrade_raster
     from demsr.pretrained import DEFAULT_MODEL

@@ -32,12 +32,10 @@ Comparison figures (:func:`plot_comparison`) follow these rules:
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,21 +50,20 @@ from matplotlib.colors import Colormap, LightSource, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pyproj import CRS as ProjCRS
-from rasterio.windows import Window
 
+from demsr.comparison import (  # noqa: F401 (the comparison's inputs, read or made: kept here)
+    MAX_READ_CELLS,
+    Comparison,
+    comparison_from_checkpoint,
+    read_comparison,
+)
 from demsr.io import (
-    GRID_TOLERANCE,
-    RasterReader,
     atomic_path,
     fill_nearest,
-    integer_scale,
-    locate_grid,
-    open_raster,
     refuse_existing,
-    same_crs,
 )
 from demsr.metrics import cell_sizes_m, rmse
-from demsr.tiling import scale_window
+from demsr.run_folder import TrainingLog, read_training_log  # noqa: F401 (kept importable here)
 
 log = logging.getLogger(__name__)
 
@@ -413,280 +410,8 @@ def plot_comparison(
 
 
 # --------------------------------------------------------------------------------------------
-# Comparison inputs from rasters on disk
-# --------------------------------------------------------------------------------------------
-
-MAX_READ_CELLS = 50_000_000
-"""Most high-res cells :func:`read_comparison` reads (about 200 MB per float32 array)."""
-
-
-@dataclass
-class Comparison:
-    """The arrays of a comparison figure on one high-res grid (see :func:`plot_comparison`).
-
-    ``lowres`` is (h, w); ``truth``, ``prediction`` and each of ``baselines`` are
-    (h * scale, w * scale), float32 metres with NaN nodata. ``transform`` and ``crs`` are those
-    of the high-res grid.
-    """
-
-    lowres: np.ndarray
-    truth: np.ndarray
-    prediction: np.ndarray
-    baselines: dict[str, np.ndarray]
-    transform: Affine
-    crs: Any
-    scale: int
-
-    def plot(self, **options: Any) -> Figure:
-        """:func:`plot_comparison` of these arrays on their grid; ``options`` are its keyword
-        options (``prediction_name``, ``title``, ``dpi``, ...)."""
-        return plot_comparison(
-            self.lowres,
-            self.truth,
-            self.prediction,
-            baselines=self.baselines,
-            transform=self.transform,
-            crs=self.crs,
-            **options,
-        )
-
-
-def _bounds_window(reader: RasterReader, bounds: Sequence[float]) -> Window:
-    """The cells of ``reader`` that ``bounds`` (left, bottom, right, top) touch, clipped."""
-    left, bottom, right, top = (float(value) for value in bounds)
-    if not (left < right and bottom < top):
-        raise ValueError(
-            f"bounds must be LEFT BOTTOM RIGHT TOP with left < right and "
-            f"bottom < top, got {left:g} {bottom:g} {right:g} {top:g}"
-        )
-    transform = reader.transform
-    rows, cols = reader.shape
-    col_start = max(0, math.floor((left - transform.c) / transform.a + GRID_TOLERANCE))
-    col_stop = min(cols, math.ceil((right - transform.c) / transform.a - GRID_TOLERANCE))
-    row_start = max(0, math.floor((top - transform.f) / transform.e + GRID_TOLERANCE))
-    row_stop = min(rows, math.ceil((bottom - transform.f) / transform.e - GRID_TOLERANCE))
-    if col_stop <= col_start or row_stop <= row_start:
-        box = " ".join(f"{value:g}" for value in reader.bounds)
-        raise ValueError(
-            f"bounds {left:g} {bottom:g} {right:g} {top:g} do not overlap {reader.path} "
-            f"(bounds {box})"
-        )
-    return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
-
-
-def read_comparison(
-    lowres_path: str | os.PathLike[str],
-    truth_path: str | os.PathLike[str],
-    prediction_path: str | os.PathLike[str],
-    *,
-    baselines: Mapping[str, str | os.PathLike[str] | None] | None = None,
-    bounds: Sequence[float] | None = None,
-    max_cells: int = MAX_READ_CELLS,
-) -> Comparison:
-    """Read the rasters of a comparison figure, after checking that their grids agree.
-
-    ``prediction_path`` must hold the low-res grid refined by an integer scale over the same
-    bounds (as ``demsr predict`` writes it), in the same CRS; so must each baseline raster.
-    A baseline given as ``None`` is computed from the low-res input by its name (one of
-    :data:`demsr.evaluate.BASELINES`, e.g. ``bicubic``). The truth must have the prediction's
-    CRS and cell size with aligned cells and cover it; a larger truth (e.g. the raster that
-    ``demsr degrade`` cropped to whole blocks) is read over the prediction's cells only.
-
-    ``bounds`` (left, bottom, right, top, in the CRS's units) restricts everything to the
-    low-res cells it touches. The high-res area read may hold at most ``max_cells`` cells:
-    metrics need the full resolution, so a larger one is a ValueError asking for ``bounds``.
-    Mismatched grids are ValueErrors naming the file; nodata becomes NaN.
-    """
-    baseline_paths = dict(baselines or {})
-    computed = [name for name, path in baseline_paths.items() if path is None]
-    if computed:
-        # demsr.evaluate imports torch: only when a baseline is to be computed
-        from demsr.evaluate import BASELINES, upsample_baseline
-
-        unknown = [name for name in computed if name not in BASELINES]
-        if unknown:
-            raise ValueError(
-                f"unknown baseline {unknown[0]!r}: give NAME=PATH, or one of "
-                f"{', '.join(sorted(BASELINES))} to compute it from the low-res input"
-            )
-    with contextlib.ExitStack() as stack:
-        lowres = stack.enter_context(open_raster(lowres_path))
-        prediction = stack.enter_context(open_raster(prediction_path))
-        truth = stack.enter_context(open_raster(truth_path))
-        files = {
-            name: stack.enter_context(open_raster(path))
-            for name, path in baseline_paths.items()
-            if path is not None
-        }
-        for reader in (prediction, truth, *files.values()):
-            if not same_crs(reader.crs, lowres.crs):
-                raise ValueError(
-                    f"{reader.path}: CRS {reader.crs} differs from {lowres.path}'s ({lowres.crs})"
-                )
-        scale = integer_scale(lowres, prediction)
-        # The high-res grid: the low-res one refined by the scale over the same bounds.
-        highres_transform = lowres.transform @ Affine.scale(1 / scale)
-        highres_shape = (lowres.shape[0] * scale, lowres.shape[1] * scale)
-        reference = f"{lowres.path} refined x{scale}"
-        for reader in (prediction, *files.values()):
-            if reader.shape != highres_shape:
-                raise ValueError(
-                    f"{reader.path}: {reader.shape[0]} x {reader.shape[1]} cells, not the "
-                    f"{highres_shape[0]} x {highres_shape[1]} of {reference}"
-                )
-            locate_grid(reader, highres_transform, highres_shape, reference)
-        truth_row, truth_col = locate_grid(truth, highres_transform, highres_shape, reference)
-
-        lowres_window = (
-            Window(0, 0, lowres.shape[1], lowres.shape[0])
-            if bounds is None
-            else _bounds_window(lowres, bounds)
-        )
-        highres_window = scale_window(lowres_window, scale)
-        cells = int(highres_window.width) * int(highres_window.height)
-        if cells > max_cells:
-            raise ValueError(
-                f"{prediction.path}: {int(highres_window.height)} x {int(highres_window.width)} "
-                f"cells is more than the {max_cells} a comparison plot reads; choose an area "
-                "with --bounds"
-            )
-        truth_window = Window(
-            highres_window.col_off + truth_col,
-            highres_window.row_off + truth_row,
-            highres_window.width,
-            highres_window.height,
-        )
-        lowres_values = lowres.read(lowres_window)
-        comparison_baselines: dict[str, np.ndarray] = {}
-        for name, path in baseline_paths.items():
-            if path is None:
-                comparison_baselines[name] = upsample_baseline(lowres_values, scale, name)
-            else:
-                comparison_baselines[name] = files[name].read(highres_window)
-        return Comparison(
-            lowres=lowres_values,
-            truth=truth.read(truth_window),
-            prediction=prediction.read(highres_window),
-            baselines=comparison_baselines,
-            transform=prediction.window_transform(highres_window),
-            crs=prediction.crs,
-            scale=scale,
-        )
-
-
-def comparison_from_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    truth_path: str | os.PathLike[str],
-    lowres_path: str | os.PathLike[str] | None = None,
-    *,
-    baselines: Iterable[str] = (),
-    device: str = "auto",
-) -> Comparison:
-    """The arrays of a comparison figure with the prediction made here: ``checkpoint`` run on
-    the low-res raster ``lowres_path``, or on the truth degraded by block mean when it is None
-    (see :func:`demsr.evaluate.load_inputs`); each of ``baselines`` (names in
-    :data:`demsr.evaluate.BASELINES`) is computed from the same low-res input. The truth must be
-    a raster, not a pair file (ValueError).
-    """
-    # These import torch: only when a model is run.
-    from demsr.checkpoint import as_checkpoint
-    from demsr.evaluate import load_inputs, predict_inputs, upsample_baseline
-    from demsr.model import resolve_device
-
-    model = as_checkpoint(checkpoint)
-    inputs = load_inputs(truth_path, model.scale, lowres_path)
-    if inputs.kind != "raster":
-        raise ValueError(f"{truth_path}: a raster is needed here (use demsr report for pairs)")
-    torch_device = resolve_device(device)
-    values = predict_inputs(
-        model.build_resolver(torch_device), inputs, torch_device, progress=False
-    )
-    assert inputs.transform is not None
-    return Comparison(
-        lowres=inputs.lowres[0],
-        truth=inputs.highres[0],
-        prediction=values[0],
-        baselines={
-            name: upsample_baseline(inputs.lowres[0], model.scale, name) for name in baselines
-        },
-        transform=inputs.transform,
-        crs=inputs.crs,
-        scale=model.scale,
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Training curves
 # --------------------------------------------------------------------------------------------
-
-_CURVE_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_rmse_m", "learning_rate", "is_best")
-
-
-@dataclass
-class TrainingLog:
-    """The columns of a run's metrics.csv that the curves use, one entry per epoch."""
-
-    path: Path
-    epoch: np.ndarray
-    train_loss: np.ndarray
-    valid_loss: np.ndarray
-    valid_rmse_m: np.ndarray
-    learning_rate: np.ndarray
-    is_best: np.ndarray  # bool: the validation loss improved on every earlier epoch
-
-
-def _number(text: str | None, path: Path, line: int, column: str) -> float:
-    if text is None or text.strip() == "":
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{path}: line {line}: {column} is not a number: {text!r}") from None
-
-
-def read_training_log(metrics_csv: str | os.PathLike[str]) -> TrainingLog:
-    """Read a run's metrics.csv (or the one in a run folder), sorted by epoch.
-
-    Raises ValueError naming the file when it is missing, empty, lacks a column of
-    :data:`demsr.run_folder.METRIC_FIELDS` that the curves need, or holds a value that is not a
-    number. Empty cells read as NaN.
-    """
-    from demsr.run_folder import METRICS
-
-    path = Path(metrics_csv)
-    if path.is_dir():
-        path = path / METRICS
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file (a run's {METRICS})")
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None:
-                raise ValueError(f"{path}: empty file (no header, no epochs)")
-            missing = [c for c in _CURVE_COLUMNS if c not in reader.fieldnames]
-            if missing:
-                raise ValueError(
-                    f"{path}: not a training log, missing columns: {', '.join(missing)}"
-                )
-            rows = [
-                [_number(row.get(c), path, reader.line_num, c) for c in _CURVE_COLUMNS]
-                for row in reader
-            ]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
-    if not rows:
-        raise ValueError(f"{path}: holds no epochs yet")
-    table = np.asarray(rows, dtype=np.float64)
-    table = table[np.argsort(table[:, 0], kind="stable")]
-    return TrainingLog(
-        path=path,
-        epoch=table[:, 0],
-        train_loss=table[:, 1],
-        valid_loss=table[:, 2],
-        valid_rmse_m=table[:, 3],
-        learning_rate=table[:, 4],
-        is_best=table[:, 5] == 1,
-    )
 
 
 def plot_training_curves(metrics_csv: str | os.PathLike[str]) -> Figure:

@@ -1,6 +1,6 @@
 """A training run's folder: the names of its files, the ``metrics.csv`` schema (what
-:mod:`demsr.plot` and :mod:`demsr.report` read), the records of an epoch and of a finished run,
-and which settings a resumed run may change.
+:mod:`demsr.plot` and :mod:`demsr.report` read) and its reader, the records of an epoch and of a
+finished run, and which settings a resumed run may change.
 
 Run folder (``summary.output_dir``)::
 
@@ -13,9 +13,13 @@ Run folder (``summary.output_dir``)::
 from __future__ import annotations
 
 import csv
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from demsr.io import atomic_path
 
@@ -128,3 +132,72 @@ def changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[st
             if stored.get(section, {}).get(key, value) != value:
                 changed.append(f"{section}.{key}")
     return changed
+
+
+# What the training curves read back (demsr.plot.plot_training_curves).
+_CURVE_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_rmse_m", "learning_rate", "is_best")
+
+
+@dataclass
+class TrainingLog:
+    """The columns of a run's metrics.csv that the curves use, one entry per epoch."""
+
+    path: Path
+    epoch: np.ndarray
+    train_loss: np.ndarray
+    valid_loss: np.ndarray
+    valid_rmse_m: np.ndarray
+    learning_rate: np.ndarray
+    is_best: np.ndarray  # bool: the validation loss improved on every earlier epoch
+
+
+def _number(text: str | None, path: Path, line: int, column: str) -> float:
+    if text is None or text.strip() == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: {column} is not a number: {text!r}") from None
+
+
+def read_training_log(metrics_csv: str | os.PathLike[str]) -> TrainingLog:
+    """Read a run's metrics.csv (or the one in a run folder), sorted by epoch.
+
+    Raises ValueError naming the file when it is missing, empty, lacks a column of
+    :data:`demsr.run_folder.METRIC_FIELDS` that the curves need, or holds a value that is not a
+    number. Empty cells read as NaN.
+    """
+    path = Path(metrics_csv)
+    if path.is_dir():
+        path = path / METRICS
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (a run's {METRICS})")
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None:
+                raise ValueError(f"{path}: empty file (no header, no epochs)")
+            missing = [c for c in _CURVE_COLUMNS if c not in reader.fieldnames]
+            if missing:
+                raise ValueError(
+                    f"{path}: not a training log, missing columns: {', '.join(missing)}"
+                )
+            rows = [
+                [_number(row.get(c), path, reader.line_num, c) for c in _CURVE_COLUMNS]
+                for row in reader
+            ]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+    if not rows:
+        raise ValueError(f"{path}: holds no epochs yet")
+    table = np.asarray(rows, dtype=np.float64)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    return TrainingLog(
+        path=path,
+        epoch=table[:, 0],
+        train_loss=table[:, 1],
+        valid_loss=table[:, 2],
+        valid_rmse_m=table[:, 3],
+        learning_rate=table[:, 4],
+        is_best=table[:, 5] == 1,
+    )

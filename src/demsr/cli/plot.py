@@ -10,7 +10,7 @@ import click
 from demsr.cli.options import checkpoint_option, device_option, overwrite_option
 
 if TYPE_CHECKING:
-    from demsr.plot import Comparison
+    from demsr.comparison import Comparison
 
 # demsr.plot's defaults, written out so that every demsr command does not pay for importing
 # matplotlib and scikit-image at start-up (tests check that they match).
@@ -86,7 +86,7 @@ def read_inputs(
 ) -> Comparison:
     """The arrays to plot, on one checked grid: read from rasters, or with ``checkpoint`` the
     prediction made here from the low-res input (the truth degraded when there is none)."""
-    from demsr.plot import comparison_from_checkpoint, read_comparison
+    from demsr.comparison import comparison_from_checkpoint, read_comparison
 
     if checkpoint is None:
         if lowres is None or prediction is None:
