@@ -12,6 +12,7 @@ from conftest import SCALING, write_untrained_checkpoint
 from demsr.checkpoint import (
     CheckpointError,
     TrainingState,
+    copy_with_metadata,
     load_checkpoint,
     load_training_state,
     save_checkpoint,
@@ -138,3 +139,19 @@ def test_a_header_length_that_starts_like_a_pickle_still_loads(tmp_path: Path) -
     else:
         pytest.fail("no note length gave a header length of 0x280, 0x380, 0x480 or 0x580")
     assert load_checkpoint(path).metadata["note"] == "x" * note_length
+
+
+def test_copy_with_metadata_adds_entries_keeps_weights_and_never_overwrites_its_source(
+    tmp_path: Path,
+) -> None:
+    source = write_untrained_checkpoint(tmp_path / "model.safetensors", metadata={"note": "a"})
+    before = source.read_bytes()
+    copied = copy_with_metadata(source, tmp_path / "copy.safetensors", {"measured": {"m": 0.5}})
+    original, copy = load_checkpoint(source), load_checkpoint(copied)
+    assert copy.metadata["measured"] == {"m": 0.5} and copy.metadata["note"] == "a"
+    assert "measured" not in original.metadata
+    for name, tensor in original.build_model().state_dict().items():
+        assert torch.equal(tensor, copy.build_model().state_dict()[name])
+    with pytest.raises(ValueError, match="is the input"):
+        copy_with_metadata(source, source, {"measured": 1})
+    assert source.read_bytes() == before

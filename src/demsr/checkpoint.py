@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,28 @@ def as_checkpoint(value: Checkpoint | str | os.PathLike[str]) -> Checkpoint:
     from demsr.pretrained import resolve_checkpoint
 
     return load_checkpoint(resolve_checkpoint(value))
+
+
+def copy_with_metadata(
+    checkpoint: Checkpoint | str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    entries: Mapping[str, Any],
+) -> Path:
+    """Write ``checkpoint``'s weights and metadata (no optimizer state) to ``output`` with
+    ``entries`` added to its header (a measurement, a calibration, a release record); the
+    weights are unchanged. ``output`` may not be the checkpoint itself (ValueError)."""
+    from demsr.io import refuse_output_over_input
+
+    source = as_checkpoint(checkpoint)
+    if source.path:
+        refuse_output_over_input([output], [source.path])
+    metadata = {
+        key: value
+        for key, value in source.metadata.items()
+        if key not in ("format", "format_version", "training_state")
+    }
+    metadata.update(entries)
+    return save_checkpoint(output, source.build_model(), source.scaling, metadata)
 
 
 def load_training_state(path: str | os.PathLike[str]) -> TrainingState:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from demsr.checkpoint import Checkpoint, as_checkpoint, save_checkpoint
+from demsr.checkpoint import Checkpoint, copy_with_metadata
 from demsr.datasets import dihedral, undo_dihedral
 from demsr.metrics import slope_deg
 
@@ -307,14 +307,4 @@ def record_calibration(
 ) -> Path:
     """Write ``checkpoint`` (weights and metadata unchanged, no optimizer state) to ``output``
     with ``calibration`` recorded under :data:`CALIBRATION_KEY`."""
-    from demsr.io import refuse_output_over_input
-
-    refuse_output_over_input([output], [checkpoint])
-    source = as_checkpoint(checkpoint)
-    metadata = {
-        key: value
-        for key, value in source.metadata.items()
-        if key not in ("format", "format_version", "training_state")
-    }
-    metadata[CALIBRATION_KEY] = calibration.to_dict()
-    return save_checkpoint(output, source.build_model(), source.scaling, metadata)
+    return copy_with_metadata(checkpoint, output, {CALIBRATION_KEY: calibration.to_dict()})

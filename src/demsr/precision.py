@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from demsr.checkpoint import Checkpoint, as_checkpoint, save_checkpoint
+from demsr.checkpoint import Checkpoint, as_checkpoint, copy_with_metadata
 from demsr.model import bf16_supported, check_precision
 
 log = logging.getLogger(__name__)
@@ -141,14 +141,4 @@ def record_bf16_error(
 ) -> Path:
     """Write ``checkpoint`` (weights and metadata, no optimizer state) to ``output`` with the
     ``measured`` bf16 error recorded under :data:`BF16_ERROR_KEY`."""
-    from demsr.io import refuse_output_over_input
-
-    refuse_output_over_input([output], [checkpoint])
-    source = as_checkpoint(checkpoint)
-    metadata = {
-        key: value
-        for key, value in source.metadata.items()
-        if key not in ("format", "format_version", "training_state")
-    }
-    metadata[BF16_ERROR_KEY] = measured
-    return save_checkpoint(output, source.build_model(), source.scaling, metadata)
+    return copy_with_metadata(checkpoint, output, {BF16_ERROR_KEY: measured})

@@ -58,13 +58,6 @@ def write_release(
 ) -> Path:
     """Copy a trained checkpoint's weights and metadata (no optimizer state) to ``output``,
     adding ``release`` (how the model was made and how well it does) to its header."""
-    from demsr.checkpoint import load_checkpoint, save_checkpoint
+    from demsr.checkpoint import copy_with_metadata
 
-    source = load_checkpoint(checkpoint)
-    metadata = {
-        key: value
-        for key, value in source.metadata.items()
-        if key not in ("format", "format_version", "training_state")
-    }
-    metadata["release"] = dict(release)
-    return save_checkpoint(output, source.build_model(), source.scaling, metadata)
+    return copy_with_metadata(checkpoint, output, {"release": dict(release)})
