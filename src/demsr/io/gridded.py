@@ -22,20 +22,15 @@ from demsr.io.units import height_standard_name, metres_per_unit
 
 log = logging.getLogger("demsr.io")  # the package's one logger, as before the split
 
-
 ZARR_CRS_ATTRIBUTE = "_CRS"
 """Attribute of a Zarr product's elevation array holding its CRS as ``{"wkt": ...}``, where
 GDAL's Zarr driver looks for one (its CF grid-mapping reading came with GDAL 3.9)."""
 
-
 Y_NAMES = ("lat", "latitude", "y")
-
 
 X_NAMES = ("lon", "longitude", "x")
 
-
 DEFAULT_VARIABLE = "elevation"
-
 
 # A 1-D coordinate is accepted as regular when every step is within this fraction of a cell of
 # the mean step (float32 coordinates of a global 15" grid are off by up to ~0.2 % of a cell).

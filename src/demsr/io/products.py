@@ -40,14 +40,11 @@ from demsr.tiling import tile_grid
 
 log = logging.getLogger("demsr.io")  # the package's one logger, as before the split
 
-
 BLOCK_PX = 512
 """Block edge of every product :func:`finalise_output` writes: COG tiles, NetCDF/Zarr chunks."""
 
-
 INT16_NODATA = -32768
 """Nodata value of int16 products; valid int16 elevations are -32767..32767 m."""
-
 
 OUTPUT_DTYPES = ("float32", "int16")
 """Data types a product may be written in (:func:`finalise_output`'s ``dtype``)."""

@@ -20,7 +20,6 @@ from rasterio.windows import Window
 
 log = logging.getLogger("demsr.io")  # the package's one logger, as before the split
 
-
 PLAUSIBLE_ELEVATION_M = (-12_000.0, 10_000.0)
 """Heights (metres) an input DEM may hold: the Earth's surface spans about -10,935 m (Challenger
 Deep) to 8,849 m (Everest), or a hundred metres more either way as ellipsoidal heights. A value

@@ -84,7 +84,6 @@ def require_writable_folder(folder: str | os.PathLike[str]) -> None:
 
 _TEMPORARY_SUFFIXES = ("part", "staging\\.tif", "old")
 
-
 # What GDAL itself may put next to a file it writes: the COG driver's overview temporaries
 # (``NAME.ovr.tmp``, ``NAME.msk.ovr.tmp``), external overviews and PAM side-cars.
 _GDAL_SIDECARS = r"(\.(ovr\.tmp|msk\.ovr\.tmp|msk|ovr|aux\.xml|warped\.tif\.tmp))?"

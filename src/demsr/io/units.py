@@ -13,9 +13,7 @@ from demsr.io.raster import RasterError
 # length in metres. Undeclared units are taken as metres.
 _METRE_NAMES = ("m", "metre", "meter", "metres", "meters", "m above sea level")
 
-
 _FOOT_NAMES = ("ft", "foot", "feet", "international foot", "international feet", "ft_intl")
-
 
 _US_FOOT_NAMES = (
     "us survey foot",
@@ -30,7 +28,6 @@ _US_FOOT_NAMES = (
     "survey foot",
 )
 
-
 VERTICAL_UNITS: dict[str, float] = {
     **dict.fromkeys(_METRE_NAMES, 1.0),
     **dict.fromkeys(_FOOT_NAMES, 0.3048),
@@ -43,7 +40,6 @@ VERTICAL_UNITS: dict[str, float] = {
     "mm": 0.001,
 }
 """Metres per unit of each vertical unit a DEM may declare."""
-
 
 CANONICAL_UNITS = {0.3048: "ft", 1200.0 / 3937.0: "US_survey_foot"}
 """How an output in feet declares its unit (UDUNITS names, which CF checkers and GDAL accept)."""
