@@ -232,7 +232,7 @@ def _stages(profiler: cProfile.Profile) -> dict[str, float]:
     stages: dict[str, float] = {}
     for (filename, _, name), (_, _, _, cumulative, _) in stats.items():
         if name in STAGES and ("demsr" in filename or name == "read"):
-            if name == "read" and "io.py" not in filename:
+            if name == "read" and Path(filename).parent.name != "io":  # demsr.io's reads
                 continue
             stages[STAGES[name]] = stages.get(STAGES[name], 0.0) + cumulative
     return stages

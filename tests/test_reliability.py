@@ -752,7 +752,7 @@ def test_disk_full_while_finalising_keeps_the_tiles_and_resume_only_finalises(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
         real_fsync_file(path)
 
-    monkeypatch.setattr(demsr.io, "fsync_file", full_disk)  # the COG's temporary file
+    monkeypatch.setattr(demsr.io.safety, "fsync_file", full_disk)  # the COG's temporary file
     code, _, stderr, _ = run_cli(predict(env, inputs / "dem.tif", *TILES))
     assert code == 1
     assert (

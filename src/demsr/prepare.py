@@ -45,9 +45,8 @@ from tqdm import tqdm
 
 from demsr.datasets import Normalisation, PairMetadata, PairWriter
 from demsr.io import (
-    NETCDF_SUFFIXES,
+    INPUT_SUFFIXES,
     ZARR_SUFFIX,
-    ZIP_RASTER_SUFFIXES,
     Raster,
     read_raster,
     refuse_existing,
@@ -61,16 +60,8 @@ _log = logging.getLogger(__name__)
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 SPLIT_BY: tuple[str, ...] = ("block", "file")
 SplitBy = Literal["block", "file"]
-# A folder's members taken as rasters: what demsr.io.open_raster reads, by the suffixes its
-# readers dispatch on (GDAL's rasters as a zip may hold them, a zip of one, NetCDF, Zarr stores:
-# folders), plus GDAL's virtual rasters.
-RASTER_SUFFIXES: tuple[str, ...] = (
-    *ZIP_RASTER_SUFFIXES,
-    ".vrt",
-    ".zip",
-    *NETCDF_SUFFIXES,
-    ZARR_SUFFIX,
-)
+# A folder's members taken as rasters: the readers' one list of the formats open_raster reads.
+RASTER_SUFFIXES: tuple[str, ...] = INPUT_SUFFIXES
 
 _WRITE_BATCH = 256  # patches gathered per HDF5 append; bounds memory for dense strides
 
