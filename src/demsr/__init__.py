@@ -78,6 +78,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "predict_array_ensemble",
         "predict_raster",
     ),
+    # the options of a prediction (and of its plan), with their defaults
+    "demsr.predict_settings": ("PredictSettings",),
     # prediction on xarray DataArrays (coordinates and CRS in rioxarray's conventions)
     "demsr.xr": ("predict_dataarray",),
     # evaluation against interpolation baselines
@@ -126,6 +128,7 @@ __all__ = [
     "ModelConfig",
     "PRESETS",
     "PairDataset",
+    "PredictSettings",
     "PrepareOptions",
     "PrepareReport",
     "Raster",
@@ -215,6 +218,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     )
     from demsr.plot import plot_comparison, plot_training_curves, save_figure
     from demsr.predict import predict_array, predict_array_ensemble, predict_raster
+    from demsr.predict_settings import PredictSettings
     from demsr.prepare import (
         PrepareOptions,
         PrepareReport,

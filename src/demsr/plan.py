@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rasterio.windows import Window
@@ -56,7 +56,8 @@ from demsr.io import (
     output_format,
     require_crs,
 )
-from demsr.tiling import Tile, batch_tiles, global_period, tile_count, tile_grid
+from demsr.predict_settings import PredictSettings
+from demsr.tiling import Tile, batch_tiles, deal_batches, global_period, tile_count, tile_grid
 
 if TYPE_CHECKING:
     from demsr.checkpoint import Checkpoint
@@ -300,7 +301,9 @@ def shard_tiles(
     rows: int, cols: int, tile_px: int, margin_px: int, batch_size: int, ranks: int
 ) -> Sharding:
     """The tiles each of ``ranks`` ranks predicts when the batches of
-    :func:`demsr.tiling.batch_tiles` are dealt round-robin (rank r: batches r, r+ranks, ...).
+    :func:`demsr.tiling.batch_tiles` are dealt round-robin (rank r: batches r, r+ranks, ...) by
+    :func:`demsr.tiling.deal_batches`, as ``demsr predict`` deals them
+    (:func:`demsr.predict.rank_batches`).
 
     With ``batch_size`` 1 that is ``ceil(tiles / ranks)`` for the first ``tiles % ranks`` ranks
     and ``floor`` for the others. Larger batches hold tiles of one read shape each, so some are
@@ -314,7 +317,7 @@ def shard_tiles(
     if batch_size == 1:
         geometry = grid_geometry(rows, cols, tile_px, margin_px)
         window = geometry.largest_window[0] * geometry.largest_window[1]
-        loads = [total // ranks + (1 if rank < total % ranks else 0) for rank in range(ranks)]
+        loads = [len(deal_batches(range(total), rank, ranks)) for rank in range(ranks)]
         return Sharding(tuple(loads), (1, window))
     row_heights = [tile.read_shape[0] for tile in tile_grid(rows, 1, tile_px, margin_px)]
     col_widths = [tile.read_shape[1] for tile in tile_grid(1, cols, tile_px, margin_px)]
@@ -335,7 +338,7 @@ def shard_tiles(
         height, width = batch[0].read_shape
         if len(batch) * height * width > largest[0] * largest[1]:
             largest = (len(batch), height * width)
-    return Sharding(tuple(sum(sizes[rank::ranks]) for rank in range(ranks)), largest)
+    return Sharding(tuple(sum(deal_batches(sizes, rank, ranks)) for rank in range(ranks)), largest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -907,30 +910,28 @@ def _planned_precision(
 def plan_prediction(
     input_path: str | os.PathLike[str],
     checkpoint: Checkpoint | str | os.PathLike[str] | None = None,
+    settings: PredictSettings | None = None,
     *,
     ranks: int = 1,
-    device: str = "auto",
-    tile_px: int | None = None,
-    batch_size: int = 1,
-    memory_bytes: int | None = None,
-    precision: str = "auto",
-    fmt: str | None = None,
     output_path: str | os.PathLike[str] | None = None,
-    dtype: str = "float32",
-    band: int = 1,
-    variable: str | None = None,
-    crs: str | None = None,
     throughput_mpx_s: float | None = None,
     measure: bool = False,
+    **options: Any,
 ) -> PredictionPlan:
     """Plan ``demsr predict`` of ``input_path`` with ``checkpoint`` (a file, a shipped model's
     name, a loaded :class:`~demsr.checkpoint.Checkpoint`; None: the shipped default) on
     ``ranks`` ranks of ``device`` (``auto``, ``cpu``, ``cuda``; need not be present unless
     ``measure``).
 
+    The run's options are ``settings`` (:class:`~demsr.predict_settings.PredictSettings`, the
+    object :func:`demsr.predict.predict_raster` takes; None: the defaults) with any of its fields
+    given as keywords replacing them (``dtype`` stands for ``output_dtype``); ``device``,
+    ``tile_px``, ``batch_size``, ``memory_bytes``, ``precision``, ``fmt``, ``output_dtype``,
+    ``band``, ``variable`` and ``crs`` shape the plan.
+
     Reads the input's metadata only (``band``, ``variable``, ``crs`` as for
     :func:`demsr.io.open_raster`), unless ``measure``. The output format is ``fmt`` or
-    ``output_path``'s extension (COG when neither is given); ``dtype`` float32 or int16.
+    ``output_path``'s extension (COG when neither is given); ``output_dtype`` float32 or int16.
     Throughput per rank (output Mpx/s, as ``demsr predict``'s progress bar shows it):
     ``throughput_mpx_s`` when given; else measured on a few tiles of the input when ``measure``
     (:func:`measure_throughput`); else from :data:`SPEED_FIGURES` for the model's shape, the
@@ -944,6 +945,13 @@ def plan_prediction(
     from demsr.precision import recorded_bf16_bound
     from demsr.pretrained import pretrained_path
 
+    if "dtype" in options:
+        options["output_dtype"] = options.pop("dtype")
+    settings = PredictSettings.of(settings, **options)
+    device, tile_px, batch_size = settings.device, settings.tile_px, settings.batch_size
+    memory_bytes, precision, fmt = settings.memory_bytes, settings.precision, settings.fmt
+    dtype, band, variable = settings.output_dtype, settings.band, settings.variable
+    crs = None if settings.crs is None else str(settings.crs)
     if (tile_px is not None and tile_px < 1) or batch_size < 1 or ranks < 1:
         raise ValueError(
             f"tile size, batch size and ranks must be >= 1, got {tile_px}, {batch_size}, {ranks}"
@@ -1062,7 +1070,7 @@ def plan_prediction(
         )
     notes.append("all tiles assumed to hold data (all-nodata tiles are skipped: faster)")
 
-    options = _options(
+    words = _options(
         device,
         given_tile_px,
         memory_bytes if given_tile_px is None else None,
@@ -1106,7 +1114,7 @@ def plan_prediction(
         time=time_estimate,
         measurement=measurement,
         notes=tuple(notes),
-        options=tuple(options),
+        options=tuple(words),
     )
 
 

@@ -33,7 +33,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 from affine import Affine
-from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
@@ -80,6 +79,7 @@ from demsr.model import (
     resolve_device,
 )
 from demsr.precision import PrecisionChoice, choose_precision, recorded_bf16_bound
+from demsr.predict_settings import PredictSettings
 from demsr.stops import stop_point
 from demsr.tilestore import (
     ARRAY,
@@ -93,6 +93,7 @@ from demsr.tiling import (
     Tile,
     TileTransform,
     batch_tiles,
+    deal_batches,
     expand_window,
     global_period,
     scale_window,
@@ -636,6 +637,20 @@ def _automatic_tile_px(
     )
 
 
+def rank_batches(
+    tiles: Iterable[Tile], batch_size: int, finished: Iterable[int], rank: int, ranks: int
+) -> list[list[Tile]]:
+    """The batches of ``tiles`` (the whole grid) that rank ``rank`` of ``ranks`` predicts:
+    :func:`~demsr.tiling.batch_tiles` over the whole grid, so that a resumed run (on any
+    number of ranks) batches its tiles exactly as the first did; the batches not all in
+    ``finished`` (tile indices) dealt round-robin by :func:`~demsr.tiling.deal_batches`."""
+    done = set(finished)
+    remaining = [
+        batch for batch in batch_tiles(tiles, batch_size) if not all(t.index in done for t in batch)
+    ]
+    return list(deal_batches(remaining, rank, ranks))
+
+
 def _global_period(source: RasterReader, wrap: bool | None) -> int | None:
     """Columns around the globe when the input wraps east-west (``wrap`` None: when it covers
     all longitudes), else None."""
@@ -657,31 +672,16 @@ def predict_raster(
     checkpoint: Checkpoint | str | os.PathLike[str],
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
+    settings: PredictSettings | None = None,
     *,
-    band: int = 1,
-    device: str = "auto",
-    tile_px: int | None = None,
-    batch_size: int = 1,
-    memory_bytes: int | None = None,
-    precision: str = "auto",
-    compile: bool = False,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    transform_input: TileTransform | None = None,
-    transform_output: TileTransform | None = None,
-    fmt: str | None = None,
-    output_dtype: str = "float32",
-    tags: Mapping[str, str] | None = None,
-    variable: str | None = None,
-    crs: CRS | str | None = None,
-    wrap: bool | None = None,
-    keep_row_order: bool = False,
     ranks: RankContext | None = None,
-    report_every_s: float = 60.0,
-    ensemble: bool = False,
+    **options: Any,
 ) -> Path:
     """Super-resolve one band of a raster of any size into a georeferenced product, tile by tile.
+
+    The options are ``settings`` (:class:`~demsr.predict_settings.PredictSettings`; None: the
+    defaults) with any of its fields given as keywords (``options``) replacing them, e.g.
+    ``predict_raster(ckpt, src, dst, tile_px=256)``; the paragraphs below name the fields.
 
     The output has the input's CRS and bounds, its pixel size divided by the model's scale, and
     the input's nodata value (NaN if it declares none) wherever the input has none; tags record
@@ -737,6 +737,8 @@ def predict_raster(
     The checkpoint must record a calibration (:class:`~demsr.ensemble.CalibrationMissing`
     otherwise) and ``output_dtype`` must be float32, both checked before anything is written.
     """
+    settings = PredictSettings.of(settings, **options)
+    tile_px, batch_size, memory_bytes = settings.tile_px, settings.batch_size, settings.memory_bytes
     if (tile_px is not None and tile_px < 1) or batch_size < 1:
         raise ValueError(f"tile_px and batch_size must be >= 1, got {tile_px} and {batch_size}")
     if memory_bytes is not None and memory_bytes <= 0:
@@ -744,12 +746,15 @@ def predict_raster(
     ctx = ranks if ranks is not None else distributed.context()
     output = Path(output_path)
     partial = partial_path(output)
-    fmt = output_format(output, fmt)  # an unknown format fails now, not after the prediction
+    # An unknown format fails now, not after the prediction.
+    fmt = output_format(output, settings.fmt)
     checkpoint_path = None if isinstance(checkpoint, Checkpoint) else checkpoint
     refuse_output_over_input([output, partial], [input_path, checkpoint_path])
     checkpoint = _kept_checkpoint(checkpoint)
-    calibration = _ensemble_calibration(checkpoint, output_dtype) if ensemble else None
-    torch_device = resolve_device(distributed.rank_device(device, ctx))
+    calibration = (
+        _ensemble_calibration(checkpoint, settings.output_dtype) if settings.ensemble else None
+    )
+    torch_device = resolve_device(distributed.rank_device(settings.device, ctx))
     # Ranks only synchronise (no tensors travel): gloo, with time for the slowest rank.
     with distributed.process_group(ctx, torch_device, timeout=RANK_WAIT, backend="gloo"):
         return _predict_raster(
@@ -760,24 +765,7 @@ def predict_raster(
             partial,
             fmt,
             torch_device,
-            band=band,
-            tile_px=tile_px,
-            batch_size=batch_size,
-            memory_bytes=memory_bytes,
-            precision=precision,
-            compile=compile,
-            overwrite=overwrite,
-            resume=resume,
-            progress=progress,
-            transform_input=transform_input,
-            transform_output=transform_output,
-            output_dtype=output_dtype,
-            tags=tags,
-            variable=variable,
-            crs=crs,
-            wrap=wrap,
-            keep_row_order=keep_row_order,
-            report_every_s=report_every_s,
+            settings,
             calibration=calibration,
         )
 
@@ -876,27 +864,14 @@ def _predict_raster(
     partial: Path,
     fmt: str,
     torch_device: torch.device,
-    *,
-    band: int,
-    tile_px: int | None,
-    batch_size: int,
-    memory_bytes: int | None,
-    precision: str,
-    compile: bool,
-    overwrite: bool,
-    resume: bool,
-    progress: bool,
-    transform_input: TileTransform | None,
-    transform_output: TileTransform | None,
-    output_dtype: str,
-    tags: Mapping[str, str] | None,
-    variable: str | None,
-    crs: CRS | str | None,
-    wrap: bool | None,
-    keep_row_order: bool,
-    report_every_s: float,
+    settings: PredictSettings,
     calibration: UncertaintyCalibration | None = None,
 ) -> Path:
+    band, variable, crs, wrap = settings.band, settings.variable, settings.crs, settings.wrap
+    tile_px, batch_size, memory_bytes = settings.tile_px, settings.batch_size, settings.memory_bytes
+    precision, compile, resume = settings.precision, settings.compile, settings.resume
+    transform_input, transform_output = settings.transform_input, settings.transform_output
+    progress = settings.progress
     network = _kept_network(checkpoint, torch_device, precision, compile)
     mode = network.precision
     scale, margin = network.resolver.scale, network.resolver.margin_px
@@ -919,7 +894,7 @@ def _predict_raster(
                 network, rows, cols, batch_size, memory_bytes, period, partial if resume else None
             )
         sha256 = checkpoint_sha256(checkpoint)
-        settings: dict[str, Any] = {
+        recorded: dict[str, Any] = {
             "checkpoint_sha256": sha256,
             "input": _input_identity(input_path),
             "band": band,
@@ -940,7 +915,7 @@ def _predict_raster(
             "units": units,
         }
         if calibration is not None:  # only then: stores of earlier versions still resume
-            settings["ensemble"] = calibration.to_dict()
+            recorded["ensemble"] = calibration.to_dict()
             dx_m, dy_m = cell_sizes_m(source.transform, source.crs, rows)
             # A copy: the network kept for the process's next prediction stays as it was.
             network = dataclasses.replace(network, ensemble=_Ensemble(calibration, dx_m, dy_m))
@@ -949,7 +924,7 @@ def _predict_raster(
                 ", ".join(calibration.fitted_on) or "unnamed rasters",
             )
         provenance = {
-            **dict(tags or {}),
+            **dict(settings.tags or {}),
             "units": units,
             "demsr_version": __version__,
             "checkpoint_sha256": sha256,
@@ -975,7 +950,7 @@ def _predict_raster(
 
         def open_store() -> TileStore:
             """Rank 0: check the input and the paths, then continue or create the store."""
-            refuse_existing(output, overwrite=overwrite)
+            refuse_existing(output, overwrite=settings.overwrite)
             require_writable_folder(output.parent)
             summary = source.summarise(progress)
             if summary.valid_cells == 0:
@@ -984,13 +959,13 @@ def _predict_raster(
             if partial.exists():
                 check_not_busy(partial)  # before any advice to resume, or an --overwrite
             remove_stale_temporaries(output, partial)
-            if overwrite and not resume and partial.exists():
+            if settings.overwrite and not resume and partial.exists():
                 shutil.rmtree(partial)
-            store = _open_for_resume(partial, settings, resume)
-            single = tile_count(rows, cols, int(settings["tile_px"])) == 1
+            store = _open_for_resume(partial, recorded, resume)
+            single = tile_count(rows, cols, int(recorded["tile_px"])) == 1
             if store is None and single and not ctx.distributed:
-                return MemoryTileStore(partial, settings, grid)  # one tile: nothing to resume
-            return store if store is not None else TileStore.create(partial, settings, grid)
+                return MemoryTileStore(partial, recorded, grid)  # one tile: nothing to resume
+            return store if store is not None else TileStore.create(partial, recorded, grid)
 
         created: TileStore | None = None
         with distributed.agreed():  # the others wait for rank 0, and stop if it fails
@@ -1003,14 +978,7 @@ def _predict_raster(
         lock = store.lock(ctx.rank)
         finished, _ = store.finished()
         tiles = tile_grid(rows, cols, tile_px, margin, wrap_cols=period)
-        # Batches come from the whole grid, so that a resumed run (on any number of ranks)
-        # batches its tiles exactly as the first did; the remaining ones go round-robin.
-        remaining = [
-            batch
-            for batch in batch_tiles(tiles, batch_size)
-            if not all(tile.index in finished for tile in batch)
-        ]
-        mine = remaining[ctx.rank :: ctx.world_size]
+        mine = rank_batches(tiles, batch_size, finished, ctx.rank, ctx.world_size)
         if finished and ctx.is_main:
             log.info("resuming %s: %d of %d tiles already done", partial, len(finished), len(tiles))
 
@@ -1028,7 +996,7 @@ def _predict_raster(
 
         writer = _StoreWriter(store, ctx.rank, scale, transform_output, source.metres_per_unit)
         layout = source.layout
-        if not keep_row_order:  # every GIS reads north-up grids right
+        if not settings.keep_row_order:  # every GIS reads north-up grids right
             layout = dataclasses.replace(layout, lat_ascending=False)
         started = time.perf_counter()
         try:
@@ -1038,7 +1006,7 @@ def _predict_raster(
                 wrapping(read_lowres, period),
                 _Grid(rows, cols, period),
                 writer,
-                _Progress(ctx, store, len(tiles), len(finished), progress, report_every_s),
+                _Progress(ctx, store, len(tiles), len(finished), progress, settings.report_every_s),
                 finished,
             )
         except BaseException:
@@ -1096,7 +1064,7 @@ def _predict_raster(
                 reader,
                 output,
                 fmt,
-                dtype=output_dtype,
+                dtype=settings.output_dtype,
                 metadata=provenance,
                 layout=layout,
                 progress=progress,

@@ -28,13 +28,15 @@ Windows are ``rasterio.windows.Window`` in low-res cells (``col_off, row_off, wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from affine import Affine
 from rasterio.windows import Window
+
+T = TypeVar("T")
 
 TileTransform = Callable[[np.ndarray, Window, Affine, Any], np.ndarray]
 """``f(values_m, window, transform, crs) -> values_m``: a per-tile change of the elevations.
@@ -220,3 +222,14 @@ def batch_tiles(tiles: Iterable[Tile], batch_size: int) -> Iterator[list[Tile]]:
             del waiting[tile.read_shape]
             yield group
     yield from waiting.values()
+
+
+def deal_batches(batches: Sequence[T], rank: int, ranks: int) -> Sequence[T]:
+    """The batches that rank ``rank`` of ``ranks`` predicts: round-robin, rank r taking
+    batches r, r + ranks, r + 2 * ranks, ... of ``batches`` (those left to predict, in the
+    order of :func:`batch_tiles` over the whole grid). ``demsr predict`` deals its tiles with
+    this and ``demsr plan`` counts each rank's share with it, so the two cannot disagree.
+    ``batches`` may be a ``range`` (returned as one, without building a list)."""
+    if ranks < 1 or not 0 <= rank < ranks:
+        raise ValueError(f"rank must be in 0..ranks-1 with ranks >= 1, got {rank} of {ranks}")
+    return batches[rank::ranks]

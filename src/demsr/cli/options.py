@@ -17,6 +17,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from demsr.predict_settings import DEFAULTS as PREDICT_DEFAULTS
+
 log = logging.getLogger("demsr.cli")
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -116,12 +118,13 @@ device_option = click.option(
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs instead of refusing."
 )
-# How predict (and plan, which plans a predict run) cuts and runs the tiles.
+# How predict (and plan, which plans a predict run) cuts and runs the tiles; the defaults are
+# demsr.predict_settings.PredictSettings's.
 tile_px_option = click.option(
     "--tile-px",
     "tile_px",
     type=click.IntRange(min=1),
-    default=None,
+    default=PREDICT_DEFAULTS.tile_px,
     help="Tile side in input (low-res) cells, before the margin [default: the largest, up to "
     "1024 and the raster's own size, whose batch fits in --memory].",
 )
@@ -160,7 +163,7 @@ memory_option = click.option(
     "--memory",
     "memory_bytes",
     type=MemorySize(),
-    default=None,
+    default=PREDICT_DEFAULTS.memory_bytes,
     metavar="SIZE",
     help="Memory one process may use, e.g. 2GiB (as demsr plan estimates it: the model, its "
     "weights and a batch of tiles); sets the tile size when --tile-px is not given "
@@ -170,14 +173,14 @@ memory_option = click.option(
 batch_size_option = click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=1,
+    default=PREDICT_DEFAULTS.batch_size,
     show_default=True,
     help="Tiles per forward pass.",
 )
 precision_option = click.option(
     "--precision",
     type=click.Choice(("auto", "fp32", "bf16")),
-    default="auto",
+    default=PREDICT_DEFAULTS.precision,
     show_default=True,
     help="Network precision: auto runs the residual blocks in bf16 where the device has "
     "native bf16 (recent GPUs; CPUs with AMX or AVX512-BF16) and the checkpoint records the "

@@ -20,6 +20,7 @@ from demsr.cli.options import (
     tile_size_renamed,
 )
 from demsr.io import FORMATS, OUTPUT_DTYPES
+from demsr.predict_settings import DEFAULTS, PredictSettings
 
 
 @click.command("plan")
@@ -50,7 +51,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 @click.option(
     "--dtype",
     type=click.Choice(OUTPUT_DTYPES),
-    default="float32",
+    default=DEFAULTS.output_dtype,
     show_default=True,
     help="Output data type (int16 halves the product).",
 )
@@ -101,20 +102,23 @@ def command(
     """
     from demsr.plan import plan_prediction
 
-    plan = plan_prediction(
-        input_path,
-        checkpoint,
-        ranks=ranks,
+    settings = PredictSettings(
         device=device,
         tile_px=tile_px,
         batch_size=batch_size,
         memory_bytes=memory_bytes,
         precision=precision,
         fmt=fmt,
-        dtype=dtype,
+        output_dtype=dtype,
         band=band,
         variable=variable,
         crs=crs,
+    )
+    plan = plan_prediction(
+        input_path,
+        checkpoint,
+        settings,
+        ranks=ranks,
         throughput_mpx_s=throughput_mpx_s,
         measure=measure,
     )
@@ -122,11 +126,16 @@ def command(
 
 
 def print_dry_run(
-    checkpoint: Path, input_path: str, output_path: str, params: dict[str, Any]
+    checkpoint: Path,
+    input_path: str,
+    output_path: str,
+    settings: PredictSettings,
+    params: dict[str, Any],
 ) -> None:
-    """``demsr predict --dry-run``: print the plan of the run ``params`` (the predict command's
-    parameters) describe, with ``checkpoint`` resolved; write nothing. Under torchrun only
-    rank 0 prints, and the ranks are torchrun's."""
+    """``demsr predict --dry-run``: print the plan of the run of ``settings`` (``params``, the
+    predict command's parameters, give the options the plan's command line repeats as they
+    are), with ``checkpoint`` resolved; write nothing. Under torchrun only rank 0 prints, and
+    the ranks are torchrun's."""
     from demsr.distributed import context
     from demsr.plan import plan_prediction
     from demsr.predict import partial_progress
@@ -135,20 +144,7 @@ def print_dry_run(
     if not ranks.is_main:
         return
     plan = plan_prediction(
-        input_path,
-        checkpoint,
-        ranks=ranks.world_size,
-        device=params["device"],
-        tile_px=params["tile_px"],
-        batch_size=params["batch_size"],
-        memory_bytes=params["memory_bytes"],
-        precision=params["precision"],
-        fmt=params["fmt"],
-        output_path=output_path,
-        dtype=params["dtype"],
-        band=params["band"],
-        variable=params["variable"],
-        crs=params["crs"],
+        input_path, checkpoint, settings, ranks=ranks.world_size, output_path=output_path
     )
     extra = []
     if params["input_datum"] is not None:
@@ -156,27 +152,27 @@ def print_dry_run(
     if params["output_datum"] is not None:
         extra += ["--output-datum", params["output_datum"]]
     flags = {
-        "compile_model": "--compile",
+        "compile": "--compile",
         "overwrite": "--overwrite",
         "resume": "--resume",
         "keep_row_order": "--keep-row-order",
         "ensemble": "--ensemble",
     }
-    extra += [flag for name, flag in flags.items() if params[name]]
+    extra += [flag for name, flag in flags.items() if getattr(settings, name)]
     given = click.get_current_context().get_parameter_source("progress")
     if given is click.core.ParameterSource.COMMANDLINE:  # else: the run decides for itself
         extra.append("--progress" if params["progress"] else "--no-progress")
     model = params["paths"][0] if len(params["paths"]) == 3 else params["checkpoint"]
     click.echo(plan.describe(output_path, model, extra))
-    if params.get("ensemble"):
+    if settings.ensemble:
         click.echo(
             "note     --ensemble: 8 network passes per tile (about 8x the time above) and a "
             "second float32 band (about twice the output)"
         )
-    if Path(output_path).exists() and not params["overwrite"]:
+    if Path(output_path).exists() and not settings.overwrite:
         click.echo(f"note     {output_path} exists: demsr predict refuses it without --overwrite")
     progress = partial_progress(output_path)
-    if progress is not None and not params["resume"]:
+    if progress is not None and not settings.resume:
         done, total = progress
         click.echo(
             f"note     an interrupted run kept {done} of {total} tiles: --resume continues it"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from demsr.cli.errors import ERROR_HINT
@@ -20,6 +22,7 @@ from demsr.cli.options import (
 )
 from demsr.datum import DATUMS
 from demsr.io import FORMATS, OUTPUT_DTYPES
+from demsr.predict_settings import DEFAULTS, PredictSettings
 
 
 @click.command("predict")
@@ -46,7 +49,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 @click.option(
     "--dtype",
     type=click.Choice(OUTPUT_DTYPES),
-    default="float32",
+    default=DEFAULTS.output_dtype,
     show_default=True,
     help="Output data type (int16: rounded metres, nodata -32768).",
 )
@@ -90,7 +93,7 @@ from demsr.io import FORMATS, OUTPUT_DTYPES
 )
 @click.option(
     "--wrap/--no-wrap",
-    default=None,
+    default=DEFAULTS.wrap,
     help="Wrap east-west across the antimeridian [default: when INPUT is a geographic grid "
     "covering 360 degrees of longitude, so that a global output has no seam at +/-180].",
 )
@@ -166,10 +169,30 @@ def command(
             f"{input_path} is a checkpoint: give [CHECKPOINT] INPUT OUTPUT (the output is missing)"
         )
     resolved = resolve_checkpoint(model)
+    settings = PredictSettings(
+        band=band,
+        variable=variable,
+        crs=crs,
+        device=device,
+        tile_px=tile_px,
+        batch_size=batch_size,
+        memory_bytes=memory_bytes,
+        precision=precision,
+        compile=compile_model,
+        wrap=wrap,
+        ensemble=ensemble,
+        fmt=fmt,
+        output_dtype=dtype,
+        keep_row_order=keep_row_order,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+    )
     if dry_run:
         from demsr.cli.plan import print_dry_run
 
-        print_dry_run(resolved, input_path, output_path, click.get_current_context().params)
+        params = click.get_current_context().params
+        print_dry_run(resolved, input_path, output_path, settings, params)
         return
 
     input_datum = _input_datum(input_path, input_datum, band, variable, crs)
@@ -194,26 +217,12 @@ def command(
         resolved,
         input_path,
         output_path,
-        band=band,
-        device=device,
-        tile_px=tile_px,
-        batch_size=batch_size,
-        memory_bytes=memory_bytes,
-        precision=precision,
-        compile=compile_model,
-        overwrite=overwrite,
-        resume=resume,
-        progress=progress,
-        transform_input=datum_transform(input_datum, "egm96"),
-        transform_output=datum_transform("egm96", output_datum),
-        fmt=fmt,
-        output_dtype=dtype,
-        tags={"vertical_datum": output_datum},
-        variable=variable,
-        crs=crs,
-        wrap=wrap,
-        keep_row_order=keep_row_order,
-        ensemble=ensemble,
+        dataclasses.replace(
+            settings,
+            transform_input=datum_transform(input_datum, "egm96"),
+            transform_output=datum_transform("egm96", output_datum),
+            tags={"vertical_datum": output_datum},
+        ),
     )
     if context().is_main:
         click.echo(str(path))
