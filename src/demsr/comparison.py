@@ -15,6 +15,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
+from demsr.grid import Grid
 from demsr.io import (
     GRID_TOLERANCE,
     RasterReader,
@@ -139,8 +140,8 @@ def read_comparison(
                 )
         scale = integer_scale(lowres, prediction)
         # The high-res grid: the low-res one refined by the scale over the same bounds.
-        highres_transform = lowres.transform @ Affine.scale(1 / scale)
-        highres_shape = (lowres.shape[0] * scale, lowres.shape[1] * scale)
+        highres_grid = Grid.of(lowres).refine(scale)
+        highres_transform, highres_shape = highres_grid.transform, highres_grid.shape
         reference = f"{lowres.path} refined x{scale}"
         for reader in (prediction, *files.values()):
             if reader.shape != highres_shape:

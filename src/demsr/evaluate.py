@@ -49,6 +49,7 @@ from tqdm import tqdm
 from demsr.checkpoint import Checkpoint, as_checkpoint
 from demsr.datasets import read_pair_file
 from demsr.ensemble import ensemble_mean_spread
+from demsr.grid import Grid
 from demsr.io import (
     RasterError,
     atomic_path,
@@ -318,8 +319,8 @@ def inputs_from_rasters(
                 f"{lowres_path}: its cells are not at least twice as large as {highres_path}'s"
             )
         lowres = low_reader.read()
-        transform = low_reader.transform @ Affine.scale(1 / scale)
-        shape = (lowres.shape[0] * scale, lowres.shape[1] * scale)
+        highres_grid = Grid.of(low_reader).refine(scale)
+        transform, shape = highres_grid.transform, highres_grid.shape
         row_off, col_off = locate_grid(reader, transform, shape, os.fspath(lowres_path))
         window = Window(col_off, row_off, shape[1], shape[0])
         highres = reader.read(window)
@@ -392,9 +393,8 @@ def _on_exact_subgrid(
             scale = integer_scale(low_reader, reader)
             if scale < 2:
                 return False
-            transform = low_reader.transform @ Affine.scale(1 / scale)
-            shape = (low_reader.shape[0] * scale, low_reader.shape[1] * scale)
-            locate_grid(reader, transform, shape, os.fspath(lowres_path))
+            highres_grid = Grid.of(low_reader).refine(scale)
+            locate_grid(reader, highres_grid.transform, highres_grid.shape, os.fspath(lowres_path))
         except ValueError:
             return False
     return True

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from affine import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
@@ -55,6 +54,7 @@ from demsr.ensemble import (
     input_slope_deg,
     recorded_calibration,
 )
+from demsr.grid import Grid
 from demsr.io import (
     CANONICAL_UNITS,
     AncillaryBand,
@@ -938,9 +938,10 @@ def _predict_raster(
         }
         if calibration is not None:
             provenance["ensemble"] = "mean of the model's 8 flips/rotations"
+        output_grid = Grid((rows, cols), source.transform).refine(scale)
         grid = OutputGrid(
-            shape=(rows * scale, cols * scale),
-            transform=source.transform @ Affine.scale(1 / scale),
+            shape=output_grid.shape,
+            transform=output_grid.transform,
             crs=source.crs,
             nodata=None if source.nodata is None else float(np.float32(source.nodata)),
             chunk_px=tile_px * scale,

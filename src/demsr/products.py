@@ -42,6 +42,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
 from demsr.datum import convert_heights
+from demsr.grid import Grid
 from demsr.io import Raster, RasterError, RasterReader, open_raster, same_crs
 from demsr.metrics import cell_sizes_m
 from demsr.prepare import PrepareOptions, PrepareReport, prepare_pairs
@@ -172,7 +173,7 @@ def choose_resampling(
     already the sub-grid's), else a ValueError; k < 1 is a fine DEM coarser than the sub-grid.
     Different CRSs: by the cells' sizes in metres at the window's centre.
     """
-    target = product.transform @ Affine.scale(1 / scale)
+    target = Grid.of(product).refine(scale).transform
     coarser = (
         f"{fine.path}: its cells are coarser than the x{scale} sub-grid of {product.path}; the "
         "fine DEM must be at least as fine as the target"
@@ -295,9 +296,9 @@ def fine_on_product_grid(
         if not same_crs(product.crs, fine.crs):  # the size check at the overlap's latitude
             resampling = choose_resampling(product, fine, scale, window)
         lowres = product.read(window).astype(np.float64)
+        target_grid = Grid.of(product).window(window).refine(scale)
         lowres_transform = product.window_transform(window)
-        target_transform = lowres_transform @ Affine.scale(1 / scale)
-        shape = (int(window.height) * scale, int(window.width) * scale)
+        target_transform, shape = target_grid.transform, target_grid.shape
         bounds = (
             lowres_transform.c,
             lowres_transform.f + lowres_transform.e * window.height,

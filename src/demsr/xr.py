@@ -23,6 +23,7 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
+from demsr.grid import Grid
 from demsr.io import (
     X_NAMES,
     Y_NAMES,
@@ -156,7 +157,7 @@ def predict_dataarray(
 
     # Cell centres of the finer grid, computed as rioxarray computes them from a transform
     # (affine's x * a + y * b + c: the same rounding).
-    fine = transform @ Affine.scale(1 / scale)
+    fine = Grid(values.shape, transform).refine(scale).transform
     cols, rows = np.arange(highres.shape[1]) + 0.5, np.arange(highres.shape[0]) + 0.5
     fine_x = cols * fine.a + 0.5 * fine.b + fine.c
     fine_y = 0.5 * fine.d + rows * fine.e + fine.f

@@ -1,0 +1,76 @@
+"""A raster grid as one value: its shape, its affine transform and its CRS.
+
+A coarse grid and the x ``scale`` grid a model writes over it share their bounds and CRS; the
+finer grid's cells are the coarse ones divided by ``scale`` (:meth:`Grid.refine`). Windows of a
+grid are grids too (:meth:`Grid.window`), with their own transform, as rasterio computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from affine import Affine
+from rasterio.transform import array_bounds
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+
+class _HasGrid(Protocol):
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def transform(self) -> Affine: ...
+
+    @property
+    def crs(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Grid:
+    """``shape`` (rows, cols), ``transform`` (the affine of the cells' edges, rasterio's
+    convention) and ``crs`` (None when unknown)."""
+
+    shape: tuple[int, int]
+    transform: Affine
+    crs: Any = None
+
+    @classmethod
+    def of(cls, raster: _HasGrid) -> Grid:
+        """The grid of anything with ``shape``, ``transform`` and ``crs`` (a reader, a Raster)."""
+        rows, cols = raster.shape[-2:]
+        return cls((int(rows), int(cols)), raster.transform, raster.crs)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the CRS's units."""
+        rows, cols = self.shape
+        west, south, east, north = array_bounds(rows, cols, self.transform)
+        return (west, south, east, north)
+
+    def refine(self, scale: int) -> Grid:
+        """The grid of ``scale`` x ``scale`` cells per cell over the same bounds."""
+        if scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale}")
+        rows, cols = self.shape
+        return Grid(
+            (rows * scale, cols * scale), self.transform @ Affine.scale(1 / scale), self.crs
+        )
+
+    def coarsen(self, scale: int) -> Grid:
+        """The grid of cells ``scale`` times larger from the same origin, whole cells only (the
+        rows and columns past the last whole block are left out)."""
+        if scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale}")
+        rows, cols = self.shape
+        transform = self.transform @ Affine.scale(scale)
+        return Grid((rows // scale, cols // scale), transform, self.crs)
+
+    def window(self, window: Window) -> Grid:
+        """The cells of ``window`` as a grid of their own."""
+        return Grid(
+            (int(window.height), int(window.width)),
+            window_transform(window, self.transform),
+            self.crs,
+        )
