@@ -28,6 +28,7 @@ from demsr import distributed
 from demsr.checkpoint import load_checkpoint, load_training_state
 from demsr.config import load_config
 from demsr.datasets import ShuffledShardSampler, epoch_generator
+from demsr.ranks import exit_rank_process
 from demsr.train import (
     BEST,
     LAST,
@@ -87,6 +88,8 @@ def _as_rank(
     except Exception as exc:  # noqa: BLE001 - reported to the test through the file
         (folder / f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
         (folder / f"traceback{rank}.txt").write_text(traceback.format_exc())
+    # as `demsr` itself ends a rank's process (the interpreter's teardown can abort in gloo)
+    exit_rank_process(0)
 
 
 class _Fit:
@@ -475,3 +478,23 @@ def test_ranks_whose_weights_differ_stop_the_run(tiny_pairs: Path, tmp_path: Pat
     )
     assert errors(tmp_path) == [expected, expected]
     assert [r["epoch"] for r in read_metrics_rows(tmp_path / "run")] == ["1"]
+
+
+def test_a_rank_process_ends_with_its_exit_status_and_flushed_output(tmp_path: Path) -> None:
+    # What `demsr` does at the end of a torchrun rank's process (exit_rank_process): the
+    # status is the command's, and nothing written before is lost.
+    script = (
+        "import logging, sys\n"
+        "from demsr.ranks import exit_rank_process\n"
+        "logging.basicConfig(filename=sys.argv[1], level=logging.INFO)\n"
+        "logging.getLogger('demsr').info('logged last')\n"
+        "sys.stdout.write('printed last')\n"
+        "exit_rank_process(3)\n"
+    )
+    log = tmp_path / "rank.log"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(log)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "printed last"
+    assert "logged last" in log.read_text()

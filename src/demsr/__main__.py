@@ -1,3 +1,3 @@
-from demsr.cli import main
+from demsr.cli import run
 
-main()
+run()

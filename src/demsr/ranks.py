@@ -3,8 +3,11 @@ so that the command line starts fast); :mod:`demsr.distributed` does the rest.""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,18 @@ def context() -> RankContext:
             f"LOCAL_RANK={local_rank}"
         )
     return RankContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def exit_rank_process(code: int) -> NoReturn:
+    """End a rank's process with exit status ``code`` once its work is done and its files are
+    closed: logs and standard streams flushed, then ``os._exit``, skipping the interpreter's
+    teardown. In that teardown torch's gloo process group can abort the process ("terminate
+    called without an active exception", SIGABRT) after a run that succeeded, now and then,
+    which would turn a finished run into a failed one."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing left to flush
+            pass
+    os._exit(code)

@@ -11,6 +11,7 @@ ranks log warnings and errors only, and start their lines (error lines too) with
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -146,3 +147,20 @@ def _register() -> None:
 
 
 _register()
+
+
+def run() -> None:
+    """The ``demsr`` command. In a process of a torchrun run (``WORLD_SIZE`` > 1) it ends with
+    :func:`demsr.ranks.exit_rank_process`, with the command's exit status."""
+    from demsr.ranks import exit_rank_process
+
+    try:
+        main()
+    except SystemExit as done:
+        if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+            raise
+        code = done.code
+        if code is not None and not isinstance(code, int):
+            click.echo(code, err=True)
+            code = 1
+        exit_rank_process(code or 0)
