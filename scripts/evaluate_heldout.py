@@ -47,7 +47,7 @@ from demsr.evaluate import (
     inputs_from_raster,
     upsample_baseline,
 )
-from demsr.metrics import texture_index
+from demsr.metrics import rmse, texture_index
 from demsr.predict import predict_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,8 +101,8 @@ BLOCKS = {
 
 
 def _rmse(values: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    keep = mask & np.isfinite(values) & np.isfinite(truth)
-    return float(np.sqrt(np.mean((values[keep].astype(np.float64) - truth[keep]) ** 2)))
+    """:func:`demsr.metrics.rmse` over the cells of ``mask``."""
+    return rmse(values[mask], truth[mask])
 
 
 def _predict(checkpoint: Checkpoint, lowres: np.ndarray) -> np.ndarray:
