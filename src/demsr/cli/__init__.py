@@ -11,7 +11,6 @@ ranks log warnings and errors only, and start their lines (error lines too) with
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
@@ -152,12 +151,16 @@ _register()
 def run() -> None:
     """The ``demsr`` command. In a process of a torchrun run (``WORLD_SIZE`` > 1) it ends with
     :func:`demsr.ranks.exit_rank_process`, with the command's exit status."""
-    from demsr.ranks import exit_rank_process
+    from demsr.ranks import context, exit_rank_process
 
     try:
         main()
     except SystemExit as done:
-        if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        try:
+            in_a_run_of_ranks = context().distributed
+        except ValueError:  # an inconsistent environment: main has said so already
+            in_a_run_of_ranks = False
+        if not in_a_run_of_ranks:
             raise
         code = done.code
         if code is not None and not isinstance(code, int):
