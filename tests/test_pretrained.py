@@ -199,12 +199,18 @@ def test_shipped_model_draws_no_five_cell_grid() -> None:
     assert texture_index(upsample_baseline(inputs.lowres[0], 5, BACKPROJECTION)) > 0.02
 
 
-def test_the_shipped_model_predicts_an_ensemble_with_its_uncertainty_band(
-    dem_test_dir: Path, tmp_path: Path
-) -> None:
+def _degraded_front_range(dem_test_dir: Path, tmp_path: Path) -> Path:
+    """The Front Range test raster degraded x5 by `demsr degrade` (a 15" input)."""
     lowres = tmp_path / "lowres.tif"
     code, out = run("degrade", dem_test_dir / "landlab_srtmgl3_frontrange.tif", lowres)
     assert code == 0, out
+    return lowres
+
+
+def test_the_shipped_model_predicts_an_ensemble_with_its_uncertainty_band(
+    dem_test_dir: Path, tmp_path: Path
+) -> None:
+    lowres = _degraded_front_range(dem_test_dir, tmp_path)
     code, out = run("predict", lowres, tmp_path / "ensemble.tif", "--ensemble", "--no-progress")
     assert code == 0, out
     with rasterio.open(tmp_path / "ensemble.tif") as src:
@@ -222,9 +228,7 @@ def test_the_shipped_model_predicts_an_ensemble_with_its_uncertainty_band(
 def test_predict_without_a_checkpoint_uses_the_shipped_model(
     dem_test_dir: Path, tmp_path: Path
 ) -> None:
-    lowres = tmp_path / "lowres.tif"
-    code, out = run("degrade", dem_test_dir / "landlab_srtmgl3_frontrange.tif", lowres)
-    assert code == 0, out
+    lowres = _degraded_front_range(dem_test_dir, tmp_path)
     code, out = run("predict", lowres, tmp_path / "default.tif", "--no-progress")
     assert code == 0, out
     shipped = tmp_path / "copy.safetensors"
