@@ -93,7 +93,8 @@ def command(
     method on metric cell sizes), with a land/coast/sea and slope-class breakdown.
     """
     from demsr.checkpoint import as_checkpoint
-    from demsr.evaluate import evaluate, load_inputs
+    from demsr.evaluate import evaluate
+    from demsr.evaluation_inputs import load_inputs
     from demsr.io import refuse_existing
     from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
