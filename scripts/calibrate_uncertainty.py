@@ -49,7 +49,7 @@ from demsr.ensemble import (
     slope_class_labels,
     slope_classes,
 )
-from demsr.evaluate import inputs_from_raster
+from demsr.evaluation_inputs import inputs_from_raster
 from demsr.io import fill_nearest
 from demsr.metrics import cell_sizes_m, slope_deg
 from demsr.predict import predict_array, upscale_mask
