@@ -100,6 +100,7 @@ def child(spec: dict[str, Any]) -> None:
     import rasterio
     import torch
 
+    import demsr.partial
     import demsr.predict
     from demsr.checkpoint import load_checkpoint
     from demsr.io import finalise_output
@@ -134,7 +135,7 @@ def child(spec: dict[str, Any]) -> None:
                     }
         return finalise_output(partial, output, *args, **kwargs)
 
-    demsr.predict.finalise_output = finalise_hook  # type: ignore[assignment]
+    demsr.partial.finalise_output = finalise_hook  # type: ignore[assignment]
     begun = time.perf_counter()
     cpu_begun = time.process_time()
     ticks_begun = cpu_ticks()

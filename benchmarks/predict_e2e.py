@@ -111,15 +111,15 @@ def child_network(args: argparse.Namespace) -> None:
     import torch
 
     from demsr.checkpoint import as_checkpoint
+    from demsr.engine import Network
     from demsr.io import read_raster
     from demsr.model import network_autocast, resolve_device
     from demsr.precision import recorded_bf16_bound
-    from demsr.predict import _Network
 
     _set_threads(args)
     device = resolve_device(args.device)
     checkpoint = as_checkpoint(args.checkpoint)
-    network = _Network.prepare(
+    network = Network.prepare(
         checkpoint.build_resolver(device),
         device,
         "auto",

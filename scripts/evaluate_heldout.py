@@ -41,9 +41,9 @@ import torch
 
 from demsr.baselines import BACKPROJECTION, upsample_baseline
 from demsr.checkpoint import Checkpoint, as_checkpoint
+from demsr.engine import predict_array
 from demsr.evaluation_inputs import EvaluationInputs, inputs_from_product, inputs_from_raster
 from demsr.metrics import rmse, texture_index
-from demsr.predict import predict_array
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -72,12 +72,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "Trainer",
         "TrainerCallback",
     ),
-    # prediction
-    "demsr.predict": (
+    # prediction: arrays in memory (the tile engine), raster files of any size
+    "demsr.engine": (
         "predict_array",
         "predict_array_ensemble",
-        "predict_raster",
     ),
+    "demsr.predict": ("predict_raster",),
     # the options of a prediction (and of its plan), with their defaults
     "demsr.predict_settings": ("PredictSettings",),
     # prediction on xarray DataArrays (coordinates and CRS in rioxarray's conventions)
@@ -200,6 +200,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from demsr.config import ConfigError, RunConfig, load_config
     from demsr.datasets import PairDataset, read_pair_file
     from demsr.demo import bundled_dem, run_demo
+    from demsr.engine import predict_array, predict_array_ensemble
     from demsr.evaluate import evaluate_array, evaluate_pairs, evaluate_raster
     from demsr.evaluation_inputs import EvaluationInputs, inputs_from_arrays
     from demsr.io import Raster, RasterError, RasterReader, open_raster, read_raster, write_geotiff
@@ -215,7 +216,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         resolve_device,
     )
     from demsr.plot import plot_comparison, plot_training_curves, save_figure
-    from demsr.predict import predict_array, predict_array_ensemble, predict_raster
+    from demsr.predict import predict_raster
     from demsr.predict_settings import PredictSettings
     from demsr.prepare import (
         PrepareOptions,

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from demsr.baselines import BASELINES, upsample_baseline
 from demsr.checkpoint import Checkpoint, as_checkpoint
+from demsr.engine import predict_array
 from demsr.ensemble import ensemble_mean_spread
 from demsr.evaluation_inputs import (
     EvaluationInputs,
@@ -30,7 +31,6 @@ from demsr.evaluation_inputs import (
     load_inputs,
 )
 from demsr.model import SuperResolver, prepare_for_inference, resolve_device
-from demsr.predict import predict_array
 from demsr.predict_settings import SCORING
 from demsr.scoring import Evaluation, score
 
@@ -60,7 +60,7 @@ def predict_inputs(
     """The model's (N, H, W) prediction in metres (NaN over nodata inputs).
 
     Pairs without nodata run in batches; rasters (and pairs with nodata) run through the tiled
-    :func:`demsr.predict.predict_array`. ``ensemble`` averages the 8 flips/rotations. The
+    :func:`demsr.engine.predict_array`. ``ensemble`` averages the 8 flips/rotations. The
     network runs in float32 (channels-last), so that scores describe the model itself and do
     not depend on the hardware; bf16, predict's default where the hardware has it, moves
     outputs by centimetres (BENCHMARKS.md).
