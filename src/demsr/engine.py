@@ -15,8 +15,8 @@ a valid output cell has a valid cell within that distance (the output's own pare
 fill, and hence the output, is the same as the whole grid's (ties between equally near valid
 cells aside). Tiles whose core holds no valid cell are skipped: they never reach the network.
 
-A process keeps the checkpoint file it predicted with last, and its prepared networks, for its
-next prediction (:func:`kept_checkpoint`, :func:`kept_network`).
+A process keeps the checkpoint file :func:`~demsr.predict.predict_raster` loaded last, and its
+prepared networks, for its next raster (:func:`kept_checkpoint`, :func:`kept_network`).
 """
 
 from __future__ import annotations

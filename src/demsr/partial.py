@@ -49,6 +49,8 @@ from demsr.tilestore import (
 from demsr.tiling import Tile, TileTransform, scale_window, tile_count
 
 if TYPE_CHECKING:
+    from rasterio.crs import CRS
+
     from demsr.engine import Network
     from demsr.predict_settings import PredictSettings
 
@@ -150,7 +152,7 @@ def open_for_resume(path: Path, settings: dict[str, Any], resume: bool) -> TileS
 
 def recorded_settings(
     input_path: str | os.PathLike[str],
-    source_crs: Any,
+    source_crs: CRS,
     settings: PredictSettings,
     network: Network,
     sha256: str,

@@ -82,16 +82,16 @@ def measure_throughput(
 
     Reads one region of ``n x n`` tiles (n = 2, or more to fill a batch; the whole raster if it
     is smaller), where the input holds the most valid cells among five candidates, and runs
-    :func:`demsr.predict.predict_array` on it twice with the settings' tile size, batch size and
+    :func:`demsr.engine.predict_array` on it twice with the settings' tile size, batch size and
     precision: the first run warms up (oneDNN/cuDNN pick their kernels per shape), the second is
     timed. Its read windows are clipped to the region, so the rate is per read-window cell
     (:class:`~demsr.plan.figures.SpeedFigure`). File writes are not timed.
     """
     import torch
 
+    from demsr.engine import predict_array
     from demsr.model import resolve_device
     from demsr.precision import choose_precision, recorded_bf16_bound
-    from demsr.predict import predict_array
 
     settings = PredictSettings.of(settings, **options)
     batch_size = settings.batch_size
