@@ -58,6 +58,7 @@ from demsr.io import (
 )
 from demsr.metrics import cell_sizes_m
 from demsr.model import resolve_device
+from demsr.overlap import WriteBehind
 from demsr.partial import (
     StoreWriter,
     open_store,
@@ -402,22 +403,57 @@ def _run_tiles(
     finished: set[int],
 ) -> None:
     """Predict ``batches`` of tiles of ``grid`` into ``writer``, committing after every batch;
-    tiles in ``finished`` (recorded by an earlier run) are left out."""
+    tiles in ``finished`` (recorded by an earlier run) are left out.
+
+    A batch is written (and its chunks flushed) in a background thread while the network runs
+    on the next (:class:`demsr.overlap.WriteBehind`); it is committed here, once written, before
+    the next is handed over. When the run stops on an error or an interrupt, the batch being
+    written is still committed, so that every batch the network finished is kept."""
     scale = network.resolver.scale
     todo = [[tile for tile in batch if tile.index not in finished] for batch in batches]
     progress.assigned = sum(len(batch) for batch in todo)
+
+    def write(batch: list[tuple[Tile, np.ndarray | None]]) -> None:
+        for tile, values in batch:
+            writer.write(tile, values)
+        writer.flush()
+
+    def commit(batch: list[tuple[Tile, np.ndarray | None]]) -> None:
+        writer.commit()
+        progress.update(
+            len(batch), sum(tile.core.height * tile.core.width for tile, _ in batch) * scale * scale
+        )
+
     try:
-        for batch in predict_batches(network, todo, read_lowres, grid, wrap_cols):
-            batch_px = 0
-            for tile, values in batch:
-                writer.write(tile, values)
-                batch_px += int(tile.core.height * tile.core.width) * scale * scale
-            writer.commit()
-            stop_point("tiles")
-            progress.update(len(batch), batch_px)
+        with WriteBehind(write) as behind:
+            try:
+                for batch in predict_batches(network, todo, read_lowres, grid, wrap_cols):
+                    if behind.in_flight:
+                        commit(behind.finish())
+                        stop_point("tiles")
+                    behind.submit(batch)
+                if behind.in_flight:
+                    commit(behind.finish())
+                    stop_point("tiles")
+            except BaseException:
+                if behind.in_flight:
+                    _keep_written(behind, commit)
+                raise
     finally:
         progress.close()
     progress.summarise(network.choice.describe())
+
+
+def _keep_written(
+    behind: WriteBehind[list[tuple[Tile, np.ndarray | None]]],
+    commit: Callable[[list[tuple[Tile, np.ndarray | None]]], None],
+) -> None:
+    """Commit the batch in flight when a run stops on another error; a failure to write it
+    is logged (the run's own error is the one reported)."""
+    try:
+        commit(behind.finish())
+    except Exception as exc:  # noqa: BLE001 - the first error wins
+        log.debug("the batch being written when the run stopped was not kept: %s", exc)
 
 
 def _automatic_tile_px(
