@@ -10,6 +10,7 @@ import rasterio
 from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from demsr.grid import Grid
@@ -115,3 +116,20 @@ def test_cell_centres_lie_half_a_cell_inside_and_refined_ones_average_to_them(
     fine_xs, fine_ys = grid.refine(scale).cell_centres()
     np.testing.assert_allclose(fine_xs.reshape(cols, scale).mean(axis=1), xs, atol=tolerance)
     np.testing.assert_allclose(fine_ys.reshape(rows, scale).mean(axis=1), ys, atol=tolerance)
+
+
+@pytest.mark.parametrize(
+    ("crs", "geographic", "units"),
+    [
+        ("EPSG:4326", True, "degrees"),
+        (CRS.from_epsg(32615), False, "m"),  # UTM 15N, as rasterio reads it
+        ("EPSG:2227", False, "US survey foot"),  # California zone 3, in feet
+        (None, False, "m"),  # unknown: coordinates taken as metres
+    ],
+)
+def test_a_grid_says_whether_its_coordinates_are_degrees_and_their_unit(
+    crs: object, geographic: bool, units: str
+) -> None:
+    grid = Grid((3, 4), Affine(30.0, 0, 500_000.0, 0, -30.0, 4_000_000.0), crs)
+    assert grid.geographic is geographic
+    assert grid.coordinate_units == units

@@ -390,7 +390,7 @@ def _frontrange(dem_test_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def test_cubic_base_is_gdal_cubic_without_the_5_cell_texture(dem_test_dir: Path) -> None:
-    from demsr.evaluate import upsample_baseline
+    from demsr.baselines import upsample_baseline
     from demsr.metrics import texture_index
 
     lowres, _ = _frontrange(dem_test_dir)
@@ -531,7 +531,7 @@ def test_new_options_round_trip_and_are_checked() -> None:
 
 
 def test_tiled_prediction_equals_whole_with_the_new_options(dem_test_dir: Path) -> None:
-    from demsr.predict import predict_array
+    from demsr.engine import predict_array
 
     scaling = ElevationScaling(
         scale_m=1000.0, trend_sigma_px=4.0, base="cubic", block_mean_constraint=True
