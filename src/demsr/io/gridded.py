@@ -281,11 +281,14 @@ class _GridPlan:
     grid: Grid
     x_name: str
     y_name: str
-    geographic: bool
     x_values: np.ndarray
     y_values: np.ndarray
     flip_rows: bool
     col_rotation: int
+
+    @property
+    def geographic(self) -> bool:
+        return self.grid.geographic
 
     def place(
         self, row_off: int, col_off: int, block: np.ndarray
@@ -313,7 +316,7 @@ def _plan_grid(grid: Grid, layout: RasterLayout | None) -> _GridPlan:
     cols = grid.shape[1]
     transform = grid.transform
     xs, ys = grid.cell_centres()
-    geographic = bool(grid.crs is not None and grid.crs.is_geographic)
+    geographic = grid.geographic
     x_name, y_name = ("lon", "lat") if geographic else ("x", "y")
     if geographic and layout is not None and layout.x_name and layout.y_name:
         if layout.x_name.lower() in X_NAMES and layout.y_name.lower() in Y_NAMES:
@@ -336,7 +339,6 @@ def _plan_grid(grid: Grid, layout: RasterLayout | None) -> _GridPlan:
         grid=grid,
         x_name=x_name,
         y_name=y_name,
-        geographic=geographic,
         x_values=xs,
         y_values=ys[::-1] if flip_rows else ys,
         flip_rows=flip_rows,
