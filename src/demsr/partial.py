@@ -230,7 +230,7 @@ def write_product(
 ) -> Path:
     """The complete ``store`` turned into the product (:func:`demsr.io.finalise_output`), then
     removed."""
-    from demsr.plan import default_memory_bytes
+    from demsr.plan.memory import default_memory_bytes
 
     # Decoded chunks kept while finalising: within the memory the tiles were planned for.
     cache_bytes = (settings.memory_bytes or default_memory_bytes("cpu")[0]) // len(store.grid.bands)

@@ -467,21 +467,18 @@ def _automatic_tile_px(
 ) -> tuple[int, str | None]:
     """The tile size when none is given, and why: the interrupted run's when ``resumed`` names
     its partial store (so that a resume does not depend on the memory free now), else
-    :func:`demsr.plan.choose_tile_px` for ``memory_bytes`` (None: the default share)."""
-    from demsr.plan import choose_tile_px, default_memory_bytes
+    :func:`demsr.plan.memory.automatic_tile_px` for ``memory_bytes`` (None: the default
+    share), as ``demsr plan`` chooses it."""
+    from demsr.plan.memory import automatic_tile_px
 
     if resumed is not None and resumed.exists():
         try:
             return int(TileStore.open(resumed).settings["tile_px"]), None
         except (OSError, KeyError, TypeError, ValueError):
             pass  # open_for_resume reports the unreadable store
-    source = "given"
-    if memory_bytes is None:
-        memory_bytes, source = default_memory_bytes(network.device.type)
     resolver = network.resolver
-    tile_px = choose_tile_px(
-        rows,
-        cols,
+    tile_px, budget, source = automatic_tile_px(
+        (rows, cols),
         resolver.margin_px,
         resolver.net.config,
         sum(p.numel() for p in resolver.parameters()),
@@ -492,7 +489,7 @@ def _automatic_tile_px(
     )
     return tile_px, (
         f"tiles of {tile_px} cells (margin {resolver.margin_px}), batches of {batch_size}: the "
-        f"largest that fit in {memory_bytes / 2**20:.0f} MiB ({source})"
+        f"largest that fit in {budget / 2**20:.0f} MiB ({source})"
     )
 
 
