@@ -6,7 +6,8 @@ is :mod:`demsr.tilestore`'s. A run records its settings in the store
 (:func:`recorded_settings`: the checkpoint's hash, the input's path, size and modification
 time, the tile size, the hooks it ran with, ...); rank 0 opens it (:func:`open_store`) after
 checking the input and the paths, and a resumed run (:func:`open_for_resume`) must record the
-same settings, or is refused with the one that differs. :class:`StoreWriter` writes a rank's
+same settings, or is refused with the one that differs; the product carries the run's
+provenance as tags (:func:`product_tags`). :class:`StoreWriter` writes a rank's
 tiles (in the input's vertical unit, after the output hook) and makes each batch durable before
 logging it as finished. Once every tile is done, :func:`write_product` turns the store into
 the product (:func:`demsr.io.finalise_output`) and removes it. :func:`partial_progress` says
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rasterio.windows import transform as window_transform
 
+from demsr import __version__
 from demsr.ensemble import UNCERTAINTY_NAME, UncertaintyCalibration
 from demsr.io import (
     AncillaryBand,
@@ -52,6 +54,7 @@ from demsr.tiling import Tile, TileTransform, scale_window, tile_count
 if TYPE_CHECKING:
     from rasterio.crs import CRS
 
+    from demsr.checkpoint import Checkpoint
     from demsr.engine import Network
     from demsr.predict_settings import PredictSettings
 
@@ -185,6 +188,34 @@ def recorded_settings(
         "transform_output": describe_hook(settings.transform_output),
         "units": units,
     }
+
+
+def product_tags(
+    checkpoint: Checkpoint,
+    source: RasterReader,
+    settings: PredictSettings,
+    network: Network,
+    sha256: str,
+    tile_px: int,
+    units: str,
+) -> dict[str, str]:
+    """The product's tags: the caller's ``tags``, then the unit, the model and the run."""
+    provenance = {
+        **dict(settings.tags or {}),
+        "units": units,
+        "demsr_version": __version__,
+        "checkpoint_sha256": sha256,
+        "model_config": json.dumps(checkpoint.model_config.to_dict(), sort_keys=True),
+        "elevation_scaling": json.dumps(checkpoint.scaling.to_dict(), sort_keys=True),
+        "source": Path(source.path).name,  # the name only: not where it lies on this machine
+        "source_band": str(settings.band),
+        "tile_px": str(tile_px),
+        "margin_px": str(network.resolver.margin_px),
+        **network.choice.tags(),
+    }
+    if network.ensemble is not None:
+        provenance["ensemble"] = "mean of the model's 8 flips/rotations"
+    return provenance
 
 
 def open_store(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from demsr import __version__, distributed
+from demsr import distributed
 from demsr.checkpoint import Checkpoint, checkpoint_sha256
 from demsr.distributed import RankContext
 from demsr.engine import (
@@ -63,6 +62,7 @@ from demsr.partial import (
     StoreWriter,
     open_store,
     partial_path,
+    product_tags,
     recorded_settings,
     write_product,
 )
@@ -251,7 +251,7 @@ def _predict_raster(
                 "self-ensemble: 8 flips/rotations per tile; uncertainty calibrated on %s",
                 ", ".join(calibration.fitted_on) or "unnamed rasters",
             )
-        provenance = _provenance(checkpoint, source, settings, network, sha256, tile_px, units)
+        provenance = product_tags(checkpoint, source, settings, network, sha256, tile_px, units)
         lowres_grid = Grid.of(source)
         output_grid = lowres_grid.refine(scale)
         grid = OutputGrid(
@@ -342,34 +342,6 @@ def _predict_raster(
         return result
     finally:
         lock.release()
-
-
-def _provenance(
-    checkpoint: Checkpoint,
-    source: RasterReader,
-    settings: PredictSettings,
-    network: Network,
-    sha256: str,
-    tile_px: int,
-    units: str,
-) -> dict[str, str]:
-    """The product's tags: the caller's ``tags``, then the unit, the model and the run."""
-    provenance = {
-        **dict(settings.tags or {}),
-        "units": units,
-        "demsr_version": __version__,
-        "checkpoint_sha256": sha256,
-        "model_config": json.dumps(checkpoint.model_config.to_dict(), sort_keys=True),
-        "elevation_scaling": json.dumps(checkpoint.scaling.to_dict(), sort_keys=True),
-        "source": Path(source.path).name,  # the name only: not where it lies on this machine
-        "source_band": str(settings.band),
-        "tile_px": str(tile_px),
-        "margin_px": str(network.resolver.margin_px),
-        **network.choice.tags(),
-    }
-    if network.ensemble is not None:
-        provenance["ensemble"] = "mean of the model's 8 flips/rotations"
-    return provenance
 
 
 def _lowres_reader(
