@@ -28,6 +28,7 @@ from demsr import distributed
 from demsr.checkpoint import load_checkpoint, load_training_state
 from demsr.config import load_config
 from demsr.datasets import ShuffledShardSampler, epoch_generator
+from demsr.optimizer import scaled_learning_rate
 from demsr.ranks import exit_rank_process
 from demsr.train import (
     BEST,
@@ -37,7 +38,6 @@ from demsr.train import (
     Trainer,
     TrainerCallback,
     TrainResult,
-    scaled_learning_rate,
 )
 
 WORLD = 2
