@@ -2,11 +2,14 @@
 keys that demsr names differently (:data:`REFERENCE_ALIASES`), fixes (:data:`REFERENCE_FIXED`)
 or ignores (:data:`REFERENCE_IGNORED`), and demsr's own deprecated names (:data:`RENAMED_KEYS`,
 translated by :func:`renamed_key`; :func:`upgrade_config_dict` renames them in a recorded
-config). :mod:`demsr.config` applies them as it loads a file or an override.
+config). :mod:`demsr.config` applies them as it loads a file or an override. Also
+:func:`check_known_keys`, which refuses a recorded dict's keys that are not a dataclass's fields
+(model configs, elevation scalings, prepare options).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -80,3 +83,11 @@ REFERENCE_IGNORED: set[tuple[str, str]] = {
     ("train", "load_ckpt"),
     ("train", "ckpt_path"),
 }
+
+
+def check_known_keys(cls: type, values: dict[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass ``cls`` (a typo must not pass)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {sorted(unknown)} (known: {sorted(known)})")

@@ -26,9 +26,8 @@ gives what calibration compares: RMS, bias and the radially averaged spectrum of
 block mean, by slope class; ``demsr calibrate`` prints them for the real pairs and for synthetic
 ones the fitted model makes from the same truth.
 
-The module is longer than most (about 700 lines) because the model, the statistics it must
-reproduce and the fit that makes it reproduce them are one idea: split, each part would need
-the other two to be read.
+Kept whole: the degradation, the statistics it must reproduce and the fit that makes it
+reproduce them are one idea (calibration); split, each part would need the other two to be read.
 """
 
 from __future__ import annotations
