@@ -31,7 +31,7 @@ from demsr.datasets import (
 )
 from demsr.model import ElevationScaling, network_autocast
 from demsr.ranks import RankContext
-from demsr.resume import CheckpointTimer
+from demsr.run_state import CheckpointTimer
 
 log = logging.getLogger(__name__)
 

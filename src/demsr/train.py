@@ -11,9 +11,10 @@ checkpoints' provenance. Both share the loop, the run folder and ``--resume``.
 
 The pieces: the pairs (pair files or raster windows) in :mod:`demsr.training_data`; Adam, its
 schedule and the learning rate's scaling in :mod:`demsr.optimizer`; the loss, an epoch's steps
-and the validation pass in :mod:`demsr.epochs`; the mid-epoch checkpoint timer, the checks before
-``--resume`` and the restored states in :mod:`demsr.resume`; the run folder (``config.yaml``,
-``metrics.csv``, ``last``/``best`` checkpoints) in :mod:`demsr.run_folder`; the parent's model
+and the validation pass in :mod:`demsr.epochs`; what the run writes as it goes (checkpoints, their
+metadata, the mid-epoch timer) and the checks and restored states of ``--resume`` in
+:mod:`demsr.run_state`; the run folder's names and ``metrics.csv`` schema in
+:mod:`demsr.run_folder`; the parent's model
 and the freezing of layers in :mod:`demsr.finetuning`; the hooks in :mod:`demsr.callbacks`.
 Shuffling and augmentation draw from (seed, epoch[, index]) and ``train.checkpoint_every_s``
 writes ``last.safetensors`` mid-epoch, so ``--resume`` continues with the same weights,
@@ -46,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from demsr import distributed
 from demsr.callbacks import TrainerCallback
-from demsr.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
+from demsr.checkpoint import Checkpoint, TrainingState, load_checkpoint
 from demsr.config import RunConfig
 from demsr.datasets import (
     LowresMaker,
@@ -63,7 +64,7 @@ from demsr.finetuning import (
     parent_record,
     update_finetune_settings,
 )
-from demsr.io import atomic_path, remove_stale_temporaries
+from demsr.io import remove_stale_temporaries
 from demsr.model import (
     DEMSRNet,
     SuperResolver,
@@ -75,7 +76,6 @@ from demsr.model import (
     to_channels_last,
 )
 from demsr.optimizer import describe_batch, make_optimizer, scaled_learning_rate, seed_everything
-from demsr.resume import CheckpointTimer, load_resume_state, restore_training
 from demsr.run_folder import (
     BEST,
     LAST,
@@ -83,9 +83,9 @@ from demsr.run_folder import (
     METRICS,
     EpochRecord,
     TrainResult,
-    append_metrics_row,
     truncate_metrics,
 )
+from demsr.run_state import CheckpointTimer, RunWriter, load_resume_state, restore_training
 from demsr.training_data import load_training_data
 
 log = logging.getLogger(__name__)
@@ -210,30 +210,6 @@ class Trainer:
             self.config.train.gradient_loss_weight,
         )
 
-    # -- state ---------------------------------------------------------------------------
-
-    def _metadata(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        metadata: dict[str, Any] = {
-            "training": self.config.to_dict(),
-            "epoch": epoch,
-            "metrics": metrics,
-            "provenance": {
-                "data": self.data.record(self.config),
-                "parent": self.parent_record,
-            },
-            "distributed": {
-                "world_size": self.world_size,
-                "global_batch_size": self.config.data.batch_size * self.world_size,
-                "effective_learning_rate": self.learning_rate,
-            },
-        }
-        if self.parent_record is not None:
-            metadata["frozen"] = {
-                "prefixes": self.frozen_prefixes,
-                "parameters": self.frozen_parameters,
-            }
-        return metadata
-
     # -- loops ---------------------------------------------------------------------------
 
     def _on_step(self, global_step: int, loss: float) -> None:
@@ -324,6 +300,18 @@ class Trainer:
             self.world_size,
         )
         optimizer, scheduler = make_optimizer(trainable, self.learning_rate, cfg.optimizer)
+        writer = RunWriter(
+            out,
+            cfg,
+            self.data,
+            self.model,
+            self.scaling,
+            self.world_size,
+            self.learning_rate,
+            parent,
+            self.frozen_prefixes,
+            self.frozen_parameters,
+        )
         start_epoch, global_step = 1, 0
         skip_steps, skipped_loss_sum = 0, 0.0  # of a mid-epoch checkpoint
         best_loss, best_rmse, bad_epochs = math.inf, math.inf, 0
@@ -393,8 +381,7 @@ class Trainer:
                     parent_rmse,
                 )
         if self.is_main:
-            with atomic_path(out / "config.yaml") as tmp:
-                tmp.write_text(cfg.to_yaml())
+            writer.write_config()
         # Training steps go through DDP, which averages the ranks' gradients (its constructor
         # gives every rank rank 0's weights); validation uses the resolver itself.
         network: nn.Module = self.resolver
@@ -434,8 +421,6 @@ class Trainer:
         def save_state(epoch_steps: int, loss_sum: float, step: int) -> None:
             """last.safetensors in the middle of epoch ``epoch`` (rank 0 writes it)."""
             if self.is_main:
-                metadata = self._metadata(epoch - 1, self._metrics)
-                metadata["epoch_steps"] = epoch_steps
                 state = TrainingState(
                     optimizer.state_dict(),
                     scheduler.state_dict(),
@@ -446,8 +431,8 @@ class Trainer:
                     epoch_steps=epoch_steps,
                     epoch_loss_sum=loss_sum,
                 )
-                save_checkpoint(out / LAST, self.model, self.scaling, metadata, state)
-                self._info("step %d: checkpoint %s", step, out / LAST)
+                path = writer.save_mid_epoch(self._metrics, state)
+                self._info("step %d: checkpoint %s", step, path)
             self.timer.reset()
 
         for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -514,7 +499,7 @@ class Trainer:
             if save_last:
                 self.timer.reset()
             if self.is_main:
-                self._save_epoch(
+                writer.save_epoch(
                     record,
                     metrics,
                     save_last=save_last,
@@ -546,22 +531,3 @@ class Trainer:
                 stopped_early = True
                 break
         return TrainResult(out, epoch, global_step, best_loss, best_rmse, stopped_early)
-
-    def _save_epoch(
-        self,
-        record: EpochRecord,
-        metrics: dict[str, float],
-        save_last: bool,
-        state: TrainingState,
-    ) -> None:
-        """Rank 0's files after an epoch: the metrics row, best.safetensors if it is the best
-        epoch, last.safetensors if ``save_last``."""
-        out = self.output_dir
-        # The row first: a crash before last.safetensors lands makes --resume redo (and
-        # rewrite) it; a crash after, keeps it.
-        append_metrics_row(self.output_dir / METRICS, record)
-        metadata = self._metadata(record.epoch, metrics)
-        if record.is_best:
-            save_checkpoint(out / BEST, self.model, self.scaling, metadata)
-        if save_last:
-            save_checkpoint(out / LAST, self.model, self.scaling, metadata, state)

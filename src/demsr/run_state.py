@@ -1,8 +1,10 @@
-"""What lets a training run continue exactly: ``last.safetensors`` written in the middle of an
-epoch on a timer (:class:`CheckpointTimer`, ``train.checkpoint_every_s``), the checks a run's
-last checkpoint must pass before ``--resume`` continues it (:func:`load_resume_state`: the same
-starting point, model, settings and, where ``optimizer.learning_rate_scaling`` ties the learning
-rate to it, number of ranks), and putting the weights, optimizer, scheduler and RNG states back
+"""A training run's state in its checkpoints: what rank 0 writes into the run folder as it goes
+(:class:`RunWriter`: ``config.yaml``, the ``metrics.csv`` rows, ``best``/``last`` checkpoints
+and their metadata, ``last.safetensors`` in the middle of an epoch when :class:`CheckpointTimer`
+says ``train.checkpoint_every_s`` have passed) and how ``--resume`` continues from it: the checks
+a run's last checkpoint must pass (:func:`load_resume_state`: the same starting point, model,
+settings and, where ``optimizer.learning_rate_scaling`` ties the learning rate to it, number of
+ranks) and the weights, optimizer, scheduler and RNG states put back
 (:func:`restore_training`).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +25,16 @@ from demsr.checkpoint import (
     load_checkpoint,
     load_training_state,
     restore_rng_state,
+    save_checkpoint,
 )
 from demsr.config import RunConfig
 from demsr.config_keys import upgrade_config_dict
-from demsr.model import ElevationScaling, ModelConfig
+from demsr.io import atomic_path
+from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
 from demsr.optimizer import match_parameter_layouts
 from demsr.ranks import RankContext
-from demsr.run_folder import changed_settings
+from demsr.run_folder import BEST, LAST, METRICS, EpochRecord, append_metrics_row, changed_settings
+from demsr.training_data import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,82 @@ class CheckpointTimer:
 
     def due(self) -> bool:
         return self.every_s is not None and time.monotonic() - self.saved_at >= self.every_s
+
+
+@dataclass
+class RunWriter:
+    """Rank 0's files in the run folder ``output_dir`` during a run (the other ranks write
+    nothing): ``config.yaml``, a ``metrics.csv`` row per epoch, ``best.safetensors`` at the best
+    validation loss and ``last.safetensors`` with the training state.
+
+    Every checkpoint's metadata records the run's config, the epoch and metrics, the data and
+    the fine-tuning parent (``parent_record``, None from scratch) it trained from, the ranks'
+    global batch and learning rate and, when fine-tuning, what was frozen."""
+
+    output_dir: Path
+    config: RunConfig
+    data: TrainingData
+    model: DEMSRNet
+    scaling: ElevationScaling
+    world_size: int
+    learning_rate: float  # at the start of the run, after learning_rate_scaling
+    parent_record: dict[str, Any] | None
+    frozen_prefixes: list[str]
+    frozen_parameters: int
+
+    def metadata(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """The metadata of a checkpoint written after epoch ``epoch`` with ``metrics``."""
+        metadata: dict[str, Any] = {
+            "training": self.config.to_dict(),
+            "epoch": epoch,
+            "metrics": metrics,
+            "provenance": {
+                "data": self.data.record(self.config),
+                "parent": self.parent_record,
+            },
+            "distributed": {
+                "world_size": self.world_size,
+                "global_batch_size": self.config.data.batch_size * self.world_size,
+                "effective_learning_rate": self.learning_rate,
+            },
+        }
+        if self.parent_record is not None:
+            metadata["frozen"] = {
+                "prefixes": self.frozen_prefixes,
+                "parameters": self.frozen_parameters,
+            }
+        return metadata
+
+    def write_config(self) -> None:
+        with atomic_path(self.output_dir / "config.yaml") as tmp:
+            tmp.write_text(self.config.to_yaml())
+
+    def save_epoch(
+        self,
+        record: EpochRecord,
+        metrics: dict[str, float],
+        save_last: bool,
+        state: TrainingState,
+    ) -> None:
+        """The files after an epoch: the metrics row, best.safetensors if it is the best epoch,
+        last.safetensors if ``save_last``."""
+        out = self.output_dir
+        # The row first: a crash before last.safetensors lands makes --resume redo (and
+        # rewrite) it; a crash after, keeps it.
+        append_metrics_row(out / METRICS, record)
+        metadata = self.metadata(record.epoch, metrics)
+        if record.is_best:
+            save_checkpoint(out / BEST, self.model, self.scaling, metadata)
+        if save_last:
+            save_checkpoint(out / LAST, self.model, self.scaling, metadata, state)
+
+    def save_mid_epoch(self, metrics: dict[str, float], state: TrainingState) -> Path:
+        """last.safetensors ``state.epoch_steps`` steps into the epoch after ``state.epoch``,
+        with the ``metrics`` of that finished epoch; returns its path."""
+        metadata = self.metadata(state.epoch, metrics)
+        metadata["epoch_steps"] = state.epoch_steps
+        save_checkpoint(self.output_dir / LAST, self.model, self.scaling, metadata, state)
+        return self.output_dir / LAST
 
 
 def load_resume_state(
