@@ -16,7 +16,8 @@ import rasterio
 import torch
 
 from demsr.checkpoint import save_checkpoint
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+from demsr.model import DEMSRNet, ModelConfig
+from demsr.scaling import ElevationScaling
 from demsr.train import METRIC_FIELDS, METRICS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -158,7 +158,7 @@ def test_window_training_recipe_holds_out_tiles_of_several_terrains() -> None:
     from conftest import DEM_TRAIN
 
     from demsr.datasets import select_rasters
-    from demsr.model import ElevationScaling
+    from demsr.scaling import ElevationScaling
 
     config = load_config(REPO / "configs" / "lite-windows.yaml")
     assert config.data.source == "rasters"

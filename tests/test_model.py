@@ -13,19 +13,16 @@ from demsr.checkpoint import save_checkpoint
 from demsr.io import read_raster
 from demsr.model import (
     DEMSRNet,
-    ElevationScaling,
     ModelConfig,
     SuperResolver,
-    backproject,
     count_parameters,
-    gaussian_trend,
     init_as_residual,
     preset,
     receptive_field_px,
-    upsample_bicubic,
     upsample_bilinear,
 )
 from demsr.prepare import crop_to_blocks, degrade
+from demsr.scaling import ElevationScaling, backproject, gaussian_trend, upsample_bicubic
 
 
 def _tiny(scale: int, resize: str = "half_pixel", bias: bool = False) -> DEMSRNet:

@@ -26,9 +26,10 @@ from demsr.evaluate import (
     upsample_baseline,
 )
 from demsr.metrics import texture_index
-from demsr.model import ElevationScaling, ModelConfig
+from demsr.model import ModelConfig
 from demsr.predict import predict_array
 from demsr.pretrained import DEFAULT_MODEL, PRETRAINED, pretrained_path, resolve_checkpoint
+from demsr.scaling import ElevationScaling
 
 
 def run(*args: object) -> tuple[int, str]:

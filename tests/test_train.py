@@ -12,7 +12,7 @@ from conftest import DEM_TEST, REPO, TINY_MODEL, read_metrics_rows, tiny_overrid
 
 from demsr.checkpoint import load_checkpoint, load_training_state
 from demsr.config import ConfigError, load_config
-from demsr.model import ElevationScaling
+from demsr.scaling import ElevationScaling
 from demsr.train import BEST, LAST, Trainer, TrainerCallback
 
 

@@ -29,15 +29,8 @@ from demsr.config_keys import (
     RENAMED_KEYS,
     renamed_key,
 )
-from demsr.model import (
-    FREEZE_PRESETS,
-    INIT_SCHEMES,
-    PRECISIONS,
-    PRESETS,
-    ElevationScaling,
-    ModelConfig,
-    preset,
-)
+from demsr.model import FREEZE_PRESETS, INIT_SCHEMES, PRECISIONS, PRESETS, ModelConfig, preset
+from demsr.scaling import ElevationScaling
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,10 @@ from demsr.datasets import (
     RasterWindowDataset,
     ShuffledShardSampler,
 )
-from demsr.model import ElevationScaling, network_autocast
+from demsr.model import network_autocast
 from demsr.ranks import RankContext
 from demsr.run_state import CheckpointTimer
+from demsr.scaling import ElevationScaling
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,10 @@ that its weights load one-to-one::
 
 Every convolution is 3x3 with padding 1. A residual block is conv3x3 -> ReLU -> conv3x3, scaled by
 0.1 and added to the block's input.
+
+:class:`SuperResolver` is the network with its elevation scaling (metres in, metres out); the
+scaling and the interpolation kernels it uses are in :mod:`demsr.scaling`. Also here: devices
+and precision contexts, the initialisations (``model.init``) and the freeze presets.
 """
 
 from __future__ import annotations

@@ -30,10 +30,11 @@ from demsr.checkpoint import (
 from demsr.config import RunConfig
 from demsr.config_keys import upgrade_config_dict
 from demsr.io import atomic_path
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+from demsr.model import DEMSRNet, ModelConfig
 from demsr.optimizer import match_parameter_layouts
 from demsr.ranks import RankContext
 from demsr.run_folder import BEST, LAST, METRICS, EpochRecord, append_metrics_row, changed_settings
+from demsr.scaling import ElevationScaling
 from demsr.training_data import TrainingData
 
 log = logging.getLogger(__name__)
