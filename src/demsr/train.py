@@ -122,6 +122,7 @@ class Trainer:
     model: DEMSRNet
     resolver: SuperResolver
     learning_rate: float  # at the start of the run, after learning_rate_scaling
+    timer: CheckpointTimer  # of the mid-epoch checkpoints, made when the loop starts
 
     def __init__(
         self,
@@ -155,7 +156,6 @@ class Trainer:
         self.frozen_prefixes: list[str] = []
         self.frozen_parameters = 0  # counted when the loop starts
         self._metrics: dict[str, float] = {}  # of the last finished epoch
-        self.timer = CheckpointTimer(config.train.checkpoint_every_s)
 
     @property
     def rank(self) -> int:
@@ -416,7 +416,8 @@ class Trainer:
             ),
         )
         stopped_early, epoch = False, start_epoch - 1
-        self.timer.reset()
+        # When the next mid-epoch last.safetensors is due; counts from here.
+        self.timer = CheckpointTimer(cfg.train.checkpoint_every_s)
 
         def save_state(epoch_steps: int, loss_sum: float, step: int) -> None:
             """last.safetensors in the middle of epoch ``epoch`` (rank 0 writes it)."""
