@@ -6,11 +6,12 @@ where the CPU has native bf16) in a fresh child process on a GeoTIFF of real ter
 
 * the process's resident memory after its imports and its peak up to the end of the tile loop
   (``harness.peak_rss_mb`` when the partial store is handed to ``demsr.io.finalise_output``),
-  against :func:`demsr.plan.estimate_memory`;
+  against :func:`demsr.plan.memory.estimate_memory`;
 * the wall time from the call to the end of the tile loop (building the network and the input
   check included; no warm-up: oneDNN's first call of a shape costs no more than the next ones
   on this CPU), as output Mpx/s and as the network's work rate (read-window Mpx/s,
-  :class:`demsr.plan.SpeedFigure`), against the plan's estimate from the recorded figures;
+  :class:`demsr.plan.figures.SpeedFigure`), against the plan's estimate from the recorded
+  figures;
 * start-up (imports and loading the weights), and for some cases the conversion of the partial
   store into each product format and dtype (time, and size on disk against the uncompressed
   bytes: the compression ratio on a real DEM).
@@ -26,14 +27,14 @@ fp32 on 512 x 512 cells; lite at 128 on a continental-shelf bathymetry grid
 (``examples/data/cairns_ga2005_270m_shelf.tif``); an untrained paper-shaped model (trend scaling,
 margin 101) at tiles 48 and 96 on 2 x 2 tiles. Then the memory formula's constants (base, maps
 per tile) are fitted to all cases by least squares and printed beside the ones
-:data:`demsr.plan.MEMORY_CALIBRATION` holds. The input check's rate (every cell read once) is
-measured on a 4096 x 4096 NetCDF in the GEBCO layout::
+:data:`demsr.plan.figures.MEMORY_CALIBRATION` holds. The input check's rate (every cell read
+once) is measured on a 4096 x 4096 NetCDF in the GEBCO layout::
 
     .venv/bin/python benchmarks/plan_calibration.py                  # 3 min on 2 quiet CPU cores
     .venv/bin/python benchmarks/plan_calibration.py --record benchmarks/plan_calibration.md
 
 ``--record FILE`` writes the tables to FILE, keeping its hand-written notes (``harness.record``).
-The figures in ``demsr/plan.py`` are copied from that record by hand.
+The figures in ``demsr/plan/figures.py`` are copied from that record by hand.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def child(spec: dict[str, Any]) -> None:
     import rasterio
     import torch
 
+    import demsr.partial
     import demsr.predict
     from demsr.checkpoint import load_checkpoint
     from demsr.io import finalise_output
@@ -133,7 +135,7 @@ def child(spec: dict[str, Any]) -> None:
                     }
         return finalise_output(partial, output, *args, **kwargs)
 
-    demsr.predict.finalise_output = finalise_hook  # type: ignore[assignment]
+    demsr.partial.finalise_output = finalise_hook  # type: ignore[assignment]
     begun = time.perf_counter()
     cpu_begun = time.process_time()
     ticks_begun = cpu_ticks()
@@ -312,7 +314,8 @@ def run(args: argparse.Namespace) -> str:
                 raster, loaded, device="cpu", tile_px=case.tile_px, precision=case.precision
             )
             result["margin_px"] = plan.margin_px
-            geometry = grid_geometry(result["rows"], result["cols"], case.tile_px, plan.margin_px)
+            shape = (result["rows"], result["cols"])
+            geometry = grid_geometry(shape, case.tile_px, plan.margin_px)
             window_cells = geometry.largest_window[0] * geometry.largest_window[1]
             result.update(
                 case=case,

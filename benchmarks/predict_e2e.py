@@ -20,11 +20,14 @@ busy spell of a shared machine hits both alike, and the ratio of the medians is 
 ``--baseline-src DIR`` the end-to-end child also runs with another checkout's sources (e.g. the
 previous release's ``src``) in the same rounds, so before and after are measured side by side.
 ``--profile`` adds one profiled end-to-end run per case (cProfile; where the time goes by stage).
-``--warm-process`` has each end-to-end child predict a second, equal raster after the first, in
-the same process, and reports that call too: what a process predicting many rasters pays per
-raster once the model is loaded and the kernels are set up. ``--threads N`` sets torch's threads
-in every child (default: torch's own, one per core), e.g. 1 on a machine whose other cores are
-busy, where threads waiting for each other slow small tiles down many times over.
+Children import demsr from bytecode, compiled once before the rounds, as from an installed
+package (``PYTHONDONTWRITEBYTECODE`` is cleared for them): a fresh process should not pay for
+compiling the modules it imports lazily. ``--warm-process`` has each end-to-end child predict a
+second, equal raster after the first, in the same process, and reports that call too: what a
+process predicting many rasters pays per raster once the model is loaded and the kernels are set
+up. ``--threads N`` sets torch's threads in every child (default: torch's own, one per core),
+e.g. 1 on a machine whose other cores are busy, where threads waiting for each other slow small
+tiles down many times over.
 
     .venv/bin/python benchmarks/predict_e2e.py                            # 0.1 and 1.4 Mpx, CPU
     .venv/bin/python benchmarks/predict_e2e.py --cases 0.1 1.4 36 --formats tif zarr \\
@@ -39,6 +42,7 @@ predict's own defaults).
 from __future__ import annotations
 
 import argparse
+import compileall
 import cProfile
 import io
 import json
@@ -107,15 +111,15 @@ def child_network(args: argparse.Namespace) -> None:
     import torch
 
     from demsr.checkpoint import as_checkpoint
+    from demsr.engine import Network
     from demsr.io import read_raster
     from demsr.model import network_autocast, resolve_device
     from demsr.precision import recorded_bf16_bound
-    from demsr.predict import _Network
 
     _set_threads(args)
     device = resolve_device(args.device)
     checkpoint = as_checkpoint(args.checkpoint)
-    network = _Network.prepare(
+    network = Network.prepare(
         checkpoint.build_resolver(device),
         device,
         "auto",
@@ -248,6 +252,7 @@ def _child(args: argparse.Namespace, mode: str, src: Path, extra: list[str]) -> 
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
     env = dict(os.environ, PYTHONPATH=str(src))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # modules load from bytecode, as once installed
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
@@ -272,6 +277,8 @@ def run(args: argparse.Namespace) -> str:
     sources = {"this": REPO / "src"}
     if args.baseline_src is not None:
         sources = {"baseline": args.baseline_src.resolve(), **sources}
+    for src in sources.values():  # as an installed package has them (pip compiles on install)
+        compileall.compile_dir(src, quiet=1)
     rows: list[str] = []
     profiles: list[str] = []
     with tempfile.TemporaryDirectory(prefix="demsr-e2e-") as tmp_name:

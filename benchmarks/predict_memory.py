@@ -74,6 +74,7 @@ def write_checkpoint(path: Path) -> Path:
 
 def child(args: argparse.Namespace) -> None:
     """Run one prediction and print a JSON line with memory and time."""
+    import demsr.partial
     import demsr.predict
     from demsr.checkpoint import load_checkpoint
     from demsr.model import resolve_device
@@ -83,14 +84,14 @@ def child(args: argparse.Namespace) -> None:
     resolver = checkpoint.build_resolver(resolve_device(args.device))  # imports and weights
     baseline_mb = peak_rss_mb()
     tiles_peak: dict[str, float] = {}
-    finalise_output = demsr.predict.finalise_output
+    finalise_output = demsr.partial.finalise_output
 
     def finalise_after_peak(*f_args: Any, **f_kwargs: Any) -> Any:
         # Peak of the tile loop alone, before the partial is turned into the product.
         tiles_peak["mb"] = peak_rss_mb()
         return finalise_output(*f_args, **f_kwargs)
 
-    demsr.predict.finalise_output = finalise_after_peak  # type: ignore[assignment]
+    demsr.partial.finalise_output = finalise_after_peak  # type: ignore[assignment]
     started = time.perf_counter()
     demsr.predict.predict_raster(
         checkpoint,

@@ -425,7 +425,7 @@ def bench_accuracy(args: argparse.Namespace) -> str:
     """The shipped model on every real DEM of the test folder (up to 400 x 400 cells, degraded
     to 15"-like low-res cells), through ``predict_array``: each bf16 variant against float32,
     in metres."""
-    from demsr.predict import predict_array
+    from demsr.engine import predict_array
 
     device = resolve_device(args.device)
     scaling = as_checkpoint("lite").scaling

@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from demsr.baselines import upsample_baseline
 from demsr.checkpoint import load_checkpoint
 from demsr.config import load_config
 from demsr.datasets import select_rasters
-from demsr.evaluate import inputs_from_raster, upsample_baseline
+from demsr.engine import predict_array
+from demsr.evaluation_inputs import inputs_from_raster
 from demsr.metrics import texture_index
 from demsr.model import DEMSRNet, SuperResolver, init_as_residual
-from demsr.predict import predict_array
 from demsr.pretrained import resolve_checkpoint
 from demsr.train import BEST, Trainer
 

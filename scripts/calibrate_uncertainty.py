@@ -5,7 +5,7 @@ per-cell uncertainty ``sqrt(a_k * spread + b_k^2)`` whose coefficients per class
 are fitted here (:mod:`demsr.ensemble`) and recorded in the checkpoint's header; a checkpoint
 without them cannot predict with ``--ensemble``. Each raster (a 3" tile) is degraded x5 by
 block mean (a 240 x 240 input for a 1200 x 1200 tile) and super-resolved back with
-:func:`demsr.predict.predict_array`, once per flip/rotation, as one network tile, in float32.
+:func:`demsr.engine.predict_array`, once per flip/rotation, as one network tile, in float32.
 
 1. Fit on the model's VALIDATION rasters, never on held-out ones: those its checkpoint's
    training config names (``data.valid_rasters``, ``data.heldout``: configs/lite-windows.yaml),
@@ -38,6 +38,7 @@ import torch
 from affine import Affine
 
 from demsr.checkpoint import Checkpoint, as_checkpoint, checkpoint_sha256
+from demsr.engine import predict_array, upscale_mask
 from demsr.ensemble import (
     SLOPE_EDGES_DEG,
     CalibrationSamples,
@@ -49,10 +50,9 @@ from demsr.ensemble import (
     slope_class_labels,
     slope_classes,
 )
-from demsr.evaluate import inputs_from_raster
+from demsr.evaluation_inputs import inputs_from_raster
 from demsr.io import fill_nearest
 from demsr.metrics import cell_sizes_m, slope_deg
-from demsr.predict import predict_array, upscale_mask
 
 REPO = Path(__file__).resolve().parents[1]
 # The split of configs/lite-windows.yaml, for checkpoints whose header does not record their

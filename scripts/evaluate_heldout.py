@@ -14,9 +14,9 @@ bicubic, a = -0.75, then 4 back-projection steps: the strongest parameter-free m
   and of the truth.
 - **sea**: the held-out bathymetry grids, block means in; cells at or below 0 m.
 - **real products**: a real 15" product in, the fine DEM put onto its x5 sub-grid as the truth
-  (:func:`demsr.evaluate.inputs_from_product`): GEBCO_2020 over SRTM3 N56W006 at Oban (the tile
-  is held out) and SRTM15+ over SRTMGL1 in Taiwan; all cells and the coast (within 2 product
-  cells of the 0 m line).
+  (:func:`demsr.evaluation_inputs.inputs_from_product`): GEBCO_2020 over SRTM3 N56W006 at Oban
+  (the tile is held out) and SRTM15+ over SRTMGL1 in Taiwan; all cells and the coast (within 2
+  product cells of the 0 m line).
 - **flat in -> flat out**: constant rasters of several sizes and heights, whole and tiled.
 
 ``--compare`` adds another model's RMSE to every row (e.g. the model shipped before). Pooled
@@ -39,16 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from demsr.baselines import BACKPROJECTION, upsample_baseline
 from demsr.checkpoint import Checkpoint, as_checkpoint
-from demsr.evaluate import (
-    BACKPROJECTION,
-    EvaluationInputs,
-    inputs_from_product,
-    inputs_from_raster,
-    upsample_baseline,
-)
+from demsr.engine import predict_array
+from demsr.evaluation_inputs import EvaluationInputs, inputs_from_product, inputs_from_raster
 from demsr.metrics import rmse, texture_index
-from demsr.predict import predict_array
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

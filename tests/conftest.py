@@ -46,11 +46,11 @@ REFERENCE = SHARED / "data" / "reference"
 @pytest.fixture(autouse=True)
 def fresh_prediction_models() -> None:
     """Each test loads its checkpoints afresh: a process keeps the last model it predicted
-    with (demsr.predict), which would carry one test's setup (hooks on the model, a device's
+    with (demsr.engine), which would carry one test's setup (hooks on the model, a device's
     faked bf16 support) into the next."""
-    import demsr.predict
+    import demsr.engine
 
-    demsr.predict._kept.clear()
+    demsr.engine._kept.clear()
 
 
 @pytest.fixture(scope="session")

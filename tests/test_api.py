@@ -20,7 +20,7 @@ from rasterio.windows import Window
 import demsr
 from demsr.checkpoint import load_checkpoint
 from demsr.config import load_config
-from demsr.evaluate import inputs_from_raster
+from demsr.evaluation_inputs import inputs_from_raster
 from demsr.train import BEST, METRIC_FIELDS, EpochRecord, Trainer, TrainerCallback, TrainResult
 
 JACKSBORO = DEM_TEST / "mpl_jacksboro_3s.tif"  # 3", 344 x 403, no nodata

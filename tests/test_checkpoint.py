@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 from conftest import SCALING, write_untrained_checkpoint
 
+import demsr.checkpoint
 from demsr.checkpoint import (
     CheckpointError,
     TrainingState,
+    checkpoint_sha256,
     copy_with_metadata,
     load_checkpoint,
     load_training_state,
@@ -156,3 +159,17 @@ def test_copy_with_metadata_adds_entries_keeps_weights_and_never_overwrites_its_
     with pytest.raises(ValueError, match="is the input"):
         copy_with_metadata(source, source, {"measured": 1})
     assert source.read_bytes() == before
+
+
+def test_a_loaded_checkpoint_hashes_its_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_untrained_checkpoint(tmp_path / "model.safetensors")
+    checkpoint = load_checkpoint(path)
+    reads: list[str] = []
+    real = demsr.checkpoint.file_sha256
+    monkeypatch.setattr(demsr.checkpoint, "file_sha256", lambda p: reads.append(p) or real(p))
+    expected = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert checkpoint_sha256(checkpoint) == checkpoint_sha256(checkpoint) == expected
+    assert len(reads) == 1
+    assert checkpoint_sha256(load_checkpoint(path)) == expected and len(reads) == 2

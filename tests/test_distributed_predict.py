@@ -21,8 +21,10 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy.ndimage import gaussian_filter
 
+from demsr.engine import predict_array
 from demsr.io import write_geotiff
-from demsr.predict import partial_path, predict_array, predict_raster
+from demsr.partial import partial_path
+from demsr.predict import predict_raster
 from demsr.tilestore import read_done
 from demsr.tiling import global_period, tile_grid, wrapped_segments
 

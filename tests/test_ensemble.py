@@ -19,10 +19,11 @@ from cf_checks import run_cfchecks, run_compliance_checker
 from click.testing import CliRunner
 from conftest import REPO, write_untrained_checkpoint
 from safetensors import safe_open
-from test_predict import assert_same_to_rounding
+from test_engine import assert_same_to_rounding
 
 from demsr.checkpoint import load_checkpoint
 from demsr.cli import main
+from demsr.engine import predict_array, predict_array_ensemble, upscale_mask
 from demsr.ensemble import (
     CALIBRATION_KEY,
     CALIBRATION_SCRIPT,
@@ -35,7 +36,7 @@ from demsr.ensemble import (
 )
 from demsr.io import Raster, fill_nearest, read_raster, write_geotiff
 from demsr.metrics import cell_sizes_m, slope_deg
-from demsr.predict import predict_array, predict_array_ensemble, predict_raster, upscale_mask
+from demsr.predict import predict_raster
 
 FOOT = 0.3048
 # The coefficients make sigma move by at most as much as the spread (a_k / (2 b_k) <= 1), so

@@ -1,10 +1,9 @@
-"""Evaluation: baselines from GDAL, metrics and breakdowns on the right cells, the three kinds of
-input, self-ensembles, and the command line's outputs."""
+"""Evaluation: a checkpoint and the baselines scored on a raster, on a low-res raster and its
+reference, and on pair files; self-ensembles; the command line's outputs."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +13,20 @@ from affine import Affine
 from click.testing import CliRunner
 from conftest import SCALING, write_untrained_checkpoint
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
 
-import demsr.evaluate as evaluate_module
+from demsr.baselines import BASELINES, upsample_baseline
 from demsr.checkpoint import save_checkpoint
 from demsr.cli import main
 from demsr.datasets import read_pair_file
-from demsr.evaluate import (
-    BASELINES,
-    EvaluationInputs,
-    evaluate,
-    evaluate_pairs,
+from demsr.evaluate import evaluate, evaluate_pairs, self_ensemble
+from demsr.evaluation_inputs import (
     inputs_from_pairs,
     inputs_from_raster,
     inputs_from_rasters,
     load_inputs,
-    score,
-    self_ensemble,
-    upsample_baseline,
 )
 from demsr.io import write_geotiff
-from demsr.metrics import cell_sizes_m, rmse
+from demsr.metrics import rmse
 from demsr.model import DEMSRNet, ModelConfig
 from demsr.prepare import degrade
 
@@ -42,129 +34,6 @@ from demsr.prepare import degrade
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors")
-
-
-def test_bicubic_reproduces_a_plane_with_cell_centre_registration() -> None:
-    rows, cols = np.mgrid[0:12, 0:10].astype(np.float32)
-    lowres = 3.0 * rows - 2.0 * cols + 100.0  # value at low-res cell centre (i + 0.5, j + 0.5)
-    fine_rows, fine_cols = np.mgrid[0:60, 0:50].astype(np.float64)
-    # High-res cell centre (r + 0.5) / 5 in low-res cell units; low-res centres at i + 0.5.
-    expected = 3.0 * ((fine_rows + 0.5) / 5 - 0.5) - 2.0 * ((fine_cols + 0.5) / 5 - 0.5) + 100.0
-    interior = (slice(10, 50), slice(10, 40))  # away from the clamped edges
-    for method in ("bilinear", "bicubic"):  # these kernels reproduce a plane exactly
-        highres = upsample_baseline(lowres, 5, method)
-        assert highres.shape == (60, 50)
-        assert np.abs(highres[interior] - expected[interior]).max() < 1e-3, method
-
-
-def test_baselines_come_from_gdal(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[Resampling] = []
-    real = evaluate_module.reproject
-
-    def spy(*args: object, **kwargs: object) -> object:
-        seen.append(kwargs["resampling"])  # type: ignore[arg-type]
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate_module, "reproject", spy)
-    lowres = np.random.default_rng(0).random((6, 6)).astype(np.float32) * 100
-    outputs = {name: upsample_baseline(lowres, 5, name) for name in BASELINES}
-    assert seen == [
-        Resampling.bilinear,
-        Resampling.cubic,
-        Resampling.cubic_spline,
-        Resampling.lanczos,
-    ]
-    # Four different kernels, four different results.
-    names = list(outputs)
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            assert not np.allclose(outputs[first], outputs[second]), (first, second)
-
-
-def test_baseline_batches_and_unknown_method() -> None:
-    lowres = np.random.default_rng(0).random((3, 1, 4, 4)).astype(np.float32)
-    assert upsample_baseline(lowres, 2).shape == (3, 1, 8, 8)
-    with pytest.raises(ValueError, match="unknown baseline"):
-        upsample_baseline(lowres, 2, "nearest-ish")
-
-
-def synthetic_inputs(truth: np.ndarray, cell_m: float = 30.0) -> EvaluationInputs:
-    rows = truth.shape[-2]
-    return EvaluationInputs(
-        lowres=degrade(truth, 5),
-        highres=truth,
-        scale=5,
-        source="synthetic",
-        kind="raster",
-        dx_m=np.full((len(truth), rows), cell_m),
-        dy_m=np.full((len(truth), rows), cell_m),
-    )
-
-
-def test_score_breaks_errors_down_by_land_and_sea() -> None:
-    truth = np.zeros((1, 20, 20), np.float32)
-    truth[0, :, :10] = np.linspace(10, 200, 20)[:, None]  # land on the west half
-    truth[0, :, 10:] = -np.linspace(10, 200, 20)[:, None]  # sea on the east half
-    prediction = truth.copy()
-    prediction[0, :, :10] += 1.0
-    prediction[0, :, 10:] -= 2.0
-    prediction[0, 0, 0] = np.nan  # not scored, for any method
-    result = score(synthetic_inputs(truth), {"model": prediction, "exact": truth.copy()})
-    assert result.cells == 399
-    land, sea = result.breakdown["land"]["model"], result.breakdown["sea"]["model"]
-    assert (land["cells"], land["rmse"], land["bias"]) == (
-        199,
-        pytest.approx(1.0),
-        pytest.approx(1.0),
-    )
-    assert (sea["cells"], sea["rmse"], sea["bias"]) == (
-        200,
-        pytest.approx(2.0),
-        pytest.approx(-2.0),
-    )
-    overall = result.methods["model"]
-    assert overall["rmse"] == pytest.approx(math.sqrt((199 * 1 + 200 * 4) / 399))
-    assert overall["max_abs_error"] == pytest.approx(2.0)
-    assert overall["bias"] == pytest.approx((199 - 400) / 399)
-    # PSNR over the truth's range on the scored cells (the NaN cell excluded).
-    data_range = float(np.nanmax(truth) - truth[0].ravel()[1:].min())
-    assert result.data_range_m == pytest.approx(data_range)
-    assert overall["psnr_db"] == pytest.approx(20 * math.log10(data_range / overall["rmse"]))
-    exact = result.methods["exact"]
-    assert exact["rmse"] == 0 and exact["ssim"] == pytest.approx(1.0)
-    assert exact["slope_rmse_deg"] == 0 and exact["aspect_mae_deg"] == 0
-    # The same cell set for every method: the exact method is scored without the NaN cell too.
-    assert result.breakdown["land"]["exact"]["cells"] == 199
-
-
-def test_score_slope_classes_follow_the_truth_slope() -> None:
-    cols = np.arange(40, dtype=np.float32)
-    truth = np.zeros((1, 40, 40), np.float32)
-    truth[0, :, :20] = 0.5 * cols[:20]  # 0.5 m per 30 m cell: about 1 deg
-    truth[0, :, 20:] = 10 + 20 * (cols[20:] - 20)  # 20 m per 30 m cell: about 34 deg
-    result = score(synthetic_inputs(truth), {"model": truth + 1})
-    groups = result.breakdown
-    assert groups["slope 0-2 deg"]["model"]["cells"] > 0
-    assert groups["slope 30-90 deg"]["model"]["cells"] > 0
-    assert "slope 5-15 deg" not in groups  # no such cells (the seam cells are 15-30)
-    assert sum(g["model"]["cells"] for k, g in groups.items() if k.startswith("slope")) <= (
-        result.cells
-    )
-
-
-def test_raster_input_is_cropped_degraded_and_georeferenced(dem_test_dir: Path) -> None:
-    path = dem_test_dir / "landlab_srtmgl3_frontrange.tif"  # 144 x 240, 3" geographic
-    inputs = inputs_from_raster(path, 5)
-    assert inputs.highres.shape == (1, 140, 240) and inputs.lowres.shape == (1, 28, 48)
-    with rasterio.open(path) as src:
-        truth = src.read(1).astype(np.float32)[:140]
-        expected_dx, _ = cell_sizes_m(src.transform, src.crs, 140)
-        assert inputs.transform == src.transform
-    np.testing.assert_array_equal(inputs.highres[0], truth)
-    np.testing.assert_allclose(inputs.lowres[0, 0, 0], truth[:5, :5].mean(), rtol=1e-6)
-    # 3" cells at 40 N are about 71 m wide and 92.5 m tall.
-    np.testing.assert_allclose(inputs.dx_m[0], expected_dx)
-    assert 70 < inputs.dx_m[0].mean() < 72 and 92 < inputs.dy_m[0].mean() < 93
 
 
 def test_evaluate_raster_scores_model_and_five_baselines(
@@ -233,17 +102,6 @@ def test_lowres_and_reference_rasters(
     )
     with pytest.raises(ValueError, match="different CRSs"):
         inputs_from_rasters(utm, high)
-
-
-def test_pair_files_take_cell_sizes_from_their_sources(tiny_pairs: Path) -> None:
-    path = tiny_pairs / "test" / "test.h5"
-    inputs = inputs_from_pairs(path)
-    pairs = read_pair_file(path)
-    assert inputs.dx_m is not None and inputs.dx_m.shape == (len(pairs), 40)
-    # Jacksboro, Tennessee, at 36.4 N: 3" cells are about 74.8 m wide.
-    assert 74 < float(inputs.dx_m.mean()) < 76
-    given = inputs_from_pairs(path, cell_size_m=(80.0, 90.0))
-    assert given.dx_m is not None and np.all(given.dx_m == 80.0) and np.all(given.dy_m == 90.0)
 
 
 def test_pairs_without_known_cell_sizes_skip_slope(
@@ -342,9 +200,3 @@ def test_cli_refuses_a_model_of_another_scale(tiny_pairs: Path, tmp_path: Path) 
     )
     assert result.exit_code == 1
     assert "the data are x5, the model is x4" in result.output
-
-
-def test_command_line_baselines_are_the_librarys() -> None:
-    from demsr.cli.options import BASELINE_NAMES
-
-    assert BASELINE_NAMES == tuple(BASELINES)

@@ -13,6 +13,7 @@ import torch
 
 import demsr.model
 from demsr.checkpoint import load_checkpoint
+from demsr.engine import predict_array
 from demsr.io import read_raster
 from demsr.model import (
     DEMSRNet,
@@ -26,7 +27,7 @@ from demsr.model import (
     resolve_precision,
     upsample_bilinear,
 )
-from demsr.predict import predict_array, predict_raster
+from demsr.predict import predict_raster
 from demsr.prepare import crop_to_blocks, degrade
 from demsr.pretrained import pretrained_path
 from demsr.scaling import ElevationScaling

@@ -34,7 +34,7 @@ from conftest import (
 )
 
 from demsr.checkpoint import load_checkpoint, load_training_state
-from demsr.predict import partial_path
+from demsr.partial import partial_path
 from demsr.stops import SIGNAL_ENV, STOP_ENV
 from demsr.tilestore import read_done
 from demsr.train import BEST, LAST

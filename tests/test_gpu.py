@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 
 from demsr.checkpoint import load_checkpoint
 from demsr.config import load_config
-from demsr.predict import predict_array
+from demsr.engine import predict_array
 from demsr.train import BEST, Trainer
 
 

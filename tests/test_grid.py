@@ -10,6 +10,7 @@ import rasterio
 from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from demsr.grid import Grid
@@ -90,3 +91,20 @@ def test_a_grid_is_read_from_a_raster_and_refined_as_predict_refines_it(tmp_path
     assert fine.transform.a == pytest.approx(1 / 1200) and fine.bounds == pytest.approx(grid.bounds)
     with pytest.raises(ValueError, match="positive integer"):
         grid.refine(0)
+
+
+@pytest.mark.parametrize(
+    ("crs", "geographic", "units"),
+    [
+        ("EPSG:4326", True, "degrees"),
+        (CRS.from_epsg(32615), False, "m"),  # UTM 15N, as rasterio reads it
+        ("EPSG:2227", False, "US survey foot"),  # California zone 3, in feet
+        (None, False, "m"),  # unknown: coordinates taken as metres
+    ],
+)
+def test_a_grid_says_whether_its_coordinates_are_degrees_and_their_unit(
+    crs: object, geographic: bool, units: str
+) -> None:
+    grid = Grid((3, 4), Affine(30.0, 0, 500_000.0, 0, -30.0, 4_000_000.0), crs)
+    assert grid.geographic is geographic
+    assert grid.coordinate_units == units

@@ -3,6 +3,7 @@ turns a tiled prediction into a COG, CF NetCDF or Zarr product."""
 
 from __future__ import annotations
 
+import shutil
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -381,6 +382,31 @@ def test_finalise_cog(tmp_path: Path, dem_test_dir: Path, source: str) -> None:
         assert cog.units == ("m",)
         assert {k: cog.tags()[k] for k in METADATA} == METADATA
         np.testing.assert_array_equal(cog.read(1), data)
+
+
+def test_a_cog_staged_compressed_or_not_is_the_same_to_the_byte(
+    tmp_path: Path, dem_test_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging file is uncompressed only where twice its size is free; either way the COG
+    driver compresses the product anew, so the bytes are the same."""
+    import demsr.io.formats as formats
+
+    products_by_mode = {}
+    for uncompressed in (True, False):
+        monkeypatch.setattr(formats, "_stage_uncompressed", lambda *_, u=uncompressed: u)
+        folder = tmp_path / str(uncompressed)
+        folder.mkdir()
+        make_partial(folder / "prediction.partial.tif", dem_test_dir / RELIEF)
+        output = finalise_output(folder / "prediction.partial.tif", folder / "out.tif")
+        assert sorted(p.name for p in folder.iterdir()) == ["out.tif"]
+        products_by_mode[uncompressed] = output.read_bytes()
+    assert products_by_mode[True] == products_by_mode[False]
+
+    monkeypatch.undo()
+    free = shutil.disk_usage(tmp_path).free
+    side = int((free * 3 / 8 / 4) ** 0.5)  # staging with overviews ~ free / 2
+    assert formats._stage_uncompressed((side // 2, side // 2), 1, "float32", tmp_path)
+    assert not formats._stage_uncompressed((side * 2, side * 2), 1, "float32", tmp_path)
 
 
 def cell_centres(transform: Affine, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -444,7 +444,7 @@ def test_new_options_round_trip_and_are_checked() -> None:
 
 
 def test_tiled_prediction_equals_whole_with_the_new_options(dem_test_dir: Path) -> None:
-    from demsr.predict import predict_array
+    from demsr.engine import predict_array
 
     scaling = ElevationScaling(
         scale_m=1000.0, trend_sigma_px=4.0, base="cubic", block_mean_constraint=True

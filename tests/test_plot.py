@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from demsr import plot
 from demsr.cli import main
 from demsr.cli import plot as plot_cli
+from demsr.comparison import MAX_READ_CELLS, read_comparison
 from demsr.io import read_raster, write_geotiff
 from demsr.prepare import degrade
 from demsr.train import METRIC_FIELDS
@@ -134,7 +135,7 @@ def test_compare_writes_a_picture_of_the_figure_size(geographic: Case, tmp_path:
     assert result.stdout.strip() == str(output)
     picture = matplotlib.image.imread(output)
     # the same figure from the library gives the expected size: inches x dpi
-    comparison = plot.read_comparison(
+    comparison = read_comparison(
         geographic.lowres_tif,
         geographic.truth_tif,
         geographic.prediction_tif,
@@ -155,7 +156,7 @@ def test_compare_writes_a_picture_of_the_figure_size(geographic: Case, tmp_path:
 
 
 def test_comparison_panels_scales_and_labels_on_a_geographic_grid(geographic: Case) -> None:
-    comparison = plot.read_comparison(
+    comparison = read_comparison(
         geographic.lowres_tif,
         geographic.truth_tif,
         geographic.prediction_tif,
@@ -277,7 +278,7 @@ def test_compare_bounds_plot_an_area(geographic: Case, tmp_path: Path) -> None:
     left, top = geographic.transform.c, geographic.transform.f
     cell = geographic.transform.a * SCALE
     bounds = (left + 10.5 * cell, top - 30.2 * cell, left + 40.1 * cell, top - 20 * cell)
-    comparison = plot.read_comparison(
+    comparison = read_comparison(
         geographic.lowres_tif, geographic.truth_tif, geographic.prediction_tif, bounds=bounds
     )
     assert comparison.lowres.shape == (11, 31)
@@ -505,7 +506,7 @@ def test_save_figure_formats_and_refusals(tmp_path: Path) -> None:
 def test_cli_defaults_are_the_library_defaults() -> None:
     assert plot_cli.DEFAULT_DPI == plot.DEFAULT_DPI
     assert plot_cli.VERTICAL_EXAGGERATION == plot.VERTICAL_EXAGGERATION
-    assert f"{plot.MAX_READ_CELLS // 1_000_000} million" in " ".join(
+    assert f"{MAX_READ_CELLS // 1_000_000} million" in " ".join(
         str(p.help) for p in plot_cli.compare_command.params
     )
 

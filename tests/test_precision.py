@@ -13,8 +13,8 @@ from click.testing import CliRunner
 import demsr.precision
 from demsr.checkpoint import as_checkpoint, load_checkpoint
 from demsr.cli import main
+from demsr.engine import predict_array
 from demsr.precision import choose_precision, recorded_bf16_bound
-from demsr.predict import predict_array
 from demsr.pretrained import pretrained_path
 
 FIXTURE_CKPT = "mindearth_demnet_b2.ckpt"

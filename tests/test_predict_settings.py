@@ -103,7 +103,7 @@ def test_plan_counts_the_tiles_predict_deals_to_each_rank(
     assert counts == plan.tiles_per_rank
     assert (
         plan.tiles_per_rank
-        == shard_tiles(rows, cols, tile_px, plan.margin_px, batch_size, ranks).tiles_per_rank
+        == shard_tiles((rows, cols), tile_px, plan.margin_px, batch_size, ranks).tiles_per_rank
     )
     tiles = tile_grid(rows, cols, tile_px, plan.margin_px)
     for rank, batches in enumerate(dealt):

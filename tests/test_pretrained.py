@@ -13,21 +13,15 @@ import rasterio
 from click.testing import CliRunner
 from conftest import DEM_TRAIN
 
+from demsr.baselines import BACKPROJECTION, upsample_baseline
 from demsr.checkpoint import checkpoint_sha256, load_checkpoint
 from demsr.cli import main
 from demsr.demo import bundled_dem
-from demsr.evaluate import (
-    BACKPROJECTION,
-    MODEL,
-    EvaluationInputs,
-    evaluate,
-    inputs_from_product,
-    inputs_from_raster,
-    upsample_baseline,
-)
+from demsr.engine import predict_array
+from demsr.evaluate import MODEL, evaluate
+from demsr.evaluation_inputs import EvaluationInputs, inputs_from_product, inputs_from_raster
 from demsr.metrics import texture_index
 from demsr.model import ModelConfig
-from demsr.predict import predict_array
 from demsr.pretrained import DEFAULT_MODEL, PRETRAINED, pretrained_path, resolve_checkpoint
 from demsr.scaling import ElevationScaling
 

@@ -17,15 +17,14 @@ from conftest import SHARED
 from rasterio.crs import CRS
 
 from demsr import products
-from demsr.cli import main
-from demsr.datasets import read_pair_file
-from demsr.evaluate import (
+from demsr.baselines import (
     BACKPROJECTION_ITERATIONS,
-    inputs_from_pairs,
-    load_inputs,
     upsample_backprojection,
     upsample_baseline,
 )
+from demsr.cli import main
+from demsr.datasets import read_pair_file
+from demsr.evaluation_inputs import inputs_from_pairs, load_inputs
 from demsr.io import write_geotiff
 from demsr.prepare import PrepareOptions, degrade
 from demsr.products import coast_mask, fine_on_product_grid, prepare_product_pairs

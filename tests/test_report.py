@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from conftest import write_metrics_csv, write_untrained_checkpoint
 
 from demsr.cli import main
-from demsr.evaluate import evaluate, inputs_from_raster
+from demsr.evaluate import evaluate
+from demsr.evaluation_inputs import inputs_from_raster
 from demsr.report import build_report, model_names, write_report
 
 

@@ -47,7 +47,7 @@ def _frontrange(dem_test_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def test_cubic_base_is_gdal_cubic_without_the_5_cell_texture(dem_test_dir: Path) -> None:
-    from demsr.evaluate import upsample_baseline
+    from demsr.baselines import upsample_baseline
     from demsr.metrics import texture_index
 
     lowres, _ = _frontrange(dem_test_dir)

@@ -15,8 +15,8 @@ from rasterio.windows import Window
 
 import demsr
 from demsr.cli import main
+from demsr.engine import predict_array
 from demsr.io import read_raster
-from demsr.predict import predict_array
 
 rioxarray = pytest.importorskip("rioxarray")
 

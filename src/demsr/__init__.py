@@ -73,27 +73,33 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "Trainer",
     ),
     "demsr.callbacks": ("TrainerCallback",),
-    # prediction
-    "demsr.predict": (
+    # prediction: arrays in memory (the tile engine), raster files of any size
+    "demsr.engine": (
         "predict_array",
         "predict_array_ensemble",
-        "predict_raster",
     ),
+    "demsr.predict": ("predict_raster",),
     # the options of a prediction (and of its plan), with their defaults
     "demsr.predict_settings": ("PredictSettings",),
     # prediction on xarray DataArrays (coordinates and CRS in rioxarray's conventions)
     "demsr.xr": ("predict_dataarray",),
     # evaluation against interpolation baselines
-    "demsr.evaluate": (
+    "demsr.baselines": (
         "BASELINES",
-        "Evaluation",
+        "upsample_baseline",
+    ),
+    "demsr.evaluation_inputs": (
         "EvaluationInputs",
+        "inputs_from_arrays",
+    ),
+    "demsr.scoring": (
+        "Evaluation",
+        "score",
+    ),
+    "demsr.evaluate": (
         "evaluate_array",
         "evaluate_pairs",
         "evaluate_raster",
-        "inputs_from_arrays",
-        "score",
-        "upsample_baseline",
     ),
     # figures (matplotlib Figures, no pyplot)
     "demsr.comparison": (
@@ -189,23 +195,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
+    from demsr.baselines import BASELINES, upsample_baseline
     from demsr.callbacks import TrainerCallback
     from demsr.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
     from demsr.comparison import Comparison, comparison_from_checkpoint, read_comparison
     from demsr.config import ConfigError, RunConfig, load_config
     from demsr.datasets import PairDataset, read_pair_file
     from demsr.demo import bundled_dem, run_demo
-    from demsr.evaluate import (
-        BASELINES,
-        Evaluation,
-        EvaluationInputs,
-        evaluate_array,
-        evaluate_pairs,
-        evaluate_raster,
-        inputs_from_arrays,
-        score,
-        upsample_baseline,
-    )
+    from demsr.engine import predict_array, predict_array_ensemble
+    from demsr.evaluate import evaluate_array, evaluate_pairs, evaluate_raster
+    from demsr.evaluation_inputs import EvaluationInputs, inputs_from_arrays
     from demsr.io import Raster, RasterError, RasterReader, open_raster, read_raster, write_geotiff
     from demsr.mindearth import model_from_mindearth
     from demsr.model import (
@@ -218,7 +217,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         resolve_device,
     )
     from demsr.plot import plot_comparison, plot_training_curves, save_figure
-    from demsr.predict import predict_array, predict_array_ensemble, predict_raster
+    from demsr.predict import predict_raster
     from demsr.predict_settings import PredictSettings
     from demsr.prepare import (
         PrepareOptions,
@@ -229,5 +228,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     )
     from demsr.pretrained import pretrained_path
     from demsr.scaling import ElevationScaling
+    from demsr.scoring import Evaluation, score
     from demsr.train import EpochRecord, Trainer, TrainResult
     from demsr.xr import predict_dataarray

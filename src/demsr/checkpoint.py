@@ -60,6 +60,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    _file_sha256: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def scale(self) -> int:
@@ -335,9 +336,14 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def checkpoint_sha256(checkpoint: Checkpoint) -> str:
-    """SHA-256 of the checkpoint's file, or of its config and weights when it has no file."""
+    """SHA-256 of the checkpoint's file, or of its config and weights when it has no file.
+
+    A file is hashed once per loaded checkpoint, so that a process predicting many rasters
+    with one model does not read it again for each."""
     if checkpoint.path and Path(checkpoint.path).is_file():
-        return file_sha256(checkpoint.path)
+        if checkpoint._file_sha256 is None:
+            checkpoint._file_sha256 = file_sha256(checkpoint.path)
+        return checkpoint._file_sha256
     digest = hashlib.sha256()
     header = {"model": checkpoint.model_config.to_dict(), "scaling": checkpoint.scaling.to_dict()}
     digest.update(json.dumps(header, sort_keys=True).encode())

@@ -103,7 +103,7 @@ def read_comparison(
     ``prediction_path`` must hold the low-res grid refined by an integer scale over the same
     bounds (as ``demsr predict`` writes it), in the same CRS; so must each baseline raster.
     A baseline given as ``None`` is computed from the low-res input by its name (one of
-    :data:`demsr.evaluate.BASELINES`, e.g. ``bicubic``). The truth must have the prediction's
+    :data:`demsr.baselines.BASELINES`, e.g. ``bicubic``). The truth must have the prediction's
     CRS and cell size with aligned cells and cover it; a larger truth (e.g. the raster that
     ``demsr degrade`` cropped to whole blocks) is read over the prediction's cells only.
 
@@ -115,8 +115,8 @@ def read_comparison(
     baseline_paths = dict(baselines or {})
     computed = [name for name, path in baseline_paths.items() if path is None]
     if computed:
-        # demsr.evaluate imports torch: only when a baseline is to be computed
-        from demsr.evaluate import BASELINES, upsample_baseline
+        # demsr.baselines imports torch: only when a baseline is to be computed
+        from demsr.baselines import BASELINES, upsample_baseline
 
         unknown = [name for name in computed if name not in BASELINES]
         if unknown:
@@ -199,31 +199,28 @@ def comparison_from_checkpoint(
 ) -> Comparison:
     """The arrays of a comparison figure with the prediction made here: ``checkpoint`` run on
     the low-res raster ``lowres_path``, or on the truth degraded by block mean when it is None
-    (see :func:`demsr.evaluate.load_inputs`); each of ``baselines`` (names in
-    :data:`demsr.evaluate.BASELINES`) is computed from the same low-res input. The truth must be
-    a raster, not a pair file (ValueError).
+    (see :func:`demsr.evaluation_inputs.load_inputs`); each of ``baselines`` (names in
+    :data:`demsr.baselines.BASELINES`) is computed from the same low-res input. The model and
+    the baselines run as :func:`demsr.evaluate.predict_methods` runs them for scores. The truth
+    must be a raster, not a pair file (ValueError).
     """
     # These import torch: only when a model is run.
     from demsr.checkpoint import as_checkpoint
-    from demsr.evaluate import load_inputs, predict_inputs, upsample_baseline
-    from demsr.model import resolve_device
+    from demsr.evaluate import MODEL, predict_methods
+    from demsr.evaluation_inputs import load_inputs
 
     model = as_checkpoint(checkpoint)
     inputs = load_inputs(truth_path, model.scale, lowres_path)
     if inputs.kind != "raster":
         raise ValueError(f"{truth_path}: a raster is needed here (use demsr report for pairs)")
-    torch_device = resolve_device(device)
-    values = predict_inputs(
-        model.build_resolver(torch_device), inputs, torch_device, progress=False
-    )
+    names = list(baselines)
+    predictions = predict_methods({MODEL: model}, inputs, names, device=device, progress=False)
     assert inputs.transform is not None
     return Comparison(
         lowres=inputs.lowres[0],
         truth=inputs.highres[0],
-        prediction=values[0],
-        baselines={
-            name: upsample_baseline(inputs.lowres[0], model.scale, name) for name in baselines
-        },
+        prediction=predictions[MODEL][0],
+        baselines={name: predictions[name][0] for name in names},
         transform=inputs.transform,
         crs=inputs.crs,
         scale=model.scale,

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 from demsr.io import refuse_existing
 
-if TYPE_CHECKING:  # demsr.evaluate imports torch: only when the demo runs
-    from demsr.evaluate import Evaluation
+if TYPE_CHECKING:  # demsr.scoring imports torch: only when the demo runs
+    from demsr.scoring import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ OUTPUTS = {
 OUTPUT_NAMES = tuple(OUTPUTS)
 BASELINE = "bicubic"
 # Low-res tile side: the bundled 240 x 240 input runs as a single tile (the tile margin would
-# more than double the work at the predict default of 128).
+# more than double the work at 128-cell tiles).
 TILE_PX = 256
 FIGURE_DPI = 80
 
@@ -107,11 +107,13 @@ def run_demo(
     """
     from demsr.checkpoint import as_checkpoint
     from demsr.comparison import read_comparison
-    from demsr.evaluate import MODEL, inputs_from_arrays, score
+    from demsr.evaluate import MODEL
+    from demsr.evaluation_inputs import inputs_from_arrays
     from demsr.plot import save_figure
     from demsr.predict import predict_raster
     from demsr.prepare import degrade_raster
     from demsr.pretrained import DEFAULT_MODEL
+    from demsr.scoring import score
 
     start = time.perf_counter()
     source = Path(dem) if dem is not None else bundled_dem()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from affine import Affine
+from pyproj import CRS as ProjCRS
 from rasterio.transform import array_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
@@ -41,6 +42,23 @@ class Grid:
         """The grid of anything with ``shape``, ``transform`` and ``crs`` (a reader, a Raster)."""
         rows, cols = raster.shape[-2:]
         return cls((int(rows), int(cols)), raster.transform, raster.crs)
+
+    @property
+    def geographic(self) -> bool:
+        """Whether the coordinates are longitude and latitude (False when the CRS is unknown)."""
+        return self.crs is not None and bool(ProjCRS.from_user_input(self.crs).is_geographic)
+
+    @property
+    def coordinate_units(self) -> str:
+        """The unit of the coordinates: ``degrees`` on a geographic CRS, else the CRS's linear
+        unit (``m`` for metres, and when the CRS is unknown)."""
+        if self.crs is None:
+            return "m"
+        proj_crs = ProjCRS.from_user_input(self.crs)
+        if proj_crs.is_geographic:
+            return "degrees"
+        unit = proj_crs.axis_info[0].unit_name if proj_crs.axis_info else "metre"
+        return "m" if unit in ("metre", "meter") else unit
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

@@ -257,7 +257,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 class SuperResolver(nn.Module):
     """A DEM-SRNet with its elevation scaling: (N,1,h,w) metres in, (N,1,h*s,w*s) metres out.
 
-    No nodata handling: inputs must be finite (see ``demsr.predict`` for filling and masking).
+    No nodata handling: inputs must be finite (see ``demsr.engine`` for filling and masking).
     """
 
     def __init__(self, net: DEMSRNet, scaling: ElevationScaling) -> None:

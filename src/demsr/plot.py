@@ -36,7 +36,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +49,15 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, LightSource, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from pyproj import CRS as ProjCRS
 
-from demsr.comparison import (  # noqa: F401 (the comparison's inputs, read or made: kept here)
-    MAX_READ_CELLS,
-    Comparison,
-    comparison_from_checkpoint,
-    read_comparison,
-)
+from demsr.grid import Grid
 from demsr.io import (
     atomic_path,
     fill_nearest,
     refuse_existing,
 )
 from demsr.metrics import cell_sizes_m, rmse
-from demsr.run_folder import TrainingLog, read_training_log  # noqa: F401 (kept importable here)
+from demsr.run_folder import read_training_log
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +86,13 @@ _COLOURBAR_SHRINK = 0.85
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Grid:
-    """How panels place a (rows, cols) array: its transform (None: pixel axes) and CRS."""
-
-    transform: Affine | None
-    crs: Any
-    geographic: bool
-    units: str  # linear unit of a projected CRS, for axis labels
-
-    @classmethod
-    def of(cls, transform: Affine | None, crs: Any) -> _Grid:
-        if transform is not None and (transform.b != 0 or transform.d != 0):
-            raise ValueError("plots need a north-up grid (the transform is rotated)")
-        if transform is None or crs is None:
-            return cls(transform, None, False, "m")
-        proj_crs = ProjCRS.from_user_input(crs)
-        if proj_crs.is_geographic:
-            return cls(transform, crs, True, "degrees")
-        unit = proj_crs.axis_info[0].unit_name if proj_crs.axis_info else "metre"
-        return cls(transform, crs, False, "m" if unit in ("metre", "meter") else unit)
+def _plot_grid(shape: tuple[int, int], transform: Affine | None, crs: Any) -> Grid | None:
+    """How panels place a (rows, cols) array: its grid, or None for pixel axes (no transform)."""
+    if transform is None:
+        return None
+    if transform.b != 0 or transform.d != 0:
+        raise ValueError("plots need a north-up grid (the transform is rotated)")
+    return Grid(shape, transform, crs)
 
 
 def _block_nanmean(values: np.ndarray, factor: int) -> np.ndarray:
@@ -144,17 +125,17 @@ class _Panel:
     limits: tuple[float, float, float, float]  # (left, right, bottom, top) of the data
 
 
-def _display(values: np.ndarray, grid: _Grid, cell_px: float, max_pixels: int) -> _Panel:
+def _display(values: np.ndarray, grid: Grid | None, cell_px: float, max_pixels: int) -> _Panel:
     """Block-average ``values`` to at most ``max_pixels`` cells per side.
 
-    ``cell_px`` is the side of one of its cells in high-res pixels (used only without a
-    transform, where axes count high-res pixels).
+    ``cell_px`` is the side of one of its cells in high-res pixels (used only without a grid,
+    where axes count high-res pixels).
     """
     rows, cols = values.shape
     factor = max(1, math.ceil(max(rows, cols) / max_pixels))
     shown = _block_nanmean(values, factor)
     shown_rows, shown_cols = shown.shape
-    if grid.transform is None:
+    if grid is None:
         step = cell_px * factor
         extent = (0.0, shown_cols * step, shown_rows * step, 0.0)
         limits = (0.0, cols * cell_px, rows * cell_px, 0.0)
@@ -174,16 +155,16 @@ def _middle_cell_size_m(transform: Affine, crs: Any, rows: int) -> tuple[float, 
     return float(dx[0]), float(dy[0])
 
 
-def _cell_size_m(panel: _Panel, crs: Any) -> tuple[float, float]:
+def _cell_size_m(panel: _Panel, grid: Grid | None) -> tuple[float, float]:
     """East-west and north-south size in metres of a displayed cell in the middle row (1 x 1
-    without a transform: the relief is then per pixel)."""
-    if panel.transform is None:
+    without a grid: the relief is then per pixel)."""
+    if panel.transform is None or grid is None:
         return 1.0, 1.0
-    return _middle_cell_size_m(panel.transform, crs, panel.values.shape[0])
+    return _middle_cell_size_m(panel.transform, grid.crs, panel.values.shape[0])
 
 
 def _shade(
-    panel: _Panel, crs: Any, cmap: Colormap, norm: Normalize, vertical_exaggeration: float
+    panel: _Panel, grid: Grid | None, cmap: Colormap, norm: Normalize, vertical_exaggeration: float
 ) -> np.ndarray:
     """(rows, cols, 4) RGBA: colour-mapped elevations blended with their hillshade, nodata grey."""
     values = panel.values
@@ -195,7 +176,7 @@ def _shade(
     if min(values.shape) < 2:  # too small for a gradient: colour only
         rgba[valid] = cmap(norm(values[valid]))
         return rgba
-    dx, dy = _cell_size_m(panel, crs)
+    dx, dy = _cell_size_m(panel, grid)
     light = LightSource(azdeg=SUN_AZIMUTH_DEG, altdeg=SUN_ALTITUDE_DEG)
     shaded = light.shade(
         fill_nearest(values),
@@ -210,31 +191,32 @@ def _shade(
     return rgba
 
 
-def _cell_label(transform: Affine | None, grid: _Grid) -> str:
+def _cell_label(grid: Grid | None) -> str:
     """A cell size for a title: 15", 3" for geographic grids, 1 m for projected ones."""
-    if transform is None:
+    if grid is None:
         return ""
-    size = abs(transform.a)
+    size = abs(grid.transform.a)
     if grid.geographic:
         seconds = size * 3600
         return f'{seconds:.3g}"' if seconds < 60 else f"{size:.3g} deg"
-    return f"{size:.3g} {grid.units}"
+    return f"{size:.3g} {grid.coordinate_units}"
 
 
-def _axis_labels(grid: _Grid) -> tuple[str, str]:
-    if grid.transform is None:
+def _axis_labels(grid: Grid | None) -> tuple[str, str]:
+    if grid is None:
         return "column (high-res cells)", "row (high-res cells)"
     if grid.geographic:
         return "longitude (degrees)", "latitude (degrees)"
-    return f"easting ({grid.units})", f"northing ({grid.units})"
+    units = grid.coordinate_units
+    return f"easting ({units})", f"northing ({units})"
 
 
-def _setup_axes(ax: Axes, panel: _Panel, grid: _Grid, title: str) -> None:
+def _setup_axes(ax: Axes, panel: _Panel, geographic: bool, title: str) -> None:
     ax.set_title(title, fontsize=10)
     left, right, bottom, top = panel.limits
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
-    if grid.geographic:
+    if geographic:
         # degrees of longitude shrink with latitude: keep the panel's shape true on the ground
         ax.set_aspect(1.0 / max(math.cos(math.radians((bottom + top) / 2)), 1e-6))
     else:
@@ -267,11 +249,11 @@ def _check_shapes(
     return scale
 
 
-def _panel_height_in(grid: _Grid, shape: tuple[int, int]) -> float:
+def _panel_height_in(grid: Grid | None, shape: tuple[int, int]) -> float:
     """Height of a panel box for the grid's shape on the ground (clipped: very wide or tall
     grids leave space in the box)."""
     rows, cols = shape
-    if grid.transform is None:
+    if grid is None:
         height_over_width = rows / cols
     else:
         dx, dy = _middle_cell_size_m(grid.transform, grid.crs, rows)
@@ -322,12 +304,12 @@ def plot_comparison(
     scale = _check_shapes(lowres, truth, methods)
     if not np.isfinite(truth).any():
         raise ValueError("the truth holds no valid cells")
-    grid = _Grid.of(transform, crs)
-    lowres_grid = replace(
-        grid, transform=None if transform is None else transform @ Affine.scale(scale)
-    )
+    rows, cols = truth.shape
+    grid = _plot_grid((rows, cols), transform, crs)
+    lowres_grid = None if grid is None else grid.coarsen(scale)
+    geographic = grid is not None and grid.geographic
 
-    panel_height_in = _panel_height_in(grid, truth.shape)
+    panel_height_in = _panel_height_in(grid, (rows, cols))
     if max_pixels is None:
         max_pixels = max(2, round(max(_PANEL_WIDTH_IN, panel_height_in) * dpi))
 
@@ -365,10 +347,10 @@ def plot_comparison(
     axes = figure.subplots(n_rows, 2, squeeze=False)
     x_label, y_label = _axis_labels(grid)
 
-    def elevation(ax: Axes, panel: _Panel, panel_grid: _Grid, panel_title: str) -> None:
-        rgba = _shade(panel, panel_grid.crs, elevation_cmap, elevation_norm, vertical_exaggeration)
+    def elevation(ax: Axes, panel: _Panel, panel_grid: Grid | None, panel_title: str) -> None:
+        rgba = _shade(panel, panel_grid, elevation_cmap, elevation_norm, vertical_exaggeration)
         ax.imshow(rgba, extent=panel.extent, interpolation="nearest", origin="upper")
-        _setup_axes(ax, panel, grid, panel_title)
+        _setup_axes(ax, panel, geographic, panel_title)
         ax.set_label(f"elevation: {panel_title}")
         figure.colorbar(
             ScalarMappable(norm=elevation_norm, cmap=elevation_cmap),
@@ -378,9 +360,9 @@ def plot_comparison(
             shrink=_COLOURBAR_SHRINK,
         )
 
-    resolution = _cell_label(lowres_grid.transform, grid)
+    resolution = _cell_label(lowres_grid)
     elevation(axes[0, 0], lowres_panel, lowres_grid, f"low-res input {resolution}".strip())
-    resolution = _cell_label(grid.transform, grid)
+    resolution = _cell_label(grid)
     elevation(axes[0, 1], truth_panel, grid, f"truth {resolution}".strip())
     for row, name in enumerate(methods, start=1):
         elevation(axes[row, 0], method_panels[name], grid, name)
@@ -397,7 +379,7 @@ def plot_comparison(
         error_title = f"{name} - truth: RMSE {rmses[name]:.2f} m"
         if panel.factor > 1:  # averaging shrinks errors: say so next to the colours
             error_title += f"\n(shown as means of {panel.factor} x {panel.factor} cells)"
-        _setup_axes(ax, panel, grid, error_title)
+        _setup_axes(ax, panel, geographic, error_title)
         ax.set_label(f"error: {name}")
         figure.colorbar(image, ax=ax, extend="both", label="error (m)", shrink=_COLOURBAR_SHRINK)
     for ax in axes[-1, :]:

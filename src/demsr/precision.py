@@ -96,8 +96,8 @@ def measure_bf16_error(
     ``max_cells`` square is block-averaged by the model's scale (a coarse input), super-resolved
     in both precisions, and compared; returns ``max_abs_m`` (over every DEM), ``rms_m`` (pooled),
     the DEMs' names and per-DEM figures, the torch version and device."""
+    from demsr.engine import predict_array
     from demsr.io import read_raster
-    from demsr.predict import predict_array
     from demsr.prepare import crop_to_blocks, degrade
 
     model = as_checkpoint(checkpoint)

@@ -81,3 +81,8 @@ class PredictSettings:
 
 DEFAULTS = PredictSettings()
 """The default settings (what the command-line options default to)."""
+
+SCORING = PredictSettings(tile_px=128, precision="fp32")
+"""How a model runs when it is scored (:mod:`demsr.evaluate`, ``demsr evaluate``): tiles of a
+fixed size, so that scores do not depend on the memory free, and float32, so that they do not
+depend on the hardware (bf16 moves outputs by centimetres, BENCHMARKS.md)."""

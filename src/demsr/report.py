@@ -1,7 +1,7 @@
 """One page on one or several checkpoints: metric tables, figures and provenance.
 
 :func:`build_report` scores the checkpoints and the interpolation baselines on the same inputs
-(every method on the same cells, see :mod:`demsr.evaluate`), draws the comparison figure and
+(every method on the same cells, see :mod:`demsr.scoring`), draws the comparison figure and
 each run's training curves, and collects each checkpoint's provenance. :func:`write_report`
 writes it as one self-contained HTML file (pictures embedded) or as Markdown with its pictures
 in a ``<name>_files`` folder next to it.
@@ -23,19 +23,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from demsr import __version__
+from demsr.baselines import BASELINES
 from demsr.checkpoint import Checkpoint, checkpoint_sha256, load_checkpoint, now_utc
-from demsr.evaluate import (
-    BASELINES,
-    Evaluation,
-    EvaluationInputs,
-    load_inputs,
-    predict_methods,
-    score,
-)
+from demsr.evaluate import predict_methods
+from demsr.evaluation_inputs import EvaluationInputs, load_inputs
 from demsr.io import atomic_directory, atomic_path, refuse_existing
 from demsr.plot import plot_comparison, plot_training_curves
 from demsr.pretrained import resolve_checkpoint
 from demsr.run_folder import METRICS
+from demsr.scoring import Evaluation, score
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +126,9 @@ def build_report(
     fine_datum: str = "egm96",
     lowres_datum: str = "egm96",
 ) -> Report:
-    """Score ``checkpoints`` and ``baselines`` on ``data`` (see :func:`demsr.evaluate.load_inputs`)
-    and draw the figures. All checkpoints must have the same scale."""
+    """Score ``checkpoints`` and ``baselines`` on ``data`` (see
+    :func:`demsr.evaluation_inputs.load_inputs`) and draw the figures. All checkpoints must have
+    the same scale."""
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
     paths = [resolve_checkpoint(checkpoint) for checkpoint in checkpoints]  # shipped names too

@@ -44,7 +44,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from demsr.io import RasterLayout, RasterReader, atomic_directory, fsync_file
+from demsr.io import RasterLayout, RasterReader, atomic_directory, fsync_files
 
 try:
     import fcntl
@@ -326,8 +326,7 @@ class DoneLog:
 
     def record(self, done: Iterable[tuple[int, bool]], chunks: Iterable[Path]) -> None:
         """Flush ``chunks`` to disk, then append ``(tile index, empty)`` lines and flush them."""
-        for chunk in chunks:
-            fsync_file(chunk)
+        fsync_files(chunks)
         lines = "".join(f"{index} {'e' if empty else 'd'}\n" for index, empty in done)
         if not lines:
             return

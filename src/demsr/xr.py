@@ -5,7 +5,7 @@ coordinates, north-up or south-up, a CRS in rioxarray's conventions) and returns
 grid ``scale`` times finer: the refined cell-centre coordinates in the input's orientation, the
 CRS as a ``spatial_ref`` grid-mapping coordinate (CF attributes with the WKT, which rioxarray
 and GDAL read), NaN nodata and predict's provenance attributes. The values are
-:func:`demsr.predict.predict_array`'s on the grid presented north-up, so they equal
+:func:`demsr.engine.predict_array`'s on the grid presented north-up, so they equal
 ``demsr predict``'s on the same grid written as a raster. rioxarray is not needed: the CRS is
 read from the grid-mapping coordinate as :mod:`demsr.io` reads NetCDF and Zarr files, and only
 an array whose CRS rioxarray alone can say (``da.rio.crs`` without a grid-mapping coordinate)
@@ -86,7 +86,7 @@ def predict_dataarray(
     attribute or encoding names (rioxarray's ``spatial_ref`` when none does), read from its
     ``crs_wkt``/``spatial_ref`` WKT or CF parameters; lon/lat coordinates without one are
     EPSG:4326 (as ``demsr predict`` reads NetCDF). ``model``, ``device``, ``tile_px``,
-    ``batch_size``, ``precision`` and ``compile`` as for :func:`demsr.predict.predict_array`;
+    ``batch_size``, ``precision`` and ``compile`` as for :func:`demsr.engine.predict_array`;
     ``wrap`` as ``demsr predict --wrap`` (None: when the grid is geographic and covers 360
     degrees of longitude).
 
@@ -103,8 +103,8 @@ def predict_dataarray(
 
     from demsr import __version__
     from demsr.checkpoint import as_checkpoint, checkpoint_sha256
+    from demsr.engine import predict_array
     from demsr.model import SuperResolver
-    from demsr.predict import predict_array
     from demsr.tiling import global_period
 
     if not isinstance(dataarray, xr.DataArray):

@@ -15,6 +15,7 @@ from demsr.cli.options import (
     with_datum_options,
     with_scoring_options,
 )
+from demsr.predict_settings import SCORING
 
 
 @click.command("evaluate")
@@ -54,7 +55,7 @@ from demsr.cli.options import (
 @click.option(
     "--tile-px",
     type=click.IntRange(min=16),
-    default=128,
+    default=SCORING.tile_px,
     show_default=True,
     help="Low-res tile side for raster inputs (bounds memory).",
 )
@@ -93,7 +94,8 @@ def command(
     method on metric cell sizes), with a land/coast/sea and slope-class breakdown.
     """
     from demsr.checkpoint import as_checkpoint
-    from demsr.evaluate import evaluate, load_inputs
+    from demsr.evaluate import evaluate
+    from demsr.evaluation_inputs import load_inputs
     from demsr.io import refuse_existing
     from demsr.pretrained import is_shipped_name, resolve_checkpoint
 

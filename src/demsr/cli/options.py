@@ -264,7 +264,7 @@ def with_run_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # How `evaluate` and `report` score models: the baselines beside them, self-ensembles, and cell
-# sizes for slope on pair files. The baseline names are demsr.evaluate.BASELINES (written out so
+# sizes for slope on pair files. The baseline names are demsr.baselines.BASELINES (written out so
 # that parsing the command line does not import torch; a test checks they agree).
 BASELINE_NAMES = ("bilinear", "bicubic", "cubic_spline", "lanczos", "bicubic_backprojection")
 

@@ -137,8 +137,8 @@ def print_dry_run(
     are), with ``checkpoint`` resolved; write nothing. Under torchrun only rank 0 prints, and
     the ranks are torchrun's."""
     from demsr.distributed import context
+    from demsr.partial import partial_progress
     from demsr.plan import plan_prediction
-    from demsr.predict import partial_progress
 
     ranks = context()
     if not ranks.is_main:

@@ -99,7 +99,7 @@ def read_inputs(
     for name, path in baselines.items():
         if path is not None:
             raise click.UsageError(f"--baseline {name}={path}: with --checkpoint give names only")
-    from demsr.evaluate import PAIR_SUFFIXES
+    from demsr.evaluation_inputs import PAIR_SUFFIXES
 
     if Path(truth).suffix.lower() in PAIR_SUFFIXES:
         raise click.UsageError(f"{truth}: a raster is needed here (use demsr report for pairs)")

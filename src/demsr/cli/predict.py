@@ -156,7 +156,8 @@ def command(
     """
     from demsr.datum import datum_transform
     from demsr.distributed import context
-    from demsr.predict import partial_path, partial_progress, predict_raster
+    from demsr.partial import partial_path, partial_progress
+    from demsr.predict import predict_raster
     from demsr.pretrained import is_shipped_name, resolve_checkpoint
 
     model, (input_path, output_path) = positional_checkpoint(

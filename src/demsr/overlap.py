@@ -1,0 +1,71 @@
+"""Reading and writing overlapped with computing: one background thread each.
+
+Prediction reads a batch of tiles, runs the network on it and writes the result. The network
+holds the CPU cores (or the GPU) through torch, which releases Python's lock while it computes;
+reading (GDAL's decoding, the nodata fill) and writing (compressing the store's chunks) do most
+of their work outside it too. :func:`read_ahead` reads the next batch while the network runs on
+this one, and :class:`WriteBehind` writes a batch while the network runs on the next, so that
+the network waits for neither. Order, values and errors are as without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def read_ahead(items: Iterable[T], prepare: Callable[[T], R]) -> Iterator[R]:
+    """``prepare(item)`` for each of ``items`` in order, the next one prepared in a background
+    thread while the caller uses this one. An error raised by ``prepare`` is raised where its
+    result would have been yielded. Closing the iterator early waits for the one item in hand
+    (never more) and drops it."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demsr-read") as pool:
+        ahead: Future[R] | None = None
+        for item in items:
+            following = pool.submit(prepare, item)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = following
+        if ahead is not None:
+            yield ahead.result()
+
+
+class WriteBehind(Generic[T]):
+    """One write at a time in a background thread: :meth:`submit` starts ``write(item)`` once
+    the previous write is done and handed back by :meth:`finish`, so at most one item is in
+    flight. :meth:`finish` waits for it and returns it (raising its error, if any); the caller
+    then records it as done. Use as a context manager; leaving it waits for the write in flight
+    without finishing it (the caller decides, e.g. on an error, whether to record it)."""
+
+    def __init__(self, write: Callable[[T], object]) -> None:
+        self._write = write
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demsr-write")
+        self._pending: tuple[T, Future[object]] | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    def submit(self, item: T) -> None:
+        if self._pending is not None:
+            raise RuntimeError("finish() the write in flight before submitting another")
+        self._pending = (item, self._pool.submit(self._write, item))
+
+    def finish(self) -> T:
+        """Wait for the write in flight; return its item, or raise its error."""
+        if self._pending is None:
+            raise RuntimeError("no write in flight")
+        item, future = self._pending
+        self._pending = None
+        future.result()
+        return item
+
+    def __enter__(self) -> WriteBehind[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)

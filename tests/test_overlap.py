@@ -1,0 +1,82 @@
+"""Reading ahead and writing behind: order, values and errors as without them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from demsr.overlap import WriteBehind, read_ahead
+
+
+def test_read_ahead_yields_every_item_in_order_prepared_in_another_thread() -> None:
+    threads: list[str] = []
+
+    def prepare(item: int) -> int:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.001 * (item % 3))  # uneven work must not reorder anything
+        return item * item
+
+    assert list(read_ahead(range(10), prepare)) == [i * i for i in range(10)]
+    assert all(name.startswith("demsr-read") for name in threads)
+    assert list(read_ahead([], prepare)) == []
+
+
+def test_read_ahead_prepares_one_item_ahead_at_most() -> None:
+    prepared: list[int] = []
+    for got in read_ahead(range(6), lambda item: prepared.append(item) or item):
+        time.sleep(0.01)  # time enough for the thread to run ahead as far as it may
+        assert max(prepared) <= got + 1
+
+
+def test_read_ahead_raises_an_error_where_its_item_would_have_come() -> None:
+    def prepare(item: int) -> int:
+        if item == 3:
+            raise OSError("read error in tile 3")
+        return item
+
+    got = []
+    with pytest.raises(OSError, match="tile 3"):
+        for item in read_ahead(range(6), prepare):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+
+def test_closing_read_ahead_early_stops_its_thread() -> None:
+    prepared: list[int] = []
+    items = read_ahead(range(100), lambda item: prepared.append(item) or item)
+    assert next(items) == 0
+    items.close()
+    assert max(prepared) <= 2
+    assert not any(t.name.startswith("demsr-read") for t in threading.enumerate())
+
+
+def test_write_behind_writes_in_order_one_at_a_time_and_hands_each_back() -> None:
+    written: list[int] = []
+    with WriteBehind(written.append) as behind:
+        finished = []
+        for item in range(5):
+            if behind.in_flight:
+                finished.append(behind.finish())
+            behind.submit(item)
+        finished.append(behind.finish())
+    assert written == finished == list(range(5))
+    with pytest.raises(RuntimeError, match="no write in flight"):
+        behind.finish()
+
+
+def test_write_behind_refuses_a_second_write_in_flight_and_raises_a_failed_one() -> None:
+    def write(item: int) -> None:
+        if item == 1:
+            raise OSError("disk full")
+
+    with WriteBehind(write) as behind:
+        behind.submit(0)
+        with pytest.raises(RuntimeError, match="before submitting"):
+            behind.submit(1)
+        assert behind.finish() == 0
+        behind.submit(1)
+        with pytest.raises(OSError, match="disk full"):
+            behind.finish()
+        assert not behind.in_flight
