@@ -93,6 +93,31 @@ def test_a_grid_is_read_from_a_raster_and_refined_as_predict_refines_it(tmp_path
         grid.refine(0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(grids(st.integers(1, 300), st.integers(1, 300)), st.integers(1, 6))
+def test_cell_centres_lie_half_a_cell_inside_and_refined_ones_average_to_them(
+    grid: Grid, scale: int
+) -> None:
+    # the coordinates NetCDF and Zarr products write, one per column and row
+    xs, ys = grid.cell_centres()
+    rows, cols = grid.shape
+    assert xs.shape == (cols,) and ys.shape == (rows,)
+    west, south, east, north = grid.bounds
+    size = grid.transform.a
+    tolerance = 1e-9 * max(1, *map(abs, grid.bounds))
+    assert xs[0] == pytest.approx(west + size / 2, abs=tolerance)
+    assert xs[-1] == pytest.approx(east - size / 2, abs=tolerance)
+    assert ys[0] == pytest.approx(north - size / 2, abs=tolerance)
+    assert ys[-1] == pytest.approx(south + size / 2, abs=tolerance)
+    for col in (0, cols - 1):
+        x, y = grid.transform @ (col + 0.5, rows - 0.5)
+        assert (xs[col], ys[-1]) == pytest.approx((x, y), abs=tolerance)
+    # the centres of a coarse cell's scale x scale fine cells average to its centre
+    fine_xs, fine_ys = grid.refine(scale).cell_centres()
+    np.testing.assert_allclose(fine_xs.reshape(cols, scale).mean(axis=1), xs, atol=tolerance)
+    np.testing.assert_allclose(fine_ys.reshape(rows, scale).mean(axis=1), ys, atol=tolerance)
+
+
 @pytest.mark.parametrize(
     ("crs", "geographic", "units"),
     [

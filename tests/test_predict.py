@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from demsr.checkpoint import load_checkpoint
 from demsr.engine import predict_array, upscale_mask
 from demsr.io import RasterError, fill_nearest, read_raster, write_geotiff
 from demsr.model import SuperResolver
-from demsr.partial import partial_path, partial_progress
+from demsr.partial import StoreWriter, partial_path, partial_progress
 from demsr.plan import estimate_memory
 from demsr.predict import predict_raster
 from demsr.tilestore import read_done
@@ -212,6 +214,45 @@ def test_interrupted_run_resumes_to_the_same_values(
     with rasterio.open(reference) as ref, rasterio.open(output) as out:
         assert np.array_equal(ref.read(1), out.read(1), equal_nan=True)
     assert no_partial_files(tmp_path)
+
+
+def test_tiles_are_read_ahead_and_written_behind_in_threads_of_their_own(
+    checkpoint_path: Path, holes_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading runs in one background thread, one window at a time; writing in another; the
+    product is the same as a run's whose hooks do nothing."""
+    options: dict[str, Any] = {"device": "cpu", "tile_px": 48, "progress": False}
+    reference = predict_raster(checkpoint_path, holes_raster, tmp_path / "ref.tif", **options)
+
+    readers: set[str] = set()
+    reading, most = [0], [0]
+    lock = threading.Lock()
+
+    def identity(values: np.ndarray, *_: Any) -> np.ndarray:
+        with lock:
+            reading[0] += 1
+            most[0] = max(most[0], reading[0])
+        readers.add(threading.current_thread().name)
+        time.sleep(0.002)
+        with lock:
+            reading[0] -= 1
+        return values
+
+    writers: set[str] = set()
+    real_write = StoreWriter.write
+
+    def write(self: StoreWriter, *args: Any) -> None:
+        writers.add(threading.current_thread().name)
+        real_write(self, *args)
+
+    monkeypatch.setattr(StoreWriter, "write", write)
+    output = predict_raster(
+        checkpoint_path, holes_raster, tmp_path / "out.tif", **options, transform_input=identity
+    )
+    assert len(readers) == 1 and readers.pop().startswith("demsr-read") and most[0] == 1
+    assert len(writers) == 1 and writers.pop().startswith("demsr-write")
+    with rasterio.open(reference) as ref, rasterio.open(output) as out:
+        assert np.array_equal(ref.read(1), out.read(1), equal_nan=True)
 
 
 def test_resume_refuses_another_checkpoint_or_hook(

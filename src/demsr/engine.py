@@ -47,6 +47,7 @@ from demsr.model import (
     prepare_for_inference,
     resolve_device,
 )
+from demsr.overlap import read_ahead
 from demsr.precision import PrecisionChoice, choose_precision, recorded_bf16_bound
 from demsr.tiling import (
     Tile,
@@ -240,13 +241,18 @@ def predict_batches(
 ) -> Iterator[list[tuple[Tile, np.ndarray | None]]]:
     """Predict batches of tiles of ``grid`` (of one read shape each, see ``batch_tiles``),
     yielding for each batch its (tile, core output) pairs; None marks a tile without valid
-    cells, which never reaches the network. ``read_lowres`` reads windows inside the grid (float32
-    metres, NaN = nodata); with ``wrap_cols`` set, windows past its western or eastern edge are
-    read across the antimeridian (:func:`wrapping`)."""
+    cells, which never reaches the network. ``read_lowres`` reads windows inside the grid
+    (float32 metres, NaN = nodata); with ``wrap_cols`` set, windows past its western or eastern
+    edge are read across the antimeridian (:func:`wrapping`). The next batch is read while the
+    network runs on this one (:func:`demsr.overlap.read_ahead`): ``read_lowres`` runs in a
+    background thread, one call at a time."""
     fill_px = fill_margin_px(network.resolver.margin_px)
     read_lowres = wrapping(read_lowres, wrap_cols)
-    for batch in batches:
-        prepared = [_prepare_tile(tile, read_lowres, fill_px, grid, wrap_cols) for tile in batch]
+
+    def prepare(batch: list[Tile]) -> tuple[list[Tile], list[_TileInput | None]]:
+        return batch, [_prepare_tile(tile, read_lowres, fill_px, grid, wrap_cols) for tile in batch]
+
+    for batch, prepared in read_ahead(batches, prepare):
         ready = [item for item in prepared if item is not None]
         results: list[tuple[Tile, np.ndarray | None]] = [
             (tile, None) for tile, item in zip(batch, prepared, strict=True) if item is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from rasterio.transform import array_bounds
@@ -66,6 +67,17 @@ class Grid:
         rows, cols = self.shape
         west, south, east, north = array_bounds(rows, cols, self.transform)
         return (west, south, east, north)
+
+    def cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """The x (cols,) and y (rows,) coordinates of the cells' centres, float64: column ``c``
+        at ``c0 + (c + 0.5) * a``, row ``r`` at ``f + (r + 0.5) * e`` (``c0``, ``a``, ``f``,
+        ``e`` the transform's terms). For north-up grids: a rotation (``b``, ``d``) is not used.
+        """
+        rows, cols = self.shape
+        transform = self.transform
+        xs = transform.c + (np.arange(cols) + 0.5) * transform.a
+        ys = transform.f + (np.arange(rows) + 0.5) * transform.e
+        return xs, ys
 
     def refine(self, scale: int) -> Grid:
         """The grid of ``scale`` x ``scale`` cells per cell over the same bounds."""

@@ -60,8 +60,11 @@ class WriteBehind(Generic[T]):
         if self._pending is None:
             raise RuntimeError("no write in flight")
         item, future = self._pending
-        self._pending = None
-        future.result()
+        try:
+            future.result()
+        finally:
+            if future.done():  # not when the wait itself was interrupted (Ctrl-C)
+                self._pending = None
         return item
 
     def __enter__(self) -> WriteBehind[T]:

@@ -34,6 +34,7 @@ from demsr.io import (
     RasterLayout,
     RasterReader,
     finalise_output,
+    fsync_files,
     refuse_existing,
     remove_stale_temporaries,
     require_writable_folder,
@@ -229,7 +230,7 @@ def write_product(
 ) -> Path:
     """The complete ``store`` turned into the product (:func:`demsr.io.finalise_output`), then
     removed."""
-    from demsr.plan import default_memory_bytes
+    from demsr.plan.memory import default_memory_bytes
 
     # Decoded chunks kept while finalising: within the memory the tiles were planned for.
     cache_bytes = (settings.memory_bytes or default_memory_bytes("cpu")[0]) // len(store.grid.bands)
@@ -314,7 +315,15 @@ class StoreWriter:
         self._chunks.extend(self.store.write(window, values))
         self._pending.append((tile.index, False))
 
+    def flush(self) -> None:
+        """Make the chunks written since the last commit durable (the slow part of a commit,
+        which may run in a background thread while the next batch computes)."""
+        fsync_files(self._chunks)
+        self._chunks = []
+
     def commit(self) -> None:
+        """Record the tiles written since the last commit as finished, their chunks flushed
+        first where :meth:`flush` has not."""
         self.log.record(self._pending, self._chunks)
         self.committed += len(self._pending)
         self._pending, self._chunks = [], []

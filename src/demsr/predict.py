@@ -58,6 +58,7 @@ from demsr.io import (
 )
 from demsr.metrics import cell_sizes_m
 from demsr.model import resolve_device
+from demsr.overlap import WriteBehind
 from demsr.partial import (
     StoreWriter,
     open_store,
@@ -402,22 +403,57 @@ def _run_tiles(
     finished: set[int],
 ) -> None:
     """Predict ``batches`` of tiles of ``grid`` into ``writer``, committing after every batch;
-    tiles in ``finished`` (recorded by an earlier run) are left out."""
+    tiles in ``finished`` (recorded by an earlier run) are left out.
+
+    A batch is written (and its chunks flushed) in a background thread while the network runs
+    on the next (:class:`demsr.overlap.WriteBehind`); it is committed here, once written, before
+    the next is handed over. When the run stops on an error or an interrupt, the batch being
+    written is still committed, so that every batch the network finished is kept."""
     scale = network.resolver.scale
     todo = [[tile for tile in batch if tile.index not in finished] for batch in batches]
     progress.assigned = sum(len(batch) for batch in todo)
+
+    def write(batch: list[tuple[Tile, np.ndarray | None]]) -> None:
+        for tile, values in batch:
+            writer.write(tile, values)
+        writer.flush()
+
+    def commit(batch: list[tuple[Tile, np.ndarray | None]]) -> None:
+        writer.commit()
+        progress.update(
+            len(batch), sum(tile.core.height * tile.core.width for tile, _ in batch) * scale * scale
+        )
+
     try:
-        for batch in predict_batches(network, todo, read_lowres, grid, wrap_cols):
-            batch_px = 0
-            for tile, values in batch:
-                writer.write(tile, values)
-                batch_px += int(tile.core.height * tile.core.width) * scale * scale
-            writer.commit()
-            stop_point("tiles")
-            progress.update(len(batch), batch_px)
+        with WriteBehind(write) as behind:
+            try:
+                for batch in predict_batches(network, todo, read_lowres, grid, wrap_cols):
+                    if behind.in_flight:
+                        commit(behind.finish())
+                        stop_point("tiles")
+                    behind.submit(batch)
+                if behind.in_flight:
+                    commit(behind.finish())
+                    stop_point("tiles")
+            except BaseException:
+                if behind.in_flight:
+                    _keep_written(behind, commit)
+                raise
     finally:
         progress.close()
     progress.summarise(network.choice.describe())
+
+
+def _keep_written(
+    behind: WriteBehind[list[tuple[Tile, np.ndarray | None]]],
+    commit: Callable[[list[tuple[Tile, np.ndarray | None]]], None],
+) -> None:
+    """Commit the batch in flight when a run stops on another error; a failure to write it
+    is logged (the run's own error is the one reported)."""
+    try:
+        commit(behind.finish())
+    except Exception as exc:  # noqa: BLE001 - the first error wins
+        log.debug("the batch being written when the run stopped was not kept: %s", exc)
 
 
 def _automatic_tile_px(
@@ -431,21 +467,18 @@ def _automatic_tile_px(
 ) -> tuple[int, str | None]:
     """The tile size when none is given, and why: the interrupted run's when ``resumed`` names
     its partial store (so that a resume does not depend on the memory free now), else
-    :func:`demsr.plan.choose_tile_px` for ``memory_bytes`` (None: the default share)."""
-    from demsr.plan import choose_tile_px, default_memory_bytes
+    :func:`demsr.plan.memory.automatic_tile_px` for ``memory_bytes`` (None: the default
+    share), as ``demsr plan`` chooses it."""
+    from demsr.plan.memory import automatic_tile_px
 
     if resumed is not None and resumed.exists():
         try:
             return int(TileStore.open(resumed).settings["tile_px"]), None
         except (OSError, KeyError, TypeError, ValueError):
             pass  # open_for_resume reports the unreadable store
-    source = "given"
-    if memory_bytes is None:
-        memory_bytes, source = default_memory_bytes(network.device.type)
     resolver = network.resolver
-    tile_px = choose_tile_px(
-        rows,
-        cols,
+    tile_px, budget, source = automatic_tile_px(
+        (rows, cols),
         resolver.margin_px,
         resolver.net.config,
         sum(p.numel() for p in resolver.parameters()),
@@ -456,7 +489,7 @@ def _automatic_tile_px(
     )
     return tile_px, (
         f"tiles of {tile_px} cells (margin {resolver.margin_px}), batches of {batch_size}: the "
-        f"largest that fit in {memory_bytes / 2**20:.0f} MiB ({source})"
+        f"largest that fit in {budget / 2**20:.0f} MiB ({source})"
     )
 
 

@@ -22,6 +22,7 @@ import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from demsr.grid import Grid
 from demsr.io.geotiff import fill_nodata, gtiff_profile
 from demsr.io.gridded import (
     ZARR_CRS_ATTRIBUTE,
@@ -356,7 +357,7 @@ def _write_netcdf(
     import netCDF4
 
     crs = src.crs
-    plan = _plan_grid(src.transform, src.shape, crs, layout)
+    plan = _plan_grid(Grid.of(src), layout)
     x_attrs, y_attrs = _coordinate_attrs(plan, crs)
     with atomic_path(output) as tmp:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
@@ -429,7 +430,7 @@ def _write_zarr(
     import zarr
 
     crs = src.crs
-    plan = _plan_grid(src.transform, src.shape, crs, layout)
+    plan = _plan_grid(Grid.of(src), layout)
     x_attrs, y_attrs = _coordinate_attrs(plan, crs)
     zarr_v3 = int(zarr.__version__.split(".")[0]) >= 3
 

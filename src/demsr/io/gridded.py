@@ -17,6 +17,7 @@ from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
+from demsr.grid import Grid
 from demsr.io.raster import RasterError, RasterLayout, RasterReader, _describe_band_choice
 from demsr.io.units import height_standard_name, metres_per_unit
 
@@ -270,20 +271,24 @@ def _grid_crs(dataset: Any, data_array: Any, x_name: str, y_name: str, path: str
 
 @dataclass(frozen=True)
 class _GridPlan:
-    """Where presented (north-up, as in the GeoTIFF) blocks go in a NetCDF/Zarr grid.
+    """Where presented (north-up, as in the GeoTIFF) blocks of ``grid`` go in a NetCDF/Zarr grid.
 
     ``x_values``/``y_values`` are the cell-centre coordinates in file order. A presented block
     at (row, col) lands at rows flipped when ``flip_rows`` and at columns
     ``(col - col_rotation) % cols``, split in two where that wraps.
     """
 
+    grid: Grid
     x_name: str
     y_name: str
-    geographic: bool
     x_values: np.ndarray
     y_values: np.ndarray
     flip_rows: bool
     col_rotation: int
+
+    @property
+    def geographic(self) -> bool:
+        return self.grid.geographic
 
     def place(
         self, row_off: int, col_off: int, block: np.ndarray
@@ -292,7 +297,7 @@ class _GridPlan:
         height, width = block.shape
         row_slice, col_slices = _file_slices(
             (row_off, col_off, height, width),
-            (self.y_values.size, self.x_values.size),
+            self.grid.shape,
             self.flip_rows,
             -self.col_rotation,
         )
@@ -305,13 +310,13 @@ class _GridPlan:
             first = last
 
 
-def _plan_grid(
-    transform: Affine, shape: tuple[int, int], crs: CRS | None, layout: RasterLayout | None
-) -> _GridPlan:
-    rows, cols = shape
-    xs = transform.c + (np.arange(cols) + 0.5) * transform.a
-    ys = transform.f + (np.arange(rows) + 0.5) * transform.e
-    geographic = bool(crs is not None and crs.is_geographic)
+def _plan_grid(grid: Grid, layout: RasterLayout | None) -> _GridPlan:
+    """The plan of a product on ``grid`` (the presented grid; its CRS the product's), mirroring
+    the input's ``layout`` (names, latitude order, 0..360 longitudes) when given."""
+    cols = grid.shape[1]
+    transform = grid.transform
+    xs, ys = grid.cell_centres()
+    geographic = grid.geographic
     x_name, y_name = ("lon", "lat") if geographic else ("x", "y")
     if geographic and layout is not None and layout.x_name and layout.y_name:
         if layout.x_name.lower() in X_NAMES and layout.y_name.lower() in Y_NAMES:
@@ -331,9 +336,9 @@ def _plan_grid(
                 "in -180..180 rather than the input's 0..360"
             )
     return _GridPlan(
+        grid=grid,
         x_name=x_name,
         y_name=y_name,
-        geographic=geographic,
         x_values=xs,
         y_values=ys[::-1] if flip_rows else ys,
         flip_rows=flip_rows,
