@@ -185,7 +185,8 @@ def write_paper_checkpoint(path: Path) -> Path:
     import torch
 
     from demsr.checkpoint import save_checkpoint
-    from demsr.model import DEMSRNet, ElevationScaling, preset
+    from demsr.model import DEMSRNet, preset
+    from demsr.scaling import ElevationScaling
 
     torch.manual_seed(0)
     scaling = ElevationScaling(scale_m=1000.0, trend_sigma_px=4.0)

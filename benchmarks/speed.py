@@ -59,7 +59,6 @@ from demsr.model import (
     ModelConfig,
     SuperResolver,
     flops_per_lowres_px,
-    gaussian_trend,
     network_autocast,
     prepare_for_inference,
     preset,
@@ -68,6 +67,7 @@ from demsr.model import (
     upsample_bilinear,
 )
 from demsr.prepare import crop_to_blocks, degrade
+from demsr.scaling import gaussian_trend
 
 log = logging.getLogger("speed")
 

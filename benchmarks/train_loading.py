@@ -48,6 +48,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from demsr.config import load_config
+    from demsr.epochs import pair_batches
     from demsr.train import Trainer
 
     config = load_config(args.config)
@@ -68,7 +69,7 @@ def main() -> None:
     needed = (args.warmup + args.steps) * config.data.batch_size
 
     def step(lowres: torch.Tensor, highres: torch.Tensor) -> None:
-        loss = trainer._loss(lowres, highres, trainer.resolver)
+        loss = trainer.loss(lowres, highres, trainer.resolver)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,7 +79,7 @@ def main() -> None:
     for workers in args.workers:
         config.data.num_workers = workers
         # Loader alone.
-        batches = iter(trainer._batches(dataset, range(needed)))
+        batches = iter(pair_batches(dataset, range(needed), config.data, trainer.device))
         for _ in range(args.warmup):
             next(batches)
         t0 = time.perf_counter()
@@ -93,7 +94,7 @@ def main() -> None:
             step(lowres, highres)
         step_s = (time.perf_counter() - t0) / args.steps
         # The loop: wait for the next batch, then step.
-        batches = iter(trainer._batches(dataset, range(needed)))
+        batches = iter(pair_batches(dataset, range(needed), config.data, trainer.device))
         for _ in range(args.warmup):
             step(*next(batches))
         waits, totals = [], []

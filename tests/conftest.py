@@ -10,11 +10,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import rasterio
 import torch
 
 from demsr.checkpoint import save_checkpoint
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig
+from demsr.model import DEMSRNet, ModelConfig
+from demsr.scaling import ElevationScaling
 from demsr.train import METRIC_FIELDS, METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +158,9 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def jacksboro_3s(dem_test_dir: Path) -> np.ndarray:
+    """A 340 x 400 corner of the Jacksboro 3" test DEM (float64 metres)."""
+    with rasterio.open(dem_test_dir / "mpl_jacksboro_3s.tif") as src:
+        return src.read(1).astype(np.float64)[:340, :400]

@@ -20,7 +20,8 @@ from demsr.checkpoint import (
     load_training_state,
     save_checkpoint,
 )
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+from demsr.model import DEMSRNet, ModelConfig, SuperResolver
+from demsr.scaling import ElevationScaling
 
 
 def _model(seed: int = 0) -> DEMSRNet:

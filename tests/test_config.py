@@ -158,7 +158,7 @@ def test_window_training_recipe_holds_out_tiles_of_several_terrains() -> None:
     from conftest import DEM_TRAIN
 
     from demsr.datasets import select_rasters
-    from demsr.model import ElevationScaling
+    from demsr.scaling import ElevationScaling
 
     config = load_config(REPO / "configs" / "lite-windows.yaml")
     assert config.data.source == "rasters"
@@ -213,18 +213,3 @@ def test_printed_config_uses_the_new_key_names() -> None:
     assert not {"lr_decay", "finetune_lr", "lr_scaling"} & set(optimizer)
     for path in (REPO / "configs").glob("*.yaml"):
         assert "lr_decay" not in path.read_text() and "finetune_lr" not in path.read_text()
-
-
-def test_shipped_checkpoint_config_with_old_keys_reads_under_the_new_ones() -> None:
-    from demsr.checkpoint import load_checkpoint
-    from demsr.config import config_from_dict, upgrade_config_dict
-    from demsr.pretrained import resolve_checkpoint
-
-    recorded = load_checkpoint(resolve_checkpoint("lite")).metadata["training"]
-    assert "lr_decay" in recorded["optimizer"]  # as the file was written (left unchanged)
-    upgraded = upgrade_config_dict(recorded)
-    assert upgraded["optimizer"]["learning_rate_decay"] == recorded["optimizer"]["lr_decay"]
-    assert "lr_decay" not in upgraded["optimizer"]
-    config = config_from_dict(upgraded, source="lite")
-    assert config.optimizer.learning_rate_decay == recorded["optimizer"]["lr_decay"]
-    assert config.optimizer.finetune_learning_rate == recorded["optimizer"]["finetune_lr"]

@@ -37,7 +37,6 @@ from demsr.train import (
     Trainer,
     TrainerCallback,
     TrainResult,
-    scaled_learning_rate,
 )
 
 WORLD = 2
@@ -269,13 +268,6 @@ def test_sampler_deals_the_single_process_batches_to_the_ranks() -> None:
         orders.append(list(sampler))
     assert orders[0] != orders[1]  # another order, hence other left-out pairs, every epoch
     assert orders[0] == torch.randperm(pairs, generator=epoch_generator(5, 0)).tolist()
-
-
-def test_learning_rate_scaling_with_the_world_size() -> None:
-    assert scaled_learning_rate(1e-4, "none", 8) == pytest.approx(1e-4)
-    assert scaled_learning_rate(1e-4, "linear", 8) == pytest.approx(8e-4)
-    assert scaled_learning_rate(1e-4, "sqrt", 4) == pytest.approx(2e-4)
-    assert scaled_learning_rate(1e-4, "linear", 1) == pytest.approx(1e-4)
 
 
 def _collectives(rank: int, folder: Path) -> None:

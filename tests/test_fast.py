@@ -17,7 +17,6 @@ from demsr.engine import predict_array
 from demsr.io import read_raster
 from demsr.model import (
     DEMSRNet,
-    ElevationScaling,
     ModelConfig,
     SuperResolver,
     bf16_supported,
@@ -31,6 +30,7 @@ from demsr.model import (
 from demsr.predict import predict_raster
 from demsr.prepare import crop_to_blocks, degrade
 from demsr.pretrained import pretrained_path
+from demsr.scaling import ElevationScaling
 
 CPU = torch.device("cpu")
 needs_native_bf16 = pytest.mark.skipif(

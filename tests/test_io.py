@@ -389,11 +389,11 @@ def test_a_cog_staged_compressed_or_not_is_the_same_to_the_byte(
 ) -> None:
     """The staging file is uncompressed only where twice its size is free; either way the COG
     driver compresses the product anew, so the bytes are the same."""
-    import demsr.io.products as products
+    import demsr.io.formats as formats
 
     products_by_mode = {}
     for uncompressed in (True, False):
-        monkeypatch.setattr(products, "_stage_uncompressed", lambda *_, u=uncompressed: u)
+        monkeypatch.setattr(formats, "_stage_uncompressed", lambda *_, u=uncompressed: u)
         folder = tmp_path / str(uncompressed)
         folder.mkdir()
         make_partial(folder / "prediction.partial.tif", dem_test_dir / RELIEF)
@@ -405,8 +405,8 @@ def test_a_cog_staged_compressed_or_not_is_the_same_to_the_byte(
     monkeypatch.undo()
     free = shutil.disk_usage(tmp_path).free
     side = int((free * 3 / 8 / 4) ** 0.5)  # staging with overviews ~ free / 2
-    assert products._stage_uncompressed((side // 2, side // 2), 1, "float32", tmp_path)
-    assert not products._stage_uncompressed((side * 2, side * 2), 1, "float32", tmp_path)
+    assert formats._stage_uncompressed((side // 2, side // 2), 1, "float32", tmp_path)
+    assert not formats._stage_uncompressed((side * 2, side * 2), 1, "float32", tmp_path)
 
 
 def cell_centres(transform: Affine, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -512,7 +512,7 @@ def test_cli_defaults_are_the_library_defaults() -> None:
 
 
 def test_compare_runs_a_checkpoint_on_the_degraded_truth(tmp_path: Path) -> None:
-    from demsr.model import ElevationScaling
+    from demsr.scaling import ElevationScaling
 
     checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", scaling=ElevationScaling())
     truth = DEM_TEST / "mpl_jacksboro_3s.tif"

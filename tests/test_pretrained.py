@@ -21,8 +21,9 @@ from demsr.engine import predict_array
 from demsr.evaluate import MODEL, evaluate
 from demsr.evaluation_inputs import EvaluationInputs, inputs_from_product, inputs_from_raster
 from demsr.metrics import texture_index
-from demsr.model import ElevationScaling, ModelConfig
+from demsr.model import ModelConfig
 from demsr.pretrained import DEFAULT_MODEL, PRETRAINED, pretrained_path, resolve_checkpoint
+from demsr.scaling import ElevationScaling
 
 
 def run(*args: object) -> tuple[int, str]:

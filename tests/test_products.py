@@ -26,9 +26,9 @@ from demsr.cli import main
 from demsr.datasets import read_pair_file
 from demsr.evaluation_inputs import inputs_from_pairs, load_inputs
 from demsr.io import write_geotiff
-from demsr.model import backproject, upsample_bicubic
 from demsr.prepare import PrepareOptions, degrade
 from demsr.products import coast_mask, fine_on_product_grid, prepare_product_pairs
+from demsr.scaling import backproject, upsample_bicubic
 
 GEBCO = SHARED / "data" / "gebco"
 OBAN_PRODUCT = GEBCO / "gebco_2020_n56.53355_s56.34059_w-5.786025_e-5.562533.tif"

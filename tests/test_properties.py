@@ -25,9 +25,10 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from demsr.io import open_raster, write_geotiff
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+from demsr.model import DEMSRNet, ModelConfig, SuperResolver
 from demsr.predict import predict_raster
 from demsr.prepare import crop_to_blocks, degrade, degrade_raster
+from demsr.scaling import ElevationScaling
 from demsr.tiling import scale_window, tile_grid
 
 FAST = settings(max_examples=60, deadline=None)

@@ -38,7 +38,8 @@ import demsr.io
 from demsr.checkpoint import load_checkpoint, save_checkpoint
 from demsr.cli import main
 from demsr.io import read_raster, write_geotiff
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+from demsr.model import DEMSRNet, ModelConfig, SuperResolver
+from demsr.scaling import ElevationScaling
 
 SOURCE = "landlab_west_bijou_1s.tif"  # 67 x 129 cells, EPSG:4326, float32, 1690..1807 m
 TILES = ["--tile-px", "32"]  # 3 x 5 = 15 tiles of the source

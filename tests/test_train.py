@@ -12,8 +12,8 @@ from conftest import DEM_TEST, REPO, TINY_MODEL, read_metrics_rows, tiny_overrid
 
 from demsr.checkpoint import load_checkpoint, load_training_state
 from demsr.config import ConfigError, load_config
-from demsr.model import ElevationScaling
-from demsr.train import BEST, LAST, Trainer, TrainerCallback, gradient_mse
+from demsr.scaling import ElevationScaling
+from demsr.train import BEST, LAST, Trainer, TrainerCallback
 
 
 def _fit(pairs: Path, run: Path, *extra: str, resume: bool = False):  # type: ignore[no-untyped-def]
@@ -242,15 +242,6 @@ def test_checkpoints_wait_for_the_timer(tmp_path: Path) -> None:
     )
     assert watch.mid_epoch_saves == 0  # an hour never passed
     assert load_training_state(tmp_path / "run" / LAST).epoch_steps == 0
-
-
-def test_gradient_term_of_the_loss() -> None:
-    truth = torch.zeros(1, 1, 3, 4)
-    prediction = truth.clone()
-    prediction[..., 1, 2] = 1.0  # one bump: 2 differences along the row, 2 along the column
-    assert gradient_mse(prediction, truth).item() == pytest.approx(4 / (3 * 3 + 2 * 4))
-    # an offset has no slope error
-    assert gradient_mse(truth + 5.0, truth).item() == 0.0
 
 
 def test_training_with_the_slope_term_reports_plain_rmse(tiny_pairs: Path, tmp_path: Path) -> None:

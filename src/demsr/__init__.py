@@ -29,13 +29,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "demsr.model": (
         "PRESETS",
         "DEMSRNet",
-        "ElevationScaling",
         "ModelConfig",
         "SuperResolver",
         "count_parameters",
         "preset",
         "resolve_device",
     ),
+    # how elevations in metres enter and leave the network
+    "demsr.scaling": ("ElevationScaling",),
     # checkpoints (safetensors + JSON metadata)
     "demsr.checkpoint": (
         "Checkpoint",
@@ -70,8 +71,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "EpochRecord",
         "TrainResult",
         "Trainer",
-        "TrainerCallback",
     ),
+    "demsr.callbacks": ("TrainerCallback",),
     # prediction: arrays in memory (the tile engine), raster files of any size
     "demsr.engine": (
         "predict_array",
@@ -195,6 +196,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
     from demsr.baselines import BASELINES, upsample_baseline
+    from demsr.callbacks import TrainerCallback
     from demsr.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
     from demsr.comparison import Comparison, comparison_from_checkpoint, read_comparison
     from demsr.config import ConfigError, RunConfig, load_config
@@ -208,7 +210,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from demsr.model import (
         PRESETS,
         DEMSRNet,
-        ElevationScaling,
         ModelConfig,
         SuperResolver,
         count_parameters,
@@ -226,6 +227,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         prepare_pairs,
     )
     from demsr.pretrained import pretrained_path
+    from demsr.scaling import ElevationScaling
     from demsr.scoring import Evaluation, score
-    from demsr.train import EpochRecord, Trainer, TrainerCallback, TrainResult
+    from demsr.train import EpochRecord, Trainer, TrainResult
     from demsr.xr import predict_dataarray

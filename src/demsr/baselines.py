@@ -42,7 +42,7 @@ def upsample_backprojection(
     cell for the computation, NaN again over its footprint.
     """
     from demsr.io import fill_nearest
-    from demsr.model import backproject, upsample_bicubic
+    from demsr.scaling import backproject, upsample_bicubic
 
     shape: tuple[int, ...] = np.shape(lowres)
     lead, rows, cols = shape[:-2], shape[-2], shape[-1]

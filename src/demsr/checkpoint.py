@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 
 from demsr import __version__
 from demsr.io import atomic_path
-from demsr.model import DEMSRNet, ElevationScaling, ModelConfig, SuperResolver
+from demsr.model import DEMSRNet, ModelConfig, SuperResolver
+from demsr.scaling import ElevationScaling
 
 FORMAT = "demsr-checkpoint"
 FORMAT_VERSION = 1

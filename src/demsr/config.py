@@ -2,12 +2,11 @@
 
 The sections follow the reference's ``DEM-SRNet.yaml`` (model / data / optimizer / summary /
 train; demsr adds ``finetune``), so its files load as they are: its keys that demsr names
-differently are translated (``REFERENCE_ALIASES``), keys whose value demsr fixes are checked
-(``REFERENCE_FIXED``), and keys that only steered the reference's runtime are accepted and
-ignored (``REFERENCE_IGNORED``). demsr's own renamed keys (``RENAMED_KEYS``) load under their
-old names with a deprecation warning. Any other unknown key is an error. Overrides
-(``section.key=value``) are parsed as YAML scalars (a YAML list for list fields) and checked
-against the field's type; nothing is evaluated.
+differently are translated, keys whose value demsr fixes are checked, and keys that only steered
+the reference's runtime are accepted and ignored; demsr's own renamed keys load under their old
+names with a deprecation warning (the tables of these keys: :mod:`demsr.config_keys`). Any other
+unknown key is an error. Overrides (``section.key=value``) are parsed as YAML scalars (a YAML list
+for list fields) and checked against the field's type; nothing is evaluated.
 """
 
 from __future__ import annotations
@@ -23,15 +22,15 @@ from typing import Any
 
 import yaml
 
-from demsr.model import (
-    FREEZE_PRESETS,
-    INIT_SCHEMES,
-    PRECISIONS,
-    PRESETS,
-    ElevationScaling,
-    ModelConfig,
-    preset,
+from demsr.config_keys import (
+    REFERENCE_ALIASES,
+    REFERENCE_FIXED,
+    REFERENCE_IGNORED,
+    RENAMED_KEYS,
+    renamed_key,
 )
+from demsr.model import FREEZE_PRESETS, INIT_SCHEMES, PRECISIONS, PRESETS, ModelConfig, preset
+from demsr.scaling import ElevationScaling
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class ConfigError(ValueError):
 _ARCHITECTURE = ("blocks", "channels", "scale", "bias", "resize", "padding")
 
 # How optimizer.learning_rate_scaling adapts the learning rate to the number of ranks of a
-# torchrun run (demsr.train.scaled_learning_rate).
+# torchrun run (demsr.optimizer.scaled_learning_rate).
 LEARNING_RATE_SCALINGS = ("none", "linear", "sqrt")
 
 
@@ -327,74 +326,6 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-
-
-# The reference's keys, as (section, key).
-REFERENCE_ALIASES: dict[tuple[str, str], tuple[str, str]] = {
-    ("model", "out_channels"): ("model", "channels"),
-    ("model", "num_blocks"): ("model", "blocks"),
-    ("data", "epochs"): ("train", "epochs"),
-    ("optimizer", "epochs"): ("train", "epochs"),
-    ("summary", "summary_dir"): ("summary", "output_dir"),
-}
-# demsr's own keys renamed to spell out learning_rate (the naming rule): the old names still
-# load, from YAML and --set with a deprecation warning, and silently from the configs recorded in
-# existing checkpoints (so their runs resume). The old names go in a later release.
-RENAMED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
-    ("optimizer", "lr_decay"): ("optimizer", "learning_rate_decay"),
-    ("optimizer", "finetune_lr"): ("optimizer", "finetune_learning_rate"),
-    ("optimizer", "lr_scaling"): ("optimizer", "learning_rate_scaling"),
-}
-
-
-def renamed_key(section_name: str, key: str, source: str | None = None) -> tuple[str, str]:
-    """``(section, key)`` under its current name; an old name (:data:`RENAMED_KEYS`) is
-    translated, with one deprecation warning naming ``source`` when one is given."""
-    new = RENAMED_KEYS.get((section_name, key))
-    if new is None:
-        return section_name, key
-    if source is not None:
-        log.warning(
-            "%s: %s.%s is deprecated, use %s.%s (the old name is removed in a later release)",
-            source,
-            section_name,
-            key,
-            *new,
-        )
-    return new
-
-
-def upgrade_config_dict(values: dict[str, Any]) -> dict[str, Any]:
-    """A config dict (e.g. a checkpoint's recorded ``training`` config) with the old key names
-    of :data:`RENAMED_KEYS` replaced by the current ones; other keys as they are."""
-    upgraded: dict[str, Any] = {}
-    for section_name, section_values in values.items():
-        if not isinstance(section_values, dict):
-            upgraded[section_name] = section_values
-            continue
-        section: dict[str, Any] = upgraded.setdefault(section_name, {})
-        for key, value in section_values.items():
-            section[renamed_key(str(section_name), str(key))[1]] = value
-    return upgraded
-
-
-REFERENCE_FIXED: dict[tuple[str, str], tuple[Any, ...]] = {
-    ("model", "name"): ("DEMNet", "DEMSRNet", "DEM-SRNet"),
-    ("model", "in_channels"): (1,),
-    ("model", "kernel_size"): (3,),
-    ("train", "distribute"): (False,),
-}
-REFERENCE_IGNORED: set[tuple[str, str]] = {
-    ("data", "name"),
-    ("summary", "save_checkpoint_steps"),
-    ("summary", "keep_checkpoint_max"),
-    ("train", "name"),
-    ("train", "device_id"),
-    ("train", "amp_level"),
-    ("train", "run_mode"),
-    ("train", "load_ckpt"),
-    ("train", "ckpt_path"),
-}
 
 
 def _field_types(section: Any) -> dict[str, Any]:

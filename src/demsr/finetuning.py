@@ -4,13 +4,20 @@ stay fixed (parameters frozen by module name). :meth:`demsr.train.Trainer.finetu
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from demsr.checkpoint import Checkpoint, checkpoint_sha256
-from demsr.config import ModelSection
-from demsr.model import INIT_SCHEMES, DEMSRNet
+from demsr.config import FinetuneSection, ModelSection
+from demsr.model import (
+    INIT_SCHEMES,
+    DEMSRNet,
+    ModelConfig,
+    count_parameters,
+    freeze_preset_prefixes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +88,41 @@ def freeze_parameters(model: DEMSRNet, prefixes: Sequence[str]) -> list[str]:
         if is_frozen:
             frozen.append(name)
     return frozen
+
+
+def update_finetune_settings(
+    settings: FinetuneSection,
+    parent: str | os.PathLike[str] | None = None,
+    freeze: str | None = None,
+    freeze_blocks: int | None = None,
+    freeze_prefixes: Sequence[str] | None = None,
+) -> None:
+    """Store in ``settings`` (``config.finetune``) the arguments of
+    :meth:`demsr.train.Trainer.finetune` that are not None, so that ``config.yaml`` and the
+    checkpoints record the values used; refuse when no parent is left."""
+    if parent is not None:
+        settings.parent = os.fspath(parent)
+    if freeze is not None:
+        settings.freeze = freeze
+    if freeze_blocks is not None:
+        settings.freeze_blocks = freeze_blocks
+    if freeze_prefixes is not None:
+        settings.freeze_prefixes = list(freeze_prefixes)
+    if settings.parent is None:
+        raise ValueError("no parent checkpoint to fine-tune (set finetune.parent)")
+
+
+def freeze_for_finetuning(
+    model: DEMSRNet, model_config: ModelConfig, settings: FinetuneSection
+) -> list[str]:
+    """Freeze the layers of ``model`` that ``settings`` names (the ``freeze`` preset of
+    ``model_config``, see :func:`demsr.model.freeze_preset_prefixes`, then
+    ``freeze_prefixes``) and return their prefixes; refuse to leave nothing to train."""
+    prefixes = [
+        *freeze_preset_prefixes(model_config, settings.freeze, settings.freeze_blocks),
+        *settings.freeze_prefixes,
+    ]
+    freeze_parameters(model, prefixes)
+    if count_parameters(model, trainable_only=True) == 0:
+        raise ValueError(f"every parameter is frozen ({', '.join(prefixes)}): nothing to fine-tune")
+    return prefixes

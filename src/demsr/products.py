@@ -23,6 +23,9 @@ convention: read as EPSG:4326, with a warning), rasters that do not overlap, an 
 than ``min_lowres_px`` product cells, a fine DEM coarser than the sub-grid, and (same CRS) a
 product whose cell is not the fine cell times the scale (or a whole multiple of it, when the
 fine DEM is aggregated).
+
+Kept whole: one job, putting a fine DEM onto a real product's sub-grid; the pairs cut from it
+(:class:`ProductSource`, :func:`prepare_product_pairs`) are that grid read patch by patch.
 """
 
 from __future__ import annotations

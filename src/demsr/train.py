@@ -1,6 +1,7 @@
 """Training: MSE on normalised elevations, Adam with exponential learning-rate decay, early stopping
 on the validation loss, a checkpoint every epoch and at the best validation loss, exact resume.
-(Over 500 lines: the loop, exact resume and the ranks' bookkeeping share one Trainer's state.)
+Kept whole: what is left is one job, :class:`Trainer` running a fit or fine-tune from its setup
+through the epoch loop, whose steps share one run's state; each piece it calls has its own module.
 
 Two ways to start (:class:`Trainer`): ``fit`` trains the network of ``config.model`` from its
 initialisation; ``finetune`` starts from a trained checkpoint (its model config, elevation scaling
@@ -8,17 +9,16 @@ and weights), freezes some of its layers (``freeze_parameters``, by module name)
 rest at ``optimizer.finetune_learning_rate``, recording the parent checkpoint in the new
 checkpoints' provenance. Both share the loop, the run folder and ``--resume``.
 
-The run folder (``summary.output_dir``: config.yaml, metrics.csv, last/best checkpoints) is
-described in :mod:`demsr.run_folder`; the parent's model and the freezing of layers in
-:mod:`demsr.finetuning`.
-
-Shuffling draws from a generator seeded by (seed, epoch) and augmentation from (seed, epoch, pair
-index), so a resumed run sees the same batches as an uninterrupted one. With
-``data.source: rasters`` the pairs are windows drawn from rasters, each from (seed, epoch, index)
-alone (:class:`~demsr.datasets.RasterWindowDataset`); an epoch is ``train.max_steps_per_epoch``
-steps. ``train.checkpoint_every_s`` also writes ``last.safetensors`` in the middle of an epoch
-whenever that many seconds have passed since the last one; ``--resume`` then continues from that
-step, with the same weights, optimizer state and batches as an uninterrupted run.
+The pieces: the pairs (pair files or raster windows) in :mod:`demsr.training_data`; Adam, its
+schedule and the learning rate's scaling in :mod:`demsr.optimizer`; the loss, an epoch's steps
+and the validation pass in :mod:`demsr.epochs`; what the run writes as it goes (checkpoints, their
+metadata, the mid-epoch timer) and the checks and restored states of ``--resume`` in
+:mod:`demsr.run_state`; the run folder's names and ``metrics.csv`` schema in
+:mod:`demsr.run_folder`; the parent's model
+and the freezing of layers in :mod:`demsr.finetuning`; the hooks in :mod:`demsr.callbacks`.
+Shuffling and augmentation draw from (seed, epoch[, index]) and ``train.checkpoint_every_s``
+writes ``last.safetensors`` mid-epoch, so ``--resume`` continues with the same weights,
+optimizer state and batches as an uninterrupted run.
 
 Under ``torchrun`` each process trains one rank of a DistributedDataParallel run (NCCL on GPUs,
 gloo on the CPU; see :mod:`demsr.distributed`). ``data.batch_size`` is per rank: the ranks share
@@ -29,9 +29,6 @@ most N-1 pairs an epoch leaves out so that the ranks get equal shares), and
 share of the valid pairs and the sums are added, so all ranks take the same early-stopping
 decision. Rank 0 alone logs progress and writes the run folder, which multi-node runs must keep
 on a shared filesystem (every rank reads ``last.safetensors`` on ``--resume``).
-
-Callbacks (:class:`TrainerCallback`) let a script or notebook follow a run (log, plot, collect
-the epochs' :class:`EpochRecord`) without touching the loop.
 """
 
 from __future__ import annotations
@@ -39,58 +36,46 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from demsr import distributed
-from demsr.checkpoint import (
-    Checkpoint,
-    TrainingState,
-    load_checkpoint,
-    load_training_state,
-    restore_rng_state,
-    save_checkpoint,
-)
-from demsr.config import (
-    DEFAULT_WINDOW_PATCH_PX,
-    LEARNING_RATE_SCALINGS,
-    RunConfig,
-    upgrade_config_dict,
-)
+from demsr.callbacks import TrainerCallback
+from demsr.checkpoint import Checkpoint, TrainingState, load_checkpoint
+from demsr.config import RunConfig
 from demsr.datasets import (
     LowresMaker,
     Normalisation,
     PairDataset,
     RasterSelection,
     RasterWindowDataset,
-    ShuffledShardSampler,
-    select_rasters,
 )
-from demsr.finetuning import freeze_parameters, parent_model_section, parent_record
-from demsr.io import atomic_path, remove_stale_temporaries
+from demsr.epochs import PairLoss, train_epoch, validation_loss
+from demsr.finetuning import (
+    freeze_for_finetuning,
+    freeze_parameters,
+    parent_model_section,
+    parent_record,
+    update_finetune_settings,
+)
+from demsr.io import remove_stale_temporaries
 from demsr.model import (
     DEMSRNet,
     SuperResolver,
     count_parameters,
-    freeze_preset_prefixes,
     init_as_interpolation,
     init_as_residual,
-    network_autocast,
     resolve_device,
     resolve_precision,
     to_channels_last,
 )
+from demsr.optimizer import describe_batch, make_optimizer, scaled_learning_rate, seed_everything
 from demsr.run_folder import (
     BEST,
     LAST,
@@ -98,10 +83,10 @@ from demsr.run_folder import (
     METRICS,
     EpochRecord,
     TrainResult,
-    append_metrics_row,
-    changed_settings,
     truncate_metrics,
 )
+from demsr.run_state import CheckpointTimer, RunWriter, load_resume_state, restore_training
+from demsr.training_data import load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -117,82 +102,7 @@ __all__ = [
     "TrainerCallback",
     "TrainResult",
     "freeze_parameters",
-    "gradient_mse",
-    "scaled_learning_rate",
-    "seed_everything",
 ]
-
-
-class TrainerCallback:
-    """Hooks a :class:`Trainer` calls as it runs; subclass it and override the ones you need
-    (each does nothing here).
-
-    The trainer passes itself: ``trainer.model`` (the network being trained), ``trainer.config``,
-    ``trainer.output_dir``, ``trainer.train_set`` / ``trainer.valid_set`` are there to read.
-    A callback that raises stops the run (the checkpoints already written stay valid, and
-    ``resume=True`` continues from the last one).
-
-    Under torchrun the hooks run on every rank, at the same points: ``trainer.rank``,
-    ``trainer.world_size`` and ``trainer.is_main`` say where. Write files or print on rank 0
-    only (``if trainer.is_main``), and raise on all ranks or none: a rank that stops alone
-    leaves the others waiting until torchrun ends them.
-    """
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        """The network is built (and its layers frozen when fine-tuning); no step has run."""
-
-    def on_step_end(self, trainer: Trainer, global_step: int, loss: float) -> None:
-        """After each optimizer step: the step's number (from 1, counting over the whole run)
-        and its training loss (normalised MSE of that batch; under torchrun, of this rank's
-        share of it)."""
-
-    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        """After each epoch's validation and checkpoints, with what ``metrics.csv`` records."""
-
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
-        """When the run ends normally (epochs or steps done, or early stopping)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def scaled_learning_rate(
-    learning_rate: float, learning_rate_scaling: str, world_size: int
-) -> float:
-    """The learning rate of a run on ``world_size`` ranks (``optimizer.learning_rate_scaling``):
-    ``none`` keeps ``learning_rate``, ``linear`` multiplies it by ``world_size``, ``sqrt`` by its
-    square root (the global batch grows with the world size)."""
-    factors = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}
-    if learning_rate_scaling not in LEARNING_RATE_SCALINGS:
-        raise ValueError(
-            f"learning_rate_scaling must be one of {', '.join(LEARNING_RATE_SCALINGS)}, "
-            f"got {learning_rate_scaling!r}"
-        )
-    return learning_rate * factors[learning_rate_scaling]
-
-
-def gradient_mse(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the differences between neighbouring cells (along rows and along
-    columns, pooled) of (N,1,H,W) ``prediction`` against ``truth``: the slope term of the loss
-    (``train.gradient_loss_weight``), in the inputs' units per cell."""
-    errors = prediction - truth
-    along_cols = errors[..., :, 1:] - errors[..., :, :-1]
-    along_rows = errors[..., 1:, :] - errors[..., :-1, :]
-    total = along_cols.pow(2).sum() + along_rows.pow(2).sum()
-    return total / (along_cols.numel() + along_rows.numel())
-
-
-def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give each optimizer state tensor its parameter's memory layout (checkpoints store them
-    contiguous; the parameters may be channels-last). The fused Adam kernel walks a parameter
-    and its moments in memory order, so their layouts must agree."""
-    for parameter, state in optimizer.state.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
-                state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 class Trainer:
@@ -212,6 +122,7 @@ class Trainer:
     model: DEMSRNet
     resolver: SuperResolver
     learning_rate: float  # at the start of the run, after learning_rate_scaling
+    timer: CheckpointTimer  # of the mid-epoch checkpoints, made when the loop starts
 
     def __init__(
         self,
@@ -233,37 +144,18 @@ class Trainer:
         # auto: bf16 mixed precision on CUDA; float32 on the CPU, even one with native bf16
         # (training there in bf16 is opt-in: it changes the numerics of a reproducible run).
         self.precision = resolve_precision(config.train.precision, self.device, cpu_bf16=False)
-        degradation = None
-        if config.data.degradation:
-            from demsr.degradation import DegradationModel
-
-            degradation = DegradationModel.from_yaml(config.data.degradation)
-        self.train_set: PairDataset | RasterWindowDataset
-        self.valid_set: PairDataset | RasterWindowDataset
-        self.rasters: RasterSelection | None = None
-        if config.data.source == "rasters":
-            if alternative_lowres is None and degradation is not None:
-                alternative_lowres = degradation.apply  # (highres_m, scale, rng) -> lowres_m
-            self._use_rasters(alternative_lowres)
-        else:
-            root = Path(config.data.root_dir)
-            self.train_set = PairDataset(
-                root / "train" / "train.h5",
-                augment=config.data.augment,
-                seed=config.train.seed,
-                degradation=degradation,
-            )
-            self.valid_set = PairDataset(root / "valid" / "valid.h5")
+        self.data = load_training_data(config, self.ranks, alternative_lowres)
+        self.train_set: PairDataset | RasterWindowDataset = self.data.train_set
+        self.valid_set: PairDataset | RasterWindowDataset = self.data.valid_set
+        self.rasters: RasterSelection | None = self.data.rasters
         # The pair files store elevations in their own units; the model sees metres through
         # its elevation scaling.
-        self.storage: Normalisation = self.train_set.normalisation
-        self._check_data()
+        self.storage: Normalisation = self.data.storage
         # Set by finetune: provenance of the parent checkpoint, and what stays frozen.
         self.parent_record: dict[str, Any] | None = None
         self.frozen_prefixes: list[str] = []
         self.frozen_parameters = 0  # counted when the loop starts
         self._metrics: dict[str, float] = {}  # of the last finished epoch
-        self._saved_at = 0.0  # time.monotonic() of the last last.safetensors
 
     @property
     def rank(self) -> int:
@@ -283,68 +175,6 @@ class Trainer:
     def _info(self, message: str, *args: Any) -> None:
         """Log at INFO on rank 0; the other ranks, which would repeat it, at DEBUG."""
         log.log(logging.INFO if self.is_main else logging.DEBUG, message, *args)
-
-    def _use_rasters(self, alternative_lowres: LowresMaker | None) -> None:
-        """Training and validation windows drawn from ``data.rasters`` (see
-        :class:`~demsr.config.DataSection`)."""
-        data, train = self.config.data, self.config.train
-        if data.degradation_probability > 0 and alternative_lowres is None:
-            raise ValueError(
-                "data.degradation_probability > 0 needs a degradation to make those inputs "
-                "with; none was given"
-            )
-        self.rasters = select_rasters(data.rasters, data.heldout, data.valid_rasters)
-        assert train.max_steps_per_epoch is not None  # validate() checks it
-        options: dict[str, Any] = {
-            "lowres_patch_px": data.patch_size or DEFAULT_WINDOW_PATCH_PX,
-            "scale": self.config.model.build().scale,
-            "seed": train.seed,
-            "alternative_lowres": alternative_lowres,
-            "alternative_probability": data.degradation_probability,
-            "max_sea_fraction": data.max_sea_fraction,
-        }
-        steps = train.max_steps_per_epoch * data.batch_size * self.world_size
-        self.train_set = RasterWindowDataset(
-            self.rasters.train, length=steps, augment=data.augment, **options
-        )
-        # Fixed windows: the validation set's epoch stays 0.
-        self.valid_set = RasterWindowDataset(
-            self.rasters.valid, length=data.valid_windows, **options
-        )
-        self._info(
-            "windows of %d low-res cells from %d training rasters, %d validation rasters "
-            "(%d fixed windows); %d held out",
-            options["lowres_patch_px"],
-            len(self.train_set.paths),
-            len(self.valid_set.paths),
-            data.valid_windows,
-            len(self.rasters.heldout),
-        )
-
-    def _check_data(self) -> None:
-        for name, dataset in (("train", self.train_set), ("valid", self.valid_set)):
-            if len(dataset) == 0:
-                raise ValueError(f"{dataset.path}: the {name} split holds no pairs")
-        if len(self.train_set) < self.world_size:
-            raise ValueError(
-                f"{self.train_set.path}: {len(self.train_set)} train pairs for "
-                f"{self.world_size} ranks; every rank needs at least one"
-            )
-        if self.valid_set.normalisation != self.storage:
-            raise ValueError("train and valid files use different normalisations")
-        if self.train_set.units != "m":
-            log.warning(
-                "%s does not say how its values map to metres; errors are reported in its units",
-                self.train_set.path,
-            )
-        patch = self.config.data.patch_size
-        if isinstance(self.train_set, RasterWindowDataset):
-            return
-        if patch is not None and self.train_set.lowres_patch_px != patch:
-            raise ValueError(
-                f"data.patch_size is {patch} but {self.train_set.path} holds "
-                f"{self.train_set.lowres_patch_px}-pixel low-res patches"
-            )
 
     def _use_model(self, parent: Checkpoint | None) -> None:
         """Build the network: ``config.model`` initialised per ``model.init``, or the parent's
@@ -372,172 +202,27 @@ class Trainer:
         self.model = net.to(self.device)
         to_channels_last(self.model)
         self.resolver = SuperResolver(self.model, self.scaling)
-
-    # -- state ---------------------------------------------------------------------------
-
-    def _metadata(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        metadata: dict[str, Any] = {
-            "training": self.config.to_dict(),
-            "epoch": epoch,
-            "metrics": metrics,
-            "provenance": {
-                "data": self._data_record(),
-                "parent": self.parent_record,
-            },
-            "distributed": {
-                "world_size": self.world_size,
-                "global_batch_size": self.config.data.batch_size * self.world_size,
-                "effective_learning_rate": self.learning_rate,
-            },
-        }
-        if self.parent_record is not None:
-            metadata["frozen"] = {
-                "prefixes": self.frozen_prefixes,
-                "parameters": self.frozen_parameters,
-            }
-        return metadata
-
-    def _data_record(self) -> dict[str, Any]:
-        """What the run trained on, for the checkpoints' provenance."""
-        record: dict[str, Any] = {
-            "source": self.config.data.source,
-            "train_sources": self.train_set.source_files,
-            "train_pairs": len(self.train_set),
-            "valid_pairs": len(self.valid_set),
-        }
-        if self.rasters is None:
-            record["root_dir"] = str(self.config.data.root_dir)
-        else:
-            record["valid_sources"] = self.valid_set.source_files
-            record["heldout"] = [str(path) for path in self.rasters.heldout]
-        return record
+        self.loss = PairLoss(
+            self.storage,
+            self.scaling,
+            self.device,
+            self.precision,
+            self.config.train.gradient_loss_weight,
+        )
 
     # -- loops ---------------------------------------------------------------------------
 
-    def _batches(
-        self,
-        dataset: PairDataset | RasterWindowDataset,
-        sampler: Sequence[int] | ShuffledShardSampler,
-    ) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.config.data.batch_size,
-            sampler=sampler,
-            num_workers=self.config.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=False,
-        )
+    def _on_step(self, global_step: int, loss: float) -> None:
+        for callback in self.callbacks:
+            callback.on_step_end(self, global_step, loss)
 
-    def _loss(
-        self,
-        lowres: torch.Tensor,
-        highres: torch.Tensor,
-        network: nn.Module,
-        gradient_term: bool = True,
-    ) -> torch.Tensor:
-        """Mean squared error in units of ``elevation_scale_m`` for a batch of stored pairs,
-        plus ``train.gradient_loss_weight`` times that of the differences between neighbouring
-        cells (:func:`gradient_mse`); ``network`` is the resolver or, in training under
-        torchrun, its DDP wrapper."""
-        lowres_m = self.storage.denormalise(lowres.to(self.device, non_blocking=True))
-        highres_m = self.storage.denormalise(highres.to(self.device, non_blocking=True))
-        with network_autocast(self.device, self.precision):
-            prediction_m = network(lowres_m)
-        prediction, truth = prediction_m / self.scaling.scale_m, highres_m / self.scaling.scale_m
-        loss = F.mse_loss(prediction, truth)
-        weight = self.config.train.gradient_loss_weight
-        if weight > 0 and gradient_term:
-            loss = loss + weight * gradient_mse(prediction, truth)
-        return loss
-
-    @torch.no_grad()
     def validate(self) -> tuple[float, float]:
         """Validation loss (the training loss's MSE, without its slope term) and RMSE in
-        metres over all valid pairs.
-
-        Inside a run under torchrun every rank calls it: each scores its share of the pairs
-        (rank r of N: pairs r, r+N, ...; none twice, none left out) and the sums are added over
-        the ranks, so all get the same values.
-        """
-        self.model.eval()
-        ranks = self.ranks if distributed.joined() else distributed.RankContext()
-        shard = range(ranks.rank, len(self.valid_set), ranks.world_size)
-        squared_error, count = 0.0, 0
-        for lowres, highres in self._batches(self.valid_set, shard):
-            loss = self._loss(lowres, highres, self.resolver, gradient_term=False)
-            squared_error += loss.item() * highres.numel()
-            count += highres.numel()
-        squared_error, cells = distributed.sum_over_ranks([squared_error, count])
-        mse = squared_error / cells
-        return mse, math.sqrt(mse) * self.scaling.scale_m
-
-    def _train_epoch(
-        self,
-        epoch: int,
-        network: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        global_step: int,
-        save_state: Callable[[int, float, int], None],
-        skip_steps: int = 0,
-        skipped_loss_sum: float = 0.0,
-    ) -> tuple[float, int]:
-        """One epoch of steps on this rank's share of the shuffled pairs; returns the mean
-        training loss over the epoch's (global) batches and the new step count.
-
-        ``skip_steps`` steps of the epoch were done before a mid-epoch checkpoint, with losses
-        adding up to ``skipped_loss_sum``: the epoch continues after them. ``save_state(steps,
-        loss_sum, global_step)`` writes that checkpoint; it is called whenever
-        ``train.checkpoint_every_s`` seconds have passed since the last one.
-        """
-        network.train()
-        cfg = self.config
-        sampler = ShuffledShardSampler(
-            self.train_set, seed=cfg.train.seed, num_replicas=self.world_size, rank=self.rank
+        metres over all valid pairs (:func:`~demsr.epochs.validation_loss`; under torchrun,
+        inside a run, every rank calls it and all get the same values)."""
+        return validation_loss(
+            self.model, self.resolver, self.valid_set, self.loss, self.config.data, self.ranks
         )
-        sampler.set_epoch(epoch)
-        self.train_set.set_epoch(epoch)  # augmentation; before the loader copies it to workers
-        order = list(sampler)
-        batch = cfg.data.batch_size
-        steps = math.ceil(len(order) / batch)
-        if cfg.train.max_steps_per_epoch is not None:
-            steps = min(steps, cfg.train.max_steps_per_epoch)
-        last = steps
-        if cfg.train.max_steps is not None:
-            last = min(last, skip_steps + max(cfg.train.max_steps - global_step, 0))
-        loader = self._batches(self.train_set, order[skip_steps * batch :])
-        total_loss, done = skipped_loss_sum, skip_steps
-        bar = tqdm(
-            total=steps,
-            initial=skip_steps,
-            desc=f"epoch {epoch}",
-            unit="step",
-            disable=not (self.progress and self.is_main),
-            leave=False,
-        )
-        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
-        every_s = cfg.train.checkpoint_every_s
-        for _ in range(skip_steps, last):
-            loss = self._loss(*next(batches), network)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            global_step += 1
-            done += 1
-            step_loss = loss.item()
-            total_loss += step_loss
-            bar.update(1)
-            if every_s is not None and done < steps:
-                if time.monotonic() - self._saved_at >= every_s:
-                    save_state(done, total_loss, global_step)
-            for callback in self.callbacks:
-                callback.on_step_end(self, global_step, step_loss)
-            if global_step % cfg.summary.log_every_steps == 0:
-                bar.set_postfix(loss=f"{total_loss / done:.3e}")
-                log.debug("step %d loss %.4e", global_step, loss.item())
-        bar.close()
-        # Every rank ran `done` steps; the mean of the ranks' losses is the global batch's.
-        total_loss, steps_done = distributed.sum_over_ranks([total_loss, done])
-        return (total_loss / steps_done if steps_done else float("nan")), global_step
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train ``config.model`` from its initialisation at ``optimizer.learning_rate``.
@@ -575,30 +260,13 @@ class Trainer:
         settings.
         """
         settings = self.config.finetune
-        if parent is not None:
-            settings.parent = os.fspath(parent)
-        if freeze is not None:
-            settings.freeze = freeze
-        if freeze_blocks is not None:
-            settings.freeze_blocks = freeze_blocks
-        if freeze_prefixes is not None:
-            settings.freeze_prefixes = list(freeze_prefixes)
-        if settings.parent is None:
-            raise ValueError("no parent checkpoint to fine-tune (set finetune.parent)")
+        update_finetune_settings(settings, parent, freeze, freeze_blocks, freeze_prefixes)
+        assert settings.parent is not None  # checked there
         self.config.validate()
         checkpoint = load_checkpoint(settings.parent)
         self.config.model = parent_model_section(self.config.model, checkpoint, settings.parent)
         self._use_model(checkpoint)
-        self.frozen_prefixes = [
-            *freeze_preset_prefixes(self.model_config, settings.freeze, settings.freeze_blocks),
-            *settings.freeze_prefixes,
-        ]
-        freeze_parameters(self.model, self.frozen_prefixes)
-        if count_parameters(self.model, trainable_only=True) == 0:
-            raise ValueError(
-                f"every parameter is frozen ({', '.join(self.frozen_prefixes)}): nothing to "
-                "fine-tune"
-            )
+        self.frozen_prefixes = freeze_for_finetuning(self.model, self.model_config, settings)
         self.parent_record = parent_record(checkpoint, settings.parent)
         return self._run(resume)
 
@@ -631,15 +299,18 @@ class Trainer:
             cfg.optimizer.learning_rate_scaling,
             self.world_size,
         )
-        optimizer = torch.optim.Adam(
-            trainable,
-            lr=self.learning_rate,
-            eps=cfg.optimizer.eps,
-            weight_decay=cfg.optimizer.weight_decay,
-            fused=True,  # one kernel per parameter group instead of several per tensor
-        )
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(
-            optimizer, gamma=cfg.optimizer.learning_rate_decay
+        optimizer, scheduler = make_optimizer(trainable, self.learning_rate, cfg.optimizer)
+        writer = RunWriter(
+            out,
+            cfg,
+            self.data,
+            self.model,
+            self.scaling,
+            self.world_size,
+            self.learning_rate,
+            parent,
+            self.frozen_prefixes,
+            self.frozen_parameters,
         )
         start_epoch, global_step = 1, 0
         skip_steps, skipped_loss_sum = 0, 0.0  # of a mid-epoch checkpoint
@@ -648,7 +319,14 @@ class Trainer:
         resumed: tuple[Checkpoint, TrainingState] | None = None
         with distributed.agreed():
             if resume:
-                resumed = self._resume_state(out / LAST)
+                resumed = load_resume_state(
+                    out / LAST,
+                    cfg,
+                    self.model_config,
+                    self.scaling,
+                    self.parent_record,
+                    self.ranks,
+                )
             elif (out / LAST).exists():
                 raise FileExistsError(
                     f"{out} already holds a training run; use --resume to continue it "
@@ -676,11 +354,7 @@ class Trainer:
                     best_rmse,
                     stopped_early=True,
                 )
-            self.model.load_state_dict(checkpoint.state_dict)
-            optimizer.load_state_dict(state.optimizer)
-            match_parameter_layouts(optimizer)
-            scheduler.load_state_dict(state.scheduler)
-            restore_rng_state(state.rng["tensors"], state.rng["extra"])
+            restore_training(checkpoint, state, self.model, optimizer, scheduler)
             start_epoch, global_step = state.epoch + 1, state.global_step
             skip_steps, skipped_loss_sum = state.epoch_steps, state.epoch_loss_sum
             best_loss, bad_epochs = state.best_valid_loss, state.bad_epochs
@@ -707,8 +381,7 @@ class Trainer:
                     parent_rmse,
                 )
         if self.is_main:
-            with atomic_path(out / "config.yaml") as tmp:
-                tmp.write_text(cfg.to_yaml())
+            writer.write_config()
         # Training steps go through DDP, which averages the ranks' gradients (its constructor
         # gives every rank rank 0's weights); validation uses the resolver itself.
         network: nn.Module = self.resolver
@@ -734,16 +407,21 @@ class Trainer:
             self.frozen_parameters,
             len(self.train_set),
             len(self.valid_set),
-            self._describe_batch(learning_rate_key),
+            describe_batch(
+                cfg.data.batch_size,
+                self.world_size,
+                self.learning_rate,
+                cfg.optimizer,
+                learning_rate_key,
+            ),
         )
         stopped_early, epoch = False, start_epoch - 1
-        self._saved_at = time.monotonic()
+        # When the next mid-epoch last.safetensors is due; counts from here.
+        self.timer = CheckpointTimer(cfg.train.checkpoint_every_s)
 
         def save_state(epoch_steps: int, loss_sum: float, step: int) -> None:
             """last.safetensors in the middle of epoch ``epoch`` (rank 0 writes it)."""
             if self.is_main:
-                metadata = self._metadata(epoch - 1, self._metrics)
-                metadata["epoch_steps"] = epoch_steps
                 state = TrainingState(
                     optimizer.state_dict(),
                     scheduler.state_dict(),
@@ -754,9 +432,9 @@ class Trainer:
                     epoch_steps=epoch_steps,
                     epoch_loss_sum=loss_sum,
                 )
-                save_checkpoint(out / LAST, self.model, self.scaling, metadata, state)
-                self._info("step %d: checkpoint %s", step, out / LAST)
-            self._saved_at = time.monotonic()
+                path = writer.save_mid_epoch(self._metrics, state)
+                self._info("step %d: checkpoint %s", step, path)
+            self.timer.reset()
 
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             if cfg.train.max_steps is not None and global_step >= cfg.train.max_steps:
@@ -764,14 +442,21 @@ class Trainer:
                 break
             started = time.perf_counter()
             learning_rate = optimizer.param_groups[0]["lr"]
-            train_loss, global_step = self._train_epoch(
+            train_loss, global_step = train_epoch(
                 epoch,
                 network,
                 optimizer,
                 global_step,
-                save_state,
-                skip_steps,
-                skipped_loss_sum,
+                train_set=self.train_set,
+                loss=self.loss,
+                config=cfg,
+                ranks=self.ranks,
+                timer=self.timer,
+                save_state=save_state,
+                on_step=self._on_step,
+                progress=self.progress,
+                skip_steps=skip_steps,
+                skipped_loss_sum=skipped_loss_sum,
             )
             skip_steps, skipped_loss_sum = 0, 0.0
             scheduler.step()
@@ -813,9 +498,9 @@ class Trainer:
             )
             save_last = epoch % cfg.summary.save_checkpoint_epochs == 0 or last_epoch
             if save_last:
-                self._saved_at = time.monotonic()
+                self.timer.reset()
             if self.is_main:
-                self._save_epoch(
+                writer.save_epoch(
                     record,
                     metrics,
                     save_last=save_last,
@@ -847,102 +532,3 @@ class Trainer:
                 stopped_early = True
                 break
         return TrainResult(out, epoch, global_step, best_loss, best_rmse, stopped_early)
-
-    def _save_epoch(
-        self,
-        record: EpochRecord,
-        metrics: dict[str, float],
-        save_last: bool,
-        state: TrainingState,
-    ) -> None:
-        """Rank 0's files after an epoch: the metrics row, best.safetensors if it is the best
-        epoch, last.safetensors if ``save_last``."""
-        out = self.output_dir
-        # The row first: a crash before last.safetensors lands makes --resume redo (and
-        # rewrite) it; a crash after, keeps it.
-        append_metrics_row(self.output_dir / METRICS, record)
-        metadata = self._metadata(record.epoch, metrics)
-        if record.is_best:
-            save_checkpoint(out / BEST, self.model, self.scaling, metadata)
-        if save_last:
-            save_checkpoint(out / LAST, self.model, self.scaling, metadata, state)
-
-    def _describe_batch(self, learning_rate_key: str) -> str:
-        """The batch and learning rate for the start of the log: per rank and global under
-        torchrun, with the learning rate's scaling."""
-        cfg = self.config
-        if not self.ranks.distributed:
-            return f"batch {cfg.data.batch_size}, learning rate {self.learning_rate:.2e}"
-        text = (
-            f"batch {cfg.data.batch_size} per rank x {self.world_size} ranks = global batch "
-            f"{cfg.data.batch_size * self.world_size}, learning rate {self.learning_rate:.2e}"
-        )
-        if cfg.optimizer.learning_rate_scaling != "none":
-            base = getattr(cfg.optimizer, learning_rate_key)
-            scaling = cfg.optimizer.learning_rate_scaling
-            text += f" (optimizer.{learning_rate_key} {base:.2e}, learning_rate_scaling {scaling})"
-        return text
-
-    def _resume_state(self, last: Path) -> tuple[Checkpoint, TrainingState]:
-        """The checkpoint and training state to resume from, once checked against this run:
-        the same starting point, model, settings and (where learning_rate_scaling ties the
-        learning rate to it) world size."""
-        cfg = self.config
-        if not last.exists():
-            raise FileNotFoundError(f"{last}: nothing to resume from")
-        checkpoint = load_checkpoint(last)
-        stored_parent = checkpoint.metadata.get("provenance", {}).get("parent")
-        self._check_same_parent(last, stored_parent)
-        if (checkpoint.model_config, checkpoint.scaling) != (self.model_config, self.scaling):
-            raise ValueError(f"{last}: model config differs from this run's config")
-        # A run recorded under the old key names (config.RENAMED_KEYS) resumes under the new ones.
-        recorded = upgrade_config_dict(checkpoint.metadata.get("training", {}))
-        changed = changed_settings(recorded, cfg.to_dict())
-        if changed:
-            raise ValueError(
-                f"{last}: cannot resume with different settings ({', '.join(changed)}); "
-                "only the epoch and step limits may change"
-            )
-        stored_world = int(checkpoint.metadata.get("distributed", {}).get("world_size", 1))
-        if stored_world != self.world_size:
-            if cfg.optimizer.learning_rate_scaling != "none":
-                raise ValueError(
-                    f"{last}: this run trained on {stored_world} rank(s); resume it on as many, "
-                    f"not {self.world_size} (optimizer.learning_rate_scaling="
-                    f"{cfg.optimizer.learning_rate_scaling} ties its learning rate to their number)"
-                )
-            if self.is_main:
-                batch = cfg.data.batch_size
-                log.warning(
-                    "%s: this run trained on %d rank(s) and resumes on %d: its global batch "
-                    "changes from %d to %d pairs (and the run from what an uninterrupted one "
-                    "would do)",
-                    last,
-                    stored_world,
-                    self.world_size,
-                    batch * stored_world,
-                    batch * self.world_size,
-                )
-        return checkpoint, load_training_state(last)
-
-    def _check_same_parent(self, last: Path, stored: dict[str, Any] | None) -> None:
-        """Refuse to resume a run from another starting point than the one it began from."""
-        stored_sha = stored.get("sha256") if stored else None
-        current = self.parent_record
-        current_sha = current["sha256"] if current else None
-        if stored_sha == current_sha:
-            return
-        if stored is None:
-            raise ValueError(
-                f"{last}: this run trained from scratch; it cannot be resumed as a fine-tuning "
-                "run (use demsr train --resume)"
-            )
-        if current is None:
-            raise ValueError(
-                f"{last}: this run fine-tunes {stored.get('path')}; resume it with "
-                "demsr finetune PARENT --resume"
-            )
-        raise ValueError(
-            f"{last}: this run fine-tunes a different parent ({stored.get('path')}, sha256 "
-            f"{str(stored_sha)[:12]}) than {current['path']} (sha256 {str(current_sha)[:12]})"
-        )

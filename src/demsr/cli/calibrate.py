@@ -62,7 +62,7 @@ def command(
     """
     import json
 
-    from demsr.degradation import calibrate
+    from demsr.calibration import calibrate
     from demsr.io import atomic_path, refuse_existing
 
     inputs = [path for pair in pairs for path in pair]

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from demsr.cli.options import overwrite_option
-from demsr.model import RESIZE_MODES, ElevationScaling
+from demsr.model import RESIZE_MODES
+from demsr.scaling import ElevationScaling
 
 
 @click.command("import-mindearth")

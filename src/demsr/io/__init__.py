@@ -29,13 +29,24 @@ The package, by job: :mod:`~demsr.io.raster` (the in-memory DEM, the reader inte
 :func:`open_raster`), :mod:`~demsr.io.gridded` (NetCDF/Zarr grids and their CF layout),
 :mod:`~demsr.io.units` (vertical units and datums), :mod:`~demsr.io.grids` (grids that must
 agree), :mod:`~demsr.io.safety` (atomic writes, temporaries, outputs never over inputs),
-:mod:`~demsr.io.geotiff` (GeoTIFF writing) and :mod:`~demsr.io.products` (the registry of output
+:mod:`~demsr.io.geotiff` (GeoTIFF writing) and :mod:`~demsr.io.formats` (the registry of output
 formats and :func:`finalise_output`). Every name is imported from here, ``demsr.io``; the
 private helpers :mod:`demsr.xr` shares with the NetCDF/Zarr reader are re-exported too.
 """
 
 from __future__ import annotations
 
+from demsr.io.formats import (
+    BLOCK_PX,
+    FORMATS,
+    INT16_NODATA,
+    OUTPUT_DTYPES,
+    PRODUCT_FORMATS,
+    AncillaryBand,
+    ProductFormat,
+    finalise_output,
+    output_format,
+)
 from demsr.io.geotiff import (
     fill_nodata,
     gtiff_profile,
@@ -57,17 +68,6 @@ from demsr.io.grids import (
     integer_scale,
     locate_grid,
     same_crs,
-)
-from demsr.io.products import (
-    BLOCK_PX,
-    FORMATS,
-    INT16_NODATA,
-    OUTPUT_DTYPES,
-    PRODUCT_FORMATS,
-    AncillaryBand,
-    ProductFormat,
-    finalise_output,
-    output_format,
 )
 from demsr.io.raster import (
     PLAUSIBLE_ELEVATION_M,

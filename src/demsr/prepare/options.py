@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from demsr.config_keys import check_known_keys
 from demsr.datasets import Normalisation
-from demsr.model import check_known_keys
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 SPLIT_BY: tuple[str, ...] = ("block", "file")

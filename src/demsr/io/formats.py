@@ -1,7 +1,8 @@
-"""Georeferenced products: the registry of output formats and :func:`finalise_output`'s writers.
+"""Output formats: the registry of the formats a prediction is written in and
+:func:`finalise_output`'s writers (Cloud-Optimized GeoTIFF, CF NetCDF, Zarr).
 
-Over 500 lines: the COG, NetCDF and Zarr writers share the block encoder and reader they are
-registered with here."""
+Kept whole: one job, turning a prediction's partial store into the product in each format; the
+COG, NetCDF and Zarr writers share the block encoder and reader they are registered with here."""
 
 from __future__ import annotations
 
