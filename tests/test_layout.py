@@ -42,6 +42,9 @@ TESTED_ELSEWHERE = {
     "distributed": "test_distributed_predict, test_distributed_train",
     "ranks": "test_distributed_predict, test_distributed_train",
     "stops": "test_faults (every stop point)",
+    # io and comparison
+    "io_geotiff": "test_io_formats (partials written and read back; COG profile, int16 nodata)",
+    "io_grids": "test_comparison, test_evaluate (grids that do not match: CRS, scale, offset)",
 }
 
 

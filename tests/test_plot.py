@@ -4,87 +4,28 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+import comparison_cases
 import matplotlib.image
 import numpy as np
 import pytest
-from affine import Affine
-from click.testing import CliRunner, Result
-from conftest import DEM_TEST, write_metrics_csv, write_untrained_checkpoint
+from comparison_cases import SCALE, Case, assert_one_line_error, make_case, run
+from conftest import DEM_TEST, write_metrics_csv
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from demsr import plot
-from demsr.cli import main
 from demsr.cli import plot as plot_cli
 from demsr.comparison import MAX_READ_CELLS, read_comparison
-from demsr.io import read_raster, write_geotiff
-from demsr.prepare import degrade
 from demsr.train import METRIC_FIELDS
 
-JACKSBORO = DEM_TEST / "mpl_jacksboro_3s.tif"  # 3" geographic, 344 x 403
 LIDAR = DEM_TEST / "lidar_pkg_1m.tif"  # 1 m UTM 15N, 400 x 400
-SCALE = 5
 
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(main, ["-q", *(str(a) for a in args)])
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("demsr: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-@dataclass
-class Case:
-    """Rasters as demsr degrade and demsr predict leave them, and the arrays behind them."""
-
-    lowres_tif: Path
-    truth_tif: Path  # the full raster: larger than the prediction (cropped to whole blocks)
-    prediction_tif: Path
-    lowres: np.ndarray
-    truth: np.ndarray  # cropped to the prediction's grid
-    prediction: np.ndarray
-    transform: Affine  # of the high-res grid
-    crs: object
-
-
-def make_case(source: Path, folder: Path, noise_m: float, hole: bool) -> Case:
-    raster = read_raster(source)
-    rows, cols = (raster.shape[0] // SCALE) * SCALE, (raster.shape[1] // SCALE) * SCALE
-    truth = raster.data[:rows, :cols]
-    lowres = degrade(truth, SCALE)
-    rng = np.random.default_rng(0)
-    prediction = truth + rng.normal(0.0, noise_m, truth.shape).astype(np.float32)
-    if hole:  # nodata in the prediction, e.g. where the input had none
-        prediction[10:30, 20:60] = np.nan
-    folder.mkdir(parents=True, exist_ok=True)
-    lowres_tif, prediction_tif = folder / "lowres.tif", folder / "prediction.tif"
-    write_geotiff(lowres_tif, lowres, raster.transform @ Affine.scale(SCALE), raster.crs)
-    write_geotiff(prediction_tif, prediction, raster.transform, raster.crs)
-    return Case(
-        lowres_tif,
-        source,
-        prediction_tif,
-        lowres,
-        truth,
-        prediction,
-        raster.transform,
-        raster.crs,
-    )
-
-
-@pytest.fixture(scope="module")
-def geographic(tmp_path_factory: pytest.TempPathFactory) -> Case:
-    return make_case(JACKSBORO, tmp_path_factory.mktemp("geographic"), noise_m=4.0, hole=True)
+# the rasters shared with the comparison tests (comparison_cases)
+geographic = comparison_cases.geographic
 
 
 @pytest.fixture(scope="module")
@@ -273,95 +214,6 @@ def test_large_grids_are_averaged_for_display_not_for_the_rmse(geographic: Case)
     assert truth_shown.images[0].get_array().shape[:2] == (114, 134)  # 3 x 3 means
 
 
-def test_compare_bounds_plot_an_area(geographic: Case, tmp_path: Path) -> None:
-    # an area in degrees, widened to whole 15" cells
-    left, top = geographic.transform.c, geographic.transform.f
-    cell = geographic.transform.a * SCALE
-    bounds = (left + 10.5 * cell, top - 30.2 * cell, left + 40.1 * cell, top - 20 * cell)
-    comparison = read_comparison(
-        geographic.lowres_tif, geographic.truth_tif, geographic.prediction_tif, bounds=bounds
-    )
-    assert comparison.lowres.shape == (11, 31)
-    np.testing.assert_array_equal(comparison.lowres, geographic.lowres[20:31, 10:41])
-    np.testing.assert_array_equal(comparison.truth, geographic.truth[100:155, 50:205])
-    assert comparison.transform == geographic.transform @ Affine.translation(50, 100)
-
-    output = tmp_path / "area.png"
-    result = run(
-        "plot", "compare",
-        "--lowres", geographic.lowres_tif,
-        "--truth", geographic.truth_tif,
-        "--prediction", geographic.prediction_tif,
-        "--bounds", *bounds,
-        "-o", output,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert output.is_file()
-
-    result = run(
-        "plot", "compare",
-        "--lowres", geographic.lowres_tif,
-        "--truth", geographic.truth_tif,
-        "--prediction", geographic.prediction_tif,
-        "--bounds", 0, 0, 1, 1,
-        "-o", tmp_path / "nowhere.png",
-    )  # fmt: skip
-    assert_one_line_error(result, "do not overlap")
-    assert not (tmp_path / "nowhere.png").exists()
-
-
-def write_variant(case: Case, path: Path, which: str) -> None:
-    """A raster that does not fit the case's grids."""
-    if which == "prediction_short":  # one column of low-res cells missing
-        write_geotiff(path, case.prediction[:, :-SCALE], case.transform, case.crs)
-    elif which == "prediction_shifted":  # half a cell off
-        shifted = case.transform @ Affine.translation(0.5, 0)
-        write_geotiff(path, case.prediction, shifted, case.crs)
-    elif which == "prediction_other_crs":
-        write_geotiff(path, case.prediction, case.transform, "EPSG:32616")
-    elif which == "lowres_not_integer":  # cells 2.5 times the prediction's
-        lowres = np.zeros((136, 160), np.float32)
-        write_geotiff(path, lowres, case.transform @ Affine.scale(2.5), case.crs)
-    elif which == "truth_smaller":
-        write_geotiff(path, case.truth[:-10], case.transform, case.crs)
-    else:  # truth on cells of another size
-        write_geotiff(path, case.truth[::2, ::2], case.transform @ Affine.scale(2), case.crs)
-
-
-@pytest.mark.parametrize(
-    ("which", "role", "message"),
-    [
-        ("prediction_short", "prediction", "not the 340 x 400"),
-        ("prediction_shifted", "prediction", "offset"),
-        ("prediction_other_crs", "prediction", "CRS"),
-        ("lowres_not_integer", "lowres", "not one integer scale"),
-        ("truth_smaller", "truth", "does not cover"),
-        ("truth_coarser", "truth", "differ from"),
-    ],
-)
-def test_compare_refuses_grids_that_do_not_match(
-    geographic: Case, tmp_path: Path, which: str, role: str, message: str
-) -> None:
-    paths = {
-        "lowres": geographic.lowres_tif,
-        "truth": geographic.truth_tif,
-        "prediction": geographic.prediction_tif,
-    }
-    paths[role] = tmp_path / f"{which}.tif"
-    write_variant(geographic, paths[role], which)
-    output = tmp_path / "out.png"
-    result = run(
-        "plot", "compare",
-        "--lowres", paths["lowres"],
-        "--truth", paths["truth"],
-        "--prediction", paths["prediction"],
-        "-o", output,
-    )  # fmt: skip
-    assert_one_line_error(result, message)
-    assert not output.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [f"{which}.tif"]
-
-
 def test_compare_refuses_an_existing_output_unless_overwrite(
     geographic: Case, tmp_path: Path
 ) -> None:
@@ -380,29 +232,6 @@ def test_compare_refuses_an_existing_output_unless_overwrite(
     result = run(*args, "--overwrite")
     assert result.exit_code == 0, result.output
     assert matplotlib.image.imread(output).shape[2] in (3, 4)
-
-
-def test_compare_baseline_options(geographic: Case, tmp_path: Path) -> None:
-    common = [
-        "plot", "compare",
-        "--lowres", geographic.lowres_tif,
-        "--truth", geographic.truth_tif,
-        "--prediction", geographic.prediction_tif,
-        "--dpi", 30,
-    ]  # fmt: skip
-    # a baseline raster on disk: the prediction again, under another name
-    output = tmp_path / "baseline.svg"
-    result = run(*common, "--baseline", f"copy={geographic.prediction_tif}", "-o", output)
-    assert result.exit_code == 0, result.output
-    assert output.read_text().lstrip().startswith("<?xml")
-
-    result = run(*common, "--baseline", "magic", "-o", tmp_path / "a.png")
-    assert_one_line_error(result, "unknown baseline 'magic'", "bicubic")
-    result = run(*common, "--baseline", "=x.tif", "-o", tmp_path / "b.png")
-    assert result.exit_code == 2 and "NAME=PATH" in result.stderr
-    result = run(*common, "--baseline", f"copy={geographic.lowres_tif}", "-o", tmp_path / "c.png")
-    assert_one_line_error(result, "not the 340 x 400")
-    assert [p.name for p in tmp_path.iterdir()] == ["baseline.svg"]
 
 
 def test_plot_comparison_rejects_arrays_of_different_grids() -> None:
@@ -509,44 +338,3 @@ def test_cli_defaults_are_the_library_defaults() -> None:
     assert f"{MAX_READ_CELLS // 1_000_000} million" in " ".join(
         str(p.help) for p in plot_cli.compare_command.params
     )
-
-
-def test_compare_runs_a_checkpoint_on_the_degraded_truth(tmp_path: Path) -> None:
-    from demsr.scaling import ElevationScaling
-
-    checkpoint = write_untrained_checkpoint(tmp_path / "m.safetensors", scaling=ElevationScaling())
-    truth = DEM_TEST / "mpl_jacksboro_3s.tif"
-    output = tmp_path / "fig.png"
-    result = run(
-        "plot",
-        "compare",
-        "--checkpoint",
-        checkpoint,
-        "--truth",
-        truth,
-        "--baseline",
-        "bicubic",
-        "--device",
-        "cpu",
-        "--dpi",
-        50,
-        "-o",
-        output,
-    )
-    assert result.exit_code == 0, result.output
-    picture = matplotlib.image.imread(output)
-    assert picture.shape[0] > picture.shape[1] and picture.std() > 0.05  # 3 rows of 2 panels
-    both = run(
-        "plot",
-        "compare",
-        "--checkpoint",
-        checkpoint,
-        "--prediction",
-        truth,
-        "--truth",
-        truth,
-        "-o",
-        tmp_path / "x.png",
-    )
-    assert both.exit_code != 0 and "not both" in both.output
-    assert not (tmp_path / "x.png").exists()
