@@ -67,10 +67,15 @@ class Checkpoint:
         return self.model_config.scale
 
     def build_model(self, device: str | torch.device = "cpu") -> DEMSRNet:
-        """The network with these weights, in eval mode, on ``device``."""
-        model = DEMSRNet(self.model_config)
+        """The network with these weights, in eval mode, on ``device``.
+
+        Built without random initial weights (on the meta device), then given a copy of these:
+        every parameter must come from the checkpoint, or it is refused."""
+        with torch.device("meta"):
+            model = DEMSRNet(self.model_config)
+        weights = {name: tensor.clone() for name, tensor in self.state_dict.items()}
         try:
-            missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+            missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
         except RuntimeError as exc:  # shape mismatches
             detail = str(exc).strip().splitlines()[-1].strip()
             raise CheckpointError(
