@@ -20,8 +20,7 @@ from matplotlib.figure import Figure
 
 from demsr import plot
 from demsr.cli import main
-from demsr.cli import plot as plot_cli
-from demsr.comparison import MAX_READ_CELLS, read_comparison
+from demsr.comparison import read_comparison
 from demsr.io import read_raster, write_geotiff
 from demsr.prepare import degrade
 from demsr.train import METRIC_FIELDS
@@ -501,14 +500,6 @@ def test_save_figure_formats_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plot.save_figure(figure, tmp_path / "missing" / "f.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "plain.png"]
-
-
-def test_cli_defaults_are_the_library_defaults() -> None:
-    assert plot_cli.DEFAULT_DPI == plot.DEFAULT_DPI
-    assert plot_cli.VERTICAL_EXAGGERATION == plot.VERTICAL_EXAGGERATION
-    assert f"{MAX_READ_CELLS // 1_000_000} million" in " ".join(
-        str(p.help) for p in plot_cli.compare_command.params
-    )
 
 
 def test_compare_runs_a_checkpoint_on_the_degraded_truth(tmp_path: Path) -> None:
