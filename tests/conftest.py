@@ -99,6 +99,18 @@ def tiny_overrides(pairs: Path, output_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session")
+def parent(tiny_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained 2-block, 8-channel model: the fine-tuning tests' parent (their 'land model')."""
+    from demsr.config import load_config
+    from demsr.train import BEST, Trainer
+
+    run = tmp_path_factory.mktemp("parent")
+    config = load_config(None, tiny_overrides(tiny_pairs, run, "train.epochs=2"))
+    Trainer(config, progress=False).fit()
+    return run / BEST
+
+
 def set_options(overrides: Iterable[str]) -> list[str]:
     """``section.key=value`` overrides as command-line arguments: ``--set`` before each."""
     return [arg for override in overrides for arg in ("--set", override)]

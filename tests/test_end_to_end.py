@@ -2,13 +2,20 @@
 beats where it started (bicubic + back-projection, configs/lite.yaml's silent initial network).
 
 Slow (a few minutes on 2 CPU cores): run with ``pytest -m slow`` (``make test`` does).
+
+The commands chained on a small raster (prepare, train, evaluate, degrade, predict) run in the
+fast suite.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import rasterio
+from cli_helpers import run
+from conftest import set_options, tiny_overrides
 
 from demsr.checkpoint import save_checkpoint
 from demsr.config import load_config
@@ -58,3 +65,56 @@ def test_lite_beats_bicubic_on_held_out_blocks(dem_train_dir: Path, tmp_path: Pa
         f"({result.pairs} pairs)"
     )
     assert model < initial < bicubic
+
+
+def test_prepare_train_evaluate_predict(dem_test_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs"
+    code, out = run(
+        "prepare",
+        dem_test_dir / "mpl_jacksboro_3s.tif",
+        "-o",
+        pairs,
+        "--patch-px",
+        "8",
+        "--stride-px",
+        "20",
+        "--split-block-px",
+        "80",
+        "--no-progress",
+    )
+    assert code == 0, out
+    assert all((pairs / s / f"{s}.h5").is_file() for s in ("train", "valid", "test"))
+
+    run_dir = tmp_path / "run"
+    sets = set_options(tiny_overrides(pairs, run_dir, "train.epochs=2"))
+    code, out = run("train", *sets, "--no-progress")
+    assert code == 0, out
+    assert "best validation RMSE" in out
+
+    metrics_json = tmp_path / "metrics.json"
+    code, out = run(
+        "evaluate",
+        run_dir / "best.safetensors",
+        pairs / "test" / "test.h5",
+        "--json",
+        metrics_json,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert code == 0, out
+    assert "bicubic" in out and "model" in out
+    metrics = json.loads(metrics_json.read_text())
+    assert metrics["units"] == "m" and metrics["methods"]["bicubic"]["rmse"] > 0
+
+    coarse = tmp_path / "coarse.tif"
+    code, out = run("degrade", dem_test_dir / "mpl_jacksboro_3s.tif", coarse, "--scale", "5")
+    assert code == 0, out
+    fine = tmp_path / "fine.tif"
+    code, out = run("predict", run_dir / "best.safetensors", coarse, fine, "--device", "cpu")
+    assert code == 0, out
+    with rasterio.open(coarse) as low, rasterio.open(fine) as high:
+        assert (high.width, high.height) == (low.width * 5, low.height * 5)
+        assert high.bounds == low.bounds
+        # the input's CRS, with the output's EGM96 heights (EPSG:5773)
+        assert high.crs == rasterio.crs.CRS.from_user_input(f"EPSG:{low.crs.to_epsg()}+5773")

@@ -33,7 +33,6 @@ BEHAVIOUR = {
     "test_outputs": "every product as GIS software and xarray read it",
     "test_fast": "the fast inference paths give the reference network's values",
     "test_vertical_units": "DEMs in feet, from reading to the product",
-    "test_finetune": "fine-tuning a trained model on new pairs, end to end",
     "test_layout": "this file",
 }
 
@@ -45,6 +44,18 @@ TESTED_ELSEWHERE = {
     # io and comparison
     "io_geotiff": "test_io_formats (partials written and read back; COG profile, int16 nodata)",
     "io_grids": "test_comparison, test_evaluate (grids that do not match: CRS, scale, offset)",
+    # cli, training and planning
+    "cli_demo": "test_demo (`demsr demo`: files written, another DEM, failures leave nothing)",
+    "cli_train": "test_end_to_end (`demsr train` in the chain), test_cli_errors (a bad --set), "
+    "test_faults (train killed and resumed), test_distributed_train (under torchrun)",
+    "plan_figures": "test_plan_timing (no speed figure invented for hardware without one), "
+    "test_plan_memory (the tile chosen by the calibrated memory estimate)",
+    "prepare_report": "test_prepare_plan, test_prepare_write (pairs and blocks counted per "
+    "split, skipped files and patches)",
+    "run_folder": "test_train (metrics.csv rows, refused setting changes), test_plot (training "
+    "curves read from metrics.csv, bad CSVs refused)",
+    "run_state": "test_train (exact resume, timed checkpoints), test_faults (resume after a kill)",
+    "training_data": "test_train (training on raster windows, bad raster settings refused)",
 }
 
 

@@ -18,8 +18,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from demsr import plot
-from demsr.cli import plot as plot_cli
-from demsr.comparison import MAX_READ_CELLS, read_comparison
+from demsr.comparison import read_comparison
 from demsr.train import METRIC_FIELDS
 
 LIDAR = DEM_TEST / "lidar_pkg_1m.tif"  # 1 m UTM 15N, 400 x 400
@@ -330,11 +329,3 @@ def test_save_figure_formats_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plot.save_figure(figure, tmp_path / "missing" / "f.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "plain.png"]
-
-
-def test_cli_defaults_are_the_library_defaults() -> None:
-    assert plot_cli.DEFAULT_DPI == plot.DEFAULT_DPI
-    assert plot_cli.VERTICAL_EXAGGERATION == plot.VERTICAL_EXAGGERATION
-    assert f"{MAX_READ_CELLS // 1_000_000} million" in " ".join(
-        str(p.help) for p in plot_cli.compare_command.params
-    )

@@ -1,5 +1,6 @@
-"""Fine-tuning: a trained checkpoint continues on new pairs with frozen layers, records its parent,
-and resumes exactly (from the same parent only)."""
+"""Fine-tuning (demsr.finetuning, through Trainer.finetune): a trained checkpoint continues on
+new pairs with frozen layers, records its parent, and resumes exactly (from the same parent
+only)."""
 
 from __future__ import annotations
 
@@ -10,28 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import TINY_MODEL, read_metrics_rows, set_options, tiny_overrides
+from conftest import read_metrics_rows, tiny_overrides
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from demsr.checkpoint import load_checkpoint, save_checkpoint
-from demsr.cli import main
 from demsr.config import load_config
 from demsr.model import DEMSRNet, ModelConfig, freeze_preset_prefixes
 from demsr.train import BEST, LAST, Trainer, TrainResult, freeze_parameters
 
 # Fine-tuning runs in these tests use a learning rate at which 8 steps visibly move the weights.
 FAST = "optimizer.finetune_learning_rate=0.002"
-
-
-@pytest.fixture(scope="module")
-def parent(tiny_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained 2-block, 8-channel model (the 'land model' of these tests)."""
-    run = tmp_path_factory.mktemp("parent")
-    config = load_config(None, tiny_overrides(tiny_pairs, run, "train.epochs=2"))
-    Trainer(config, progress=False).fit()
-    return run / BEST
 
 
 def _finetune(
@@ -225,41 +215,3 @@ def test_a_run_saved_before_the_finetune_section_still_resumes(
     config = load_config(None, tiny_overrides(tiny_pairs, run, "train.epochs=2"))
     result = Trainer(config, progress=False).fit(resume=True)
     assert result.epochs_run == 2
-
-
-def test_finetune_command(tiny_pairs: Path, parent: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    sets = set_options(tiny_overrides(tiny_pairs, run, "train.epochs=1"))
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "finetune-ocean.yaml"
-    args = ["finetune", str(parent), "--config", str(recipe), *sets, "--no-progress"]
-    result = CliRunner().invoke(
-        main, [*args, "--freeze", "none", "--freeze-prefix", "conv2", "--learning-rate", "3e-4"]
-    )
-    assert result.exit_code == 0, result.output
-    assert "best validation RMSE" in result.output
-    child = load_checkpoint(run / BEST)
-    assert child.metadata["frozen"]["prefixes"] == ["conv2"]
-    assert child.metadata["provenance"]["parent"]["path"] == str(parent.resolve())
-    assert float(read_metrics_rows(run)[0]["learning_rate"]) == pytest.approx(3e-4)
-    assert torch.equal(
-        child.state_dict["conv2.weight"], load_checkpoint(parent).state_dict["conv2.weight"]
-    )
-
-    result = CliRunner().invoke(main, [*args, "--resume", "--freeze-blocks", "0"])
-    assert result.exit_code == 1
-    assert "finetune.freeze" in result.output  # other freeze settings than the run's
-    result = CliRunner().invoke(
-        main,
-        [
-            *args[:2],
-            "--data",
-            str(tiny_pairs),
-            "--output-dir",
-            str(tmp_path / "x"),
-            *set_options(TINY_MODEL),
-            "--freeze-prefix",
-            "body.7",
-        ],
-    )
-    assert result.exit_code == 1
-    assert result.output.startswith("demsr: error: freeze prefix 'body.7' matches no parameter")
