@@ -12,11 +12,10 @@ from rasterio.windows import Window
 def test_the_partial_store_reads_back_block_by_block_decoding_each_chunk_once(
     tmp_path: Path,
 ) -> None:
+    from demsr.grid import Grid
     from demsr.tilestore import OutputGrid, TileStore
 
-    grid = OutputGrid(
-        shape=(30, 25), transform=Affine.identity(), crs=None, nodata=None, chunk_px=7, tags={}
-    )
+    grid = OutputGrid(Grid((30, 25), Affine.identity()), nodata=None, chunk_px=7, tags={})
     store = TileStore.create(tmp_path / "out.partial.zarr", {}, grid)
     values = np.random.default_rng(0).normal(size=grid.shape).astype(np.float32)
     expected = np.full(grid.shape, np.nan, np.float32)

@@ -253,11 +253,8 @@ def _predict_raster(
             )
         provenance = product_tags(checkpoint, source, settings, network, sha256, tile_px, units)
         lowres_grid = Grid.of(source)
-        output_grid = lowres_grid.refine(scale)
         grid = OutputGrid(
-            shape=output_grid.shape,
-            transform=output_grid.transform,
-            crs=source.crs,
+            grid=lowres_grid.refine(scale),
             nodata=None if source.nodata is None else float(np.float32(source.nodata)),
             chunk_px=tile_px * scale,
             tags=provenance,

@@ -44,6 +44,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from demsr.grid import Grid
 from demsr.io import RasterLayout, RasterReader, atomic_directory, fsync_files
 
 try:
@@ -65,16 +66,27 @@ _DONE_LINE = re.compile(r"^(\d+) ([de])$")
 
 @dataclass(frozen=True)
 class OutputGrid:
-    """The output's grid: shape (rows, cols), north-up transform, CRS, nodata (None: NaN),
-    chunk edge in output cells and the tags (provenance) the product carries."""
+    """The output's grid (:class:`demsr.grid.Grid`: shape, north-up transform, CRS), nodata
+    (None: NaN), chunk edge in output cells and the tags (provenance) the product carries."""
 
-    shape: tuple[int, int]
-    transform: Affine
-    crs: CRS | None
+    grid: Grid
     nodata: float | None
     chunk_px: int
     tags: dict[str, str]
     bands: tuple[str, ...] = (ARRAY,)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.grid.shape
+
+    @property
+    def transform(self) -> Affine:
+        return self.grid.transform
+
+    @property
+    def crs(self) -> CRS | None:
+        crs: CRS | None = self.grid.crs
+        return crs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,10 +102,9 @@ class OutputGrid:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> OutputGrid:
         rows, cols = values["shape"]
+        crs = None if values["crs"] is None else CRS.from_wkt(values["crs"])
         return cls(
-            shape=(int(rows), int(cols)),
-            transform=Affine(*values["transform"]),
-            crs=None if values["crs"] is None else CRS.from_wkt(values["crs"]),
+            grid=Grid((int(rows), int(cols)), Affine(*values["transform"]), crs),
             nodata=None if values["nodata"] is None else float(values["nodata"]),
             chunk_px=int(values["chunk_px"]),
             tags={str(k): str(v) for k, v in values["tags"].items()},
