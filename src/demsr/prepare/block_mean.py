@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from affine import Affine
 
+from demsr.grid import Grid
 from demsr.io import read_raster, refuse_existing, write_geotiff
 from demsr.prepare.options import _is_int
 
@@ -72,8 +72,9 @@ def degrade_raster(
     refuse_existing(output, overwrite=overwrite, inputs=[input_path])
     raster = read_raster(input_path, band=band)
     lowres = degrade(crop_to_blocks(raster.data, scale, raster.path), scale)
-    transform = raster.transform @ Affine.scale(scale)
-    write_geotiff(output, lowres, transform, raster.crs, raster.nodata)
+    grid = Grid.of(raster).coarsen(scale)  # whole blocks only, as crop_to_blocks keeps
+    assert grid.shape == lowres.shape
+    write_geotiff(output, lowres, grid.transform, raster.crs, raster.nodata)
     _log.info(
         "wrote %s (%d x %d cells, x%d coarser)", output, lowres.shape[1], lowres.shape[0], scale
     )
