@@ -437,22 +437,35 @@ def _write_zarr(
     x_attrs, y_attrs = _coordinate_attrs(plan, crs)
     zarr_v3 = int(zarr.__version__.split(".")[0]) >= 3
 
-    def create(group: Any, name: str, shape: tuple[int, ...], dtype: str, fill: Any) -> Any:
+    def create(
+        group: Any,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        fill: Any,
+        attrs: Mapping[str, Any],
+        data: np.ndarray | None = None,
+    ) -> Any:
+        """An array with its attributes (and ``data``, when given) in as few writes as the
+        zarr version allows: zarr 3 takes both at creation."""
         chunks = tuple(min(BLOCK_PX, n) for n in shape) if len(shape) == 2 else shape
         if zarr_v3:
-            return group.create_array(
+            array = group.create_array(
+                name,
+                shape=shape,
+                dtype=dtype,
+                chunks=chunks,
+                fill_value=fill,
+                attributes=dict(attrs),
+            )
+        else:
+            array = group.create_dataset(  # zarr 2
                 name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill
             )
-        return group.create_dataset(  # zarr 2
-            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill
-        )
-
-    def set_attrs(node: Any, attrs: Mapping[str, Any]) -> None:
-        """Add ``attrs`` in one metadata write (zarr 3 writes one per key in attrs.update)."""
-        if zarr_v3:
-            node.update_attributes(dict(attrs))
-        else:
-            node.attrs.update(attrs)
+            array.attrs.update(attrs)
+        if data is not None:
+            array[...] = data
+        return array
 
     with atomic_directory(output) as tmp:
         if zarr_v3:
@@ -463,44 +476,31 @@ def _write_zarr(
             (plan.y_name, plan.y_values, y_attrs),
             (plan.x_name, plan.x_values, x_attrs),
         ):
-            array = create(root, name, (values.size,), "float64", None)
-            array[:] = values
-            set_attrs(array, {**attrs, "_ARRAY_DIMENSIONS": [name]})
+            attrs = {**attrs, "_ARRAY_DIMENSIONS": [name]}
+            create(root, name, (values.size,), "float64", None, attrs, values)
         full_crs = output_crs(crs, metadata.get("vertical_datum"))
+        # GDAL's Zarr driver reads a CRS from this attribute (before 3.9, its only way); xarray
+        # shows it as an attribute, which to_netcdf refuses: drop it on reading
+        # (docs/opening-outputs.md).
+        gdal_crs = {} if full_crs is None else {ZARR_CRS_ATTRIBUTE: {"wkt": _crs_wkt(full_crs)}}
         if full_crs is not None:
-            crs_array = create(root, "crs", (), "int32", None)
-            crs_array[...] = 0
-            set_attrs(crs_array, {**_grid_mapping_attrs(full_crs), "_ARRAY_DIMENSIONS": []})
+            attrs = {**_grid_mapping_attrs(full_crs), "_ARRAY_DIMENSIONS": []}
+            create(root, "crs", (), "int32", None, attrs, np.int32(0))
         shape = (plan.y_values.size, plan.x_values.size)
+        dims = [plan.y_name, plan.x_name]
         fill = float(encode.fill) if encode.dtype == "float32" else int(encode.fill)
-        elevation = create(root, "elevation", shape, encode.dtype, fill)
-        set_attrs(
-            elevation,
-            {
-                **_elevation_attrs(metadata, crs is not None),
-                "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
-            },
-        )
-        if full_crs is not None:
-            # GDAL's Zarr driver reads a CRS from this attribute (before 3.9, its only way);
-            # xarray shows it as an attribute, which to_netcdf refuses: drop it on reading
-            # (docs/opening-outputs.md).
-            set_attrs(elevation, {ZARR_CRS_ATTRIBUTE: {"wkt": _crs_wkt(full_crs)}})
+        attrs = {**_elevation_attrs(metadata, crs is not None), "_ARRAY_DIMENSIONS": dims}
+        attrs.update(gdal_crs)
+        if ancillary is not None:
+            attrs["ancillary_variables"] = ancillary.name
+        elevation = create(root, "elevation", shape, encode.dtype, fill, attrs)
         _write_blocks(
             src, plan, encode, elevation.__setitem__, progress, output.name, "zarr-blocks"
         )
         if ancillary is not None:
-            set_attrs(elevation, {"ancillary_variables": ancillary.name})
-            band = create(root, ancillary.name, shape, "float32", float(encode.fill))
-            set_attrs(
-                band,
-                {
-                    **_ancillary_attrs(ancillary, crs is not None),
-                    "_ARRAY_DIMENSIONS": [plan.y_name, plan.x_name],
-                },
-            )
-            if full_crs is not None:  # as the elevation's, for GDAL
-                set_attrs(band, {ZARR_CRS_ATTRIBUTE: {"wkt": _crs_wkt(full_crs)}})
+            attrs = {**_ancillary_attrs(ancillary, crs is not None), "_ARRAY_DIMENSIONS": dims}
+            attrs.update(gdal_crs)  # as the elevation's, for GDAL
+            band = create(root, ancillary.name, shape, "float32", float(encode.fill), attrs)
             _write_blocks(
                 ancillary.reader,
                 plan,
@@ -510,7 +510,10 @@ def _write_zarr(
                 output.name,
                 "zarr-band-2",
             )
-        set_attrs(root, _global_attrs(metadata, Path(src.path)))
+        if zarr_v3:  # one metadata write (zarr 3 writes one per key in attrs.update)
+            root.update_attributes(_global_attrs(metadata, Path(src.path)))
+        else:
+            root.attrs.update(_global_attrs(metadata, Path(src.path)))
         zarr.consolidate_metadata(str(tmp))
 
 
