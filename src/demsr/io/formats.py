@@ -449,6 +449,14 @@ def _write_zarr(
         """An array with its attributes (and ``data``, when given) in as few writes as the
         zarr version allows: zarr 3 takes both at creation."""
         chunks = tuple(min(BLOCK_PX, n) for n in shape) if len(shape) == 2 else shape
+        if zarr_v3 and data is not None:
+            return group.create_array(
+                name,
+                data=np.asarray(data, dtype=dtype),
+                chunks=chunks,
+                fill_value=fill,
+                attributes=dict(attrs),
+            )
         if zarr_v3:
             array = group.create_array(
                 name,
