@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 from pathlib import Path
@@ -173,3 +174,19 @@ def test_a_loaded_checkpoint_hashes_its_file_once(
     assert checkpoint_sha256(checkpoint) == checkpoint_sha256(checkpoint) == expected
     assert len(reads) == 1
     assert checkpoint_sha256(load_checkpoint(path)) == expected and len(reads) == 2
+
+
+def test_weights_stored_in_another_dtype_load_as_float32(tmp_path: Path) -> None:
+    path = write_untrained_checkpoint(tmp_path / "model.safetensors")
+    checkpoint = load_checkpoint(path)
+    reference = checkpoint.build_model()
+    halved = dataclasses.replace(
+        checkpoint, state_dict={k: v.half() for k, v in checkpoint.state_dict.items()}
+    )
+    model = halved.build_model()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(p.requires_grad for p in model.parameters())
+    x = torch.rand(1, 1, 12, 12)
+    with torch.no_grad():
+        assert model(x).dtype == torch.float32
+        assert torch.allclose(model(x), reference(x), atol=1e-2)

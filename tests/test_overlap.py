@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 
@@ -48,7 +49,29 @@ def test_closing_read_ahead_early_stops_its_thread() -> None:
     items = read_ahead(range(100), lambda item: prepared.append(item) or item)
     assert next(items) == 0
     items.close()
-    assert max(prepared) <= 2
+    assert max(prepared) <= 1  # the one in hand at most; the rest never started
+    assert not any(t.name.startswith("demsr-read") for t in threading.enumerate())
+
+
+def test_a_ctrl_c_while_read_ahead_stops_is_raised_once_the_read_in_hand_has_ended() -> None:
+    """The caller's source must not close under a running read, and the Ctrl-C is not lost."""
+    started, ended = threading.Event(), []
+
+    def prepare(item: int) -> int:
+        if item == 1:
+            started.set()
+            time.sleep(0.05)
+            _thread.interrupt_main()  # Ctrl-C while the caller waits for this read
+            time.sleep(0.2)
+            ended.append(item)
+        return item
+
+    items = read_ahead(range(5), prepare)
+    assert next(items) == 0
+    assert started.wait(5)
+    with pytest.raises(KeyboardInterrupt):
+        items.close()
+    assert ended == [1]
     assert not any(t.name.startswith("demsr-read") for t in threading.enumerate())
 
 

@@ -60,7 +60,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str = ""
-    _file_sha256: str | None = field(default=None, repr=False, compare=False)
+    _file_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def scale(self) -> int:
@@ -69,11 +69,16 @@ class Checkpoint:
     def build_model(self, device: str | torch.device = "cpu") -> DEMSRNet:
         """The network with these weights, in eval mode, on ``device``.
 
-        Built without random initial weights (on the meta device), then given a copy of these:
+        Built without random initial weights (on the meta device), then given a copy of these
+        in each parameter's own dtype (float32), as loading into an initialised model would:
         every parameter must come from the checkpoint, or it is refused."""
         with torch.device("meta"):
             model = DEMSRNet(self.model_config)
-        weights = {name: tensor.clone() for name, tensor in self.state_dict.items()}
+        dtypes = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+        weights = {
+            name: tensor.to(dtypes.get(name, tensor.dtype), copy=True)
+            for name, tensor in self.state_dict.items()
+        }
         try:
             missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
         except RuntimeError as exc:  # shape mismatches

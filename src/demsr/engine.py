@@ -21,9 +21,10 @@ prepared networks, for its next raster (:func:`kept_checkpoint`, :func:`kept_net
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,7 +239,7 @@ def predict_batches(
     read_lowres: Callable[[Window], np.ndarray],
     grid: Grid,
     wrap_cols: int | None,
-) -> Iterator[list[tuple[Tile, np.ndarray | None]]]:
+) -> Generator[list[tuple[Tile, np.ndarray | None]], None, None]:
     """Predict batches of tiles of ``grid`` (of one read shape each, see ``batch_tiles``),
     yielding for each batch its (tile, core output) pairs; None marks a tile without valid
     cells, which never reaches the network. ``read_lowres`` reads windows inside the grid
@@ -252,14 +253,16 @@ def predict_batches(
     def prepare(batch: list[Tile]) -> tuple[list[Tile], list[_TileInput | None]]:
         return batch, [_prepare_tile(tile, read_lowres, fill_px, grid, wrap_cols) for tile in batch]
 
-    for batch, prepared in read_ahead(batches, prepare):
-        ready = [item for item in prepared if item is not None]
-        results: list[tuple[Tile, np.ndarray | None]] = [
-            (tile, None) for tile, item in zip(batch, prepared, strict=True) if item is None
-        ]
-        if ready:
-            results.extend(_run_batch(network, ready))
-        yield results
+    prepared_batches = read_ahead(batches, prepare)
+    with contextlib.closing(prepared_batches):  # closed with this generator, not by the GC
+        for batch, prepared in prepared_batches:
+            ready = [item for item in prepared if item is not None]
+            results: list[tuple[Tile, np.ndarray | None]] = [
+                (tile, None) for tile, item in zip(batch, prepared, strict=True) if item is None
+            ]
+            if ready:
+                results.extend(_run_batch(network, ready))
+            yield results
 
 
 def predict_array(
@@ -334,10 +337,11 @@ def _predict_in_memory(
     highres_m = np.full((bands, rows * scale, cols * scale), np.nan, np.float32)
     grid = Grid((rows, cols), Affine.identity())  # an array: no georeferencing
     batches = predict_batches(network, batch_tiles(tiles, batch_size), read_lowres, grid, wrap_cols)
-    for batch in batches:
-        for tile, values in batch:
-            if values is not None:
-                highres_m[(slice(None),) + scale_window(tile.core, scale).toslices()] = values
+    with contextlib.closing(batches):  # the read-ahead thread ends here, whatever happens
+        for batch in batches:
+            for tile, values in batch:
+                if values is not None:
+                    highres_m[(slice(None),) + scale_window(tile.core, scale).toslices()] = values
     return highres_m
 
 

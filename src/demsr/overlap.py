@@ -10,7 +10,7 @@ the network waits for neither. Order, values and errors are as without them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -18,20 +18,43 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def read_ahead(items: Iterable[T], prepare: Callable[[T], R]) -> Iterator[R]:
+def read_ahead(items: Iterable[T], prepare: Callable[[T], R]) -> Generator[R, None, None]:
     """``prepare(item)`` for each of ``items`` in order, the next one prepared in a background
     thread while the caller uses this one. An error raised by ``prepare`` is raised where its
-    result would have been yielded. Closing the iterator early waits for the one item in hand
-    (never more) and drops it."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demsr-read") as pool:
-        ahead: Future[R] | None = None
+    result would have been yielded.
+
+    When the caller stops early (closes the iterator, or an error or Ctrl-C ends its loop), the
+    item not yet started is dropped and the one being prepared is waited for, so that nothing
+    still reads from the source once this returns; a Ctrl-C during that wait is raised after
+    it. Close it explicitly (``contextlib.closing``) rather than leaving it to the garbage
+    collector, which would swallow such a Ctrl-C."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demsr-read")
+    pending: list[Future[R]] = []
+    try:
         for item in items:
-            following = pool.submit(prepare, item)
-            if ahead is not None:
-                yield ahead.result()
-            ahead = following
-        if ahead is not None:
-            yield ahead.result()
+            pending.append(pool.submit(prepare, item))
+            if len(pending) == 2:
+                yield pending.pop(0).result()
+        while pending:
+            yield pending.pop(0).result()
+    finally:
+        _stop(pool, pending)
+
+
+def _stop(pool: ThreadPoolExecutor, pending: list[Future[R]]) -> None:
+    """Cancel what has not started, wait for what has; an interrupt during the wait is
+    raised once the thread has finished."""
+    for future in pending:
+        future.cancel()
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            pool.shutdown(wait=True)
+            break
+        except KeyboardInterrupt as exc:  # wait on: the source must not close under a read
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class WriteBehind(Generic[T]):

@@ -16,6 +16,7 @@ in the input stays nodata over its footprint in the output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -396,11 +397,15 @@ def _run_tiles(
     try:
         with WriteBehind(write) as behind:
             try:
-                for batch in predict_batches(network, todo, read_lowres, grid, wrap_cols):
-                    if behind.in_flight:
-                        commit(behind.finish())
-                        stop_point("tiles")
-                    behind.submit(batch)
+                results = predict_batches(network, todo, read_lowres, grid, wrap_cols)
+                # Closed here, not by the garbage collector: the read-ahead thread has ended
+                # before the source closes, and a Ctrl-C while it ends is not swallowed.
+                with contextlib.closing(results):
+                    for batch in results:
+                        if behind.in_flight:
+                            commit(behind.finish())
+                            stop_point("tiles")
+                        behind.submit(batch)
                 if behind.in_flight:
                     commit(behind.finish())
                     stop_point("tiles")
@@ -422,7 +427,7 @@ def _keep_written(
     try:
         commit(behind.finish())
     except Exception as exc:  # noqa: BLE001 - the first error wins
-        log.debug("the batch being written when the run stopped was not kept: %s", exc)
+        log.warning("the batch being written when the run stopped was not kept: %s", exc)
 
 
 def _automatic_tile_px(

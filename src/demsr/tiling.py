@@ -46,7 +46,10 @@ its raster (low-res input cells for ``transform_input``, high-res output cells f
 ``transform_output``); ``transform`` is the window's own affine (cell (0, 0) is the array's
 top-left cell); ``crs`` the raster's CRS. It returns an array of the same shape, NaN where it has
 no value. It must act cell by cell (tiles overlap, so a cell may be seen more than once), e.g. a
-vertical datum shift.
+vertical datum shift. ``predict_raster`` calls ``transform_input`` in its reading thread and
+``transform_output`` in its writing thread (:mod:`demsr.overlap`), each one call at a time but
+the two at once: what they share must be safe to use from two threads (the datum hooks' pyproj
+transformer is).
 """
 
 
