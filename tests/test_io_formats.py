@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import io_helpers
 import numpy as np
@@ -86,6 +88,41 @@ def test_a_cog_staged_compressed_or_not_is_the_same_to_the_byte(
     side = int((free * 3 / 8 / 4) ** 0.5)  # staging with overviews ~ free / 2
     assert formats._stage_uncompressed((side // 2, side // 2), 1, "float32", tmp_path)
     assert not formats._stage_uncompressed((side * 2, side * 2), 1, "float32", tmp_path)
+
+
+def test_no_room_for_an_uncompressed_staging_file_falls_back_to_a_compressed_one(
+    tmp_path: Path,
+    dem_test_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Free space is not a quota: an uncompressed staging file that fails to write is written
+    again compressed, and the product is the same."""
+    import demsr.io.formats as formats
+
+    make_partial(tmp_path / "reference.partial.tif", dem_test_dir / RELIEF)
+    reference = finalise_output(tmp_path / "reference.partial.tif", tmp_path / "reference.tif")
+
+    real_write = formats._write_staging
+    tried: list[str] = []
+
+    def quota(src: Any, staging: Path, profile: dict[str, Any], *args: Any) -> None:
+        tried.append(profile["compress"])
+        if profile["compress"] == "none":
+            staging.write_bytes(b"II*\0 a partial file")
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", str(staging))
+        real_write(src, staging, profile, *args)
+
+    monkeypatch.setattr(formats, "_stage_uncompressed", lambda *_: True)
+    monkeypatch.setattr(formats, "_write_staging", quota)
+    folder = tmp_path / "quota"
+    folder.mkdir()
+    make_partial(folder / "prediction.partial.tif", dem_test_dir / RELIEF)
+    output = finalise_output(folder / "prediction.partial.tif", folder / "out.tif")
+    assert tried == ["none", "deflate"]
+    assert "writing it compressed" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == ["out.tif"]
+    assert output.read_bytes() == reference.read_bytes()
 
 
 def cell_centres(transform: Affine, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -268,27 +268,26 @@ def _write_cog(
             bigtiff="if_safer",
             count=bands,
         )
+        attempts = [profile]
         if _stage_uncompressed(src.shape, bands, encode.dtype, output.parent):
-            profile.update(compress="none")
-            del profile["predictor"], profile["zlevel"]
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-            with rasterio.open(staging, "w", **profile) as dst:
-                blocks = _read_blocks(src, progress, f"writing {output.name}", "cog-staging")
-                for window, block in blocks:
-                    dst.write(encode(block), 1, window=window)
-                dst.update_tags(**metadata)
-                if ancillary is None:
-                    dst.units = (metadata.get("units", "m"),)
-                    dst.descriptions = ("elevation",)
-                else:
-                    _write_cog_band(dst, ancillary, encode, metadata, progress, output.name)
-            # The overviews go into the staging file itself, so that the COG driver copies them
-            # instead of building them in a ``.ovr.tmp`` file of its own beside the output.
-            stop_point("cog-overviews")
-            factors = _overview_factors(src.shape)
-            if factors:
-                with rasterio.open(staging, "r+") as dst:
-                    dst.build_overviews(factors, Resampling.average)
+            raw = {k: v for k, v in profile.items() if k not in ("predictor", "zlevel")}
+            attempts.insert(0, {**raw, "compress": "none"})
+        for attempt in attempts:
+            try:
+                _write_staging(
+                    src, staging, attempt, encode, metadata, progress, ancillary, output.name
+                )
+                break
+            except OSError as exc:  # a quota smaller than the free space, say
+                if attempt is attempts[-1]:
+                    raise
+                log.warning(
+                    "%s: no room for an uncompressed staging file (%s); writing it compressed",
+                    output,
+                    exc,
+                )
+                staging.unlink(missing_ok=True)
+                remove_gdal_sidecars(staging)
         with atomic_path(output) as tmp:
             rasterio.shutil.copy(
                 staging,
@@ -310,12 +309,43 @@ def _write_cog(
         remove_gdal_sidecars(staging)
 
 
+def _write_staging(
+    src: RasterReader,
+    staging: Path,
+    profile: dict[str, Any],
+    encode: _Encoder,
+    metadata: Mapping[str, str],
+    progress: bool,
+    ancillary: AncillaryBand | None,
+    name: str,
+) -> None:
+    """The COG's staging GeoTIFF: the values (and the ancillary band), tags, units and
+    descriptions, then its overviews (built in the file itself, so that the COG driver copies
+    them instead of building them in a ``.ovr.tmp`` file of its own beside the output)."""
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        with rasterio.open(staging, "w", **profile) as dst:
+            for window, block in _read_blocks(src, progress, f"writing {name}", "cog-staging"):
+                dst.write(encode(block), 1, window=window)
+            dst.update_tags(**metadata)
+            if ancillary is None:
+                dst.units = (metadata.get("units", "m"),)
+                dst.descriptions = ("elevation",)
+            else:
+                _write_cog_band(dst, ancillary, encode, metadata, progress, name)
+        stop_point("cog-overviews")
+        factors = _overview_factors(src.shape)
+        if factors:
+            with rasterio.open(staging, "r+") as dst:
+                dst.build_overviews(factors, Resampling.average)
+
+
 def _stage_uncompressed(shape: tuple[int, int], bands: int, dtype: str, folder: Path) -> bool:
     """Whether the COG's staging file can be left uncompressed: when twice its size, overviews
     included, is free in ``folder``. Writing and reading it back then take about half the time
     of DEFLATE level 1 (6.7 -> 3.6 s at 36 Mpx); the product is the same to the byte, since the
     COG driver compresses it anew. A product too large for that (a global grid) is staged
-    compressed."""
+    compressed, and so is one whose uncompressed staging file fails to write (a quota smaller
+    than the free space)."""
     rows, cols = shape
     staging_bytes = rows * cols * bands * np.dtype(dtype).itemsize * 4 // 3
     return 2 * staging_bytes <= shutil.disk_usage(folder).free
