@@ -103,3 +103,18 @@ def test_write_behind_refuses_a_second_write_in_flight_and_raises_a_failed_one()
         with pytest.raises(OSError, match="disk full"):
             behind.finish()
         assert not behind.in_flight
+
+
+def test_a_ctrl_c_while_write_behind_closes_is_raised_once_the_write_has_ended() -> None:
+    ended: list[int] = []
+
+    def write(item: int) -> None:
+        time.sleep(0.05)
+        _thread.interrupt_main()  # Ctrl-C while the caller leaves the block
+        time.sleep(0.2)
+        ended.append(item)
+
+    with pytest.raises(KeyboardInterrupt), WriteBehind(write) as behind:
+        behind.submit(7)
+    assert ended == [7]
+    assert not any(t.name.startswith("demsr-write") for t in threading.enumerate())

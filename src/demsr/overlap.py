@@ -62,7 +62,8 @@ class WriteBehind(Generic[T]):
     the previous write is done and handed back by :meth:`finish`, so at most one item is in
     flight. :meth:`finish` waits for it and returns it (raising its error, if any); the caller
     then records it as done. Use as a context manager; leaving it waits for the write in flight
-    without finishing it (the caller decides, e.g. on an error, whether to record it)."""
+    without finishing it (the caller decides, e.g. on an error, whether to record it), and a
+    Ctrl-C during that wait is raised once the write has ended."""
 
     def __init__(self, write: Callable[[T], object]) -> None:
         self._write = write
@@ -94,4 +95,4 @@ class WriteBehind(Generic[T]):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
+        _stop(self._pool, [])  # the store must not close under a write
