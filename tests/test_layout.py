@@ -42,7 +42,8 @@ TESTED_ELSEWHERE = {
     "ranks": "test_distributed_predict, test_distributed_train",
     "stops": "test_faults (every stop point)",
     # io and comparison
-    "io_geotiff": "test_io_formats (partials written and read back; COG profile, int16 nodata)",
+    "io_geotiff": "test_io_cog, test_io_blocks (partials written and read back; COG profile, int16 "
+    "nodata)",
     "io_grids": "test_comparison, test_evaluate (grids that do not match: CRS, scale, offset)",
     # cli, training and planning
     "cli_demo": "test_demo (`demsr demo`: files written, another DEM, failures leave nothing)",

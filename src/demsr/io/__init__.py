@@ -29,20 +29,25 @@ The package, by job: :mod:`~demsr.io.raster` (the in-memory DEM, the reader inte
 :func:`open_raster`), :mod:`~demsr.io.gridded` (NetCDF/Zarr grids and their CF layout),
 :mod:`~demsr.io.units` (vertical units and datums), :mod:`~demsr.io.grids` (grids that must
 agree), :mod:`~demsr.io.safety` (atomic writes, temporaries, outputs never over inputs),
-:mod:`~demsr.io.geotiff` (GeoTIFF writing) and :mod:`~demsr.io.formats` (the registry of output
-formats and :func:`finalise_output`). Every name is imported from here, ``demsr.io``; the
-private helpers :mod:`demsr.xr` shares with the NetCDF/Zarr reader are re-exported too.
+:mod:`~demsr.io.geotiff` (GeoTIFF writing), :mod:`~demsr.io.formats` (the registry of output
+formats and :func:`finalise_output`), :mod:`~demsr.io.blocks` (the block encoder and reader the
+product writers share), :mod:`~demsr.io.cog` (the Cloud-Optimized GeoTIFF product) and
+:mod:`~demsr.io.netcdf_zarr` (the CF NetCDF and Zarr products). Every name is imported from
+here, ``demsr.io``; the private helpers :mod:`demsr.xr` shares with the NetCDF/Zarr reader are
+re-exported too.
 """
 
 from __future__ import annotations
 
-from demsr.io.formats import (
+from demsr.io.blocks import (
     BLOCK_PX,
-    FORMATS,
     INT16_NODATA,
+    AncillaryBand,
+)
+from demsr.io.formats import (
+    FORMATS,
     OUTPUT_DTYPES,
     PRODUCT_FORMATS,
-    AncillaryBand,
     ProductFormat,
     finalise_output,
     output_format,
