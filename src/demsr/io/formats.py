@@ -116,7 +116,7 @@ def finalise_output(
     if not partial.is_file():
         raise RasterError(f"{partial}: no such file (the partial prediction to finalise)")
     with _GdalReader(str(partial), str(partial), band=1) as src:
-        _finalise(src, output, kind, dtype, metadata, layout, progress)
+        _finalise(src, output, kind, dtype, metadata, layout, progress, uncertainty)
     if partial.resolve() != output.resolve():
         partial.unlink()
     return output
