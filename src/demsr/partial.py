@@ -355,9 +355,10 @@ class StoreWriter:
     def commit(self) -> None:
         """Record the tiles written since the last commit as finished, their chunks flushed
         first where :meth:`flush` has not."""
-        self.log.record(self._pending, self._chunks)
+        self.flush()
+        self.log.record(self._pending)
         self.committed += len(self._pending)
-        self._pending, self._chunks = [], []
+        self._pending = []
 
     def close(self) -> None:
         self.log.close()

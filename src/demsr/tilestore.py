@@ -45,7 +45,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from demsr.grid import Grid
-from demsr.io import RasterLayout, RasterReader, atomic_directory, fsync_files
+from demsr.io import RasterLayout, RasterReader, atomic_directory
 
 try:
     import fcntl
@@ -335,9 +335,9 @@ class DoneLog:
         self.path = path
         self._handle: Any = None
 
-    def record(self, done: Iterable[tuple[int, bool]], chunks: Iterable[Path]) -> None:
-        """Flush ``chunks`` to disk, then append ``(tile index, empty)`` lines and flush them."""
-        fsync_files(chunks)
+    def record(self, done: Iterable[tuple[int, bool]]) -> None:
+        """Append ``(tile index, empty)`` lines and flush them (the tiles' chunks are already
+        on disk: :meth:`demsr.partial.StoreWriter.commit`)."""
         lines = "".join(f"{index} {'e' if empty else 'd'}\n" for index, empty in done)
         if not lines:
             return
@@ -374,7 +374,7 @@ class _MemoryLog(DoneLog):
         super().__init__(store.path / DONE_DIR / "memory.log")
         self.store = store
 
-    def record(self, done: Iterable[tuple[int, bool]], chunks: Iterable[Path]) -> None:
+    def record(self, done: Iterable[tuple[int, bool]]) -> None:
         self.store.done.update(done)
 
 
