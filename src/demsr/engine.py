@@ -131,6 +131,19 @@ class Network:
         prepared = prepare_for_inference(resolver, device, compile=compile)
         return cls(resolver, prepared, device, choice)
 
+    @classmethod
+    def of_checkpoint(
+        cls, checkpoint: Checkpoint, device: torch.device, precision: str, compile: bool
+    ) -> Network:
+        """:meth:`prepare` for ``checkpoint``'s network, with the bf16 bound it records."""
+        return cls.prepare(
+            checkpoint.build_resolver(device),
+            device,
+            precision,
+            compile,
+            recorded_bf16_bound(checkpoint),
+        )
+
 
 @dataclass
 class _TileInput:
@@ -296,19 +309,21 @@ def predict_array(
     :func:`demsr.tiling.global_period`): cells by its western and eastern edges see their
     neighbours across the antimeridian.
     """
+    lowres_m = _lowres_array(lowres_m)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    if isinstance(model, SuperResolver):
+        network = Network.prepare(model, torch_device, precision, compile)
+    else:
+        network = Network.of_checkpoint(as_checkpoint(model), torch_device, precision, compile)
+    return _predict_in_memory(network, lowres_m, tile_px, batch_size, wrap_cols)[0]
+
+
+def _lowres_array(lowres_m: np.ndarray) -> np.ndarray:
+    """``lowres_m`` as an array; a ValueError unless it is (rows, cols)."""
     lowres_m = np.asarray(lowres_m)
     if lowres_m.ndim != 2:
         raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
-    torch_device = resolve_device(device) if isinstance(device, str) else device
-    bound = None
-    if isinstance(model, SuperResolver):
-        resolver = model
-    else:
-        checkpoint = as_checkpoint(model)
-        resolver = checkpoint.build_resolver(torch_device)
-        bound = recorded_bf16_bound(checkpoint)
-    network = Network.prepare(resolver, torch_device, precision, compile, bound)
-    return _predict_in_memory(network, lowres_m, tile_px, batch_size, wrap_cols)[0]
+    return lowres_m
 
 
 def _predict_in_memory(
@@ -368,22 +383,14 @@ def predict_array_ensemble(
     compute of :func:`predict_array`; the other arguments are its own, and tiled output equals
     whole-array output for both arrays, as there.
     """
-    lowres_m = np.asarray(lowres_m)
-    if lowres_m.ndim != 2:
-        raise ValueError(f"expected a (rows, cols) array, got shape {lowres_m.shape}")
+    lowres_m = _lowres_array(lowres_m)
     rows = lowres_m.shape[0]
     checkpoint = as_checkpoint(model)
     if calibration is None:
         calibration = recorded_calibration(checkpoint)
     dx_m, dy_m = (np.broadcast_to(np.asarray(size, np.float64), (rows,)) for size in cell_size_m)
     torch_device = resolve_device(device) if isinstance(device, str) else device
-    network = Network.prepare(
-        checkpoint.build_resolver(torch_device),
-        torch_device,
-        precision,
-        compile,
-        recorded_bf16_bound(checkpoint),
-    )
+    network = Network.of_checkpoint(checkpoint, torch_device, precision, compile)
     network.ensemble = Ensemble(calibration, dx_m, dy_m)
     mean_m, sigma_m = _predict_in_memory(network, lowres_m, tile_px, batch_size, wrap_cols)
     return mean_m, sigma_m
@@ -432,13 +439,7 @@ def kept_network(
     key = (str(device), precision, compile)
     if kept is not None and key in kept.networks:
         return kept.networks[key]
-    network = Network.prepare(
-        checkpoint.build_resolver(device),
-        device,
-        precision,
-        compile,
-        recorded_bf16_bound(checkpoint),
-    )
+    network = Network.of_checkpoint(checkpoint, device, precision, compile)
     if kept is not None:
         kept.networks[key] = network
     return network
