@@ -114,18 +114,11 @@ def child_network(args: argparse.Namespace) -> None:
     from demsr.engine import Network
     from demsr.io import read_raster
     from demsr.model import network_autocast, resolve_device
-    from demsr.precision import recorded_bf16_bound
 
     _set_threads(args)
     device = resolve_device(args.device)
     checkpoint = as_checkpoint(args.checkpoint)
-    network = Network.prepare(
-        checkpoint.build_resolver(device),
-        device,
-        "auto",
-        False,
-        recorded_bf16_bound(checkpoint),
-    )
+    network = Network.of_checkpoint(checkpoint, device, "auto", False)
     values = read_raster(args.input).data
     rows, cols = (min(n, args.block) for n in values.shape)
     block = torch.from_numpy(np.ascontiguousarray(values[:rows, :cols], dtype=np.float32))
