@@ -8,8 +8,6 @@ from affine import Affine
 
 from demsr.io.raster import RasterReader
 
-# --------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------
 GRID_TOLERANCE = 1e-3
 """Fraction of a cell by which cell sizes and origins of grids that agree may differ."""
 

@@ -108,8 +108,6 @@ def _check_north_up(transform: Affine, path: str) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RasterLayout:
     """How a source raster is laid out on disk: what a writer needs to mirror it.

@@ -18,8 +18,6 @@ from demsr.stops import stop_point
 log = logging.getLogger("demsr.io")  # the package's one logger, as before the split
 
 
-# --------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------
 def _same_file(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
     """Whether two paths name one file or folder: equal once resolved (``..``, symlinks), or the
     same inode (a hard link)."""
