@@ -72,13 +72,26 @@ class Checkpoint:
         Built without random initial weights (on the meta device), then given a copy of these
         in each parameter's own dtype (float32), as loading into an initialised model would:
         every parameter must come from the checkpoint, or it is refused."""
-        with torch.device("meta"):
-            model = DEMSRNet(self.model_config)
+        model = self._meta_model()
         dtypes = {name: tensor.dtype for name, tensor in model.state_dict().items()}
         weights = {
             name: tensor.to(dtypes.get(name, tensor.dtype), copy=True)
             for name, tensor in self.state_dict.items()
         }
+        self._assign(model, weights)
+        return model.to(device).eval()
+
+    def check_weights(self) -> None:
+        """CheckpointError (naming the file) unless the weights fit the model config exactly,
+        as :meth:`build_model` would refuse them; only names and shapes are compared (no copy)."""
+        weights = {name: tensor.to("meta") for name, tensor in self.state_dict.items()}
+        self._assign(self._meta_model(), weights)
+
+    def _meta_model(self) -> DEMSRNet:
+        with torch.device("meta"):
+            return DEMSRNet(self.model_config)
+
+    def _assign(self, model: DEMSRNet, weights: dict[str, torch.Tensor]) -> None:
         try:
             missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
         except RuntimeError as exc:  # shape mismatches
@@ -91,7 +104,6 @@ class Checkpoint:
                 f"{self.path or 'checkpoint'}: weights do not match the model config "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
-        return model.to(device).eval()
 
     def build_resolver(self, device: str | torch.device = "cpu") -> SuperResolver:
         """The network with its elevation scaling: metres in, metres out (eval mode)."""
@@ -275,7 +287,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     state = {k[len("model.") :]: v for k, v in tensors.items()}
     metadata = {k: v for k, v in header.items() if k not in ("model", "scaling", "scale")}
     checkpoint = Checkpoint(model_config, scaling, state, metadata, path=os.fspath(path))
-    checkpoint.build_model()  # fail now, with the file's name, if the weights do not fit
+    checkpoint.check_weights()  # fail now, with the file's name, if the weights do not fit
     return checkpoint
 
 

@@ -459,7 +459,7 @@ def apply_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -
             raise ConfigError(f"override {item!r}: expected section.key=value")
         dotted, raw = item.split("=", 1)
         section_name, key = dotted.strip().split(".", 1)
-        expected = _field_type(config, *RENAMED_KEYS.get((section_name, key), (section_name, key)))
+        expected = _field_type(config, *renamed_key(section_name, key))
         if _is_text(expected):
             # Text (a path, a name) is taken as written: "2024-01-01" or "a: b" stay strings.
             value: Any = (

@@ -267,8 +267,8 @@ def slope_class(slope_deg_: np.ndarray, classes: Sequence[tuple[float, float]]) 
 
 
 def __getattr__(name: str) -> Any:
-    # calibrate (documented as demsr.degradation.calibrate) lives in demsr.calibration, which
-    # imports this module: looked up on first use.
+    # calibrate, documented here before it moved to demsr.calibration (which imports this
+    # module, hence the lookup on first use); docs/python-api.md names its new home.
     if name == "calibrate":
         from demsr.calibration import calibrate
 

@@ -199,7 +199,7 @@ def train_epoch(
         on_step(global_step, step_loss)
         if global_step % cfg.summary.log_every_steps == 0:
             bar.set_postfix(loss=f"{total_loss / done:.3e}")
-            log.debug("step %d loss %.4e", global_step, value.item())
+            log.debug("step %d loss %.4e", global_step, step_loss)
     bar.close()
     # Every rank ran `done` steps; the mean of the ranks' losses is the global batch's.
     total_loss, steps_done = distributed.sum_over_ranks([total_loss, done])

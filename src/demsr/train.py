@@ -51,9 +51,7 @@ from demsr.checkpoint import Checkpoint, TrainingState, load_checkpoint
 from demsr.config import RunConfig
 from demsr.datasets import (
     LowresMaker,
-    Normalisation,
     PairDataset,
-    RasterSelection,
     RasterWindowDataset,
 )
 from demsr.epochs import PairLoss, train_epoch, validation_loss
@@ -147,10 +145,6 @@ class Trainer:
         self.data = load_training_data(config, self.ranks, alternative_lowres)
         self.train_set: PairDataset | RasterWindowDataset = self.data.train_set
         self.valid_set: PairDataset | RasterWindowDataset = self.data.valid_set
-        self.rasters: RasterSelection | None = self.data.rasters
-        # The pair files store elevations in their own units; the model sees metres through
-        # its elevation scaling.
-        self.storage: Normalisation = self.data.storage
         # Set by finetune: provenance of the parent checkpoint, and what stays frozen.
         self.parent_record: dict[str, Any] | None = None
         self.frozen_prefixes: list[str] = []
@@ -203,7 +197,7 @@ class Trainer:
         to_channels_last(self.model)
         self.resolver = SuperResolver(self.model, self.scaling)
         self.loss = PairLoss(
-            self.storage,
+            self.data.storage,  # the pairs' units; the model sees metres through its scaling
             self.scaling,
             self.device,
             self.precision,

@@ -97,11 +97,9 @@ def command(
     from demsr.evaluate import evaluate
     from demsr.evaluation_inputs import load_inputs
     from demsr.io import refuse_existing
-    from demsr.pretrained import is_shipped_name, resolve_checkpoint
+    from demsr.pretrained import resolve_checkpoint
 
-    given, (data,) = positional_checkpoint(checkpoint, paths, "[CHECKPOINT] DATA")
-    if given is None and (data.lower().endswith(".safetensors") or is_shipped_name(data)):
-        raise click.UsageError(f"{data} is a checkpoint: give [CHECKPOINT] DATA (DATA is missing)")
+    given, (data,) = positional_checkpoint(checkpoint, paths, "[CHECKPOINT] DATA", "DATA")
     checkpoint_path = resolve_checkpoint(given)
     refuse_existing(
         json_path, markdown_path, overwrite=overwrite, inputs=[checkpoint_path, data, lowres_path]

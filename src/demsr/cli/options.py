@@ -87,15 +87,24 @@ def checkpoint_option(
 
 
 def positional_checkpoint(
-    checkpoint: str | None, paths: Sequence[str], names: str
+    checkpoint: str | None, paths: Sequence[str], names: str, missing: str
 ) -> tuple[str | None, list[str]]:
     """(checkpoint, other paths) of a command taking ``[CHECKPOINT] PATHS...`` or ``--checkpoint
     CKPT PATHS...`` (``names``: the usage, e.g. ``[CHECKPOINT] INPUT OUTPUT``): the first of
-    ``paths`` is the checkpoint when there is one more path than the command needs."""
+    ``paths`` is the checkpoint when there is one more path than the command needs. Without a
+    checkpoint, a first path that names one (``.safetensors``, a shipped model) is a usage error
+    saying that ``missing`` (the last path's name, e.g. ``the output``) is missing."""
+    from demsr.pretrained import is_shipped_name
+
     needed = len(names.split()) - 1
     if len(paths) not in (needed, needed + 1):
         raise click.UsageError(f"expected {names}, got {len(paths)} argument(s)")
     if len(paths) == needed:
+        first = paths[0]
+        if checkpoint is None and (
+            first.lower().endswith(".safetensors") or is_shipped_name(first)
+        ):
+            raise click.UsageError(f"{first} is a checkpoint: give {names} ({missing} is missing)")
         return checkpoint, list(paths)
     if checkpoint is not None:
         raise click.UsageError(

@@ -158,17 +158,11 @@ def command(
     from demsr.distributed import context
     from demsr.partial import partial_path, partial_progress
     from demsr.predict import predict_raster
-    from demsr.pretrained import is_shipped_name, resolve_checkpoint
+    from demsr.pretrained import resolve_checkpoint
 
     model, (input_path, output_path) = positional_checkpoint(
-        checkpoint, paths, "[CHECKPOINT] INPUT OUTPUT"
+        checkpoint, paths, "[CHECKPOINT] INPUT OUTPUT", "the output"
     )
-    if model is None and (
-        input_path.lower().endswith(".safetensors") or is_shipped_name(input_path)
-    ):
-        raise click.UsageError(
-            f"{input_path} is a checkpoint: give [CHECKPOINT] INPUT OUTPUT (the output is missing)"
-        )
     resolved = resolve_checkpoint(model)
     settings = PredictSettings(
         band=band,

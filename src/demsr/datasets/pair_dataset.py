@@ -12,13 +12,13 @@ import torch
 from torch.utils.data import Dataset
 
 from demsr.datasets.augment import dihedral
-from demsr.datasets.pair_file import _LayoutFacts, inspect_pair_file, read_pair_file
+from demsr.datasets.pair_file import LayoutFacts, inspect_pair_file, read_pair_file
 
 if TYPE_CHECKING:  # demsr.degradation imports demsr.prepare, which imports this module
     from demsr.degradation import DegradationModel
 
 
-class PairDataset(_LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class PairDataset(LayoutFacts, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """(low-res, high-res) float32 tensors (1,h,w) and (1,H,W), normalised, from a pair file.
 
     The file may be ours or a published one (see :func:`read_pair_file`). By default the whole

@@ -145,7 +145,7 @@ class PairLayout:
         return self.metadata.normalisation
 
 
-class _LayoutFacts:
+class LayoutFacts:
     """What :class:`PairFile` and :class:`PairDataset` tell about their file, read from
     ``layout``."""
 
@@ -185,7 +185,7 @@ class _LayoutFacts:
 
 
 @dataclass
-class PairFile(_LayoutFacts):
+class PairFile(LayoutFacts):
     """A pair file in memory: ``lowres`` (N,1,h,w) and ``highres`` (N,1,H,W) float32, normalised.
 
     ``source_windows`` is (N,5) int64 (file index, row_off, col_off, height, width) of each

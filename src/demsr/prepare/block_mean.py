@@ -12,7 +12,7 @@ import numpy as np
 
 from demsr.grid import Grid
 from demsr.io import read_raster, refuse_existing, write_geotiff
-from demsr.prepare.options import _is_int
+from demsr.prepare.options import is_int
 
 _log = logging.getLogger("demsr.prepare")  # the package's one logger, as before the split
 
@@ -26,7 +26,7 @@ def degrade(highres: np.ndarray, scale: int) -> np.ndarray:
     is float32 for float32 or integer input and float64 for float64 input.
     """
     values = np.asarray(highres)
-    if not _is_int(scale) or scale < 1:
+    if not is_int(scale) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
     if values.ndim < 2:
         raise ValueError(f"expected an array (..., H, W), got shape {values.shape}")

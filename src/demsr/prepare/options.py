@@ -18,7 +18,8 @@ SPLIT_BY: tuple[str, ...] = ("block", "file")
 SplitBy = Literal["block", "file"]
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer of any kind (Python or numpy), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -66,13 +67,13 @@ class PrepareOptions:
     band: int = 1
 
     def __post_init__(self) -> None:
-        if not _is_int(self.scale) or self.scale < 2:
+        if not is_int(self.scale) or self.scale < 2:
             raise ValueError(f"scale must be an integer >= 2, got {self.scale!r}")
-        if not _is_int(self.lowres_patch_px) or self.lowres_patch_px < 1:
+        if not is_int(self.lowres_patch_px) or self.lowres_patch_px < 1:
             raise ValueError(
                 f"lowres_patch_px must be an integer >= 1, got {self.lowres_patch_px!r}"
             )
-        if self.stride_px is not None and (not _is_int(self.stride_px) or self.stride_px < 1):
+        if self.stride_px is not None and (not is_int(self.stride_px) or self.stride_px < 1):
             raise ValueError(f"stride_px must be an integer >= 1 or None, got {self.stride_px!r}")
         relief = self.min_relief_m
         if not _is_real(relief):
@@ -90,7 +91,7 @@ class PrepareOptions:
                 f"({self.max_sea_fraction:g}): no patch could be kept"
             )
         cap = self.max_patches_per_file
-        if cap is not None and (not _is_int(cap) or cap < 1):
+        if cap is not None and (not is_int(cap) or cap < 1):
             raise ValueError(f"max_patches_per_file must be an integer >= 1 or None, got {cap!r}")
         fractions = tuple(self.split_fractions)
         if len(fractions) != 3 or not all(_is_real(f) for f in fractions):
@@ -106,18 +107,18 @@ class PrepareOptions:
         if self.split_by not in SPLIT_BY:
             raise ValueError(f"split_by must be one of {SPLIT_BY}, got {self.split_by!r}")
         block = self.split_block_px
-        if block is not None and (not _is_int(block) or block < self.highres_patch_px):
+        if block is not None and (not is_int(block) or block < self.highres_patch_px):
             raise ValueError(
                 f"split_block_px must be an integer >= the high-res patch size "
                 f"({self.highres_patch_px}), got {block!r}"
             )
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.normalisation, Normalisation):
             raise ValueError(
                 f"normalisation must be a Normalisation, got {type(self.normalisation).__name__}"
             )
-        if not _is_int(self.band) or self.band < 1:
+        if not is_int(self.band) or self.band < 1:
             raise ValueError(f"band must be an integer >= 1, got {self.band!r}")
 
     @property

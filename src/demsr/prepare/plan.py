@@ -18,7 +18,7 @@ from tqdm import tqdm
 from demsr.io import Raster
 from demsr.prepare.options import SPLITS, PrepareOptions
 from demsr.prepare.report import FileReport, PrepareReport
-from demsr.prepare.sources import BlockMeanSource, PairSource, _refuse_duplicates
+from demsr.prepare.sources import BlockMeanSource, PairSource, refuse_duplicates
 
 _log = logging.getLogger("demsr.prepare")  # the package's one logger, as before the split
 
@@ -255,7 +255,7 @@ def plan_pairs(
     paths = [Path(p) for p in rasters]
     if not paths:
         raise ValueError("no rasters given")
-    _refuse_duplicates(paths)
+    refuse_duplicates(paths)
     reports: list[FileReport] = []
     units_by_file: list[list[_Unit]] = []
     skipped: list[str] = []  # files too small for a patch, warned about when others give pairs

@@ -79,11 +79,11 @@ def collect_rasters(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             found.append(path)
         else:
             raise ValueError(f"{path}: no such file or folder")
-    _refuse_duplicates(found)
+    refuse_duplicates(found)
     return found
 
 
-def _refuse_duplicates(paths: Iterable[Path]) -> None:
+def refuse_duplicates(paths: Iterable[Path]) -> None:
     """ValueError when one file is named twice (patches would be counted twice)."""
     seen: dict[Path, Path] = {}
     for path in paths:
