@@ -183,6 +183,7 @@ def test_weights_stored_in_another_dtype_load_as_float32(tmp_path: Path) -> None
     halved = dataclasses.replace(
         checkpoint, state_dict={k: v.half() for k, v in checkpoint.state_dict.items()}
     )
+    halved.check_weights()  # as loading a file does: build_model reuses the model it checked
     model = halved.build_model()
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert all(p.requires_grad for p in model.parameters())
@@ -190,3 +191,17 @@ def test_weights_stored_in_another_dtype_load_as_float32(tmp_path: Path) -> None
     with torch.no_grad():
         assert model(x).dtype == torch.float32
         assert torch.allclose(model(x), reference(x), atol=1e-2)
+
+
+def test_each_built_model_is_a_model_of_its_own(tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(write_untrained_checkpoint(tmp_path / "model.safetensors"))
+    first, second = checkpoint.build_model(), checkpoint.build_model()
+    assert first is not second
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)
+    x = torch.rand(1, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(second(x), checkpoint.build_model()(x))
+        assert not torch.equal(first(x), second(x))
+    for name, tensor in second.state_dict().items():  # copies: the checkpoint's stay as loaded
+        assert tensor.data_ptr() != checkpoint.state_dict[name].data_ptr()

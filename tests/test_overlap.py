@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from demsr.overlap import WriteBehind, read_ahead
+from demsr.overlap import WriteBehind, in_background, read_ahead
 
 
 def test_read_ahead_yields_every_item_in_order_prepared_in_another_thread() -> None:
@@ -118,3 +118,22 @@ def test_a_ctrl_c_while_write_behind_closes_is_raised_once_the_write_has_ended()
         behind.submit(7)
     assert ended == [7]
     assert not any(t.name.startswith("demsr-write") for t in threading.enumerate())
+
+
+def test_in_background_runs_beside_the_caller_and_hands_back_its_result_or_error() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> str:
+        started.set()
+        assert release.wait(5)  # the caller goes on while this waits
+        return threading.current_thread().name
+
+    future = in_background(work)
+    assert started.wait(5) and not future.done()
+    release.set()
+    assert future.result(5).startswith("demsr-background")
+    assert threading.current_thread().name not in future.result()
+
+    failed = in_background(lambda: 1 // 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.result(5)

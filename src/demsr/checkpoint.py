@@ -61,6 +61,9 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     _file_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
+    _checked: tuple[ModelConfig, DEMSRNet, dict[str, torch.dtype]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def scale(self) -> int:
@@ -72,8 +75,13 @@ class Checkpoint:
         Built without random initial weights (on the meta device), then given a copy of these
         in each parameter's own dtype (float32), as loading into an initialised model would:
         every parameter must come from the checkpoint, or it is refused."""
-        model = self._meta_model()
-        dtypes = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+        # The model check_weights built for this config (used once) and its own dtypes, or a
+        # new one.
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == self.model_config:
+            model, dtypes = checked[1:]
+        else:
+            model, dtypes = self._meta_model()
         weights = {
             name: tensor.to(dtypes.get(name, tensor.dtype), copy=True)
             for name, tensor in self.state_dict.items()
@@ -83,13 +91,18 @@ class Checkpoint:
 
     def check_weights(self) -> None:
         """CheckpointError (naming the file) unless the weights fit the model config exactly,
-        as :meth:`build_model` would refuse them; only names and shapes are compared (no copy)."""
+        as :meth:`build_model` would refuse them; only names and shapes are compared (no copy).
+        The model built for the check is kept for the next :meth:`build_model`."""
         weights = {name: tensor.to("meta") for name, tensor in self.state_dict.items()}
-        self._assign(self._meta_model(), weights)
+        model, dtypes = self._meta_model()
+        self._assign(model, weights)
+        self._checked = self.model_config, model, dtypes
 
-    def _meta_model(self) -> DEMSRNet:
+    def _meta_model(self) -> tuple[DEMSRNet, dict[str, torch.dtype]]:
+        """The network without weights (on the meta device), and its tensors' own dtypes."""
         with torch.device("meta"):
-            return DEMSRNet(self.model_config)
+            model = DEMSRNet(self.model_config)
+        return model, {name: tensor.dtype for name, tensor in model.state_dict().items()}
 
     def _assign(self, model: DEMSRNet, weights: dict[str, torch.Tensor]) -> None:
         try:

@@ -5,7 +5,8 @@ holds the CPU cores (or the GPU) through torch, which releases Python's lock whi
 reading (GDAL's decoding, the nodata fill) and writing (compressing the store's chunks) do most
 of their work outside it too. :func:`read_ahead` reads the next batch while the network runs on
 this one, and :class:`WriteBehind` writes a batch while the network runs on the next, so that
-the network waits for neither. Order, values and errors are as without them.
+the network waits for neither. :func:`in_background` starts one piece of such work (hashing
+the checkpoint file) while the caller goes on. Order, values and errors are as without them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def in_background(function: Callable[[], R], name: str = "demsr-background") -> Future[R]:
+    """``function()`` started in a background thread; its result (or error) comes from the
+    future's ``result()``. For work that spends its time outside Python's lock (reading a file,
+    hashing it), which then runs beside the caller's."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    try:
+        return pool.submit(function)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
 
 
 def read_ahead(items: Iterable[T], prepare: Callable[[T], R]) -> Generator[R, None, None]:

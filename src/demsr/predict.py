@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import logging
 import os
 import time
@@ -58,7 +59,7 @@ from demsr.io import (
 )
 from demsr.metrics import cell_sizes_m
 from demsr.model import resolve_device
-from demsr.overlap import WriteBehind
+from demsr.overlap import WriteBehind, in_background
 from demsr.partial import (
     StoreWriter,
     open_store,
@@ -217,6 +218,8 @@ def _predict_raster(
     """:func:`predict_raster` on this rank, its arguments checked: the store opened (rank 0
     creates or resumes it), this rank's tiles predicted into it, and on rank 0, once every rank
     is done, the product written."""
+    # The checkpoint file's hash (for the product's tags) is read while the network is built.
+    sha256_of_file = in_background(functools.partial(checkpoint_sha256, checkpoint))
     network = kept_network(checkpoint, torch_device, settings.precision, settings.compile)
     scale, margin = network.resolver.scale, network.resolver.margin_px
 
@@ -239,7 +242,7 @@ def _predict_raster(
             tile_px, chosen = _automatic_tile_px(
                 network, rows, cols, settings.batch_size, settings.memory_bytes, period, resumed
             )
-        sha256 = checkpoint_sha256(checkpoint)
+        sha256 = sha256_of_file.result()
         recorded = recorded_settings(
             input_path, source_crs, settings, network, sha256, (rows, cols), tile_px, period, units
         )
