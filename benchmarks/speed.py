@@ -54,6 +54,7 @@ from torch import nn
 
 from demsr.checkpoint import as_checkpoint
 from demsr.io import read_raster
+from demsr.layers import upsample_bilinear
 from demsr.model import (
     DEMSRNet,
     ModelConfig,
@@ -64,7 +65,6 @@ from demsr.model import (
     preset,
     resolve_device,
     to_channels_last,
-    upsample_bilinear,
 )
 from demsr.prepare import crop_to_blocks, degrade
 from demsr.scaling import gaussian_trend

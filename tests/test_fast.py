@@ -15,17 +15,16 @@ import demsr.model
 from demsr.checkpoint import load_checkpoint
 from demsr.engine import predict_array
 from demsr.io import read_raster
+from demsr.layers import factored_conv_out, upsample_bilinear
 from demsr.model import (
     DEMSRNet,
     ModelConfig,
     SuperResolver,
     bf16_supported,
-    factored_conv_out,
     flops_per_lowres_px,
     prepare_for_inference,
     preset,
     resolve_precision,
-    upsample_bilinear,
 )
 from demsr.predict import predict_raster
 from demsr.prepare import crop_to_blocks, degrade

@@ -1,4 +1,5 @@
-"""DEM-SRNet architecture: output shapes, the reference's parameter count, both resize mappings."""
+"""DEM-SRNet architecture: output shapes, the reference's parameter count, the scaling around
+it (the layers are tested in test_layers)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from demsr.model import (
     init_as_residual,
     preset,
     receptive_field_px,
-    upsample_bilinear,
 )
 from demsr.prepare import crop_to_blocks, degrade
 from demsr.scaling import ElevationScaling, backproject, gaussian_trend, upsample_bicubic
@@ -93,49 +93,6 @@ def test_count_trainable_parameters_after_freezing() -> None:
     model.conv1.weight.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == total - model.conv1.weight.numel()
     assert count_parameters(model) == total
-
-
-def _bilinear_numpy(image: np.ndarray, scale: int, mode: str) -> np.ndarray:
-    """Separable bilinear resize of the last two axes, straight from the source-index formula."""
-
-    def resize_axis(a: np.ndarray, axis: int) -> np.ndarray:
-        n = a.shape[axis]
-        dst = np.arange(n * scale, dtype=np.float64)
-        if mode == "legacy":
-            src = dst / scale
-        else:
-            src = np.maximum((dst + 0.5) / scale - 0.5, 0.0)
-        src = np.minimum(src, n - 1)
-        i0 = np.floor(src).astype(int)
-        i1 = np.minimum(i0 + 1, n - 1)
-        weight = src - i0
-        shape = [1] * a.ndim
-        shape[axis] = -1
-        weight = weight.reshape(shape)
-        return np.take(a, i0, axis=axis) * (1 - weight) + np.take(a, i1, axis=axis) * weight
-
-    return resize_axis(resize_axis(image.astype(np.float64), -2), -1)
-
-
-@pytest.mark.parametrize("mode", ["legacy", "half_pixel"])
-@pytest.mark.parametrize("scale", [2, 3, 5])
-def test_upsample_matches_the_mapping(mode: str, scale: int) -> None:
-    image = np.random.default_rng(scale).normal(size=(2, 3, 5, 7)).astype(np.float32)
-    got = upsample_bilinear(torch.from_numpy(image), scale, mode).numpy()  # type: ignore[arg-type]
-    expected = _bilinear_numpy(image, scale, mode)
-    assert got.shape == (2, 3, 5 * scale, 7 * scale)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-
-
-def test_legacy_and_half_pixel_grids_differ() -> None:
-    # The legacy grid starts exactly on the first input pixel; the half-pixel grid is shifted by
-    # (scale - 1) / (2 * scale) low-res pixel, so a ramp comes out shifted.
-    ramp = torch.arange(6, dtype=torch.float32).expand(1, 1, 6, 6).contiguous()
-    legacy = upsample_bilinear(ramp, 5, "legacy")[0, 0, 0]
-    half_pixel = upsample_bilinear(ramp, 5, "half_pixel")[0, 0, 0]
-    assert legacy[:5].tolist() == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
-    assert half_pixel[10].item() == pytest.approx(1.6)  # (10 + 0.5) / 5 - 0.5
-    assert legacy[10].item() == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from demsr.checkpoint import HEAD_BYTES, foreign_format
-from demsr.model import DEMSRNet, ModelConfig, ResizeMode
+from demsr.layers import ResizeMode
+from demsr.model import DEMSRNet, ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ Every convolution is 3x3 with padding 1. A residual block is conv3x3 -> ReLU -> 
 0.1 and added to the block's input.
 
 :class:`SuperResolver` is the network with its elevation scaling (metres in, metres out); the
-scaling and the interpolation kernels it uses are in :mod:`demsr.scaling`. Also here: devices
+scaling and the interpolation kernels it uses are in :mod:`demsr.scaling`, the network's layers
+in :mod:`demsr.layers`. Also here: devices
 and precision contexts, the initialisations (``model.init``) and the freeze presets.
 """
 
@@ -21,13 +22,22 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from demsr.config_keys import check_known_keys
+from demsr.layers import (
+    OUTPUT_STAGES,
+    RESIZE_MODES,
+    OutputStage,
+    ResidualBlock,
+    ResizeMode,
+    conv3x3,
+    factored_conv_out,
+    upsample_bilinear,
+)
 from demsr.scaling import (
     BICUBIC_REACH_PX,
     ElevationScaling,
@@ -44,8 +54,6 @@ from demsr.scaling import (
 
 log = logging.getLogger(__name__)
 
-ResizeMode = Literal["legacy", "half_pixel"]
-RESIZE_MODES: tuple[str, ...] = ("legacy", "half_pixel")
 # How convolutions see beyond the raster's border: zeros (the reference) or the edge cell
 # repeated (a constant map stays constant up to the border).
 PADDING_MODES: tuple[str, ...] = ("zeros", "replicate")
@@ -112,83 +120,6 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-def _conv3x3(in_channels: int, out_channels: int, bias: bool, padding: str = "zeros") -> nn.Conv2d:
-    return nn.Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size=3,
-        padding=1,
-        bias=bias,
-        padding_mode=padding,  # type: ignore[arg-type]  # checked by ModelConfig
-    )
-
-
-class ResidualBlock(nn.Module):
-    """conv3x3 -> ReLU -> conv3x3, scaled by ``res_scale`` and added to the input."""
-
-    def __init__(
-        self, channels: int, bias: bool, res_scale: float = 0.1, padding: str = "zeros"
-    ) -> None:
-        super().__init__()
-        self.res_conv1 = _conv3x3(channels, channels, bias, padding)
-        self.res_conv2 = _conv3x3(channels, channels, bias, padding)
-        self.res_scale = res_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x + 0.1 * branch in one kernel; under autocast the branch is bf16 and x float32.
-        branch = self.res_conv2(F.relu(self.res_conv1(x), inplace=True))
-        return torch.add(x, branch, alpha=self.res_scale)
-
-
-def upsample_bilinear(x: torch.Tensor, scale: int, mode: ResizeMode) -> torch.Tensor:
-    """Bilinear resize of (N,C,h,w) to (N,C,h*scale,w*scale) with the given pixel mapping."""
-    if mode == "half_pixel":
-        return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-    # Legacy mapping src = dst / scale, clamped at the last row/column. Replicating the last
-    # row/column and resizing h+1 -> h*scale+1 with aligned corners gives exactly that mapping
-    # (the step (h+1-1)/(h*scale+1-1) is 1/scale); the extra output row/column is dropped.
-    height, width = x.shape[-2:]
-    padded = F.pad(x, (0, 1, 0, 1), mode="replicate")
-    resized = F.interpolate(
-        padded, size=(height * scale + 1, width * scale + 1), mode="bilinear", align_corners=True
-    )
-    return resized[..., : height * scale, : width * scale]
-
-
-OutputStage = Literal["factored", "direct"]
-OUTPUT_STAGES: tuple[str, ...] = ("factored", "direct")
-
-
-def factored_conv_out(
-    features: torch.Tensor, conv_out: nn.Conv2d, scale: int, mode: ResizeMode
-) -> torch.Tensor:
-    """``conv_out(upsample_bilinear(features))``, computed mostly at low resolution.
-
-    A 3x3 convolution to O channels is a sum of 9 shifted maps, one per tap, each a channel
-    mix of its input; the bilinear resize is linear and acts on each channel alone, so it
-    commutes with that mix. Hence: project the C-channel low-res ``features`` to O x 9 channels
-    (a 1x1 convolution with conv_out's taps), upsample those few channels, and sum the 9 maps
-    shifted by their tap's offset, with conv_out's padding beyond the edges (zeros, or the
-    edge cells repeated for ``padding_mode="replicate"``), applied after the upsampling. The
-    shift-and-sum is a 3x3 convolution whose weights are 0 or 1
-    (exact: each output adds the same 9 products as conv_out). Exact in exact arithmetic,
-    gradients included; for C = 64 or 256 the high-resolution maps hold 9 channels instead of
-    C, so this stage needs about C/9 times less memory and time.
-    """
-    weight = conv_out.weight
-    out_channels, channels = weight.shape[:2]
-    taps = weight.permute(0, 2, 3, 1).reshape(out_channels * 9, channels, 1, 1)
-    upsampled = upsample_bilinear(F.conv2d(features, taps), scale, mode)
-    # Per output channel (a group of 9 maps), map t is 1 at tap t's position (row t // 3,
-    # column t % 3) and 0 elsewhere.
-    shift = torch.eye(9, dtype=upsampled.dtype, device=upsampled.device).view(1, 9, 3, 3)
-    shift = shift.expand(out_channels, 9, 3, 3)
-    if conv_out.padding_mode == "zeros":
-        return F.conv2d(upsampled, shift, conv_out.bias, padding=1, groups=out_channels)
-    padded = F.pad(upsampled, (1, 1, 1, 1), mode=conv_out.padding_mode)
-    return F.conv2d(padded, shift, conv_out.bias, groups=out_channels)
-
-
 class DEMSRNet(nn.Module):
     """DEM super-resolution network.
 
@@ -211,13 +142,13 @@ class DEMSRNet(nn.Module):
         self.config = config
         self.output_stage = output_stage
         channels, bias, padding = config.channels, config.bias, config.padding
-        self.conv1 = _conv3x3(1, channels, bias, padding)
+        self.conv1 = conv3x3(1, channels, bias, padding)
         self.body = nn.Sequential(
             *(ResidualBlock(channels, bias, padding=padding) for _ in range(config.blocks))
         )
-        self.conv2 = _conv3x3(channels, channels, bias, padding)
-        self.conv_up = _conv3x3(channels, channels, bias, padding)
-        self.conv_out = _conv3x3(channels, 1, bias, padding)
+        self.conv2 = conv3x3(channels, channels, bias, padding)
+        self.conv_up = conv3x3(channels, channels, bias, padding)
+        self.conv_out = conv3x3(channels, 1, bias, padding)
 
     @property
     def scale(self) -> int:

@@ -170,8 +170,7 @@ def predict_raster(
     ctx = ranks if ranks is not None else distributed.context()
     output = Path(output_path)
     partial = partial_path(output)
-    # An unknown format fails now, not after the prediction.
-    fmt = output_format(output, settings.fmt)
+    fmt = output_format(output, settings.fmt)  # an unknown format fails now, not after
     checkpoint_path = None if isinstance(checkpoint, Checkpoint) else checkpoint
     refuse_output_over_input([output, partial], [input_path, checkpoint_path])
     checkpoint = kept_checkpoint(checkpoint)

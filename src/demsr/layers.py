@@ -1,0 +1,148 @@
+"""The layers of DEM-SRNet (:mod:`demsr.model`): its 3x3 convolutions, the residual block,
+the bilinear upsampling and the factored output stage.
+
+Every convolution is 3x3 with padding 1, of zeros or of the edge cells repeated
+(``padding_mode="replicate"``). In inference, a large map's replicate padding is applied
+without a padded copy of the map (:func:`replicate_conv3x3`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ResizeMode = Literal["legacy", "half_pixel"]
+RESIZE_MODES: tuple[str, ...] = ("legacy", "half_pixel")
+
+RING_MIN_CELLS = 160 * 160
+"""Maps of at least this many cells are convolved by :func:`replicate_conv3x3` in inference."""
+
+
+def replicate_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1
+) -> torch.Tensor:
+    """A 3x3 convolution (stride 1) of ``x`` padded by one cell of replicated edges, without
+    a padded copy of ``x``: convolved with zero padding, then the border ring, the only cells
+    that read the padding, convolved again from its two edge rows or columns with their
+    replicated padding. The same sums as convolving the padded map (to rounding: the
+    convolution may add them in another order). A padded copy costs passes through memory per
+    layer that a large map pays dearly for: the shipped network runs 1.45x faster on a 727-cell
+    tile without them in bf16 on a 2-core CPU (BENCHMARKS.md). Needs at least 2 x 2 cells; for
+    inference (the ring is written in place)."""
+    out = F.conv2d(x, weight, bias, padding=1, groups=groups)
+    edges = (
+        ((slice(None, 2), slice(None)), (1, 1, 1, 0), (slice(None, 1), slice(None))),
+        ((slice(-2, None), slice(None)), (1, 1, 0, 1), (slice(-1, None), slice(None))),
+        ((slice(None), slice(None, 2)), (1, 0, 1, 1), (slice(None), slice(None, 1))),
+        ((slice(None), slice(-2, None)), (0, 1, 1, 1), (slice(None), slice(-1, None))),
+    )
+    for (rows, cols), pad, (out_rows, out_cols) in edges:
+        strip = F.pad(x[..., rows, cols], pad, mode="replicate")
+        out[..., out_rows, out_cols] = F.conv2d(strip, weight, bias, groups=groups)
+    return out
+
+
+class Conv3x3(nn.Conv2d):
+    """A 3x3 convolution with padding 1 (``padding_mode`` zeros or replicate); in inference,
+    replicate padding of a large map goes through :func:`replicate_conv3x3` (no padded copy).
+    The parameters are an ``nn.Conv2d``'s."""
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.padding_mode == "replicate" and _ring_pays(input):
+            return replicate_conv3x3(input, weight, bias, self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+
+def _ring_pays(x: torch.Tensor) -> bool:
+    """Whether :func:`replicate_conv3x3` convolves ``x``: without gradients (training keeps
+    the padded copy: the ring is written in place) and on a map of
+    :data:`RING_MIN_CELLS` or more (on a small one, its four extra convolutions cost more
+    than the copy)."""
+    height, width = x.shape[-2:]
+    return (
+        not torch.is_grad_enabled() and min(height, width) >= 2 and height * width >= RING_MIN_CELLS
+    )
+
+
+def conv3x3(in_channels: int, out_channels: int, bias: bool, padding: str = "zeros") -> Conv3x3:
+    return Conv3x3(
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        padding=1,
+        bias=bias,
+        padding_mode=padding,  # type: ignore[arg-type]  # checked by ModelConfig
+    )
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3, scaled by ``res_scale`` and added to the input."""
+
+    def __init__(
+        self, channels: int, bias: bool, res_scale: float = 0.1, padding: str = "zeros"
+    ) -> None:
+        super().__init__()
+        self.res_conv1 = conv3x3(channels, channels, bias, padding)
+        self.res_conv2 = conv3x3(channels, channels, bias, padding)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x + 0.1 * branch in one kernel; under autocast the branch is bf16 and x float32.
+        branch = self.res_conv2(F.relu(self.res_conv1(x), inplace=True))
+        return torch.add(x, branch, alpha=self.res_scale)
+
+
+def upsample_bilinear(x: torch.Tensor, scale: int, mode: ResizeMode) -> torch.Tensor:
+    """Bilinear resize of (N,C,h,w) to (N,C,h*scale,w*scale) with the given pixel mapping."""
+    if mode == "half_pixel":
+        return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    # Legacy mapping src = dst / scale, clamped at the last row/column. Replicating the last
+    # row/column and resizing h+1 -> h*scale+1 with aligned corners gives exactly that mapping
+    # (the step (h+1-1)/(h*scale+1-1) is 1/scale); the extra output row/column is dropped.
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    resized = F.interpolate(
+        padded, size=(height * scale + 1, width * scale + 1), mode="bilinear", align_corners=True
+    )
+    return resized[..., : height * scale, : width * scale]
+
+
+OutputStage = Literal["factored", "direct"]
+OUTPUT_STAGES: tuple[str, ...] = ("factored", "direct")
+
+
+def factored_conv_out(
+    features: torch.Tensor, conv_out: nn.Conv2d, scale: int, mode: ResizeMode
+) -> torch.Tensor:
+    """``conv_out(upsample_bilinear(features))``, computed mostly at low resolution.
+
+    A 3x3 convolution to O channels is a sum of 9 shifted maps, one per tap, each a channel
+    mix of its input; the bilinear resize is linear and acts on each channel alone, so it
+    commutes with that mix. Hence: project the C-channel low-res ``features`` to O x 9 channels
+    (a 1x1 convolution with conv_out's taps), upsample those few channels, and sum the 9 maps
+    shifted by their tap's offset, with conv_out's padding beyond the edges (zeros, or the
+    edge cells repeated for ``padding_mode="replicate"``), applied after the upsampling. The
+    shift-and-sum is a 3x3 convolution whose weights are 0 or 1
+    (exact: each output adds the same 9 products as conv_out). Exact in exact arithmetic,
+    gradients included; for C = 64 or 256 the high-resolution maps hold 9 channels instead of
+    C, so this stage needs about C/9 times less memory and time.
+    """
+    weight = conv_out.weight
+    out_channels, channels = weight.shape[:2]
+    taps = weight.permute(0, 2, 3, 1).reshape(out_channels * 9, channels, 1, 1)
+    upsampled = upsample_bilinear(F.conv2d(features, taps), scale, mode)
+    # Per output channel (a group of 9 maps), map t is 1 at tap t's position (row t // 3,
+    # column t % 3) and 0 elsewhere.
+    shift = torch.eye(9, dtype=upsampled.dtype, device=upsampled.device).view(1, 9, 3, 3)
+    shift = shift.expand(out_channels, 9, 3, 3)
+    if conv_out.padding_mode == "zeros":
+        return F.conv2d(upsampled, shift, conv_out.bias, padding=1, groups=out_channels)
+    if conv_out.padding_mode == "replicate" and _ring_pays(upsampled):
+        return replicate_conv3x3(upsampled, shift, conv_out.bias, out_channels)
+    padded = F.pad(upsampled, (1, 1, 1, 1), mode=conv_out.padding_mode)
+    return F.conv2d(padded, shift, conv_out.bias, groups=out_channels)
