@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import demsr.layers
-from demsr.layers import Conv3x3, replicate_conv3x3, upsample_bilinear
+from demsr.layers import Conv3x3, replicate_conv3x3, ring_padding, upsample_bilinear
 from demsr.model import DEMSRNet, ModelConfig
 
 
@@ -91,11 +91,20 @@ def test_conv3x3_takes_the_ring_in_inference_on_large_maps_only(
     with torch.inference_mode():
         for x in (large, small):
             torch.testing.assert_close(conv(x), reference(x), rtol=1e-6, atol=1e-6)
-    assert calls == [(1, 3, 20, 24)]  # the small map is padded as nn.Conv2d pads it
+        assert calls == [(1, 3, 20, 24)]  # the small map is padded as nn.Conv2d pads it
+        with ring_padding("never"):
+            conv(large)
+        with ring_padding("always"):
+            conv(small)
+        conv(torch.randn(1, 3, 1, 500))  # a single row: no ring to take
+    assert calls == [(1, 3, 20, 24), (1, 3, 19, 20)]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        with ring_padding("sometimes"):
+            pass
     # Training keeps the padded copy: gradients flow as through nn.Conv2d.
     conv(large).sum().backward()
     reference(large).sum().backward()
-    assert calls == [(1, 3, 20, 24)]
+    assert len(calls) == 2
     assert conv.weight.grad is not None and reference.weight.grad is not None
     torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
 
@@ -115,11 +124,11 @@ def test_the_network_computes_the_same_values_with_the_ring_as_with_padded_copie
         demsr.layers, "replicate_conv3x3", lambda *args: calls.append(1) or real(*args)
     )
     with torch.inference_mode():
-        monkeypatch.setattr(demsr.layers, "RING_MIN_CELLS", 10**9)
-        copied = net(x)
+        with ring_padding("never"):
+            copied = net(x)
         assert calls == []
-        monkeypatch.setattr(demsr.layers, "RING_MIN_CELLS", 30 * 30)
-        ring = net(x)
+        with ring_padding("always"):
+            ring = net(x)
     torch.testing.assert_close(ring, copied, rtol=0, atol=1e-5)
     assert ring.shape == (1, 1, 200, 200)
     # Every convolution of a replicate-padded network (conv1, two per block, conv2, conv_up and

@@ -14,7 +14,10 @@ import demsr.precision
 from demsr.checkpoint import as_checkpoint, load_checkpoint
 from demsr.cli import main
 from demsr.engine import predict_array
+from demsr.io import read_raster
+from demsr.layers import ring_padding
 from demsr.precision import choose_precision, recorded_bf16_bound
+from demsr.prepare import crop_to_blocks, degrade
 from demsr.pretrained import pretrained_path
 
 FIXTURE_CKPT = "mindearth_demnet_b2.ckpt"
@@ -111,3 +114,20 @@ def test_bf16_asked_for_an_unmeasured_model_warns(
     choice = choose_precision("bf16", torch.device("cpu"), None)
     assert choice.precision == "bf16"
     assert any("bf16 error of this model was never measured" in m for m in caplog.messages)
+
+
+def test_the_measured_bf16_error_is_the_worse_of_both_ways_of_padding(dem_test_dir: Path) -> None:
+    dem = dem_test_dir / "gmt_tut_relief_30s.tif"
+    checkpoint = as_checkpoint(pretrained_path())
+    measured = demsr.precision.measure_bf16_error(checkpoint, [dem], max_cells=200)
+    data = read_raster(dem).data[:200, :200]
+    lowres = degrade(crop_to_blocks(data, 5, str(dem)), 5)
+    resolver = checkpoint.build_resolver()
+    fp32 = predict_array(resolver, lowres, "cpu", precision="fp32")
+    worst = []
+    for mode in ("never", "always"):
+        with ring_padding(mode):
+            bf16 = predict_array(resolver, lowres, "cpu", precision="bf16")
+        worst.append(float(np.nanmax(np.abs(bf16 - fp32))))
+    assert measured["max_abs_m"] == round(max(worst), 4) > 0
+    assert measured["dems"][dem.name]["max_abs_m"] == measured["max_abs_m"]

@@ -8,6 +8,9 @@ without a padded copy of the map (:func:`replicate_conv3x3`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -19,6 +22,25 @@ RESIZE_MODES: tuple[str, ...] = ("legacy", "half_pixel")
 
 RING_MIN_CELLS = 160 * 160
 """Maps of at least this many cells are convolved by :func:`replicate_conv3x3` in inference."""
+
+RING_MODES: tuple[str, ...] = ("auto", "always", "never")
+_ring_mode: ContextVar[str] = ContextVar("demsr_ring_mode", default="auto")
+
+
+@contextlib.contextmanager
+def ring_padding(mode: str) -> Iterator[None]:
+    """Within it (in this thread), inference convolves replicate padding with
+    :func:`replicate_conv3x3` on maps of :data:`RING_MIN_CELLS` or more (``auto``, as
+    everywhere else), on every map (``always``), or never (``never``: a padded copy, as in
+    training). Both ways give the same sums, rounded apart in bf16: measuring a model's bf16
+    error takes the worse of the two (:func:`demsr.precision.measure_bf16_error`)."""
+    if mode not in RING_MODES:
+        raise ValueError(f"mode must be one of {RING_MODES}, got {mode!r}")
+    token = _ring_mode.set(mode)
+    try:
+        yield
+    finally:
+        _ring_mode.reset(token)
 
 
 def replicate_conv3x3(
@@ -60,13 +82,14 @@ class Conv3x3(nn.Conv2d):
 
 def _ring_pays(x: torch.Tensor) -> bool:
     """Whether :func:`replicate_conv3x3` convolves ``x``: without gradients (training keeps
-    the padded copy: the ring is written in place) and on a map of
+    the padded copy: the ring is written in place), on a map of at least 2 x 2 cells, and of
     :data:`RING_MIN_CELLS` or more (on a small one, its four extra convolutions cost more
-    than the copy)."""
+    than the copy) unless :func:`ring_padding` says otherwise."""
     height, width = x.shape[-2:]
-    return (
-        not torch.is_grad_enabled() and min(height, width) >= 2 and height * width >= RING_MIN_CELLS
-    )
+    if torch.is_grad_enabled() or min(height, width) < 2:
+        return False
+    mode = _ring_mode.get()
+    return mode == "always" or (mode == "auto" and height * width >= RING_MIN_CELLS)
 
 
 def conv3x3(in_channels: int, out_channels: int, bias: bool, padding: str = "zeros") -> Conv3x3:
