@@ -124,11 +124,15 @@ def child(spec: dict[str, Any]) -> None:
         if spec["formats"]:
             for fmt, suffix in FORMATS.items():
                 for dtype in ("float32", "int16"):
-                    copy = Path(partial).with_name(f"copy_{fmt}_{dtype}.tif")
-                    shutil.copyfile(partial, copy)
+                    # The partial store's reader, which finalise_output reads and leaves open
+                    # (a partial GeoTIFF, from older code, it would delete: a copy goes).
+                    source = partial
+                    if isinstance(partial, str | Path):
+                        source = Path(partial).with_name(f"copy_{fmt}_{dtype}.tif")
+                        shutil.copyfile(partial, source)
                     product = Path(output).with_name(f"product_{dtype}{suffix}")
                     begun = time.perf_counter()
-                    finalise_output(copy, product, fmt, dtype=dtype, metadata=kwargs["metadata"])
+                    finalise_output(source, product, fmt, dtype=dtype, metadata=kwargs["metadata"])
                     formats[f"{fmt} {dtype}"] = {
                         "seconds": time.perf_counter() - begun,
                         "bytes": disk_bytes(product),

@@ -68,12 +68,11 @@ def run(args: argparse.Namespace) -> str:
                 f"{difference:.4f} |"
             )
             print(rows[-1], flush=True)
-    threads = torch.get_num_threads()
     return "\n".join(
         [
             *rows,
             "",
-            f"Machine: {machine_description('cpu')} (torch threads {threads}). Medians of "
+            f"Machine: {machine_description('cpu')}. Medians of "
             f"{args.calls} calls per way; {time.perf_counter() - started:.0f} s.",
         ]
     )
