@@ -22,11 +22,11 @@ the wall time, and a case whose process had its threads' cores less than 80% of 
 lost more than 10% to steal, runs again (three runs at most; the fastest is kept).
 
 Cases: the shipped lite model at tiles 64, 128, 256 and 512 (bf16) on 6 x 6, 6 x 6, 4 x 4 and
-3 x 3 tiles of the bundled SRTM tile (Sierra Nevada, land; mirrored as in ``predict_memory.py``), and at 128 in
-fp32 on 512 x 512 cells; lite at 128 on a continental-shelf bathymetry grid
-(``examples/data/cairns_ga2005_270m_shelf.tif``); an untrained paper-shaped model (trend scaling,
-margin 101) at tiles 48 and 96 on 2 x 2 tiles. Then the memory formula's constants (base, maps
-per tile) are fitted to all cases by least squares and printed beside the ones
+3 x 3 tiles of the bundled SRTM tile (Sierra Nevada, land; mirrored as in ``predict_memory.py``),
+and at 128 in fp32 on 512 x 512 cells; lite at 128 on a continental-shelf bathymetry grid
+(``examples/data/cairns_ga2005_270m_shelf.tif``); an untrained paper-shaped model (trend
+scaling, margin 101) at tiles 48 and 96 on 2 x 2 tiles. Then the memory formula's constants
+(base, maps per tile) are fitted to all cases by least squares and printed beside the ones
 :data:`demsr.plan.figures.MEMORY_CALIBRATION` holds. The input check's rate (every cell read
 once) is measured on a 4096 x 4096 NetCDF in the GEBCO layout::
 
