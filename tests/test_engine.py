@@ -154,7 +154,7 @@ def test_bf16_runs_the_network_only_in_bfloat16(
     bf16 = predict_array(resolvers["half_pixel"], lowres, tile_px=32, precision="bf16")
     assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
     assert 0 < np.abs(bf16 - fp32).max() < 0.5  # the residual blocks' rounding, in metres
-    # Tiles of other shapes round differently in bf16, but only by millimetres: no seams.
+    # Tiles of other shapes round differently in bf16, here by centimetres at most.
     whole_bf16 = predict_array(resolvers["half_pixel"], lowres, precision="bf16")
     assert np.abs(whole_bf16 - bf16).max() < 0.05
     # A silent network leaves the trend alone, which stays float32: ~2800 m in bfloat16

@@ -134,3 +134,20 @@ def test_the_network_computes_the_same_values_with_the_ring_as_with_padded_copie
     # Every convolution of a replicate-padded network (conv1, two per block, conv2, conv_up and
     # the output stage's), none of a zero-padded one.
     assert len(calls) == (8 if padding == "replicate" else 0)
+
+
+def test_a_compiled_network_is_one_graph_with_the_ring_in_it() -> None:
+    """torch.compile cannot read ring_padding's context variable: a compiled network takes the
+    default, the ring on a map this large, without a graph break at each convolution."""
+    torch.manual_seed(2)
+    net = DEMSRNet(ModelConfig(blocks=1, channels=4, scale=2, padding="replicate")).eval()
+    x = torch.rand(1, 1, 160, 160)
+    with torch.inference_mode(), ring_padding("always"):
+        expected = net(x)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(net)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    compiled = torch.compile(net, backend="eager", dynamic=False)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), expected, rtol=0, atol=1e-6)

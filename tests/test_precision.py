@@ -131,3 +131,22 @@ def test_the_measured_bf16_error_is_the_worse_of_both_ways_of_padding(dem_test_d
         worst.append(float(np.nanmax(np.abs(bf16 - fp32))))
     assert measured["max_abs_m"] == round(max(worst), 4) > 0
     assert measured["dems"][dem.name]["max_abs_m"] == measured["max_abs_m"]
+
+
+def test_a_bf16_output_with_holes_gets_no_bound(
+    dem_test_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import demsr.engine
+
+    real = demsr.engine.predict_array
+
+    def holed(*args: object, precision: str = "auto", **kwargs: object) -> np.ndarray:
+        values = real(*args, precision=precision, **kwargs)  # type: ignore[arg-type]
+        if precision == "bf16":
+            values[3, 4] = np.nan  # a cell the float32 output has
+        return values
+
+    monkeypatch.setattr(demsr.engine, "predict_array", holed)
+    dem = dem_test_dir / "pysheds_hydrosheds_3s.tif"
+    with pytest.raises(ValueError, match="bf16 output is not finite where the float32"):
+        demsr.precision.measure_bf16_error(pretrained_path(), [dem], max_cells=100)

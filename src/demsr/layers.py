@@ -88,7 +88,9 @@ def _ring_pays(x: torch.Tensor) -> bool:
     height, width = x.shape[-2:]
     if torch.is_grad_enabled() or min(height, width) < 2:
         return False
-    mode = _ring_mode.get()
+    # torch.compile cannot trace a context variable (a graph break at every convolution): a
+    # compiled network takes the default.
+    mode = "auto" if torch.compiler.is_compiling() else _ring_mode.get()
     return mode == "always" or (mode == "auto" and height * width >= RING_MIN_CELLS)
 
 

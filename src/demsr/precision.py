@@ -122,6 +122,10 @@ def measure_bf16_error(
             with ring_padding(mode):
                 bf16 = predict_array(resolver, lowres, torch_device, precision="bf16")
             difference = np.abs(bf16 - fp32)[valid].astype(np.float64)
+            if not np.isfinite(difference).all():  # never a bound that hides a failed cell
+                raise ValueError(
+                    f"{path}: the bf16 output is not finite where the float32 output is"
+                )
             squares[mode] += float(np.sum(difference**2))
             figures["max_abs_m"] = max(figures["max_abs_m"], float(difference.max()))
             figures["rms_m"] = max(figures["rms_m"], float(np.sqrt(np.mean(difference**2))))

@@ -147,7 +147,8 @@ def command(
     each read with a margin of the model's receptive field plus the reach of its trend removal
     and back-projection (63 low-res cells for the shipped model), so memory does not grow with
     its size and the result equals whole-raster prediction (to float32 rounding with
-    --precision fp32, to millimetres in bf16). Finished tiles are kept in
+    --precision fp32; in bf16, which rounds tiles of each shape differently, within the model's
+    recorded bf16 error). Finished tiles are kept in
     OUTPUT.partial.zarr: an interrupted run (Ctrl-C, a full disk, a crash) continues with --resume.
 
     Under torchrun (torchrun --nproc_per_node N -m demsr predict ...) the N ranks share the

@@ -219,24 +219,29 @@ def _create_zarr(
         root = await open_group(
             store=str(folder), mode="w", zarr_format=2, attributes=dict(group_attrs)
         )
-        return list(
-            await asyncio.gather(
-                *(
-                    root.create_array(
-                        spec.name,
-                        chunks=spec.chunks,
-                        fill_value=spec.fill,
-                        attributes=dict(spec.attrs),
-                        **(
-                            {"shape": spec.shape, "dtype": spec.dtype}
-                            if spec.data is None
-                            else {"data": np.asarray(spec.data, dtype=spec.dtype)}
-                        ),
-                    )
-                    for spec in arrays
+        # Every creation ends before this returns, a failed one too (then the first error is
+        # raised): nothing still writes into the folder when the caller removes it.
+        results = await asyncio.gather(
+            *(
+                root.create_array(
+                    spec.name,
+                    chunks=spec.chunks,
+                    fill_value=spec.fill,
+                    attributes=dict(spec.attrs),
+                    **(
+                        {"shape": spec.shape, "dtype": spec.dtype}
+                        if spec.data is None
+                        else {"data": np.asarray(spec.data, dtype=spec.dtype)}
+                    ),
                 )
-            )
+                for spec in arrays
+            ),
+            return_exceptions=True,
         )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
 
     return {
         spec.name: zarr.Array(array) for spec, array in zip(arrays, sync(create()), strict=True)
