@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-import _thread
+import signal
+import sys
 import threading
 import time
 
 import pytest
 
 from demsr.overlap import WriteBehind, in_background, read_ahead
+
+
+def _ctrl_c_once_main_waits_in(function: str) -> None:
+    """A real SIGINT to the main thread (as Ctrl-C sends) once it is inside ``function``,
+    waiting: not earlier, however busy the machine (a timed guess of when it gets there is not
+    enough on a loaded one)."""
+    main = threading.main_thread().ident
+    assert main is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(main)
+        while frame is not None and frame.f_code.co_name != function:
+            frame = frame.f_back
+        if frame is not None:
+            break
+        time.sleep(0.002)
+    else:
+        raise AssertionError(f"the main thread never reached {function}")
+    time.sleep(0.02)  # from entering it to the wait itself
+    signal.pthread_kill(main, signal.SIGINT)
 
 
 def test_read_ahead_yields_every_item_in_order_prepared_in_another_thread() -> None:
@@ -60,8 +81,7 @@ def test_a_ctrl_c_while_read_ahead_stops_is_raised_once_the_read_in_hand_has_end
     def prepare(item: int) -> int:
         if item == 1:
             started.set()
-            time.sleep(0.05)
-            _thread.interrupt_main()  # Ctrl-C while the caller waits for this read
+            _ctrl_c_once_main_waits_in("_stop")  # while the caller waits for this read
             time.sleep(0.2)
             ended.append(item)
         return item
@@ -109,8 +129,7 @@ def test_a_ctrl_c_while_write_behind_closes_is_raised_once_the_write_has_ended()
     ended: list[int] = []
 
     def write(item: int) -> None:
-        time.sleep(0.05)
-        _thread.interrupt_main()  # Ctrl-C while the caller leaves the block
+        _ctrl_c_once_main_waits_in("_stop")  # while the caller leaves the block
         time.sleep(0.2)
         ended.append(item)
 

@@ -11,9 +11,10 @@ the checkpoint file) while the caller goes on. Order, values and errors are as w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from concurrent.futures import wait as wait_for
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -53,15 +54,20 @@ def read_ahead(items: Iterable[T], prepare: Callable[[T], R]) -> Generator[R, No
         _stop(pool, pending)
 
 
-def _stop(pool: ThreadPoolExecutor, pending: list[Future[R]]) -> None:
-    """Cancel what has not started, wait for what has; an interrupt during the wait is
-    raised once the thread has finished."""
-    for future in pending:
+def _stop(pool: ThreadPoolExecutor, pending: Sequence[Future[Any]], cancel: bool = True) -> None:
+    """Cancel what of ``pending`` has not started (unless ``cancel`` is False: then it runs),
+    wait for the rest; an interrupt during the wait is raised once the thread has finished.
+
+    The wait is on the futures, not on the thread: Python 3.11's ``Thread.join``, interrupted
+    by a real Ctrl-C, takes the thread for ended while it still runs (its next join returns
+    at once), so the read in hand would go on after the caller closed its source."""
+    for future in pending if cancel else ():
         future.cancel()
     interrupted: BaseException | None = None
     while True:
         try:
-            pool.shutdown(wait=True)
+            wait_for(pending)
+            pool.shutdown(wait=True)  # the thread has nothing left: it ends at once
             break
         except KeyboardInterrupt as exc:  # wait on: the source must not close under a read
             interrupted = exc
@@ -107,4 +113,5 @@ class WriteBehind(Generic[T]):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _stop(self._pool, [])  # the store must not close under a write
+        # The store must not close under a write.
+        _stop(self._pool, [] if self._pending is None else [self._pending[1]], cancel=False)

@@ -120,9 +120,8 @@ def _write_zarr(
     """Zarr format 2 in the layout xarray writes (``_ARRAY_DIMENSIONS``, fill value as
     ``_FillValue``), built with zarr directly so that the elevation is written block by block.
     The group, its attributes and every array (the coordinates with their values) are created
-    first, in one go (:func:`_create_zarr`), then the gridded variables are written block by
-    block and the metadata consolidated."""
-    import zarr
+    and their metadata consolidated first, in one go (:func:`_create_zarr`: the chunks written
+    after change no metadata), then the gridded variables are written block by block."""
 
     crs = src.crs
     plan = _plan_grid(Grid.of(src), layout)
@@ -165,7 +164,6 @@ def _write_zarr(
         for spec, reader, stop_at in gridded:
             setitem = created[spec.name].__setitem__
             _write_blocks(reader, plan, encode, setitem, progress, output.name, stop_at)
-        zarr.consolidate_metadata(str(tmp))
 
 
 @dataclass(frozen=True)
@@ -189,9 +187,10 @@ def _create_zarr(
     folder: Path, group_attrs: Mapping[str, Any], arrays: Sequence[_ZarrArray]
 ) -> dict[str, Any]:
     """A Zarr format 2 group in ``folder`` with ``group_attrs`` and ``arrays`` (with their
-    attributes and any values), as zarr arrays by name. zarr 3 creates them all concurrently in
-    one call into its event loop (each array on its own would be a round trip into it, and
-    most of the writing time of a small product); zarr 2 one after the other."""
+    attributes and any values), its metadata consolidated, as zarr arrays by name. zarr 3
+    creates them all concurrently and consolidates in one call into its event loop (each step
+    on its own would be a round trip into it, and most of the writing time of a small product);
+    zarr 2 one after the other."""
     import zarr
 
     if int(zarr.__version__.split(".")[0]) < 3:
@@ -210,9 +209,10 @@ def _create_zarr(
             if spec.data is not None:
                 array[...] = spec.data
             made[spec.name] = array
+        zarr.consolidate_metadata(str(folder))
         return made
 
-    from zarr.api.asynchronous import open_group
+    from zarr.api.asynchronous import consolidate_metadata, open_group
     from zarr.core.sync import sync
 
     async def create() -> list[Any]:
@@ -241,6 +241,7 @@ def _create_zarr(
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        await consolidate_metadata(str(folder))
         return list(results)
 
     return {
