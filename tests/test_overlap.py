@@ -6,10 +6,22 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from demsr.overlap import WriteBehind, in_background, read_ahead
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in this test, as in a terminal, even where the test run
+    started with SIGINT ignored (a shell's background job)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _ctrl_c_once_main_waits_in(function: str) -> None:
@@ -74,7 +86,9 @@ def test_closing_read_ahead_early_stops_its_thread() -> None:
     assert not any(t.name.startswith("demsr-read") for t in threading.enumerate())
 
 
-def test_a_ctrl_c_while_read_ahead_stops_is_raised_once_the_read_in_hand_has_ended() -> None:
+def test_a_ctrl_c_while_read_ahead_stops_is_raised_once_the_read_in_hand_has_ended(
+    ctrl_c_raises: None,
+) -> None:
     """The caller's source must not close under a running read, and the Ctrl-C is not lost."""
     started, ended = threading.Event(), []
 
@@ -125,7 +139,9 @@ def test_write_behind_refuses_a_second_write_in_flight_and_raises_a_failed_one()
         assert not behind.in_flight
 
 
-def test_a_ctrl_c_while_write_behind_closes_is_raised_once_the_write_has_ended() -> None:
+def test_a_ctrl_c_while_write_behind_closes_is_raised_once_the_write_has_ended(
+    ctrl_c_raises: None,
+) -> None:
     ended: list[int] = []
 
     def write(item: int) -> None:
