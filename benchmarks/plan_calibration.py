@@ -21,16 +21,16 @@ its host (steal time): the child's CPU seconds and the share of steal time are r
 the wall time, and a case whose process had its threads' cores less than 80% of the time, or
 lost more than 10% to steal, runs again (three runs at most; the fastest is kept).
 
-Cases: the shipped lite model at tiles 64, 128, 256 and 512 (bf16) on 6 x 6, 6 x 6, 4 x 4 and
-3 x 3 tiles of the bundled SRTM tile (Sierra Nevada, land; mirrored as in ``predict_memory.py``),
-and at 128 in fp32 on 512 x 512 cells; lite at 128 on a continental-shelf bathymetry grid
-(``examples/data/cairns_ga2005_270m_shelf.tif``); an untrained paper-shaped model (trend
-scaling, margin 101) at tiles 48 and 96 on 2 x 2 tiles. Then the memory formula's constants
+Cases: the shipped lite model at tiles 64, 128, 256, 512 and 1024 (bf16) on 6 x 6, 6 x 6, 4 x 4,
+3 x 3 and 3 x 3 tiles of the bundled SRTM tile (Sierra Nevada, land; mirrored as in
+``predict_memory.py``), and at 128 in fp32 on 512 x 512 cells; lite at 128 on a continental-shelf
+bathymetry grid (``examples/data/cairns_ga2005_270m_shelf.tif``); an untrained paper-shaped model
+(trend scaling, margin 101) at tiles 48 and 96 on 2 x 2 tiles. Then the memory formula's constants
 (base, maps per tile) are fitted to all cases by least squares and printed beside the ones
-:data:`demsr.plan.figures.MEMORY_CALIBRATION` holds. The input check's rate (every cell read
-once) is measured on a 4096 x 4096 NetCDF in the GEBCO layout::
+:data:`demsr.plan.figures.MEMORY_CALIBRATION` holds. The input check's rate (every cell read once)
+is measured on a 4096 x 4096 NetCDF in the GEBCO layout::
 
-    .venv/bin/python benchmarks/plan_calibration.py                  # 3 min on 2 quiet CPU cores
+    .venv/bin/python benchmarks/plan_calibration.py                  # 5 min on 2 quiet CPU cores
     .venv/bin/python benchmarks/plan_calibration.py --record benchmarks/plan_calibration.md
 
 ``--record FILE`` writes the tables to FILE, keeping its hand-written notes (``harness.record``).
@@ -81,8 +81,10 @@ CASES = (
     Case("lite", 64, "terrain:384"),
     Case("lite", 128, "terrain:768"),
     Case("lite", 256, "terrain:1024"),
-    # a large tile, as the automatic size gives a large raster (3 x 3 tiles)
+    # large tiles, as the automatic size gives large rasters (3 x 3 tiles; 1024 is about the
+    # automatic size of a global grid)
     Case("lite", 512, "terrain:1536"),
+    Case("lite", 1024, "terrain:3072"),
     Case("lite", 128, "terrain:512", precision="fp32", formats=True),
     Case("lite", 128, "shelf", formats=True),
     Case("paper", 48, "terrain:96"),

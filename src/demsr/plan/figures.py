@@ -42,14 +42,15 @@ class SpeedFigure:
 SPEED_FIGURES: tuple[SpeedFigure, ...] = (
     # benchmarks/plan_calibration.py (2026-12-05): the shipped lite model (margin 63) and an
     # untrained paper-shaped model (trend scaling, margin 101), `demsr predict` run as is.
-    SpeedFigure("lite", "cpu", "bf16", 5.48, 64, 63, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "bf16", 5.58, 128, 63, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 5.02, 64, 63, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 6.09, 128, 63, THIS_CPU, CALIBRATION),
     # Larger windows run slower per cell on this CPU (the feature maps outgrow its caches).
-    SpeedFigure("lite", "cpu", "bf16", 4.29, 256, 63, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "bf16", 2.61, 512, 63, THIS_CPU, CALIBRATION),
-    SpeedFigure("lite", "cpu", "fp32", 2.38, 128, 63, THIS_CPU, CALIBRATION),
-    SpeedFigure("paper", "cpu", "bf16", 0.078, 48, 101, THIS_CPU, CALIBRATION),
-    SpeedFigure("paper", "cpu", "bf16", 0.078, 96, 101, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 4.11, 256, 63, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 2.54, 512, 63, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "bf16", 2.15, 1024, 63, THIS_CPU, CALIBRATION),
+    SpeedFigure("lite", "cpu", "fp32", 2.47, 128, 63, THIS_CPU, CALIBRATION),
+    SpeedFigure("paper", "cpu", "bf16", 0.084, 48, 101, THIS_CPU, CALIBRATION),
+    SpeedFigure("paper", "cpu", "bf16", 0.080, 96, 101, THIS_CPU, CALIBRATION),
     # The network alone (no tile loop): 5.003 s per 96 x 96 call, channels-last float32.
     SpeedFigure(
         "paper",
@@ -86,12 +87,12 @@ class MemoryCalibration:
 
 MEMORY_CALIBRATION = {
     # Fitted by benchmarks/plan_calibration.py to `demsr predict`'s peak resident memory during
-    # the tile loop (lite at tiles 64/128/256, paper at 48/96), the baseline raised to cover
-    # every case of the 2026-12-05 run (lite's peaks had grown past the formula with the
+    # the tile loop (lite at tiles 64-1024, paper at 48/96), the baseline raised to cover
+    # every case of the 2026-12-05 runs (lite's peaks had grown past the formula with the
     # reading and writing threads). Two copies of the weights: the loaded checkpoint's and the
     # network's.
     "cpu": MemoryCalibration(
-        baseline_mib=460.0,
+        baseline_mib=475.0,
         weight_copies=2.0,
         lowres_maps=3.0,
         highres_maps=18.0,
@@ -126,17 +127,17 @@ class HostFigures:
 
 
 HOST_FIGURES = HostFigures(
-    check_mcells_s=68.0,
+    check_mcells_s=67.0,
     # The slower of the land and shelf DEMs' figures.
     finalise_mpx_s={
-        ("cog", "float32"): 12.2,
-        ("cog", "int16"): 14.3,
-        ("netcdf", "float32"): 10.7,
-        ("netcdf", "int16"): 23.2,
-        ("zarr", "float32"): 24.5,
-        ("zarr", "int16"): 29.7,
+        ("cog", "float32"): 13.0,
+        ("cog", "int16"): 15.6,
+        ("netcdf", "float32"): 11.7,
+        ("netcdf", "int16"): 24.7,
+        ("zarr", "float32"): 25.0,
+        ("zarr", "int16"): 31.5,
     },
-    startup_s={"lite": 1.2, "paper": 1.2},
+    startup_s={"lite": 1.1, "paper": 1.1},
     machine=THIS_CPU,
     source=CALIBRATION,
 )
