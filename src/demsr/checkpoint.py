@@ -61,8 +61,9 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     _file_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
-    _checked: tuple[ModelConfig, DEMSRNet, dict[str, torch.dtype]] | None = field(
-        default=None, init=False, repr=False, compare=False
+    # The model check_weights built, for one build_model to take (dict.pop: one caller only).
+    _checked: dict[str, tuple[ModelConfig, DEMSRNet, dict[str, torch.dtype]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     @property
@@ -77,7 +78,7 @@ class Checkpoint:
         every parameter must come from the checkpoint, or it is refused."""
         # The model check_weights built for this config (used once) and its own dtypes, or a
         # new one.
-        checked, self._checked = self._checked, None
+        checked = self._checked.pop("model", None)
         if checked is not None and checked[0] == self.model_config:
             model, dtypes = checked[1:]
         else:
@@ -96,7 +97,7 @@ class Checkpoint:
         weights = {name: tensor.to("meta") for name, tensor in self.state_dict.items()}
         model, dtypes = self._meta_model()
         self._assign(model, weights)
-        self._checked = self.model_config, model, dtypes
+        self._checked["model"] = (self.model_config, model, dtypes)
 
     def _meta_model(self) -> tuple[DEMSRNet, dict[str, torch.dtype]]:
         """The network without weights (on the meta device), and its tensors' own dtypes."""
