@@ -155,6 +155,20 @@ def write_untrained_checkpoint(
     return save_checkpoint(path, model, scaling, metadata)
 
 
+@pytest.fixture(scope="session")
+def plan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained checkpoint the tests of ``demsr.plan`` plan with (4 channels)."""
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors")
+
+
+@pytest.fixture(scope="session")
+def sparse_global_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GEBCO-sized global grid that takes no room (``plan_cases.write_sparse_global_grid``)."""
+    from plan_cases import write_sparse_global_grid
+
+    return write_sparse_global_grid(tmp_path_factory.mktemp("global") / "gebco_15s.tif")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """GPU tests skip, with a reason, where CUDA is not available."""
     if torch.cuda.is_available():

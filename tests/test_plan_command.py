@@ -6,35 +6,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_untrained_checkpoint
 from plan_cases import SOURCE, run_cli
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return write_untrained_checkpoint(path, channels=4)
-
-
 def test_predict_dry_run_prints_the_plan_and_writes_nothing(
-    checkpoint: Path, dem_test_dir: Path, tmp_path: Path
+    plan_checkpoint: Path, dem_test_dir: Path, tmp_path: Path
 ) -> None:
     source = dem_test_dir / SOURCE
     output = tmp_path / "out.nc"
     code, out, err = run_cli(
-        "predict", checkpoint, source, output, "--tile-px", "32", "--output-datum", "wgs84",
+        "predict", plan_checkpoint, source, output, "--tile-px", "32", "--output-datum", "wgs84",
         "--dry-run",
     )  # fmt: skip
     assert code == 0, err
     assert "tiles    15 of 32 x 32 cells" in out and "netcdf float32" in out
     assert (
-        f"run      demsr predict {checkpoint} {source} {output} --tile-px 32 --output-datum wgs84"
+        f"run      demsr predict {plan_checkpoint} {source} {output} "
+        "--tile-px 32 --output-datum wgs84"
     ) in out
     assert list(tmp_path.iterdir()) == []
 
 
 def test_predict_dry_run_under_torchrun(
-    checkpoint: Path, dem_test_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    plan_checkpoint: Path, dem_test_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rank 0 prints the plan for torchrun's ranks, with what an earlier run left; the others
     print nothing."""
@@ -42,14 +36,14 @@ def test_predict_dry_run_under_torchrun(
     output.write_bytes(b"an earlier product")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "1")
-    args = ["predict", checkpoint, source, output, "--tile-px", "32", "--dry-run"]
+    args = ["predict", plan_checkpoint, source, output, "--tile-px", "32", "--dry-run"]
     assert run_cli(*args) == (0, "", "")
     monkeypatch.setenv("RANK", "0")
     code, out, err = run_cli(*args)
     assert code == 0, err
     assert "ranks    4: 3-4 tiles each" in out  # 3 x 5 tiles dealt round-robin
     assert (
-        f"torchrun --nproc_per_node 4 -m demsr predict {checkpoint} {source} {output} "
+        f"torchrun --nproc_per_node 4 -m demsr predict {plan_checkpoint} {source} {output} "
         "--tile-px 32\n"
     ) in out
     assert f"note     {output} exists: demsr predict refuses it without --overwrite" in out

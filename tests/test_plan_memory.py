@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import rasterio
-from conftest import write_untrained_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from plan_cases import SOURCE, count_network_tiles, run_cli
@@ -19,13 +18,6 @@ from demsr.model import ModelConfig
 from demsr.plan.memory import MAX_TILE_PX, choose_tile_px, estimate_memory
 from demsr.plan.prediction import plan_prediction
 from demsr.predict import predict_raster
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return write_untrained_checkpoint(path, channels=4)
-
 
 LITE = ModelConfig(blocks=16, channels=64, scale=5)
 LITE_PARAMETERS = 1_200_000
@@ -79,19 +71,19 @@ def test_the_chosen_tile_is_the_largest_that_fits(
 
 
 def test_plan_and_predict_choose_the_same_tiles(
-    checkpoint: Path, dem_test_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    plan_checkpoint: Path, dem_test_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without --tile-px both take the largest tile --memory allows: the same read windows go
     through the network as the plan says, the product records that tile size, and the plan's
     command line carries the cap."""
     source = dem_test_dir / SOURCE  # 67 x 129
-    whole = plan_prediction(source, checkpoint, device="cpu", memory_bytes=2**40)
+    whole = plan_prediction(source, plan_checkpoint, device="cpu", memory_bytes=2**40)
     assert whole.tile_px == 129 and whole.tiles == 1  # the raster fits: one tile, no margin
     assert whole.geometry.core_share == 1.0
     # A cap that allows a 50-cell tile but not 51 (a 50 + 2 x margin window, clipped) -> 2 x 3
     # tiles of max(ceil(67 / 2), ceil(129 / 3)) = 43 cells.
     margin, parameters = whole.margin_px, whole.parameters
-    config = load_checkpoint(checkpoint).model_config
+    config = load_checkpoint(plan_checkpoint).model_config
 
     def memory(tile_px: int) -> int:
         window = min(67, tile_px + 2 * margin) * min(129, tile_px + 2 * margin)
@@ -99,13 +91,18 @@ def test_plan_and_predict_choose_the_same_tiles(
 
     needed = memory(50)
     assert memory(51) > needed
-    capped = plan_prediction(source, checkpoint, device="cpu", memory_bytes=needed)
+    capped = plan_prediction(source, plan_checkpoint, device="cpu", memory_bytes=needed)
     assert capped.tile_px == 43 and capped.tiles == 2 * 3
     assert capped.memory.total <= needed
     assert f"--memory {needed / 2**20:g}MiB" in capped.describe()
     seen = count_network_tiles(monkeypatch)
     output = predict_raster(
-        checkpoint, source, tmp_path / "out.tif", device="cpu", memory_bytes=needed, progress=False
+        plan_checkpoint,
+        source,
+        tmp_path / "out.tif",
+        device="cpu",
+        memory_bytes=needed,
+        progress=False,
     )
     assert len(seen) == capped.tiles
     assert max(seen, key=lambda shape: shape[0] * shape[1]) == capped.read_window

@@ -10,28 +10,16 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-from conftest import write_untrained_checkpoint
-from plan_cases import SOURCE, count_network_tiles, write_sparse_global_grid
+from plan_cases import SOURCE, count_network_tiles
 
 import demsr.io
 from demsr.plan.prediction import plan_prediction
 from demsr.predict import predict_raster
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return write_untrained_checkpoint(path, channels=4)
-
-
-@pytest.fixture(scope="module")
-def global_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sparse_global_grid(tmp_path_factory.mktemp("global") / "gebco_15s.tif")
-
-
 @pytest.mark.parametrize(("tile_px", "batch_size", "dtype"), [(32, 1, "float32"), (24, 3, "int16")])
 def test_plan_matches_what_predict_does(
-    checkpoint: Path,
+    plan_checkpoint: Path,
     dem_test_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -43,11 +31,11 @@ def test_plan_matches_what_predict_does(
     uncompressed bytes are the plan's."""
     source = dem_test_dir / SOURCE
     plan = plan_prediction(
-        source, checkpoint, device="cpu", tile_px=tile_px, batch_size=batch_size, dtype=dtype
+        source, plan_checkpoint, device="cpu", tile_px=tile_px, batch_size=batch_size, dtype=dtype
     )
     seen = count_network_tiles(monkeypatch)
     output = predict_raster(
-        checkpoint,
+        plan_checkpoint,
         source,
         tmp_path / "out.tif",
         device="cpu",
@@ -67,16 +55,16 @@ def test_plan_matches_what_predict_does(
 
 
 def test_a_global_grid_is_planned_from_its_metadata(
-    global_grid: Path, monkeypatch: pytest.MonkeyPatch
+    sparse_global_grid: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GEBCO's 43,200 x 86,400 grid -> 216,000 x 432,000 cells at 3", without reading a cell."""
-    assert global_grid.stat().st_size < 1_000_000
+    assert sparse_global_grid.stat().st_size < 1_000_000
 
     def no_reads(*_: Any, **__: Any) -> None:
         raise AssertionError("the plan read raster cells")
 
     monkeypatch.setattr(demsr.io.RasterReader, "read", no_reads)
-    plan = plan_prediction(global_grid, device="cpu", ranks=8, tile_px=128)  # shipped lite
+    plan = plan_prediction(sparse_global_grid, device="cpu", ranks=8, tile_px=128)  # shipped lite
     assert plan.output_shape == (216_000, 432_000)
     assert plan.tiles == 338 * 675  # ceil(43,200 / 128) x ceil(86,400 / 128)
     assert plan.read_window == (128 + 2 * plan.margin_px,) * 2

@@ -5,22 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_untrained_checkpoint
 from plan_cases import SOURCE, run_cli
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return write_untrained_checkpoint(path, channels=4)
-
-
 def test_plan_command_prints_the_plan(
-    checkpoint: Path, dem_test_dir: Path, monkeypatch: pytest.MonkeyPatch
+    plan_checkpoint: Path, dem_test_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WORLD_SIZE", "3")  # the default number of ranks
     source = dem_test_dir / SOURCE
-    args = ["plan", source, "--checkpoint", checkpoint, "--tile-px", "32", "--device", "cpu"]
+    args = ["plan", source, "--checkpoint", plan_checkpoint, "--tile-px", "32", "--device", "cpu"]
     code, out, err = run_cli(*args, "--format", "netcdf", "--dtype", "int16")
     assert code == 0, err
     assert "tiles    15 of 32 x 32 cells (3 x 5)" in out
@@ -28,6 +21,7 @@ def test_plan_command_prints_the_plan(
     assert "output   335 x 645 cells" in out and "netcdf int16" in out
     assert "product 432 kB uncompressed" in out  # 335 x 645 x 2 bytes
     assert (
-        f"run      torchrun --nproc_per_node 3 -m demsr predict {checkpoint} {source} OUTPUT.nc "
+        "run      torchrun --nproc_per_node 3 -m demsr predict "
+        f"{plan_checkpoint} {source} OUTPUT.nc "
         "--dtype int16 --tile-px 32 --device cpu"
     ) in out

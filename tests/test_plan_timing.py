@@ -6,28 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_untrained_checkpoint
-from plan_cases import SOURCE, write_sparse_global_grid
+from plan_cases import SOURCE
 
 from demsr.plan.prediction import plan_prediction
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return write_untrained_checkpoint(path, channels=4)
-
-
-@pytest.fixture(scope="module")
-def global_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sparse_global_grid(tmp_path_factory.mktemp("global") / "gebco_15s.tif")
-
-
-def test_time_follows_from_the_throughput(checkpoint: Path, dem_test_dir: Path) -> None:
+def test_time_follows_from_the_throughput(plan_checkpoint: Path, dem_test_dir: Path) -> None:
     source = dem_test_dir / SOURCE
-    one = plan_prediction(source, checkpoint, device="cpu", tile_px=16, throughput_mpx_s=0.5)
+    one = plan_prediction(source, plan_checkpoint, device="cpu", tile_px=16, throughput_mpx_s=0.5)
     four = plan_prediction(
-        source, checkpoint, device="cpu", tile_px=16, ranks=4, throughput_mpx_s=0.5
+        source, plan_checkpoint, device="cpu", tile_px=16, ranks=4, throughput_mpx_s=0.5
     )
     output_mpx = 67 * 129 * 25 / 1e6
     assert one.time.tile_loop == pytest.approx(output_mpx / 0.5)
@@ -38,12 +26,12 @@ def test_time_follows_from_the_throughput(checkpoint: Path, dem_test_dir: Path) 
     assert "0.5 output Mpx/s per rank (given)" in four.describe()
 
 
-def test_no_gpu_figure_is_invented(global_grid: Path) -> None:
-    plan = plan_prediction(global_grid, device="cuda", ranks=8, tile_px=512, batch_size=8)
+def test_no_gpu_figure_is_invented(sparse_global_grid: Path) -> None:
+    plan = plan_prediction(sparse_global_grid, device="cuda", ranks=8, tile_px=512, batch_size=8)
     assert plan.time.tile_loop is None and plan.time.total is None
     text = plan.describe()
     assert "time     unknown: no recorded figure for lite on cuda" in text
     assert "--measure" in text and "--throughput" in text
     assert "GPU memory" in text
-    given = plan_prediction(global_grid, device="cuda", ranks=8, throughput_mpx_s=40.0)
+    given = plan_prediction(sparse_global_grid, device="cuda", ranks=8, throughput_mpx_s=40.0)
     assert given.time.tile_loop == pytest.approx(216_000 * 432_000 / 1e6 / 8 / 40.0, rel=1e-3)
