@@ -43,6 +43,31 @@ def ring_padding(mode: str) -> Iterator[None]:
         _ring_mode.reset(token)
 
 
+_RING_EDGES = (  # (the two edge rows or columns read, their padding, the ring cells written)
+    ((slice(None, 2), slice(None)), (1, 1, 1, 0), (slice(None, 1), slice(None))),
+    ((slice(-2, None), slice(None)), (1, 1, 0, 1), (slice(-1, None), slice(None))),
+    ((slice(None), slice(None, 2)), (1, 0, 1, 1), (slice(None), slice(None, 1))),
+    ((slice(None), slice(-2, None)), (0, 1, 1, 1), (slice(None), slice(-1, None))),
+)
+
+
+def padded_conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding_mode: str,
+    groups: int = 1,
+) -> torch.Tensor:
+    """A 3x3 convolution (stride 1) of ``x`` padded by one cell of ``padding_mode``: zeros
+    within the convolution; replicated edges by :func:`replicate_conv3x3` where
+    :func:`_ring_pays`, else on a padded copy (as ``nn.Conv2d`` pads)."""
+    if padding_mode == "zeros":
+        return F.conv2d(x, weight, bias, padding=1, groups=groups)
+    if padding_mode == "replicate" and _ring_pays(x):
+        return replicate_conv3x3(x, weight, bias, groups)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode=padding_mode), weight, bias, groups=groups)
+
+
 def replicate_conv3x3(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1
 ) -> torch.Tensor:
@@ -51,33 +76,26 @@ def replicate_conv3x3(
     that read the padding, convolved again from its two edge rows or columns with their
     replicated padding. The same sums as convolving the padded map (to rounding: the
     convolution may add them in another order). A padded copy costs passes through memory per
-    layer that a large map pays dearly for: the shipped network runs 1.45x faster on a 727-cell
-    tile without them in bf16 on a 2-core CPU (BENCHMARKS.md). Needs at least 2 x 2 cells; for
-    inference (the ring is written in place)."""
+    layer that a large map pays dearly for: the shipped network runs 1.58x faster on a 727-cell
+    window without them in bf16 on a 2-core CPU (``benchmarks/ring_padding.md``). Needs at least
+    2 x 2 cells; for inference (the ring is written in place)."""
     out = F.conv2d(x, weight, bias, padding=1, groups=groups)
-    edges = (
-        ((slice(None, 2), slice(None)), (1, 1, 1, 0), (slice(None, 1), slice(None))),
-        ((slice(-2, None), slice(None)), (1, 1, 0, 1), (slice(-1, None), slice(None))),
-        ((slice(None), slice(None, 2)), (1, 0, 1, 1), (slice(None), slice(None, 1))),
-        ((slice(None), slice(-2, None)), (0, 1, 1, 1), (slice(None), slice(-1, None))),
-    )
-    for (rows, cols), pad, (out_rows, out_cols) in edges:
+    for (rows, cols), pad, (out_rows, out_cols) in _RING_EDGES:
         strip = F.pad(x[..., rows, cols], pad, mode="replicate")
         out[..., out_rows, out_cols] = F.conv2d(strip, weight, bias, groups=groups)
     return out
 
 
 class Conv3x3(nn.Conv2d):
-    """A 3x3 convolution with padding 1 (``padding_mode`` zeros or replicate); in inference,
-    replicate padding of a large map goes through :func:`replicate_conv3x3` (no padded copy).
-    The parameters are an ``nn.Conv2d``'s."""
+    """A 3x3 convolution, stride 1, padding 1 (``padding_mode`` zeros or replicate; built by
+    :func:`conv3x3`) through :func:`padded_conv3x3`: in inference, replicate padding of a large
+    map goes through :func:`replicate_conv3x3` (no padded copy). The parameters are an
+    ``nn.Conv2d``'s."""
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        if self.padding_mode == "replicate" and _ring_pays(input):
-            return replicate_conv3x3(input, weight, bias, self.groups)
-        return super()._conv_forward(input, weight, bias)
+        return padded_conv3x3(input, weight, bias, self.padding_mode, self.groups)
 
 
 def _ring_pays(x: torch.Tensor) -> bool:
@@ -165,9 +183,4 @@ def factored_conv_out(
     # column t % 3) and 0 elsewhere.
     shift = torch.eye(9, dtype=upsampled.dtype, device=upsampled.device).view(1, 9, 3, 3)
     shift = shift.expand(out_channels, 9, 3, 3)
-    if conv_out.padding_mode == "zeros":
-        return F.conv2d(upsampled, shift, conv_out.bias, padding=1, groups=out_channels)
-    if conv_out.padding_mode == "replicate" and _ring_pays(upsampled):
-        return replicate_conv3x3(upsampled, shift, conv_out.bias, out_channels)
-    padded = F.pad(upsampled, (1, 1, 1, 1), mode=conv_out.padding_mode)
-    return F.conv2d(padded, shift, conv_out.bias, groups=out_channels)
+    return padded_conv3x3(upsampled, shift, conv_out.bias, conv_out.padding_mode, out_channels)
